@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+OUT    ?= runs/demo
+
+.PHONY: demo test install install-dev system-deps clean
+
+$(VENV)/.base:
+	$(PYTHON) -m venv $(VENV)
+	# The CPU build of torch first: otherwise pip resolves a several-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.base pyproject.toml
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# Chromium (browser tests) and PostgreSQL (store tests) from Debian's packages, when we can.
+system-deps:
+	@bash scripts/system_deps.sh
+
+demo: install
+	$(VENV)/bin/coachlm demo --out $(OUT)
+
+test: install-dev system-deps
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,164 @@
+"""The `coachlm` command line. Each command parses, builds a typed config, makes one library call.
+
+Every command takes `--config FILE` (YAML) and trailing dotted overrides (`train.lr=3e-4`);
+its named options are shorthands for the most common keys. A user error (bad file, bad key,
+bad record) prints one clear line and exits with status 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from coachlm import config as cfglib
+from coachlm.errors import CoachError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="coachlm: teach language models human preferences (RLHF and RLAIF).")
+data_app = typer.Typer(no_args_is_help=True, help="Validate and convert feedback record files.")
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.", exists=False)
+OverridesArg = typer.Argument(None, help="Dotted overrides, e.g. train.max_steps=100 train.lr=3e-4.")
+
+
+def _load(cls: type, config: Optional[Path], overrides: Optional[list[str]], **named: Any) -> Any:
+    """defaults < --config YAML < named options < dotted overrides."""
+    named_overrides = [f"{k}={_yaml_value(v)}" for k, v in named.items() if v is not None]
+    return cfglib.load(cls, config, [*named_overrides, *(overrides or [])])
+
+
+def _yaml_value(v: Any) -> str:
+    return json.dumps(str(v)) if isinstance(v, Path) else json.dumps(v)
+
+
+def _mount_label_app() -> None:
+    try:
+        from coachlm.feedback.commands import label_app
+    except ImportError:  # the feedback extra is part of the base install; guard a broken env
+        return
+    app.add_typer(label_app, name="label", help="The labeling platform: serve, import, export.")
+
+
+@app.command()
+def world(out: Path = typer.Option(..., "--out", "-o", help="Directory to write the world to."),
+          seed: Optional[int] = typer.Option(None, help="Random seed (default 0)."),
+          config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Write the built-in world: corpus, SFT demos, train/held-out prompts."""
+    from coachlm.world.build import WorldConfig, build_world
+
+    cfg = _load(WorldConfig, config, overrides, seed=seed)
+    paths = build_world(out, cfg)
+    for name, path in paths.items():
+        console.print(f"{name}: {path}")
+
+
+@app.command()
+def pretrain(corpus: Optional[Path] = typer.Option(None, help="Text corpus (documents separated by blank lines)."),
+             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+             preset: Optional[str] = typer.Option(None, help="Model preset (world-tiny, world-small)."),
+             resume: bool = typer.Option(False, help="Resume from the last checkpoint in --out."),
+             config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Pretrain a causal LM from scratch on a corpus (next-token loss, packed sequences)."""
+    from coachlm.trainers.pretrain import PretrainConfig, run_pretrain
+
+    cfg = _load(PretrainConfig, config, overrides, corpus=corpus, out=out, preset=preset)
+    console.print(f"model: {run_pretrain(cfg, resume=resume)}")
+
+
+@app.command()
+def sft(model: Optional[Path] = typer.Option(None, help="Starting model directory (HF format)."),
+        data: Optional[Path] = typer.Option(None, help="Demonstrations (JSONL/Parquet/HF dataset)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+        resume: bool = typer.Option(False, help="Resume from the last checkpoint in --out."),
+        config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Supervised fine-tuning on demonstrations (loss on response tokens only)."""
+    from coachlm.trainers.sft import SFTConfig, run_sft
+
+    cfg = _load(SFTConfig, config, overrides, model=model, data=data, out=out)
+    console.print(f"model: {run_sft(cfg, resume=resume)}")
+
+
+@app.command()
+def sample(model: Optional[Path] = typer.Option(None, help="Model directory."),
+           prompts: Optional[Path] = typer.Option(None, help="Prompt records."),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output JSONL of Sample records."),
+           n: Optional[int] = typer.Option(None, "-n", help="Responses per prompt."),
+           config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Sample N responses per prompt, written as Sample records with provenance."""
+    from coachlm.rollout.sample_cmd import SampleConfig, run_sample
+
+    cfg = _load(SampleConfig, config, overrides, model=model, prompts=prompts, out=out, n=n)
+    console.print(f"samples: {run_sample(cfg)}")
+
+
+@app.command("eval")
+def evaluate(model: Optional[Path] = typer.Option(None, help="Model to evaluate."),
+             prompts: Optional[Path] = typer.Option(None, help="Held-out prompt records."),
+             against: Optional[Path] = typer.Option(None, help="Second model: report the win rate of --model over it."),
+             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for eval.json and samples."),
+             config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Instruction-following rate and rubric score per task family; win rate over another model."""
+    from coachlm.eval.world_eval import EvalConfig, print_report, run_eval
+
+    cfg = _load(EvalConfig, config, overrides, model=model, prompts=prompts, against=against, out=out)
+    print_report(run_eval(cfg))
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Directory for every stage."),
+         config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """The quickstart loop on the built-in world: world -> pretrain -> SFT -> eval (cached stages)."""
+    from coachlm.pipeline import DemoConfig, run_demo
+
+    cfg = _load(DemoConfig, config, overrides)
+    run_demo(cfg, out)
+
+
+@data_app.command("validate")
+def data_validate(path: Path = typer.Argument(..., help="A record file or dataset directory."),
+                  kind: Optional[list[str]] = typer.Option(None, help="Accept only these record kinds.")) -> None:
+    """Read every record; print counts per kind, or the first error with file, line and field."""
+    from coachlm.data.io import validate
+
+    console.print_json(json.dumps(validate(path, set(kind) if kind else None)))
+
+
+@data_app.command("convert")
+def data_convert(src: Path = typer.Argument(..., help="Input (JSONL, Parquet, TRL, HH-RLHF, HF dataset)."),
+                 dst: Path = typer.Argument(..., help="Output: .jsonl, .jsonl.gz or .parquet."),
+                 kind: Optional[list[str]] = typer.Option(None, help="Accept only these record kinds."),
+                 skip_invalid: bool = typer.Option(False, help="Warn about and skip malformed records.")) -> None:
+    """Convert any supported format to canonical records."""
+    from coachlm.data.io import convert
+
+    skipped: list[str] = []
+
+    def warn(err: Exception) -> None:
+        skipped.append(str(err))
+        console.print(f"[yellow]skipped[/] {err}", highlight=False)
+
+    counts = convert(src, dst, set(kind) if kind else None, on_error=warn if skip_invalid else None)
+    console.print_json(json.dumps({"written": counts, "skipped": len(skipped), "out": str(dst)}))
+
+
+def main() -> None:
+    _mount_label_app()
+    try:
+        app()
+    except CoachError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

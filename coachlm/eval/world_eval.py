@@ -1,0 +1,152 @@
+"""Evaluation on the built-in world: instruction-following rate and rubric score per task family
+on held-out prompts, and the win rate of one model over another judged by the rubric.
+
+Responses are decoded greedily by default so that an evaluation is deterministic: the same
+model always gets the same numbers, and a difference between two models is not sampling noise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from coachlm.data.schema import PromptRecord, Response, Sample
+from coachlm.errors import CoachError
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: Path
+    prompts: Path
+    against: Path | None = None
+    out: Path | None = None
+    max_new_tokens: int = 96
+    greedy: bool = True
+    temperature: float = 1.0
+    batch_size: int = 64
+    limit: int | None = None
+    dtype: Literal["bf16", "fp32"] = "bf16"
+    seed: int = 0
+
+
+def generate_responses(model_dir: Path, prompts: Sequence[PromptRecord], cfg: EvalConfig) -> list[str]:
+    """One response per prompt from the model in `model_dir`."""
+    import torch
+
+    from coachlm.data.chat import encode_prompt
+    from coachlm.models.load import load_model, load_tokenizer
+    from coachlm.rollout.sampling import SamplingConfig, decode_responses, generate
+
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir, dtype=torch.bfloat16 if cfg.dtype == "bf16" else None,
+                       tokenizer=tokenizer)
+    ids = [encode_prompt(tokenizer, p.prompt) for p in prompts]
+    scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                          top_k=1 if cfg.greedy else 0, top_p=1.0, n=1,
+                          batch_size=cfg.batch_size, seed=cfg.seed)
+    gen = generate(model, tokenizer, ids, scfg)
+    return decode_responses(tokenizer, gen)
+
+
+def score_responses(prompts: Sequence[PromptRecord], responses: Sequence[str]) -> dict[str, Any]:
+    """Instruction-following rate and mean rubric score, overall and per task family."""
+    from coachlm.world.rubric import score
+
+    by_family: dict[str, list] = defaultdict(list)
+    rows = []
+    for p, r in zip(prompts, responses):
+        s = score(p.prompt_text, r)
+        family = p.meta.get("family", s.family)
+        by_family[family].append(s)
+        rows.append(s)
+    per_family = {
+        fam: {"n": len(ss), "if_rate": sum(s.follows for s in ss) / len(ss),
+              "score": sum(s.total for s in ss) / len(ss)}
+        for fam, ss in sorted(by_family.items())
+    }
+    n = max(len(rows), 1)
+    return {"n": len(rows), "if_rate": sum(s.follows for s in rows) / n,
+            "score": sum(s.total for s in rows) / n, "per_family": per_family, "scores": rows}
+
+
+def win_rate(prompts: Sequence[PromptRecord], ours: Sequence[str], theirs: Sequence[str]) -> float:
+    """Fraction of prompts where our response scores higher under the rubric (ties count half)."""
+    from coachlm.world.rubric import score
+
+    total = 0.0
+    for p, a, b in zip(prompts, ours, theirs):
+        sa, sb = score(p.prompt_text, a).total, score(p.prompt_text, b).total
+        total += 1.0 if sa > sb else 0.5 if sa == sb else 0.0
+    return total / max(len(prompts), 1)
+
+
+def _write_samples(path: Path, prompts: Sequence[PromptRecord], responses: Sequence[str],
+                   model_name: str, scores: Sequence[Any]) -> None:
+    from coachlm.data.io import write_records
+
+    records = [Sample(prompt=p.prompt, response=Response(r, model=model_name),
+                      meta={**p.meta, "prompt_id": p.id, "rubric_total": s.total,
+                            "follows": s.follows, "explanation": s.explanation})
+               for p, r, s in zip(prompts, responses, scores)]
+    write_records(path, records)
+
+
+def _evaluate_one(model_dir: Path, prompts: Sequence[PromptRecord], cfg: EvalConfig) -> tuple[list[str], dict]:
+    if not Path(model_dir).is_dir():
+        raise CoachError(f"model directory {model_dir} does not exist")
+    responses = generate_responses(model_dir, prompts, cfg)
+    result = score_responses(prompts, responses)
+    if cfg.out is not None:
+        _write_samples(cfg.out / f"samples_{Path(model_dir).name}.jsonl", prompts, responses,
+                       Path(model_dir).name, result["scores"])
+    result.pop("scores")
+    return responses, {"model": str(model_dir), **result}
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate `cfg.model` (and `cfg.against`); writes eval.json in `cfg.out` when given."""
+    from coachlm.data.io import read_prompts
+
+    prompts = read_prompts(cfg.prompts)
+    if cfg.limit is not None:
+        prompts = prompts[: cfg.limit]
+    if not prompts:
+        raise CoachError(f"{cfg.prompts}: no prompts to evaluate")
+    if cfg.out is not None:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+    ours, result = _evaluate_one(cfg.model, prompts, cfg)
+    if cfg.against is not None:
+        theirs, other = _evaluate_one(cfg.against, prompts, cfg)
+        result = {**result, "against": other, "win_rate": win_rate(prompts, ours, theirs)}
+    if cfg.out is not None:
+        (cfg.out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def print_report(result: dict[str, Any]) -> None:
+    """A table of the per-family numbers (and the win rate) on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    models = [result] + ([result["against"]] if "against" in result else [])
+    table = Table(title="Held-out evaluation (rubric)")
+    table.add_column("family")
+    for m in models:
+        name = Path(m["model"]).name
+        table.add_column(f"{name} IF rate", justify="right")
+        table.add_column(f"{name} score", justify="right")
+    for fam in result["per_family"]:
+        cells = []
+        for m in models:
+            f = m["per_family"].get(fam, {"if_rate": 0.0, "score": 0.0})
+            cells += [f"{f['if_rate']:.1%}", f"{f['score']:.3f}"]
+        table.add_row(fam, *cells)
+    table.add_row("all", *[c for m in models for c in (f"{m['if_rate']:.1%}", f"{m['score']:.3f}")])
+    console = Console()
+    console.print(table)
+    if "win_rate" in result:
+        console.print(f"win rate of {Path(result['model']).name} over "
+                      f"{Path(result['against']['model']).name}: {result['win_rate']:.1%}")

@@ -1,0 +1,134 @@
+"""Assignment: each task goes to `n_labels` different labelers, never to one labeler twice.
+
+Two ways, both safe under concurrency because the database enforces the rules itself
+(unique (task, labeler) and unique (task, slot), slot in 0..n_labels-1):
+
+- `assign_tasks` deals a project's tasks out up front, round-robin over the least loaded;
+- `next_assignment` hands a labeler their oldest pending assignment, or claims a free slot on
+  the next task they have not seen (how Label Studio's "overlap" works). Two labelers racing
+  for the last slot of a task: one insert fails on the unique constraint and is retried.
+
+Each assignment fixes a random order in which the task's responses are shown (blind, with no
+model names), so that position bias can be measured and averaged out.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session
+
+from coachlm.feedback.db import NotFound, StoreError
+from coachlm.feedback.tables import (DONE, PENDING, SKIPPED, Assignment, Labeler, Project, Task,
+                                     utcnow)
+
+
+def _shown_order(task: Task, rng: random.Random) -> list[int]:
+    order = list(range(len(task.response_ids)))
+    rng.shuffle(order)
+    return order
+
+
+def _free_slot(s: Session, task: Task) -> int | None:
+    taken = set(s.scalars(select(Assignment.slot).where(Assignment.task_id == task.id,
+                                                        Assignment.slot.is_not(None))))
+    return next((i for i in range(task.n_labels) if i not in taken), None)
+
+
+def assign_tasks(s: Session, project: Project, labelers: Sequence[Labeler],
+                 seed: int = 0) -> int:
+    """Fill every free slot of the project's tasks from `labelers`, least loaded first, never
+    giving a labeler the same task twice. Returns how many assignments were made."""
+    if not labelers:
+        raise StoreError("no labelers to assign to")
+    rng = random.Random(seed)
+    load = {lab.id: 0 for lab in labelers}
+    made = 0
+    for task in s.scalars(select(Task).where(Task.project_id == project.id).order_by(Task.id)):
+        have = set(s.scalars(select(Assignment.labeler_id).where(Assignment.task_id == task.id)))
+        while (slot := _free_slot(s, task)) is not None:
+            free = [lab for lab in labelers if lab.id not in have]
+            if not free:
+                break
+            lab = min(free, key=lambda x: (load[x.id], rng.random()))
+            s.add(Assignment(task_id=task.id, labeler_id=lab.id, slot=slot,
+                             shown_order=_shown_order(task, rng)))
+            s.flush()
+            have.add(lab.id)
+            load[lab.id] += 1
+            made += 1
+    return made
+
+
+def pending(s: Session, labeler: Labeler, project: Project) -> Assignment | None:
+    return s.scalar(select(Assignment).join(Task).where(
+        Assignment.labeler_id == labeler.id, Assignment.status == PENDING,
+        Task.project_id == project.id).order_by(Assignment.id).limit(1))
+
+
+def claim(s: Session, labeler: Labeler, project: Project, rng: random.Random | None = None,
+          scan: int = 20) -> Assignment | None:
+    """Claim a free slot on a task this labeler has never had (None if there is none)."""
+    rng = rng or random.Random()
+    mine = select(Assignment.task_id).where(Assignment.labeler_id == labeler.id)
+    filled = (select(func.count()).where(Assignment.task_id == Task.id, Assignment.slot.is_not(None))
+              .correlate(Task).scalar_subquery())
+    candidates = s.scalars(select(Task).where(
+        Task.project_id == project.id, Task.id.not_in(mine), filled < Task.n_labels)
+        .order_by(Task.id).limit(scan)).all()
+    if not candidates:
+        return None
+    # Prefer the oldest task (items finish in order) but not always the very first, so that
+    # many labelers claiming at once rarely collide on one slot.
+    task = candidates[min(int(rng.expovariate(1.0)), len(candidates) - 1)]
+    slot = _free_slot(s, task)
+    if slot is None:
+        return None
+    a = Assignment(task_id=task.id, labeler_id=labeler.id, slot=slot,
+                   shown_order=_shown_order(task, rng))
+    s.add(a)
+    s.flush()  # IntegrityError here means a racing claim won: Store.run retries
+    return a
+
+
+def next_assignment(s: Session, labeler: Labeler, project: Project) -> Assignment | None:
+    """The labeler's oldest pending assignment in `project`, else a newly claimed one."""
+    return pending(s, labeler, project) or claim(s, labeler, project)
+
+
+def get_assignment(s: Session, labeler: Labeler, assignment_id: int) -> Assignment:
+    """One of `labeler`'s own assignments; anyone else's is reported as not found."""
+    a = s.get(Assignment, assignment_id)
+    if a is None or a.labeler_id != labeler.id:
+        raise NotFound(f"no assignment {assignment_id} for {labeler.name}")
+    return a
+
+
+def skip(s: Session, labeler: Labeler, assignment_id: int) -> None:
+    """Give the task back: its slot is freed for another labeler, never re-offered to this one."""
+    a = get_assignment(s, labeler, assignment_id)
+    if a.status == PENDING:
+        a.status, a.slot, a.done_at = SKIPPED, None, utcnow()
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    pending: int
+    available: int  # tasks with a free slot this labeler could still claim
+
+
+def progress(s: Session, labeler: Labeler, project: Project) -> Progress:
+    counts = dict(s.execute(select(Assignment.status, func.count()).join(Task).where(
+        Assignment.labeler_id == labeler.id, Task.project_id == project.id)
+        .group_by(Assignment.status)).all())
+    mine = select(Assignment.task_id).where(Assignment.labeler_id == labeler.id)
+    filled = (select(func.count()).where(and_(Assignment.task_id == Task.id,
+                                              Assignment.slot.is_not(None)))
+              .correlate(Task).scalar_subquery())
+    available = s.scalar(select(func.count()).select_from(Task).where(
+        Task.project_id == project.id, Task.id.not_in(mine), filled < Task.n_labels)) or 0
+    return Progress(counts.get(DONE, 0), counts.get(PENDING, 0), available)

@@ -1,0 +1,174 @@
+"""Opening the feedback store: SQLite (WAL) by default, PostgreSQL by URL; migrations run on open.
+
+SQLite settings and why: WAL lets readers run while one writer commits; `synchronous=FULL`
+makes a commit durable before we tell the labeler it is saved; foreign keys are off in SQLite
+unless asked for; write transactions start with BEGIN IMMEDIATE so that two writers queue on
+the busy timeout instead of both reading and then failing to upgrade their lock ("database is
+locked"). PostgreSQL needs none of this: row locks (`with_for_update`) and unique constraints
+make the same operations safe there.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from coachlm.errors import CoachError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+T = TypeVar("T")
+
+
+class StoreError(CoachError):
+    """The store cannot be opened or an operation on it is not allowed."""
+
+
+class NotFound(StoreError):
+    """No such item, or not one that this labeler may see (the two are not told apart)."""
+
+
+class Conflict(StoreError):
+    """The operation conflicts with the stored state (e.g. the assignment is already labeled)."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the store lives: a SQLAlchemy URL or a plain file path (an SQLite file)."""
+
+    url: str = "feedback.db"
+    busy_timeout_s: float = 30.0  # how long an SQLite writer waits for the lock
+    pool_size: int = 10  # connections kept open (PostgreSQL; SQLite reuses per thread)
+    migrate: bool = True  # upgrade the schema to the latest migration on open
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A plain path means an SQLite file; `postgresql://` uses the psycopg 3 driver."""
+    if "://" not in url:
+        return f"sqlite:///{Path(url).expanduser().resolve()}"
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _sqlite_engine(url: str, cfg: StoreConfig) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": cfg.busy_timeout_s,
+                                              "check_same_thread": False},
+                           pool_size=cfg.pool_size, max_overflow=64)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (pysqlite's is deferred)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={int(cfg.busy_timeout_s * 1000)}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        write = conn.get_execution_options().get("coachlm_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class Store:
+    """An engine plus two session factories: `read()` and `write()` (which commits on success)."""
+
+    def __init__(self, cfg: StoreConfig):
+        self.cfg = cfg
+        self.url = sqlalchemy_url(cfg.url)
+        try:
+            if self.url.startswith("sqlite"):
+                self.engine = _sqlite_engine(self.url, cfg)
+            else:
+                self.engine = create_engine(self.url, pool_size=cfg.pool_size, max_overflow=64,
+                                            pool_pre_ping=True)
+        except (ArgumentError, ImportError) as e:
+            raise StoreError(f"cannot open feedback store {cfg.url!r}: {e}") from None
+        write_engine = self.engine.execution_options(coachlm_write=True)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(write_engine, expire_on_commit=False)
+        if cfg.migrate:
+            upgrade(self.engine)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._read() as s:
+            yield s
+            s.rollback()
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A transaction that commits when the block ends (durably) and rolls back on error."""
+        with self._write() as s, s.begin():
+            yield s
+
+    def run(self, fn: Callable[[Session], T], retries: int = 5) -> T:
+        """`fn(session)` in a write transaction, retried when a concurrent writer made it fail
+        (a unique constraint hit by a racing claim, a deadlock, a lock timeout)."""
+        for attempt in range(retries + 1):
+            try:
+                with self.write() as s:
+                    return fn(s)
+            except (IntegrityError, DBAPIError) as e:
+                if attempt == retries or (isinstance(e, DBAPIError) and not _transient(e)):
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _transient(e: DBAPIError) -> bool:
+    if isinstance(e, IntegrityError):
+        return True
+    text = str(e.orig).lower()
+    return any(w in text for w in ("locked", "deadlock", "could not serialize", "busy"))
+
+
+def open_store(url: str | StoreConfig = StoreConfig()) -> Store:
+    return Store(url if isinstance(url, StoreConfig) else StoreConfig(url=url))
+
+
+def _alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Run the packaged Alembic migrations on `engine` up to `revision`."""
+    cfg = _alembic_config()
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    except Exception as e:  # a store we cannot reach or migrate is a user-facing problem
+        if isinstance(e, CoachError):
+            raise
+        raise StoreError(f"cannot open or migrate the feedback store: {e}") from e
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head() or ""

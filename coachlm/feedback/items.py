@@ -1,0 +1,175 @@
+"""Projects, guidelines, prompts and responses, and the tasks made from them.
+
+Imports are idempotent: prompts, responses and tasks carry a content hash (`key`), so importing
+the same file twice adds nothing. Labeled records (comparisons, rankings, ratings) imported with
+`gold=True` become gold items whose record answer is the known answer; imported without it,
+their answer is kept as a label by the record's labeler (e.g. an AI labeler), so that human and
+AI labels on the same items can be compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from coachlm.data import schema
+from coachlm.feedback.db import StoreError
+from coachlm.feedback.tables import (TASK_KINDS, Guideline, Labeler, Project, Prompt, Response,
+                                     Task)
+
+DEFAULT_FLAGS = ("harmful", "fails_instruction", "made_up_facts", "unhelpful", "too_long")
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def create_project(s: Session, name: str, description: str = "", rating_scale: int = 7,
+                   flags: Iterable[str] = DEFAULT_FLAGS, guidelines: str = "") -> Project:
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise StoreError("a project name must be 1 to 100 characters")
+    if s.scalar(select(Project).where(Project.name == name)) is not None:
+        raise StoreError(f"project {name!r} already exists")
+    if rating_scale < 2:
+        raise StoreError("rating_scale must be at least 2")
+    project = Project(name=name, description=description, rating_scale=rating_scale,
+                      flags=list(flags))
+    s.add(project)
+    s.flush()
+    if guidelines:
+        add_guidelines(s, project, guidelines)
+    return project
+
+
+def get_project(s: Session, name: str) -> Project:
+    project = s.scalar(select(Project).where(Project.name == name))
+    if project is None:
+        raise StoreError(f"no project named {name!r}")
+    return project
+
+
+def add_guidelines(s: Session, project: Project, text: str) -> Guideline:
+    """A new version of the project's guidelines (earlier versions are kept)."""
+    last = s.scalar(select(func.max(Guideline.version)).where(Guideline.project_id == project.id))
+    g = Guideline(project_id=project.id, version=(last or 0) + 1, text=text)
+    s.add(g)
+    s.flush()
+    return g
+
+
+def guidelines(s: Session, project: Project) -> Guideline | None:
+    return s.scalar(select(Guideline).where(Guideline.project_id == project.id)
+                    .order_by(Guideline.version.desc()).limit(1))
+
+
+def add_prompt(s: Session, project: Project, prompt: schema.Prompt,
+               meta: dict[str, Any] | None = None) -> tuple[Prompt, bool]:
+    """(prompt row, created): an identical conversation already in the project is reused."""
+    messages = [{"role": m.role, "content": m.content} for m in schema.as_prompt(prompt)]
+    key = _key(messages)
+    row = s.scalar(select(Prompt).where(Prompt.project_id == project.id, Prompt.key == key))
+    if row is None:
+        row = Prompt(project_id=project.id, key=key, messages=messages, meta=dict(meta or {}))
+        s.add(row)
+        s.flush()
+        return row, True
+    return row, False
+
+
+def add_response(s: Session, prompt: Prompt, response: schema.Response,
+                 meta: dict[str, Any] | None = None) -> tuple[Response, bool]:
+    key = _key(response.text, response.model, response.model_version)
+    row = s.scalar(select(Response).where(Response.prompt_id == prompt.id, Response.key == key))
+    if row is None:
+        row = Response(prompt_id=prompt.id, key=key, text=response.text, model=response.model,
+                       model_version=response.model_version, meta=dict(meta or {}))
+        s.add(row)
+        s.flush()
+        return row, True
+    return row, False
+
+
+def _task_key(kind: str, prompt_id: int, response_ids: list[int]) -> str:
+    # Order-free for comparisons/rankings/ratings: (a, b) and (b, a) are the same item.
+    ids = response_ids if kind == "demonstration" else sorted(response_ids)
+    return _key(kind, prompt_id, ids)
+
+
+def add_task(s: Session, project: Project, kind: str, prompt: Prompt, response_ids: list[int],
+             n_labels: int = 1, gold: dict[str, Any] | None = None) -> tuple[Task, bool]:
+    """(task, created). An existing task with the same responses is returned as is."""
+    if kind not in TASK_KINDS:
+        raise StoreError(f"task kind must be one of {TASK_KINDS}, got {kind!r}")
+    if n_labels < 1:
+        raise StoreError("n_labels must be at least 1")
+    key = _task_key(kind, prompt.id, response_ids)
+    task = s.scalar(select(Task).where(Task.project_id == project.id, Task.key == key))
+    if task is not None:
+        return task, False
+    task = Task(project_id=project.id, prompt_id=prompt.id, key=key, kind=kind,
+                response_ids=list(response_ids), n_labels=n_labels, gold=gold)
+    s.add(task)
+    s.flush()
+    return task, True
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How to make tasks from a project's prompts and responses."""
+
+    kind: str = "comparison"
+    n_labels: int = 1  # labels wanted per task, each from a different labeler
+    max_per_prompt: int = 0  # comparisons: at most this many pairs per prompt (0: all pairs)
+    k: int = 0  # rankings: at most this many responses per ranking (0: all)
+    edit: bool = True  # demonstrations: start from the prompt's first response as a draft
+    seed: int = 0
+
+
+def _groups(spec: TaskSpec, prompt: Prompt, rng: random.Random) -> list[list[int]]:
+    ids = [r.id for r in prompt.responses]
+    if spec.kind == "comparison":
+        pairs = [list(p) for p in itertools.combinations(ids, 2)]
+        rng.shuffle(pairs)
+        return pairs[: spec.max_per_prompt] if spec.max_per_prompt else pairs
+    if spec.kind == "ranking":
+        return [ids[: spec.k] if spec.k else ids] if len(ids) >= 2 else []
+    if spec.kind == "rating":
+        return [[i] for i in ids]
+    return [ids[:1] if spec.edit else []]
+
+
+def create_tasks(s: Session, project: Project, spec: TaskSpec) -> int:
+    """Make `spec.kind` tasks over all the project's prompts; returns how many are new."""
+    if spec.kind not in TASK_KINDS:
+        raise StoreError(f"task kind must be one of {TASK_KINDS}, got {spec.kind!r}")
+    rng = random.Random(spec.seed)
+    made = 0
+    prompts = s.scalars(select(Prompt).where(Prompt.project_id == project.id).order_by(Prompt.id))
+    for prompt in prompts:
+        for ids in _groups(spec, prompt, rng):
+            made += add_task(s, project, spec.kind, prompt, ids, spec.n_labels)[1]
+    return made
+
+
+def set_gold(s: Session, task: Task, answer: dict[str, Any] | None) -> None:
+    """Mark `task` as a gold item with a known answer (canonical form), or unmark it (None)."""
+    from coachlm.feedback.labels import check_answer  # labels imports this module
+
+    task.gold = check_answer(task.kind, answer, len(task.response_ids)) if answer else None
+
+
+def labeler_for_record(s: Session, record: schema.Record) -> Labeler:
+    """The labeler account that imported labels are filed under (created without a password)."""
+    from coachlm.feedback.accounts import create_labeler
+
+    name = record.labeler or f"{record.source}-labeler"
+    lab = s.scalar(select(Labeler).where(Labeler.name == name))
+    return lab or create_labeler(s, name, source=record.source)

@@ -1,0 +1,153 @@
+"""Load and save Hugging Face causal LMs and tokenizers from local directories.
+
+Any local causal LM that transformers can build works (Llama, GPT-2, Qwen2, Mistral, ...).
+The one repair made on load: batching needs a pad token distinct from EOS (a pad equal to EOS
+would mask out the EOS the policy must learn to emit; Huang et al., 2023), so a tokenizer
+without one gains `<pad>`, and `load_model` grows the embeddings to match.
+
+Saving a LoRA model (decided here, used by every trainer): the adapter is written in peft format
+to `out_dir/adapter/`, and, unless `merged=False`, the merged full model is written to `out_dir`
+itself, so that any tool (and `load_model`) reads `out_dir` as a plain model. A directory that
+holds only an adapter (`adapter_config.json`, no `config.json`) also loads: its base model is
+read from the path recorded in the adapter config.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from coachlm.errors import CoachError
+
+log = logging.getLogger(__name__)
+
+PAD_TOKEN = "<pad>"
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+class ModelLoadError(CoachError):
+    """A model or tokenizer directory is missing or unreadable."""
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """"bf16"/"fp32"/"fp16" (or a torch dtype, or None for the checkpoint's own) as a torch dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise CoachError(f"unknown dtype '{dtype}' (valid: {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+def _check_dir(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{what} directory {path} does not exist")
+    if not path.is_dir():
+        raise ModelLoadError(f"{what} path {path} is not a directory")
+    return path
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer saved in `path`, with a pad token distinct from EOS.
+
+    When the tokenizer has no pad token (or its pad is EOS), `<pad>` is added as a special token:
+    the tokenizer then has one more entry than the model's embeddings, which `load_model(path,
+    tokenizer=tok)` resizes. Callers set `padding_side` themselves.
+    """
+    path = _check_dir(path, "tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"cannot load a tokenizer from {path}: {e}") from None
+    if tok.eos_token_id is None:
+        raise ModelLoadError(f"the tokenizer in {path} has no EOS token; the policy could not stop")
+    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
+        tok.add_special_tokens({"pad_token": PAD_TOKEN})
+        log.info("added %s (id %d) to the tokenizer from %s: the model's embeddings need resizing",
+                 PAD_TOKEN, tok.pad_token_id, path)
+    return tok
+
+
+def _load_plain(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json)")
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"cannot load a causal LM from {path}: {e}") from None
+
+
+def load_model(path: str | Path, dtype: str | torch.dtype | None = None,
+               tokenizer: Any = None) -> PreTrainedModel:
+    """The causal LM saved in `path` (a full model, or a peft adapter directory).
+
+    With `tokenizer`, the embeddings grow to `len(tokenizer)` when the tokenizer gained a pad
+    token, and `config.pad_token_id` is set to the tokenizer's pad id.
+    """
+    path = _check_dir(path, "model")
+    dt = resolve_dtype(dtype)
+    if not (path / "config.json").is_file() and (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base_path = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base_path or not Path(base_path).is_dir():
+            raise ModelLoadError(f"{path} holds a LoRA adapter whose base model {base_path!r} "
+                                 "is not a local directory; load the merged model instead")
+        base = load_model(base_path, dtype=dt, tokenizer=tokenizer)
+        return PeftModel.from_pretrained(base, str(path))
+    model = _load_plain(path, dt)
+    if tokenizer is not None:
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            # New rows start at the mean of the old ones (transformers' mean_resizing), so an
+            # added pad token gets an ordinary, never-trained logit; the sampler masks it anyway.
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def save_pretrained(model: Any, tokenizer: Any, out_dir: str | Path, merged: bool = True) -> Path:
+    """Save `model` and `tokenizer` to `out_dir` as safetensors; see the module doc for LoRA."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    if not _is_peft(model):
+        model.save_pretrained(str(out), safe_serialization=True)
+        return out
+    model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+    if merged:
+        # Merge a copy, so that the caller's model keeps training its unmerged adapter.
+        full = copy.deepcopy(model).merge_and_unload()
+        full.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+def _is_peft(model: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def weights_hash(path: str | Path, length: int = 12) -> str:
+    """A short sha256 of a model directory's weight files (or its config when it has none).
+
+    Samples record it as `model_version`, so that feedback names the exact weights it judged.
+    """
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    files = files or sorted(path.glob("adapter/*.safetensors")) or [path / "config.json"]
+    h = hashlib.sha256()
+    for f in files:
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:length]

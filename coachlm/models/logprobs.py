@@ -1,0 +1,80 @@
+"""Per-token log-probabilities of given tokens under a causal LM.
+
+Logits are divided by the sampling temperature before the softmax, so that the logprobs a
+trainer recomputes are those of the distribution the responses were sampled from (Huang et al.,
+2023, "The N Implementation Details of RLHF with PPO", detail on temperature).
+
+Memory: a (B, T, V) log_softmax is never built. log p(y) = logit_y - logsumexp(logits), computed
+in fp32 a few rows at a time, and the model is asked only for the logits from the first response
+position on (`logits_to_keep`), which for a long prompt and a short response saves most of it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+CHUNK_TOKENS = 8192  # rows of fp32 logits converted at once (8192 x 50k vocab = 1.6 GB at most)
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor,
+                         temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature)[labels], in fp32.
+
+    logits: (..., V), labels: (...) -> (...). Labels < 0 (IGNORE_INDEX) give 0.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to define logprobs, got {temperature}")
+    flat_logits = logits.reshape(-1, logits.shape[-1])  # (N, V)
+    flat_labels = labels.reshape(-1)  # (N,)
+    valid = flat_labels >= 0
+    safe = flat_labels.clamp(min=0)
+    out = torch.empty(flat_labels.shape, dtype=torch.float32, device=logits.device)  # (N,)
+    for start in range(0, flat_logits.shape[0], CHUNK_TOKENS):
+        rows = slice(start, start + CHUNK_TOKENS)
+        chunk = flat_logits[rows].float() / temperature  # (n, V)
+        picked = chunk.gather(-1, safe[rows].unsqueeze(-1)).squeeze(-1)  # (n,)
+        out[rows] = picked - torch.logsumexp(chunk, dim=-1)
+    return torch.where(valid, out, torch.zeros_like(out)).reshape(labels.shape)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count only real tokens, so left padding does not shift them. (B, T)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def accepts_logits_to_keep(model: Any) -> bool:
+    base = getattr(model, "get_base_model", lambda: model)()
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      response_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Logprobs of the response tokens, aligned with the input: out[b, t] = log p(x[b, t] | x[b, :t]).
+
+    input_ids, attention_mask, response_mask: (B, T); returns (B, T) fp32, zero where
+    response_mask is 0 (prompt, padding, and the first position, which nothing predicts).
+    Prompts may be left-padded: position ids are derived from the attention mask.
+    """
+    B, T = input_ids.shape
+    response_mask = response_mask.bool().clone()
+    response_mask[:, 0] = False
+    out = torch.zeros(B, T, dtype=torch.float32, device=input_ids.device)  # (B, T)
+    cols = response_mask.any(dim=0).nonzero()
+    if cols.numel() == 0:
+        return out
+    first = int(cols[0])  # first column holding a response token in any row
+    kwargs: dict[str, Any] = {}
+    if accepts_logits_to_keep(model):
+        # Logits at positions first-1 .. T-2 predict tokens first .. T-1.
+        kwargs["logits_to_keep"] = T - first + 1
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=False,
+                   **kwargs).logits  # (B, K, V)
+    logits = logits[:, -(T - first + 1):-1]  # (B, T - first, V)
+    labels = input_ids[:, first:]  # (B, T - first)
+    lp = logprobs_from_logits(logits, labels, temperature)  # (B, T - first)
+    out[:, first:] = torch.where(response_mask[:, first:], lp, torch.zeros_like(lp))
+    return out

@@ -1,0 +1,197 @@
+"""Batched sampling with the KV cache: our own loop, so that every RLHF detail is explicit.
+
+- Prompts are LEFT-padded, so that all rows' next tokens sit in the same (last) column, and
+  position ids count only real tokens (cumsum of the attention mask - 1), so padding does not
+  shift positions (Huang et al., 2023, "The N Implementation Details of RLHF with PPO").
+- Each row stops at its first stop token (EOS by default); the stop token is kept in the
+  response, everything after it is dropped. Finished rows emit pad until all rows finish.
+- The pad token is never sampled: a pad in a response could not be told from padding.
+- Rows are sorted by prompt length before batching, so that a batch holds similar lengths and
+  little padding; results come back in the original order.
+- `logprobs` are those of the sampled tokens under softmax(logits / temperature), before top-k /
+  top-p filtering: exactly what `coachlm.models.logprobs.sequence_logprobs` recomputes. RLHF
+  samples with top_k=0 and top_p=1 so that the two distributions agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+
+from coachlm.errors import CoachError
+from coachlm.models.logprobs import accepts_logits_to_keep, position_ids_from_mask
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0 means greedy decoding
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    n: int = 1  # responses per prompt
+    batch_size: int = 32
+    seed: int | None = 0  # None: the global torch RNG
+    dtype: Literal["model", "bf16"] = "model"  # bf16: autocast an fp32 model's matmuls
+    stop_token_ids: tuple[int, ...] = ()  # in addition to the tokenizer's and model's EOS
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.n < 1 or self.batch_size < 1:
+            raise ValueError("max_new_tokens, n and batch_size must be >= 1")
+        if self.temperature < 0 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+
+
+@dataclass
+class Generation:
+    """Responses in prompt-major order: row i answers prompt `prompt_index[i]`."""
+
+    prompt_index: list[int]
+    response_ids: list[list[int]]  # without padding; ends with the stop token when finished
+    finished: list[bool]  # emitted a stop token within max_new_tokens
+    logprobs: list[list[float]] = field(default_factory=list)  # one per response token
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(r) for r in self.response_ids)
+
+
+def stop_ids(model: Any, tokenizer: Any, extra: Sequence[int] = ()) -> list[int]:
+    """EOS of the tokenizer and of the model's generation config, plus `extra`."""
+    ids = {tokenizer.eos_token_id, *extra}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+    return sorted(i for i in ids if i is not None)
+
+
+def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k, then nucleus (top-p; Holtzman et al., 2020) filtering. logits: (B, V)."""
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass.
+        drop = probs.cumsum(dim=-1) - probs > top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def _sample_next(logits: torch.Tensor, cfg: SamplingConfig, pad_id: int | None,
+                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next tokens (B,) and their logprobs (B,) from last-position logits (B, V) in fp32."""
+    temperature = cfg.temperature if cfg.temperature > 0 else 1.0
+    logprobs = (logits / temperature).log_softmax(dim=-1)  # (B, V)
+    masked = logits.clone()
+    if pad_id is not None:
+        masked[:, pad_id] = float("-inf")
+    if cfg.temperature == 0:
+        tokens = masked.argmax(dim=-1)  # (B,)
+    else:
+        probs = _filter(masked / cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+    return tokens, logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (B, P)
+    attention_mask = torch.zeros(len(prompts), width, dtype=torch.long)  # (B, P)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        attention_mask[i, width - len(p):] = 1
+    return input_ids, attention_mask
+
+
+def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], cfg: SamplingConfig,
+                    stops: torch.Tensor, pad_id: int,
+                    generator: torch.Generator | None) -> Generation:
+    device = next(model.parameters()).device
+    input_ids, attention_mask = _left_pad(prompts, pad_id)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    position_ids = position_ids_from_mask(attention_mask)  # (B, P)
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                use_cache=True, **keep)
+    B, steps = len(prompts), cfg.max_new_tokens
+    tokens = torch.full((B, steps), pad_id, dtype=torch.long, device=device)  # (B, N)
+    logprobs = torch.zeros(B, steps, dtype=torch.float32, device=device)  # (B, N)
+    lengths = torch.full((B,), steps, dtype=torch.long, device=device)  # (B,)
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
+    next_pos = position_ids[:, -1:] + 1  # (B, 1)
+    for t in range(steps):
+        tok, lp = _sample_next(out.logits[:, -1].float(), cfg, pad_id, generator)  # (B,), (B,)
+        tok = tok.masked_fill(done, pad_id)
+        tokens[:, t], logprobs[:, t] = tok, lp
+        newly = ~done & torch.isin(tok, stops)
+        lengths[newly] = t + 1
+        done |= newly
+        if bool(done.all()) or t == steps - 1:
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+        out = model(input_ids=tok.unsqueeze(-1), attention_mask=attention_mask,
+                    position_ids=next_pos, past_key_values=out.past_key_values, use_cache=True)
+        next_pos = next_pos + 1
+    n = lengths.tolist()
+    return Generation(
+        prompt_index=list(range(B)),
+        response_ids=[row[:k] for row, k in zip(tokens.tolist(), n)],
+        finished=done.tolist(),
+        logprobs=[row[:k] for row, k in zip(logprobs.tolist(), n)],
+    )
+
+
+def _check_prompts(model: Any, prompt_ids: Sequence[Sequence[int]], cfg: SamplingConfig) -> None:
+    if any(len(p) == 0 for p in prompt_ids):
+        raise CoachError("cannot sample from an empty prompt (no tokens)")
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    longest = max((len(p) for p in prompt_ids), default=0)
+    if context is not None and longest + cfg.max_new_tokens > context:
+        raise CoachError(f"a prompt of {longest} tokens plus max_new_tokens={cfg.max_new_tokens} "
+                         f"exceeds the model's context of {context} tokens")
+
+
+def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], cfg: SamplingConfig,
+             on_batch: Callable[[int, int], None] | None = None) -> Generation:
+    """Sample `cfg.n` responses to each prompt (token ids, without padding).
+
+    `on_batch(rows, tokens)` is called after each batch (for progress bars).
+    """
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise CoachError("sampling needs a pad token distinct from EOS (use models.load_tokenizer)")
+    _check_prompts(model, prompt_ids, cfg)
+    device = next(model.parameters()).device
+    stops = torch.tensor(stop_ids(model, tokenizer, cfg.stop_token_ids), device=device)
+    rows = [i for i in range(len(prompt_ids)) for _ in range(cfg.n)]
+    order = sorted(range(len(rows)), key=lambda r: len(prompt_ids[rows[r]]))
+    generator = None if cfg.seed is None else torch.Generator(device).manual_seed(cfg.seed)
+    bf16 = cfg.dtype == "bf16" and next(model.parameters()).dtype == torch.float32
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    result = Generation(prompt_index=rows, response_ids=[[]] * len(rows),
+                        finished=[False] * len(rows), logprobs=[[]] * len(rows))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast:
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
+                batch = _generate_batch(model, [prompt_ids[rows[r]] for r in idx], cfg, stops,
+                                        tokenizer.pad_token_id, generator)
+                for j, r in enumerate(idx):
+                    result.response_ids[r] = batch.response_ids[j]
+                    result.finished[r] = batch.finished[j]
+                    result.logprobs[r] = batch.logprobs[j]
+                if on_batch is not None:
+                    on_batch(len(idx), batch.num_tokens)
+    finally:
+        model.train(was_training)
+    return result
+
+
+def decode_responses(tokenizer: Any, gen: Generation) -> list[str]:
+    """Response texts, without special tokens (so without the final EOS)."""
+    return tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)

@@ -1,0 +1,139 @@
+"""Supervised fine-tuning on demonstrations, with loss only on response tokens.
+
+Each demonstration becomes (input_ids, labels) through the model's own chat template
+(`coachlm.data.chat.encode_example`): labels are IGNORE_INDEX on the prompt, so the loss is the
+token-level mean of the response tokens and their closing EOS, which teaches the model to answer
+and to stop (Ouyang et al., 2022, InstructGPT, section 3.5). Examples are length-bucketed and
+right-padded (`coachlm.data.collate.BucketedBatches`); the shared loop trains, optionally through
+LoRA adapters (Hu et al., 2021).
+
+Inputs: Demonstration records, or anything `coachlm.data.io.read_records` maps to them (TRL
+prompt/completion and messages datasets). Outputs under `out`: `config.yaml`, `metrics.jsonl`,
+`summary.json`, `checkpoints/` and the final model in `final/` (HF format; with LoRA, merged,
+and the adapter alone in `final/adapter`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from coachlm import config
+from coachlm.data.chat import encode_example
+from coachlm.data.collate import BucketedBatches
+from coachlm.data.io import read_records
+from coachlm.errors import CoachError, DataError
+from coachlm.models.load import load_model, load_tokenizer, save_pretrained
+from coachlm.models.lora import LoRAConfig, apply_lora
+from coachlm.trainers.loop import TrainConfig, TrainResult, causal_lm_loss, train
+
+Example = tuple[list[int], list[int]]  # (input_ids, labels)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """SFT settings. `train.batch_size` counts examples; `epochs`, when set, replaces
+    `train.max_steps` with the number of optimizer steps that many passes over the data take."""
+
+    model: Path
+    data: tuple[Path, ...]
+    out: Path
+    max_length: int = 512
+    lora: LoRAConfig | None = None
+    epochs: float | None = None
+    val_fraction: float = 0.05
+    bucket_batches: int = 16  # batches per length-sorted chunk (see collate.BucketedBatches)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        lr=2e-4, warmup_ratio=0.03, max_steps=300, batch_size=16, checkpoint_every=100))
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("data must name at least one file")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.bucket_batches < 1:
+            raise ValueError(f"bucket_batches must be >= 1, got {self.bucket_batches}")
+
+
+def load_examples(paths: Sequence[Path], tokenizer: Any, max_length: int) -> list[Example]:
+    """Encode every demonstration in `paths` (other record kinds are an error)."""
+    examples = []
+    for path in paths:
+        for record in read_records(path, kinds=["demonstration"]):
+            examples.append(encode_example(tokenizer, record.prompt, record.response.text, max_length))
+    if not examples:
+        raise DataError(", ".join(map(str, paths)), None, None, "no demonstrations to train on")
+    return examples
+
+
+def split_examples(examples: list[Example], val_fraction: float,
+                   seed: int) -> tuple[list[Example], list[Example]]:
+    """A seeded random held-out set; validation is sorted by length (less padding)."""
+    order = np.random.default_rng(seed).permutation(len(examples))
+    n_val = math.ceil(len(examples) * val_fraction) if val_fraction > 0 else 0
+    if n_val >= len(examples):
+        raise CoachError(f"val_fraction {val_fraction} leaves no training examples "
+                         f"out of {len(examples)}")
+    val = sorted((examples[i] for i in order[:n_val]), key=lambda e: len(e[0]))
+    return [examples[i] for i in order[n_val:]], val
+
+
+def response_loss(model: torch.nn.Module, batches: BucketedBatches) -> Mapping[str, float]:
+    """Token-level mean loss over the response tokens of every batch in `batches`."""
+    total, count = 0.0, 0
+    for batch in batches.epoch_batches():
+        out = causal_lm_loss(model, batch)
+        total, count = total + float(out.loss_sum), count + out.count
+    loss = total / max(count, 1)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+
+
+def _model(cfg: SFTConfig, tok: Any) -> torch.nn.Module:
+    model = load_model(cfg.model, dtype=torch.float32, tokenizer=tok)
+    if cfg.lora is not None:
+        with torch.random.fork_rng():  # LoRA init must not shift the run's seeded RNG streams
+            torch.manual_seed(cfg.train.seed)
+            model = apply_lora(model, cfg.lora)
+    return model
+
+
+def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
+    """`run_sft`, also returning the loop's TrainResult (metrics, tokens/s)."""
+    tok = load_tokenizer(cfg.model)
+    examples = load_examples(cfg.data, tok, cfg.max_length)
+    train_ex, val_ex = split_examples(examples, cfg.val_fraction, cfg.train.seed)
+    tcfg = cfg.train
+    batches = BucketedBatches(train_ex, tcfg.batch_size, tok.pad_token_id, seed=tcfg.seed,
+                              bucket_batches=cfg.bucket_batches)
+    if cfg.epochs is not None:
+        steps = max(1, math.ceil(cfg.epochs * len(batches) / tcfg.grad_accum))
+        try:
+            tcfg = dataclasses.replace(tcfg, max_steps=steps)
+        except ValueError as e:
+            raise CoachError(f"epochs={cfg.epochs} gives {steps} steps: train: {e}") from None
+    cfg = dataclasses.replace(cfg, train=tcfg)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    config.save(cfg, cfg.out / "config.yaml")
+    model = _model(cfg, tok)
+    val = BucketedBatches(val_ex, tcfg.batch_size, tok.pad_token_id, shuffle=False) if val_ex else None
+    result = train(model, batches, causal_lm_loss, tcfg, cfg.out,
+                   eval_fn=(lambda m: response_loss(m, val)) if val else None,
+                   resume=resume, description="sft",
+                   extra_summary={"train_examples": len(train_ex), "val_examples": len(val_ex),
+                                  "batches_per_epoch": len(batches)})
+    return result, save_pretrained(model, tok, cfg.out / "final")
+
+
+def run_sft(cfg: SFTConfig, resume: bool = False) -> Path:
+    """Fine-tune per `cfg`; returns the final model directory (`cfg.out / "final"`)."""
+    return sft(cfg, resume)[1]

@@ -1,0 +1,132 @@
+"""The shared training loop: schedule, exact accumulation, config checks, metrics files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from coachlm import config
+from coachlm.config import ConfigError
+from coachlm.data.chat import encode_example
+from coachlm.data.collate import pad_examples
+from coachlm.trainers.checkpoint import list_checkpoints
+from coachlm.trainers.loop import (TrainConfig, causal_lm_loss, lr_at, make_optimizer, train,
+                                   use_bf16)
+from trainers_fixtures import ListSource, tiny_demos, tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("COACHLM_NO_PROGRESS", "1")
+
+
+def test_schedule_matches_hand_computation():
+    cos = TrainConfig(lr=1.0, warmup_steps=2, max_steps=10, min_lr_ratio=0.1, schedule="cosine")
+    assert lr_at(0, cos) == pytest.approx(0.5)  # warm-up: (0 + 1) / 2
+    assert lr_at(1, cos) == pytest.approx(1.0)
+    assert lr_at(2, cos) == pytest.approx(1.0)  # decay starts at its peak
+    assert lr_at(6, cos) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))  # 0.55
+    assert lr_at(10, cos) == pytest.approx(0.1)  # the floor, reached at max_steps
+    lin = config.replace(cos, schedule="linear")
+    assert lr_at(4, lin) == pytest.approx(0.1 + 0.9 * (1 - 2 / 8))  # 0.775
+    const = config.replace(cos, schedule="constant")
+    assert lr_at(7, const) == 1.0
+    ratio = TrainConfig(lr=2.0, warmup_ratio=0.1, max_steps=50)  # 5 warm-up steps
+    assert ratio.warmup == 5 and lr_at(0, ratio) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lr=0", "lr must be > 0"),
+    ("batch_size=0", "batch_size must be >= 1"),
+    ("grad_accum=0", "grad_accum must be >= 1"),
+    ("schedule=cosin", "must be one of"),
+    ("warmup_steps=20", "warm-up (20 steps) must be shorter than max_steps"),
+    ("betas=[0.9]", "betas must be two numbers"),
+    ("learning_rate=1e-3", "unknown config key 'learning_rate' (did you mean 'lr'?)"),
+    ("max_grad_norm=-1", "max_grad_norm must be > 0"),
+])
+def test_config_errors_are_clear(override, message):
+    with pytest.raises(ConfigError) as e:
+        config.load(TrainConfig, overrides=["max_steps=10", override])
+    assert message in str(e.value)
+
+
+def test_config_from_yaml(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("lr: 1e-4\nbetas: [0.9, 0.99]\nbf16: true\nthreads: null\n")
+    cfg = config.load(TrainConfig, path, overrides=["grad_accum=4"])
+    assert (cfg.lr, cfg.betas, cfg.bf16, cfg.grad_accum) == (1e-4, (0.9, 0.99), True, 4)
+
+
+def test_weight_decay_skips_norms_and_embeddings(tok):
+    model = tiny_model(tok)
+    opt = make_optimizer(model, TrainConfig(weight_decay=0.1))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == (p.ndim == 2 and "embed" not in name), name
+
+
+def _batches(tok, n=8):
+    """Examples of different lengths, so token weighting matters."""
+    demos = tiny_demos(n, seed=3)
+    examples = [encode_example(tok, d.prompt, d.response.text + " ok" * i) for i, d in enumerate(demos)]
+    return [(torch.tensor(i), torch.tensor(l)) for i, l in examples]
+
+
+def test_grad_accumulation_equals_one_big_batch(tok, tmp_path):
+    ex = _batches(tok)
+    results = []
+    # Micro-batches of 3 and 5 examples with different token counts: a mean of micro-batch means
+    # would differ from the big batch; a token-weighted sum must not.
+    for accum, groups in [(2, [ex[:3], ex[3:]]), (1, [ex])]:
+        model = tiny_model(tok, seed=0)
+        cfg = TrainConfig(lr=1e-2, max_steps=3, batch_size=8 // accum, grad_accum=accum,
+                          bf16=False, threads=1)
+        source = ListSource([pad_examples(g, tok.pad_token_id) for g in groups])
+        result = train(model, source, causal_lm_loss, cfg, tmp_path / str(accum))
+        results.append((torch.cat([p.detach().flatten() for p in model.parameters()]),
+                        result.metrics["loss"]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=2e-6, rtol=1e-5)
+    assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
+
+
+def test_metrics_summary_and_checkpoints_written(tok, tmp_path):
+    ex = _batches(tok, 4)
+    model = tiny_model(tok)
+    cfg = TrainConfig(max_steps=5, batch_size=2, log_every=2, checkpoint_every=2,
+                      keep_checkpoints=2, eval_every=4, threads=1, bf16=False)
+    source = ListSource([pad_examples(ex[:2], tok.pad_token_id), pad_examples(ex[2:], tok.pad_token_id)])
+    steps = []
+    result = train(model, source, causal_lm_loss, cfg, tmp_path, on_step=lambda s, m: steps.append(s),
+                   eval_fn=lambda m: {"val_loss": 1.5}, extra_summary={"examples": 4})
+    assert steps == [1, 2, 3, 4, 5]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 4, 5, 5]  # logs, eval at 4, last step, final eval
+    for key in ("loss", "lr", "grad_norm", "tokens", "tokens_per_s"):
+        assert key in rows[0]
+    assert rows[-1]["val_loss"] == 1.5
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("steps", "tokens", "tokens_per_s", "seconds", "peak_rss_mb", "final_metrics",
+                "trainable_params"):
+        assert key in summary, key
+    assert summary["steps"] == 5 and summary["examples"] == 4
+    b0, b1 = (b.num_tokens for b in source.batches)  # steps 1..5 see b0 b1 b0 b1 b0
+    assert summary["tokens"] == result.tokens == 3 * b0 + 2 * b1
+    assert summary["trainable_params"] == sum(p.numel() for p in model.parameters())
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000004", "step-000005"]
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_bf16_auto_is_resolved():
+    cpu = torch.device("cpu")
+    assert use_bf16(TrainConfig(bf16=True), cpu) is True
+    assert use_bf16(TrainConfig(bf16=False), cpu) is False
+    assert use_bf16(TrainConfig(), cpu) == bool(torch.cpu._is_amx_tile_supported())
