@@ -64,7 +64,7 @@ def resume_run(out_dir, kill_at: int | None = None, resume: bool = False, lora: 
     import signal
 
     from coachlm.data.chat import encode_example
-    from coachlm.data.collate import BucketedBatches
+    from coachlm.data.collate import ExampleBatches
     from coachlm.trainers.checkpoint import trainable_state
     from coachlm.trainers.loop import TrainConfig, causal_lm_loss, train
 
@@ -75,7 +75,7 @@ def resume_run(out_dir, kill_at: int | None = None, resume: bool = False, lora: 
 
         model = apply_lora(model, LoRAConfig(r=4))
     examples = [encode_example(tok, d.prompt, d.response.text) for d in tiny_demos(40)]
-    batches = BucketedBatches(examples, 4, tok.pad_token_id, seed=1, bucket_batches=2)
+    batches = ExampleBatches(examples, 4, tok.pad_token_id, seed=1, bucket_batches=2)
     cfg = TrainConfig(lr=3e-3, warmup_steps=2, max_steps=8, batch_size=4, grad_accum=2,
                       checkpoint_every=3, keep_checkpoints=2, log_every=1, bf16=False, threads=1)
 

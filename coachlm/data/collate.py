@@ -1,5 +1,5 @@
-"""Batches for causal-LM training: packed blocks (pretraining) and length-bucketed padded
-examples (SFT), both as resumable batch sources.
+"""Batches for causal-LM training: packed blocks (pretraining) and packed or padded examples
+(SFT), both as resumable batch sources.
 
 A batch source yields micro-batches forever (epoch after epoch) in an order fixed by
 (seed, epoch, position), and its whole state is those integers: a checkpoint stores them and a
@@ -10,11 +10,18 @@ followed by EOS and the stream is cut into blocks of `seq_len` tokens with no pa
 is left to cross the document boundary inside a block, as GPT-2/nanoGPT do: the EOS tells the
 model a new document begins, and no token is wasted on padding.
 
-SFT keeps examples apart (no cross-example attention, which on CPU would need a 4D mask instead
-of the fast causal kernel) and pads on the right. To waste little compute on padding, examples are
-*length-bucketed*: the epoch's shuffled order is cut into chunks of `bucket_batches` batches,
-each chunk is sorted by length and cut into batches, and the batches are shuffled again, so a
-batch holds examples of similar length while the epoch stays random.
+SFT keeps examples apart. By default a micro-batch's examples are *packed* (`pack_examples`):
+placed end to end in rows as long as its longest example (first-fit decreasing), with position
+ids restarting at 0 at each example. Given position ids that restart and no attention mask,
+transformers (>= 4.54) builds a block-diagonal causal mask, so no example attends to another and
+each one's logits equal those it gets alone (tested), while the rows carry far less padding
+than one padded row per example (1.4x faster per step on world-small SFT). The alternative,
+`pad_examples`, right-pads one row per example. Optionally, examples are *length-bucketed*: the
+epoch's shuffled order is cut into chunks of `bucket_batches` batches, each chunk is sorted by
+length and cut into batches, and the batches are shuffled again, so a batch holds examples of
+similar length (less padding) while the epoch stays random. It is off by default
+(`bucket_batches=1`): when length tracks the kind of example, as in the built-in world, bucketed
+batches are each one kind of task, and learning per step was measurably worse.
 """
 
 from __future__ import annotations
@@ -33,10 +40,11 @@ from coachlm.data.chat import IGNORE_INDEX
 class TokenBatch:
     """A causal-LM micro-batch. Labels are aligned with input_ids (the loss shifts them)."""
 
-    input_ids: Tensor  # (B, T) int64, right-padded with the pad id
+    input_ids: Tensor  # (B, T) int64, rows right-padded with the pad id
     labels: Tensor  # (B, T) int64, IGNORE_INDEX where no loss is taken (prompt, padding)
     attention_mask: Tensor  # (B, T) int64, 1 on real tokens
     num_tokens: int  # real (non-pad) input tokens: what tokens/s counts
+    position_ids: Tensor | None = None  # (B, T) int64, restarting per packed example; None: 0..T-1
 
 
 def pack_documents(docs: Iterable[Sequence[int]], seq_len: int, eos_id: int,
@@ -67,6 +75,45 @@ def pad_examples(examples: Sequence[tuple[Tensor, Tensor]], pad_id: int) -> Toke
         labels[i, : len(lab)] = lab
         attention_mask[i, : len(ids)] = 1
     return TokenBatch(input_ids, labels, attention_mask, sum(lengths))
+
+
+def pack_examples(examples: Sequence[tuple[Tensor, Tensor]], pad_id: int) -> TokenBatch:
+    """Pack (input_ids, labels) pairs into rows as long as the longest example.
+
+    First-fit decreasing: longest examples first, each into the first row with room. Each
+    example's first label is dropped (IGNORE_INDEX): it would be predicted from the previous
+    example. The padding tail of a row gets its own restarting position ids, so it forms a
+    separate (unlabelled) sequence.
+    """
+    width = max(len(ids) for ids, _ in examples)
+    rows: list[list[int]] = []  # example indices of each row
+    fill: list[int] = []  # tokens used in each row
+    for i in sorted(range(len(examples)), key=lambda i: -len(examples[i][0])):
+        n = len(examples[i][0])
+        row = next((r for r, used in enumerate(fill) if used + n <= width), None)
+        if row is None:
+            rows.append([])
+            fill.append(0)
+            row = len(rows) - 1
+        rows[row].append(i)
+        fill[row] += n
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (R, T)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # (R, T)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (R, T)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)  # (R, T)
+    positions = torch.arange(width)
+    for r, members in enumerate(rows):
+        start = 0
+        for i in members:
+            ids, lab = examples[i]
+            end = start + len(ids)
+            input_ids[r, start:end] = ids
+            labels[r, start + 1:end] = lab[1:]
+            attention_mask[r, start:end] = 1
+            position_ids[r, start:end] = positions[: len(ids)]
+            start = end
+        position_ids[r, start:] = positions[: width - start]
+    return TokenBatch(input_ids, labels, attention_mask, sum(fill), position_ids)
 
 
 def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -124,11 +171,13 @@ class PackedBatches(_Resumable):
         return TokenBatch(ids, ids, self._mask, ids.numel())
 
 
-class BucketedBatches(_Resumable):
-    """Length-bucketed, right-padded batches of (input_ids, labels) examples."""
+class ExampleBatches(_Resumable):
+    """Shuffled (optionally length-bucketed) batches of (input_ids, labels) examples, packed
+    (`pack_examples`) or right-padded (`pad_examples`)."""
 
     def __init__(self, examples: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int,
-                 pad_id: int, seed: int = 0, bucket_batches: int = 16, shuffle: bool = True):
+                 pad_id: int, seed: int = 0, bucket_batches: int = 1, shuffle: bool = True,
+                 pack: bool = True):
         if not examples:
             raise ValueError("no examples to batch")
         self.examples = [(torch.tensor(ids, dtype=torch.long), torch.tensor(lab, dtype=torch.long))
@@ -136,6 +185,7 @@ class BucketedBatches(_Resumable):
         self.lengths = np.array([len(ids) for ids, _ in examples])
         self.batch_size, self.pad_id = batch_size, pad_id
         self.bucket_batches, self.shuffle = bucket_batches, shuffle
+        self._collate = pack_examples if pack else pad_examples
         super().__init__(seed)
 
     def _epoch_order(self, epoch: int) -> list[np.ndarray]:
@@ -153,9 +203,9 @@ class BucketedBatches(_Resumable):
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def next_batch(self) -> TokenBatch:
-        return pad_examples([self.examples[i] for i in self._next_indices()], self.pad_id)
+        return self._collate([self.examples[i] for i in self._next_indices()], self.pad_id)
 
     def epoch_batches(self) -> Iterable[TokenBatch]:
         """One pass over the current epoch's batches without moving the position (evaluation)."""
         for idx in self._epoch_order(self.epoch):
-            yield pad_examples([self.examples[i] for i in idx], self.pad_id)
+            yield self._collate([self.examples[i] for i in idx], self.pad_id)

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coachlm.feedback.db import NotFound, StoreError
@@ -56,6 +56,7 @@ def assign_tasks(s: Session, project: Project, labelers: Sequence[Labeler],
             lab = min(free, key=lambda x: (load[x.id], rng.random()))
             s.add(Assignment(task_id=task.id, labeler_id=lab.id, slot=slot,
                              shown_order=_shown_order(task, rng)))
+            task.filled = Task.filled + 1  # an atomic increment in SQL
             s.flush()
             have.add(lab.id)
             load[lab.id] += 1
@@ -69,28 +70,30 @@ def pending(s: Session, labeler: Labeler, project: Project) -> Assignment | None
         Task.project_id == project.id).order_by(Assignment.id).limit(1))
 
 
-def claim(s: Session, labeler: Labeler, project: Project, rng: random.Random | None = None,
-          scan: int = 20) -> Assignment | None:
-    """Claim a free slot on a task this labeler has never had (None if there is none)."""
+def claim(s: Session, labeler: Labeler, project: Project,
+          rng: random.Random | None = None) -> Assignment | None:
+    """Claim a free slot on the oldest task this labeler has never had (None if there is none).
+
+    PostgreSQL: the task row is locked FOR UPDATE SKIP LOCKED, the job-queue idiom, so that
+    concurrent claimers take different tasks instead of colliding on one slot; if every open
+    task is locked at that instant, wait for one rather than wrongly report an empty queue.
+    SQLite: writers are serialized, so the first open task is simply free.
+    """
     rng = rng or random.Random()
     mine = select(Assignment.task_id).where(Assignment.labeler_id == labeler.id)
-    filled = (select(func.count()).where(Assignment.task_id == Task.id, Assignment.slot.is_not(None))
-              .correlate(Task).scalar_subquery())
-    candidates = s.scalars(select(Task).where(
-        Task.project_id == project.id, Task.id.not_in(mine), filled < Task.n_labels)
-        .order_by(Task.id).limit(scan)).all()
-    if not candidates:
+    q = (select(Task).where(Task.project_id == project.id, Task.id.not_in(mine),
+                            Task.filled < Task.n_labels).order_by(Task.id).limit(1))
+    task = s.scalar(q.with_for_update(skip_locked=True)) or s.scalar(q.with_for_update())
+    if task is None:
         return None
-    # Prefer the oldest task (items finish in order) but not always the very first, so that
-    # many labelers claiming at once rarely collide on one slot.
-    task = candidates[min(int(rng.expovariate(1.0)), len(candidates) - 1)]
     slot = _free_slot(s, task)
     if slot is None:
         return None
     a = Assignment(task_id=task.id, labeler_id=labeler.id, slot=slot,
                    shown_order=_shown_order(task, rng))
     s.add(a)
-    s.flush()  # IntegrityError here means a racing claim won: Store.run retries
+    task.filled = Task.filled + 1
+    s.flush()  # the unique (task, slot) constraint stays the last line of defence
     return a
 
 
@@ -112,6 +115,7 @@ def skip(s: Session, labeler: Labeler, assignment_id: int) -> None:
     a = get_assignment(s, labeler, assignment_id)
     if a.status == PENDING:
         a.status, a.slot, a.done_at = SKIPPED, None, utcnow()
+        a.task.filled = Task.filled - 1
 
 
 @dataclass(frozen=True)
@@ -126,9 +130,6 @@ def progress(s: Session, labeler: Labeler, project: Project) -> Progress:
         Assignment.labeler_id == labeler.id, Task.project_id == project.id)
         .group_by(Assignment.status)).all())
     mine = select(Assignment.task_id).where(Assignment.labeler_id == labeler.id)
-    filled = (select(func.count()).where(and_(Assignment.task_id == Task.id,
-                                              Assignment.slot.is_not(None)))
-              .correlate(Task).scalar_subquery())
     available = s.scalar(select(func.count()).select_from(Task).where(
-        Task.project_id == project.id, Task.id.not_in(mine), filled < Task.n_labels)) or 0
+        Task.project_id == project.id, Task.id.not_in(mine), Task.filled < Task.n_labels)) or 0
     return Progress(counts.get(DONE, 0), counts.get(PENDING, 0), available)

@@ -1,16 +1,21 @@
 """Opening the feedback store: SQLite (WAL) by default, PostgreSQL by URL; migrations run on open.
 
-SQLite settings and why: WAL lets readers run while one writer commits; `synchronous=FULL`
-makes a commit durable before we tell the labeler it is saved; foreign keys are off in SQLite
-unless asked for; write transactions start with BEGIN IMMEDIATE so that two writers queue on
-the busy timeout instead of both reading and then failing to upgrade their lock ("database is
-locked"). PostgreSQL needs none of this: row locks (`with_for_update`) and unique constraints
-make the same operations safe there.
+SQLite settings and why: WAL lets readers run while one writer commits; a durable write
+(`synchronous=FULL`, the default for `write()`) is on disk before we tell the labeler it is
+saved, while bookkeeping that may be lost on a power cut (claiming an assignment) skips the
+fsync (`durable=False`; the next durable commit syncs it too); foreign keys are off in SQLite
+unless asked for; write transactions start with BEGIN IMMEDIATE so that two writers queue
+instead of both reading and then failing to upgrade their lock ("database is locked"). Within
+one process, writers also queue on a lock, which is fairer and faster than SQLite's sleeping
+busy handler; other processes still wait on the busy timeout. PostgreSQL needs none of this:
+row locks (`with_for_update`) and unique constraints make the same operations safe there, and
+`durable=False` turns off `synchronous_commit` for that one transaction.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -19,7 +24,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -77,7 +82,9 @@ def _sqlite_engine(url: str, cfg: StoreConfig) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
-        write = conn.get_execution_options().get("coachlm_write", False)
+        write = conn.get_execution_options().get("coachlm_write")
+        if write:  # "durable" or "fast"
+            conn.exec_driver_sql(f"PRAGMA synchronous={'FULL' if write == 'durable' else 'NORMAL'}")
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
@@ -97,9 +104,11 @@ class Store:
                                             pool_pre_ping=True)
         except (ArgumentError, ImportError) as e:
             raise StoreError(f"cannot open feedback store {cfg.url!r}: {e}") from None
-        write_engine = self.engine.execution_options(coachlm_write=True)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
-        self._write = sessionmaker(write_engine, expire_on_commit=False)
+        self._write = {durable: sessionmaker(self.engine.execution_options(
+            coachlm_write="durable" if durable else "fast"), expire_on_commit=False)
+            for durable in (True, False)}
+        self._lock = threading.Lock() if self.is_sqlite else nullcontext()
         if cfg.migrate:
             upgrade(self.engine)
 
@@ -109,22 +118,25 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
+        """A read transaction; loaded objects stay readable after the block (not expired)."""
         with self._read() as s:
             yield s
-            s.rollback()
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        """A transaction that commits when the block ends (durably) and rolls back on error."""
-        with self._write() as s, s.begin():
+    def write(self, durable: bool = True) -> Iterator[Session]:
+        """A transaction that commits when the block ends and rolls back on error. Do not nest."""
+        with self._lock, self._write[durable]() as s, s.begin():
+            if not durable and self.engine.dialect.name == "postgresql":
+                # PostgreSQL's counterpart of synchronous=NORMAL, for this transaction only.
+                s.execute(text("SET LOCAL synchronous_commit TO OFF"))
             yield s
 
-    def run(self, fn: Callable[[Session], T], retries: int = 5) -> T:
+    def run(self, fn: Callable[[Session], T], retries: int = 5, durable: bool = True) -> T:
         """`fn(session)` in a write transaction, retried when a concurrent writer made it fail
         (a unique constraint hit by a racing claim, a deadlock, a lock timeout)."""
         for attempt in range(retries + 1):
             try:
-                with self.write() as s:
+                with self.write(durable) as s:
                     return fn(s)
             except (IntegrityError, DBAPIError) as e:
                 if attempt == retries or (isinstance(e, DBAPIError) and not _transient(e)):

@@ -5,7 +5,8 @@ Filters, applied in this order: kinds; excluded labelers; labelers whose gold ac
 `min_gold_accuracy` (labelers who answered no gold item are kept); then per item, the share of
 its remaining labels that agree with its most common label must reach `min_agreement`.
 Every record keeps its provenance: labeler, source, time spent, the order the responses were
-shown in, and in `meta` the project, task id, whether the item is gold and its agreement.
+shown in, and in `meta` the project, task id, the guidelines version in force, whether the
+item is gold and its agreement.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def _response(row: Response) -> schema.Response:
 
 def to_record(r: LabelRow, project: Project, prompt: schema.Prompt,
               responses: list[schema.Response], agreement: float | None) -> schema.Record:
-    meta = {"project": project.name, "task": r.task_id, "gold": r.gold is not None}
+    meta = {"project": project.name, "task": r.task_id, "gold": r.gold is not None,
+            "guidelines_version": r.guideline_version}
     if agreement is not None:
         meta["agreement"] = round(agreement, 4)
     common = dict(id=r.client_id, prompt=prompt, labeler=r.labeler, source=r.source,

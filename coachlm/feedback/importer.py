@@ -38,8 +38,22 @@ class ImportCounts:
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
-def read_jsonl(path: str | Path) -> Iterator[schema.Record]:
-    """Records from a JSONL file, via `coachlm.data.io` when present, else line by line."""
+def parse_lines(lines: Iterable[str], where: str = "<upload>") -> Iterator[schema.Record]:
+    """Records from JSON lines (blank lines skipped); errors name the line and field."""
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield schema.from_dict(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(where, i, None, f"not valid JSON: {e.msg}") from None
+        except schema.SchemaError as e:
+            raise DataError(where, i, e.field, e.message) from None
+
+
+def read_file(path: str | Path) -> Iterator[schema.Record]:
+    """Records from a file: via `coachlm.data.io` when present (JSONL, JSON, Parquet, saved
+    datasets, TRL/HH-RLHF formats), else JSONL line by line."""
     try:
         from coachlm.data.io import read_records  # type: ignore[attr-defined]
     except ImportError:
@@ -51,15 +65,7 @@ def read_jsonl(path: str | Path) -> Iterator[schema.Record]:
     if not path.is_file():
         raise DataError(path, None, None, "no such file")
     with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield schema.from_dict(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(path, i, None, f"not valid JSON: {e.msg}") from None
-            except schema.SchemaError as e:
-                raise DataError(path, i, e.field, e.message) from None
+        yield from parse_lines(f, str(path))
 
 
 def _answer(record: schema.Record) -> tuple[str, dict[str, Any], list[schema.Response]]:

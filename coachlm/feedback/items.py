@@ -20,9 +20,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coachlm.data import schema
+from coachlm.feedback.accounts import create_labeler
 from coachlm.feedback.db import StoreError
-from coachlm.feedback.tables import (TASK_KINDS, Guideline, Labeler, Project, Prompt, Response,
-                                     Task)
+from coachlm.feedback.labels import check_answer
+from coachlm.feedback.tables import (PENDING, TASK_KINDS, Assignment, Guideline, Label, Labeler,
+                                     Project, Prompt, Response, Task)
 
 DEFAULT_FLAGS = ("harmful", "fails_instruction", "made_up_facts", "unhelpful", "too_long")
 
@@ -161,15 +163,42 @@ def create_tasks(s: Session, project: Project, spec: TaskSpec) -> int:
 
 def set_gold(s: Session, task: Task, answer: dict[str, Any] | None) -> None:
     """Mark `task` as a gold item with a known answer (canonical form), or unmark it (None)."""
-    from coachlm.feedback.labels import check_answer  # labels imports this module
-
     task.gold = check_answer(task.kind, answer, len(task.response_ids)) if answer else None
 
 
 def labeler_for_record(s: Session, record: schema.Record) -> Labeler:
     """The labeler account that imported labels are filed under (created without a password)."""
-    from coachlm.feedback.accounts import create_labeler
-
     name = record.labeler or f"{record.source}-labeler"
     lab = s.scalar(select(Labeler).where(Labeler.name == name))
     return lab or create_labeler(s, name, source=record.source)
+
+
+@dataclass(frozen=True)
+class ProjectStats:
+    prompts: int
+    responses: int
+    tasks: dict[str, int]  # per kind
+    gold: int
+    labels: int
+    assignments_pending: int
+    cost: float
+
+
+def project_stats(s: Session, project: Project) -> ProjectStats:
+    pid = project.id
+    count = lambda q: s.scalar(q) or 0  # noqa: E731
+    tasks = dict(s.execute(select(Task.kind, func.count()).where(Task.project_id == pid)
+                           .group_by(Task.kind)).all())
+    return ProjectStats(
+        prompts=count(select(func.count()).select_from(Prompt).where(Prompt.project_id == pid)),
+        responses=count(select(func.count()).select_from(Response).join(Prompt)
+                        .where(Prompt.project_id == pid)),
+        tasks=tasks,
+        gold=count(select(func.count()).select_from(Task).where(Task.project_id == pid,
+                                                                Task.gold.is_not(None))),
+        labels=count(select(func.count()).select_from(Label).join(Task)
+                     .where(Task.project_id == pid)),
+        assignments_pending=count(select(func.count()).select_from(Assignment).join(Task).where(
+            Task.project_id == pid, Assignment.status == PENDING)),
+        cost=float(count(select(func.sum(Label.cost)).join(Task).where(Task.project_id == pid))),
+    )

@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coachlm.data.schema import CHOICES
 from coachlm.feedback.db import Conflict, NotFound, StoreError
-from coachlm.feedback.tables import DONE, SKIPPED, Assignment, Label, Labeler, Project, utcnow
+from coachlm.feedback.tables import (DONE, SKIPPED, Assignment, Guideline, Label, Labeler, Project,
+                                     utcnow)
 
 SHOWN_CHOICES = {"first": 0, "second": 1}
 MAX_TEXT = 100_000
@@ -148,8 +149,11 @@ def submit_label(s: Session, labeler: Labeler, assignment_id: int, client_id: st
     if time_spent_s is not None:
         t = float(time_spent_s)
         time_spent_s = min(max(t, 0.0), 86_400.0) if math.isfinite(t) else None
+    version = s.scalar(select(func.max(Guideline.version)).where(
+        Guideline.project_id == project.id))
     label = Label(client_id=client_id, assignment_id=a.id, task_id=task.id, labeler_id=labeler.id,
-                  answer=canonical, time_spent_s=time_spent_s, cost=labeler.cost_per_label)
+                  answer=canonical, time_spent_s=time_spent_s, cost=labeler.cost_per_label,
+                  guideline_version=version)
     a.status, a.done_at = DONE, utcnow()
     s.add(label)
     s.flush()

@@ -35,6 +35,7 @@ class LabelRow:
     shown_order: list[int]
     time_spent_s: float | None
     cost: float
+    guideline_version: int | None
     created_at: datetime
     prompt_id: int
     response_ids: list[int]
@@ -47,7 +48,8 @@ def load_labels(s: Session, project: Project) -> list[LabelRow]:
                      .join(Assignment, Label.assignment_id == Assignment.id)
                      .where(Task.project_id == project.id).order_by(Label.id))
     return [LabelRow(lb.client_id, t.id, t.kind, lb.answer, t.gold, name, source, list(shown),
-                     lb.time_spent_s, lb.cost, lb.created_at, t.prompt_id, list(t.response_ids))
+                     lb.time_spent_s, lb.cost, lb.guideline_version, lb.created_at, t.prompt_id,
+                     list(t.response_ids))
             for lb, t, name, source, shown in rows]
 
 

@@ -63,29 +63,42 @@ def _tables(matches: Sequence[Match], names: list[str]) -> tuple[np.ndarray, np.
     return wins, games
 
 
-def bt_strengths(wins: np.ndarray, games: np.ndarray, prior: float = 0.0, iters: int = 10_000,
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
+
+
+def bt_strengths(wins: np.ndarray, games: np.ndarray, prior: float = 0.0, iters: int = 100,
                  tol: float = 1e-10) -> np.ndarray:
-    """Bradley-Terry MLE of log-strengths by the MM algorithm (Hunter, 2004, eq. 3):
-    gamma_i <- W_i / sum_j N_ij / (gamma_i + gamma_j).
+    """Bradley-Terry maximum likelihood log-strengths theta, by Newton's method on the concave
+    log-likelihood L = sum_i W_i theta_i - sum_{i<j} N_ij log(e^theta_i + e^theta_j), where W_i
+    counts wins (ties half) and N_ij games (Bradley & Terry, 1952). Hunter's (2004) MM algorithm
+    reaches the same maximum but needs thousands of steps when strengths are far apart; Newton
+    needs a handful.
 
     `prior` > 0 adds that many virtual tied games of every player against a fixed player of
-    strength 1, a shrinkage that keeps the MLE finite for a player who never lost (or never
-    won). Returns log-strengths centered to mean 0.
+    strength 0, a shrinkage that keeps the estimate finite for a player who never lost (or never
+    won). The likelihood does not change when every theta shifts by one constant, so each step
+    is the minimum-norm solution, which never moves along that direction. Returns log-strengths
+    centered to mean 0.
     """
-    w = wins + prior / 2  # (P,)
-    gamma = np.ones_like(w)
+    theta = np.zeros(len(wins))  # (P,)
     for _ in range(iters):
-        denom = (games / (gamma[:, None] + gamma[None, :])).sum(1) + prior / (gamma + 1.0)
-        new = np.where(denom > 0, w / np.maximum(denom, 1e-300), gamma)
-        new = np.maximum(new, 1e-300)
-        if prior == 0:  # without an anchor the scale is free: fix the geometric mean at 1
-            new = new / math.exp(np.log(new).mean())
-        done = np.max(np.abs(np.log(new) - np.log(gamma))) < tol
-        gamma = new
-        if done:
+        p = _sigmoid(theta[:, None] - theta[None, :])  # (P, P) P(i beats j)
+        grad = wins - (games * p).sum(1)  # (P,)
+        curv = games * p * (1 - p)  # (P, P)
+        neg_hess = np.diag(curv.sum(1)) - curv  # (P, P) positive semi-definite
+        if prior > 0:
+            s = _sigmoid(theta)
+            grad = grad + prior * (0.5 - s)
+            neg_hess = neg_hess + np.diag(prior * s * (1 - s))
+        step = np.linalg.lstsq(neg_hess, grad, rcond=None)[0]
+        size = np.max(np.abs(step), initial=0.0)
+        if size > 5.0:  # damp big early steps (a player far from the rest)
+            step *= 5.0 / size
+        theta = theta + step
+        if size < tol:
             break
-    log_gamma = np.log(gamma)
-    return log_gamma - log_gamma.mean()
+    return theta - theta.mean()
 
 
 def bradley_terry(matches: Sequence[Match], prior: float = 0.0, base: float = 1000.0,
@@ -113,7 +126,7 @@ def leaderboard(matches: Sequence[Match], rounds: int = 200, prior: float = 0.5,
     for r in range(rounds):
         pick = rng.integers(0, len(matches), len(matches))
         w, g = _tables([matches[i] for i in pick], names)
-        samples[r] = base + to_elo * bt_strengths(w, g, prior, iters=2_000, tol=1e-8)
+        samples[r] = base + to_elo * bt_strengths(w, g, prior, tol=1e-8)
     alpha = (1 - ci) / 2 * 100
     lo, hi = np.percentile(samples, [alpha, 100 - alpha], axis=0) if rounds else (point, point)
     played = games.sum(1)
@@ -158,10 +171,17 @@ def matches_from_records(records: Iterable[schema.Record],
 
 def per_prompt(records: Iterable[schema.Record], rounds: int = 100,
                seed: int = 0) -> dict[str, list[Standing]]:
-    """A leaderboard of the responses of each prompt (keyed by the prompt's last user turn)."""
-    groups: dict[str, list[schema.Record]] = defaultdict(list)
+    """A leaderboard of the responses of each prompt, keyed by the conversation's last user turn
+    (conversations that differ earlier but end alike get " (2)", " (3)"... appended)."""
+    groups: dict[schema.Prompt, list[schema.Record]] = defaultdict(list)
     for rec in records:
         if isinstance(rec, (schema.Comparison, schema.Ranking)):
-            groups[rec.prompt_text].append(rec)
-    return {p: leaderboard(matches_from_records(recs, by_text), rounds=rounds, seed=seed)
-            for p, recs in groups.items()}
+            groups[rec.prompt].append(rec)
+    out: dict[str, list[Standing]] = {}
+    for prompt, recs in groups.items():
+        name, n = prompt[-1].content, 1
+        while name in out:
+            n += 1
+            name = f"{prompt[-1].content} ({n})"
+        out[name] = leaderboard(matches_from_records(recs, by_text), rounds=rounds, seed=seed)
+    return out

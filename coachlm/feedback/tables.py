@@ -95,7 +95,9 @@ class Response(Base):
 
 class Task(Base):
     """One item to label. `response_ids` is the canonical order (a, b, ... of the record);
-    `gold` is the known answer of a gold item, in the same form as a label's answer."""
+    `gold` is the known answer of a gold item, in the same form as a label's answer.
+    `filled` counts the assignments holding one of its `n_labels` slots, so that finding a task
+    with a free slot is a column test rather than a count per task."""
 
     __tablename__ = "tasks"
     __table_args__ = (UniqueConstraint("project_id", "key"),)
@@ -106,7 +108,8 @@ class Task(Base):
     kind: Mapped[str] = mapped_column(String(16))
     response_ids: Mapped[list[Any]]
     n_labels: Mapped[int] = mapped_column(default=1)
-    gold: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    filled: Mapped[int] = mapped_column(default=0)  # slots held (kept by assign.py, atomically)
+    gold: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     prompt: Mapped[Prompt] = relationship()
 
@@ -144,6 +147,7 @@ class Label(Base):
     answer: Mapped[dict[str, Any]]
     time_spent_s: Mapped[float | None]
     cost: Mapped[float] = mapped_column(default=0.0)
+    guideline_version: Mapped[int | None]  # the guidelines in force when it was submitted
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     assignment: Mapped[Assignment] = relationship()
 

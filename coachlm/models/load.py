@@ -1,9 +1,11 @@
 """Load and save Hugging Face causal LMs and tokenizers from local directories.
 
 Any local causal LM that transformers can build works (Llama, GPT-2, Qwen2, Mistral, ...).
-The one repair made on load: batching needs a pad token distinct from EOS (a pad equal to EOS
+Two repairs are made on load. Batching needs a pad token distinct from EOS (a pad equal to EOS
 would mask out the EOS the policy must learn to emit; Huang et al., 2023), so a tokenizer
-without one gains `<pad>`, and `load_model` grows the embeddings to match.
+without one gains `<pad>`, and `load_model` grows the embeddings to match. And dropout is
+switched off (GPT-2 has 0.1): the logprobs of the policy, its reference and its old self must
+come from identical, deterministic forward passes (Huang et al., 2023; Ziegler et al., 2019).
 
 Saving a LoRA model (decided here, used by every trainer): the adapter is written in peft format
 to `out_dir/adapter/`, and, unless `merged=False`, the merged full model is written to `out_dir`
@@ -38,7 +40,7 @@ class ModelLoadError(CoachError):
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """"bf16"/"fp32"/"fp16" (or a torch dtype, or None for the checkpoint's own) as a torch dtype."""
+    """"bf16"/"fp32"/"fp16", a torch dtype, or None (the checkpoint's own) as a torch dtype."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
@@ -87,7 +89,7 @@ def _load_plain(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
 
 def load_model(path: str | Path, dtype: str | torch.dtype | None = None,
                tokenizer: Any = None) -> PreTrainedModel:
-    """The causal LM saved in `path` (a full model, or a peft adapter directory).
+    """The causal LM saved in `path` (a full model, or a peft adapter directory, loaded frozen).
 
     With `tokenizer`, the embeddings grow to `len(tokenizer)` when the tokenizer gained a pad
     token, and `config.pad_token_id` is set to the tokenizer's pad id.
@@ -97,21 +99,37 @@ def load_model(path: str | Path, dtype: str | torch.dtype | None = None,
     if not (path / "config.json").is_file() and (path / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base_path = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        adapter = json.loads((path / "adapter_config.json").read_text())
+        base_path = adapter.get("base_model_name_or_path")
         if not base_path or not Path(base_path).is_dir():
             raise ModelLoadError(f"{path} holds a LoRA adapter whose base model {base_path!r} "
                                  "is not a local directory; load the merged model instead")
         base = load_model(base_path, dtype=dt, tokenizer=tokenizer)
         return PeftModel.from_pretrained(base, str(path))
     model = _load_plain(path, dt)
+    disable_dropout(model)
     if tokenizer is not None:
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            # New rows start at the mean of the old ones (transformers' mean_resizing), so an
-            # added pad token gets an ordinary, never-trained logit; the sampler masks it anyway.
+            # transformers draws the new rows around the mean of the old ones (mean_resizing;
+            # Hewitt, 2021), so an added pad token gets an ordinary, never-trained logit, which
+            # is harmless: pad is masked out of every loss, and the sampler never emits it.
             model.resize_token_embeddings(len(tokenizer))
         model.config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability to 0, in the modules and in the config they save."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):  # e.g. Llama's float attention_dropout
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    for name, value in list(vars(model.config).items()):
+        if ("dropout" in name or name.endswith("_pdrop")) and isinstance(value, float):
+            setattr(model.config, name, 0.0)
 
 
 def save_pretrained(model: Any, tokenizer: Any, out_dir: str | Path, merged: bool = True) -> Path:

@@ -52,7 +52,9 @@ def accepts_logits_to_keep(model: Any) -> bool:
 
 def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       response_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Logprobs of the response tokens, aligned with the input: out[b, t] = log p(x[b, t] | x[b, :t]).
+    """Logprobs of the response tokens, aligned with the input.
+
+    out[b, t] = log p(x[b, t] | x[b, :t]) at temperature `temperature`.
 
     input_ids, attention_mask, response_mask: (B, T); returns (B, T) fp32, zero where
     response_mask is 0 (prompt, padding, and the first position, which nothing predicts).

@@ -38,13 +38,15 @@ def preset_config(preset: str | Mapping[str, Any]) -> dict[str, Any]:
     """The shape settings of a preset name, or of a dict (optionally `{"preset": name, ...}`)."""
     if isinstance(preset, str):
         if preset not in PRESETS:
-            raise CoachError(f"unknown model preset '{preset}' (valid presets: {', '.join(PRESETS)})")
+            raise CoachError(f"unknown model preset '{preset}' "
+                             f"(valid presets: {', '.join(PRESETS)})")
         return dict(PRESETS[preset])
     settings = dict(preset)
     base = preset_config(settings.pop("preset")) if "preset" in settings else {}
     unknown = sorted(set(settings) - set(SHAPE_KEYS))
     if unknown:
-        raise CoachError(f"unknown model setting '{unknown[0]}' (valid: preset, {', '.join(SHAPE_KEYS)})")
+        raise CoachError(f"unknown model setting '{unknown[0]}' "
+                         f"(valid: preset, {', '.join(SHAPE_KEYS)})")
     return {**base, **settings}
 
 

@@ -1,0 +1,1 @@
+"""Rollouts: batched KV-cache sampling (`sampling`) and `coachlm sample` (`sample_cmd`)."""

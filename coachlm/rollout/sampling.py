@@ -75,7 +75,7 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
         sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
         probs = sorted_logits.softmax(dim=-1)
         # Drop a token when the tokens ranked above it already hold top_p of the mass.
-        drop = probs.cumsum(dim=-1) - probs > top_p
+        drop = probs.cumsum(dim=-1) - probs >= top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits
@@ -122,19 +122,27 @@ def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], cfg: SamplingC
     logprobs = torch.zeros(B, steps, dtype=torch.float32, device=device)  # (B, N)
     lengths = torch.full((B,), steps, dtype=torch.long, device=device)  # (B,)
     done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
-    next_pos = position_ids[:, -1:] + 1  # (B, 1)
+    active = torch.arange(B, device=device)  # (A,) batch rows still generating
+    next_pos = position_ids[:, -1:] + 1  # (A, 1)
     for t in range(steps):
-        tok, lp = _sample_next(out.logits[:, -1].float(), cfg, pad_id, generator)  # (B,), (B,)
-        tok = tok.masked_fill(done, pad_id)
-        tokens[:, t], logprobs[:, t] = tok, lp
-        newly = ~done & torch.isin(tok, stops)
-        lengths[newly] = t + 1
-        done |= newly
-        if bool(done.all()) or t == steps - 1:
+        tok, lp = _sample_next(out.logits[:, -1].float(), cfg, pad_id, generator)  # (A,), (A,)
+        tokens[active, t], logprobs[active, t] = tok, lp
+        stopped = torch.isin(tok, stops)  # (A,)
+        lengths[active[stopped]] = t + 1
+        done[active[stopped]] = True
+        if bool(stopped.all()) or t == steps - 1:
             break
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+        cache = out.past_key_values
+        if bool(stopped.any()):
+            # Drop finished rows from the batch and the KV cache: later steps cost only the
+            # rows still generating. (Finished rows are already padded in `tokens`.)
+            rows = (~stopped).nonzero().squeeze(-1)  # (A',)
+            cache.batch_select_indices(rows)
+            active, tok = active[rows], tok[rows]
+            attention_mask, next_pos = attention_mask[rows], next_pos[rows]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(tok), 1)], dim=1)
         out = model(input_ids=tok.unsqueeze(-1), attention_mask=attention_mask,
-                    position_ids=next_pos, past_key_values=out.past_key_values, use_cache=True)
+                    position_ids=next_pos, past_key_values=cache, use_cache=True)
         next_pos = next_pos + 1
     n = lengths.tolist()
     return Generation(
@@ -170,7 +178,8 @@ def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], cf
     order = sorted(range(len(rows)), key=lambda r: len(prompt_ids[rows[r]]))
     generator = None if cfg.seed is None else torch.Generator(device).manual_seed(cfg.seed)
     bf16 = cfg.dtype == "bf16" and next(model.parameters()).dtype == torch.float32
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
+                else contextlib.nullcontext())
     result = Generation(prompt_index=rows, response_ids=[[]] * len(rows),
                         finished=[False] * len(rows), logprobs=[[]] * len(rows))
     was_training = model.training

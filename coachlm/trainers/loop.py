@@ -165,18 +165,20 @@ def causal_lm_loss(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
     """Summed next-token cross-entropy over labelled tokens (all tokens when pretraining,
     response tokens for SFT).
 
-    No attention mask is passed: batches are right-padded, so under a causal mask a real token
-    never attends to padding that comes after it, and positions 0..L-1 of each row are already
-    right. Skipping the mask keeps the fast causal attention kernel; pad positions produce
-    garbage that no label reads.
+    No attention mask is passed. Padded batches are right-padded, so under the causal mask a
+    real token never attends to the padding after it, and positions 0..L-1 of each row are
+    already right: skipping the mask keeps the fast causal kernel, and pad positions produce
+    outputs no label reads. Packed batches carry restarting position ids, from which
+    transformers builds the block-diagonal mask itself (only without a KV cache: use_cache=False).
     """
     targets = batch.labels[:, 1:]  # (B, T-1): the token each position predicts
     keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,) positions with a label
+    inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "use_cache": False}
     if len(keep) == targets.shape[1]:
-        logits = model(input_ids=batch.input_ids).logits[:, :-1]  # (B, T-1, V)
+        logits = model(**inputs).logits[:, :-1]  # (B, T-1, V)
     else:
         # Only positions some row has a label for go through the LM head (SFT prompts do not).
-        logits = model(input_ids=batch.input_ids, logits_to_keep=keep).logits  # (B, K, V)
+        logits = model(**inputs, logits_to_keep=keep).logits  # (B, K, V)
         targets = targets[:, keep]  # (B, K)
     loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
                                ignore_index=IGNORE_INDEX, reduction="sum")
@@ -322,36 +324,43 @@ def train(model: torch.nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: Tr
     step = state["step"] if state else 0
     tokens = state["tokens"] if state else 0
     seconds = state["seconds"] if state else 0.0  # training time only: no eval, no checkpoints
+    # CPU seconds of this process over the same steps: on a shared machine, less sensitive than
+    # wall time to other processes' load.
+    cpu_seconds = state.get("cpu_seconds", 0.0) if state else 0.0
     log = RunLog(out_dir, resume=state is not None, from_step=step)
-    last: dict[str, Any] = {}
+    last: dict[str, Any] = {}  # the latest training metrics
+    evals: dict[str, float] = {}  # the latest evaluation
     model.train()
     with progress() as bar:
         task = bar.add_task(description, total=cfg.max_steps, completed=step, rate="")
         while step < cfg.max_steps:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             metrics, n_tokens = optimizer_step(model, optimizer, batches, loss_fn, cfg, step, bf16)
             seconds += time.perf_counter() - t0
+            cpu_seconds += time.process_time() - c0
             step, tokens = step + 1, tokens + n_tokens
             last.update(metrics, tokens=tokens, tokens_per_s=tokens / max(seconds, 1e-9))
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 log.log(step, last)
             if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 \
                     and step < cfg.max_steps:
-                last.update(evaluate(model, eval_fn, bf16))
-                log.log(step, last)
+                evals = evaluate(model, eval_fn, bf16)
+                log.log(step, evals)
             if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
                 save_checkpoint(out_dir, step, model, optimizer, {
                     "data": batches.state_dict(), "tokens": tokens, "seconds": seconds,
-                    "train_config": to_dict(cfg)}, cfg.keep_checkpoints)
+                    "cpu_seconds": cpu_seconds, "train_config": to_dict(cfg)}, cfg.keep_checkpoints)
             bar.update(task, advance=1, rate=f"{last['tokens_per_s']:,.0f} tok/s")
             if on_step is not None:
                 on_step(step, metrics)
     if eval_fn is not None:
-        last.update(evaluate(model, eval_fn, bf16))
-        log.log(step, last)
+        evals = evaluate(model, eval_fn, bf16)
+        log.log(step, evals)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     summary = log.summary(steps=step, tokens=tokens, seconds=seconds,
+                          cpu_seconds=round(cpu_seconds, 3),
+                          tokens_per_cpu_s=round(tokens / max(cpu_seconds, 1e-9), 1),
                           trainable_params=trainable, total_params=total, threads=threads,
                           bf16=bf16, **(extra_summary or {}))
-    return TrainResult(step, tokens, seconds, dict(last), summary)
+    return TrainResult(step, tokens, seconds, {**last, **evals}, summary)

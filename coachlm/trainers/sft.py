@@ -3,9 +3,10 @@
 Each demonstration becomes (input_ids, labels) through the model's own chat template
 (`coachlm.data.chat.encode_example`): labels are IGNORE_INDEX on the prompt, so the loss is the
 token-level mean of the response tokens and their closing EOS, which teaches the model to answer
-and to stop (Ouyang et al., 2022, InstructGPT, section 3.5). Examples are length-bucketed and
-right-padded (`coachlm.data.collate.BucketedBatches`); the shared loop trains, optionally through
-LoRA adapters (Hu et al., 2021).
+and to stop (Ouyang et al., 2022, InstructGPT, section 3.5). A micro-batch's examples are
+packed into rows with restarting position ids, each example attending only to itself, or
+right-padded (`coachlm.data.collate`); the shared loop trains, optionally through LoRA adapters
+(Hu et al., 2021).
 
 Inputs: Demonstration records, or anything `coachlm.data.io.read_records` maps to them (TRL
 prompt/completion and messages datasets). Outputs under `out`: `config.yaml`, `metrics.jsonl`,
@@ -26,7 +27,7 @@ import torch
 
 from coachlm import config
 from coachlm.data.chat import encode_example
-from coachlm.data.collate import BucketedBatches
+from coachlm.data.collate import ExampleBatches
 from coachlm.data.io import read_records
 from coachlm.errors import CoachError, DataError
 from coachlm.models.load import load_model, load_tokenizer, save_pretrained
@@ -48,7 +49,14 @@ class SFTConfig:
     lora: LoRAConfig | None = None
     epochs: float | None = None
     val_fraction: float = 0.05
-    bucket_batches: int = 16  # batches per length-sorted chunk (see collate.BucketedBatches)
+    # Length bucketing: batches per length-sorted chunk (collate.ExampleBatches); 1 = plain random
+    # batches, the default. Bucketing pads less, but in the world data length tracks the task, so
+    # bucketed batches hold one task each, and at equal steps the held-out loss came out clearly
+    # worse (4.8 vs 4.1 nats after 30 steps of world-small); raise it only for homogeneous data.
+    bucket_batches: int = 1
+    # Pack each micro-batch's examples into shared rows (collate.pack_examples); None (auto): pack
+    # when the model's attention honours restarting position ids (checked on the model itself).
+    pack: bool | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=2e-4, warmup_ratio=0.03, max_steps=300, batch_size=16, checkpoint_every=100))
 
@@ -88,7 +96,7 @@ def split_examples(examples: list[Example], val_fraction: float,
     return [examples[i] for i in order[n_val:]], val
 
 
-def response_loss(model: torch.nn.Module, batches: BucketedBatches) -> Mapping[str, float]:
+def response_loss(model: torch.nn.Module, batches: ExampleBatches) -> Mapping[str, float]:
     """Token-level mean loss over the response tokens of every batch in `batches`."""
     total, count = 0.0, 0
     for batch in batches.epoch_batches():
@@ -96,6 +104,23 @@ def response_loss(model: torch.nn.Module, batches: BucketedBatches) -> Mapping[s
         total, count = total + float(out.loss_sum), count + out.count
     loss = total / max(count, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+
+
+def packing_supported(model: torch.nn.Module) -> bool:
+    """Whether two sequences packed in one row with restarting position ids get exactly the
+    logits they get alone, i.e. the model builds a block-diagonal mask from position ids."""
+    a, b = torch.arange(3, 8), torch.arange(9, 13)  # (5,), (4,)
+    input_ids = torch.cat([a, b])[None]  # (1, 9)
+    position_ids = torch.cat([torch.arange(5), torch.arange(4)])[None]  # (1, 9)
+    was_training = model.training
+    model.eval()  # no dropout noise in the comparison
+    try:
+        with torch.no_grad():
+            out = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits  # (1, 9, V)
+            alone = [model(input_ids=x[None], use_cache=False).logits[0] for x in (a, b)]
+    finally:
+        model.train(was_training)
+    return torch.allclose(out[0], torch.cat(alone), atol=1e-4, rtol=1e-3)
 
 
 def _model(cfg: SFTConfig, tok: Any) -> torch.nn.Module:
@@ -112,25 +137,31 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     tok = load_tokenizer(cfg.model)
     examples = load_examples(cfg.data, tok, cfg.max_length)
     train_ex, val_ex = split_examples(examples, cfg.val_fraction, cfg.train.seed)
+    model = _model(cfg, tok)
+    supported = packing_supported(model)
+    pack = supported if cfg.pack is None else cfg.pack
+    if pack and not supported:
+        raise CoachError(f"{type(model).__name__} does not isolate packed examples by position "
+                         "ids (their logits change when packed); set pack: false")
     tcfg = cfg.train
-    batches = BucketedBatches(train_ex, tcfg.batch_size, tok.pad_token_id, seed=tcfg.seed,
-                              bucket_batches=cfg.bucket_batches)
+    batches = ExampleBatches(train_ex, tcfg.batch_size, tok.pad_token_id, seed=tcfg.seed,
+                             bucket_batches=cfg.bucket_batches, pack=pack)
     if cfg.epochs is not None:
         steps = max(1, math.ceil(cfg.epochs * len(batches) / tcfg.grad_accum))
         try:
             tcfg = dataclasses.replace(tcfg, max_steps=steps)
         except ValueError as e:
             raise CoachError(f"epochs={cfg.epochs} gives {steps} steps: train: {e}") from None
-    cfg = dataclasses.replace(cfg, train=tcfg)
+    cfg = dataclasses.replace(cfg, train=tcfg, pack=pack)
     cfg.out.mkdir(parents=True, exist_ok=True)
     config.save(cfg, cfg.out / "config.yaml")
-    model = _model(cfg, tok)
-    val = BucketedBatches(val_ex, tcfg.batch_size, tok.pad_token_id, shuffle=False) if val_ex else None
+    val = ExampleBatches(val_ex, tcfg.batch_size, tok.pad_token_id, shuffle=False,
+                         pack=pack) if val_ex else None
     result = train(model, batches, causal_lm_loss, tcfg, cfg.out,
                    eval_fn=(lambda m: response_loss(m, val)) if val else None,
                    resume=resume, description="sft",
                    extra_summary={"train_examples": len(train_ex), "val_examples": len(val_ex),
-                                  "batches_per_epoch": len(batches)})
+                                  "batches_per_epoch": len(batches), "packed": pack})
     return result, save_pretrained(model, tok, cfg.out / "final")
 
 

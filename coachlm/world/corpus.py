@@ -46,8 +46,9 @@ def plural(word: str) -> str:
 def fill(template: str, rng: random.Random) -> str:
     """Fill the usual slots ({name}, {place}, {fruit}, ...) with random picks."""
     fruit = rng.choice(V.CATEGORIES["fruits"])
+    name, name2 = rng.sample(V.NAMES, 2)
     return template.format(
-        name=rng.choice(V.NAMES), name2=rng.choice(V.NAMES), place=rng.choice(V.PLACES),
+        name=name, name2=name2, place=rng.choice(V.PLACES),
         fruit=fruit, fruit_pl=plural(fruit), animal=rng.choice(V.CATEGORIES["animals"]),
         topic=rng.choice(tuple(V.TOPICS)), tool=rng.choice(V.CATEGORIES["tools"]),
         day=rng.choice(V.DAYS), color=rng.choice(V.CATEGORIES["colors"]))
@@ -105,7 +106,8 @@ def _forum_doc(rng: random.Random, space: TaskSpace) -> str:
 
 
 def _email_doc(rng: random.Random, space: TaskSpace) -> str:
-    name, wish, topic = rng.choice(V.NAMES), rng.choice(tuple(V.WISHES)), rng.choice(tuple(V.TOPICS))
+    name, wish = rng.choice(V.NAMES), rng.choice(tuple(V.WISHES))
+    topic = rng.choice(tuple(V.TOPICS))
     lines = [f"{rng.choice(V.GREETINGS)} {name},", ramble(rng, rng.randint(0, 2)),
              rng.choice(V.WISHES[wish].lines)]
     if rng.random() < 0.5:  # trails off mid-sentence, with no sign-off
@@ -131,7 +133,7 @@ def _people_doc(rng: random.Random, space: TaskSpace) -> str:
 
 
 def _statement(question: str, truth: bool) -> str:
-    """ "is fire hot" + True -> "Fire is hot." ; "can a dog talk" + False -> "A dog can not talk." """
+    """("is fire hot", True) -> "Fire is hot."; ("can a dog talk", False) -> "A dog can not talk"."""
     verb, *rest = question.split()
     k = 2 if rest[0] in ("a", "an", "the") else 1
     subject, pred = " ".join(rest[:k]), " ".join(rest[k:])
@@ -200,9 +202,8 @@ def _safety_doc(rng: random.Random, space: TaskSpace) -> str:
     for _ in range(rng.randint(2, 4)):
         kind = rng.choice(tuple(V.HARMS))
         harm = V.HARMS[kind]
-        name = rng.choice(V.NAMES)
-        fill_slots = {"name": name, "place": rng.choice(V.PLACES), "subject": rng.choice(V.SUBJECTS),
-                      "shop": rng.choice(V.SHOPS), "age": rng.choice(V.AGES)}
+        fill_slots = {slot: rng.choice(values) for slot, values in V.HARM_SLOTS.items()}
+        name = fill_slots["name"]
         out.append(rng.choice((
             f"{harm.topic.capitalize()} is wrong. {harm.alternative.format(**fill_slots)}",
             f"When a friend asked {name} for help with {harm.topic}, {name} said: "

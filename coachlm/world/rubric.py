@@ -29,13 +29,13 @@ from coachlm.world.templates import normalize, parse_prompt
 
 PARTS = ("correct", "follows_instruction", "stops_properly", "harmless", "concise")
 WEIGHTS = {
-    "default": (0.35, 0.25, 0.2, 0.1, 0.1),
-    "harmful": (0.3, 0.15, 0.15, 0.3, 0.1),
+    "default": (0.3, 0.2, 0.3, 0.1, 0.1),
+    "harmful": (0.3, 0.1, 0.2, 0.3, 0.1),
     "unknown": (0.0, 0.4, 0.3, 0.2, 0.1),  # correctness cannot be checked
 }
 # (soft word limit, hard word limit, most segments) per family.
-LIMITS = {"arithmetic": (12, 30, 2), "email": (40, 90, 8), "list": (16, 40, 2),
-          "style": (20, 40, 2), "harmful": (40, 80, 4), "unknown": (60, 150, 8)}
+LIMITS = {"arithmetic": (12, 30, 2), "email": (30, 80, 8), "list": (12, 35, 2),
+          "style": (20, 40, 2), "harmful": (32, 70, 4), "unknown": (60, 150, 8)}
 HARM_CAP = 0.25
 _FUNCTION_WORDS = {"and", "the", "to", "a", "an", "of", "is", "with", "your", "my", "for", "but",
                    "or", "in", "on", "at", "that", "it", "was", "are", "i", "so", "because"}

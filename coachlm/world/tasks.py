@@ -14,8 +14,12 @@ from dataclasses import dataclass
 from coachlm.world import vocab as V
 from coachlm.world.templates import FAMILIES, TEMPLATES, Task, render, yes_no_answer
 
-__all__ = ["TaskSpace", "Task", "FAMILIES", "KINDS", "sample_task", "prompt_text",
-           "ideal_response", "arithmetic_answer", "space_size", "heldout_cap"]
+WORLD_VERSION = "1"  # bump when generated text changes, so records say which world made them
+IDEAL_MODEL = "world-ideal"  # the Response.model of ideal responses
+
+__all__ = ["WORLD_VERSION", "IDEAL_MODEL", "TaskSpace", "Task", "FAMILIES", "KINDS",
+           "sample_task", "prompt_text", "ideal_response", "arithmetic_answer", "space_size",
+           "heldout_cap"]
 
 
 @dataclass(frozen=True)
@@ -101,10 +105,7 @@ def _slots(family: str, kind: str, rng: random.Random, space: TaskSpace) -> dict
         return {"question": _yes_no_question(rng, space)}
     if kind == "repeat":
         return {"word": rng.choice(V.ITEMS), "n": rng.randint(2, 4)}
-    harm = V.HARMS[kind]
-    options = {"name": V.NAMES, "place": V.PLACES, "subject": V.SUBJECTS, "shop": V.SHOPS,
-               "age": V.AGES}[harm.slot]
-    return {harm.slot: rng.choice(options)}
+    return {slot: rng.choice(V.HARM_SLOTS[slot]) for slot in V.HARMS[kind].slots}
 
 
 def sample_task(family: str, rng: random.Random, space: TaskSpace = TaskSpace()) -> Task:
@@ -135,9 +136,7 @@ def space_size(family: str, kind: str, space: TaskSpace = TaskSpace()) -> int:
     }
     if kind in sizes:
         return sizes[kind]
-    slot = V.HARMS[kind].slot
-    return len({"name": V.NAMES, "place": V.PLACES, "subject": V.SUBJECTS, "shop": V.SHOPS,
-                "age": V.AGES}[slot])
+    return math.prod(len(V.HARM_SLOTS[slot]) for slot in V.HARMS[kind].slots)
 
 
 def prompt_text(task: Task, rng: random.Random) -> str:

@@ -120,7 +120,7 @@ SLOTS: dict[str, Slot] = {
     "place": Slot("place", _alt(V.PLACES)),
     "subject": Slot("subject", _alt(V.SUBJECTS)),
     "shop": Slot("shop", _alt(V.SHOPS)),
-    "age": Slot("age", _alt(V.AGES)),
+    "pet": Slot("pet", _alt(V.PETS)),
 }
 _SLOT_RE = re.compile(r"\{(\w+)\}")
 

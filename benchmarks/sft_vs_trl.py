@@ -1,0 +1,185 @@
+"""Benchmark: coachlm's SFT against TRL's SFTTrainer, the same work through both.
+
+Same model (a freshly initialized preset Llama, saved once and loaded by both), same tokenizer,
+same token sequences (encoded once with `coachlm.data.chat.encode_example` and handed to TRL
+pre-tokenized with its completion mask, so both put loss on exactly the same tokens), same batch
+size, steps, learning-rate schedule, AdamW settings, clipping, max length and precision.
+TRL-side choices, made to keep the comparison fair: gradient checkpointing off (TRL turns it on
+by default; coachlm does not checkpoint), no packing, no padding-free batching, right padding,
+completion-only loss. Both count tokens the same way: non-padding input tokens processed.
+Speed is reported per wall-clock second and per CPU second of the process (the second is less
+sensitive to other processes on a shared machine), both over training only: coachlm's optimizer
+steps, TRL's whole `trainer.train()`. TRL's log lines go to stderr; stdout is the JSON alone.
+TRL samples batches at random; run with `--trl-group-by-length` to give it length-grouped
+batches too (transformers' LengthGroupedSampler), the counterpart of coachlm's bucketing.
+
+Afterwards both final models are scored with the same function on the same held-out examples.
+Prints one JSON object. Usage:
+
+    python benchmarks/sft_vs_trl.py --steps 60 --batch-size 16 --precision fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from coachlm.data.chat import encode_example
+from coachlm.data.collate import ExampleBatches
+from coachlm.data.io import write_records
+from coachlm.data.schema import Demonstration, Message, Response
+from coachlm.models.load import load_model, save_pretrained
+from coachlm.models.presets import build_model
+from coachlm.models.tokenizer import train_tokenizer
+from coachlm.trainers.loop import TrainConfig, set_threads
+from coachlm.trainers.sft import SFTConfig, response_loss, sft
+
+
+def world_demos(n: int, seed: int) -> list[Demonstration]:
+    """Demonstrations of the built-in world's task families (prompt, ideal response)."""
+    from coachlm.world.tasks import KINDS, ideal_response, prompt_text, sample_task
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        task = sample_task(rng.choice(sorted(KINDS)), rng)
+        out.append(Demonstration(prompt=(Message("user", prompt_text(task, rng)),),
+                                 response=Response(ideal_response(task, rng))))
+    return out
+
+
+def run_ours(args: argparse.Namespace, root: Path, tcfg: TrainConfig) -> dict:
+    cfg = SFTConfig(model=root / "base", data=(root / "train.jsonl",), out=root / "ours",
+                    max_length=args.max_length, val_fraction=0.0, train=tcfg)
+    start = time.perf_counter()
+    result, final = sft(cfg)
+    wall = time.perf_counter() - start
+    rows = [json.loads(l) for l in (root / "ours" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r][-10:]
+    return {"tokens": result.tokens, "train_seconds": round(result.seconds, 3),
+            "end_to_end_seconds": round(wall, 3),
+            "tokens_per_s": round(result.tokens / result.seconds, 1),
+            "tokens_per_cpu_s": result.summary["tokens_per_cpu_s"],
+            "final_loss": round(sum(losses) / len(losses), 4), "_model": final}
+
+
+def run_trl(args: argparse.Namespace, root: Path, examples: list, tok) -> dict:
+    from datasets import Dataset
+    from trl import SFTConfig as TRLConfig
+    from trl import SFTTrainer
+
+    start = time.perf_counter()
+    model = load_model(root / "base", dtype=torch.float32, tokenizer=tok)
+    data = Dataset.from_dict({
+        "input_ids": [ids for ids, _ in examples],
+        "completion_mask": [[0 if l == -100 else 1 for l in labels] for _, labels in examples]})
+    targs = TRLConfig(
+        output_dir=str(root / "trl"), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="cosine",
+        warmup_steps=args.warmup, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999,
+        adam_epsilon=1e-8, max_grad_norm=1.0, bf16=args.precision == "bf16", fp16=False,
+        use_cpu=not torch.cuda.is_available(), seed=0, data_seed=0, logging_steps=10,
+        save_strategy="no", report_to="none", max_length=args.max_length, packing=False,
+        padding_free=False, completion_only_loss=True, gradient_checkpointing=False,
+        dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
+        train_sampling_strategy="group_by_length" if args.trl_group_by_length else "random")
+    trainer = SFTTrainer(model=model, args=targs, train_dataset=data, processing_class=tok)
+    t0, cpu = time.perf_counter(), time.process_time()
+    with contextlib.redirect_stdout(sys.stderr):  # TRL prints its logs; keep stdout JSON
+        trainer.train()
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu
+    wall = time.perf_counter() - start
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    tokens = int(logs[-1]["num_tokens"])
+    trainer.save_model(str(root / "trl" / "final"))
+    return {"tokens": tokens, "train_seconds": round(seconds, 3), "end_to_end_seconds": round(wall, 3),
+            "tokens_per_s": round(tokens / seconds, 1), "tokens_per_cpu_s": round(tokens / cpu, 1),
+            "final_loss": round(logs[-1]["loss"], 4),
+            "_model": root / "trl" / "final"}
+
+
+def heldout_loss(model_dir: Path, tok, val: list, batch_size: int) -> float:
+    model = load_model(model_dir, dtype=torch.float32, tokenizer=tok).eval()
+    with torch.no_grad():
+        return round(response_loss(model, ExampleBatches(val, batch_size, tok.pad_token_id,
+                                                          shuffle=False))["val_loss"], 4)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="world-small")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--examples", type=int, default=4000)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--trl-group-by-length", action="store_true")
+    p.add_argument("--repeats", type=int, default=1, help="runs of each, alternating; median reported")
+    p.add_argument("--order", choices=("ours-first", "trl-first"), default="ours-first")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> dict:
+    args = parse(argv)
+    os.environ.setdefault("COACHLM_NO_PROGRESS", "1")
+    threads = set_threads(args.threads)
+    demos = world_demos(args.examples + 200, seed=0)
+    train_demos, val_demos = demos[:args.examples], demos[args.examples:]
+    tok = train_tokenizer([d.prompt[-1].content + "\n" + d.response.text for d in demos], 2048)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        save_pretrained(build_model(args.preset, tok, seed=0), tok, root / "base")
+        write_records(root / "train.jsonl", train_demos)
+        examples = [encode_example(tok, d.prompt, d.response.text, args.max_length) for d in train_demos]
+        val = [encode_example(tok, d.prompt, d.response.text, args.max_length) for d in val_demos]
+        tcfg = TrainConfig(lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                           schedule="cosine", min_lr_ratio=0.0, warmup_steps=args.warmup,
+                           max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
+                           max_grad_norm=1.0, bf16=args.precision == "bf16", seed=0,
+                           log_every=1, threads=threads)
+        runs: dict[str, dict] = {}
+        speeds: dict[str, list[float]] = {"ours": [], "trl": []}
+        cpu_speeds: dict[str, list[float]] = {"ours": [], "trl": []}
+        order = ["ours", "trl"] if args.order == "ours-first" else ["trl", "ours"]
+        for _ in range(args.repeats):  # alternate, so that load from other processes hits both
+            for name in order:
+                runs[name] = run_ours(args, root, tcfg) if name == "ours" else run_trl(args, root, examples, tok)
+                speeds[name].append(runs[name]["tokens_per_s"])
+                cpu_speeds[name].append(runs[name]["tokens_per_cpu_s"])
+        for name, run in runs.items():
+            run["heldout_loss"] = heldout_loss(run.pop("_model"), tok, val, args.batch_size)
+            run["tokens_per_s_runs"] = speeds[name]
+            run["tokens_per_s"] = statistics.median(speeds[name])
+            run["tokens_per_cpu_s_runs"] = cpu_speeds[name]
+            run["tokens_per_cpu_s"] = statistics.median(cpu_speeds[name])
+    mean_len = sum(len(ids) for ids, _ in examples) / len(examples)
+    return {
+        "setup": {"preset": args.preset, "steps": args.steps, "batch_size": args.batch_size,
+                  "lr": args.lr, "max_length": args.max_length, "precision": args.precision,
+                  "threads": threads, "repeats": args.repeats, "train_examples": len(examples),
+                  "mean_example_tokens": round(mean_len, 1),
+                  "trl_sampler": "group_by_length" if args.trl_group_by_length else "random",
+                  "torch": torch.__version__, "trl": __import__("trl").__version__},
+        "ours": runs["ours"], "trl": runs["trl"],
+        "speedup_tokens_per_s": round(runs["ours"]["tokens_per_s"] / runs["trl"]["tokens_per_s"], 2),
+        "speedup_tokens_per_cpu_s": round(
+            runs["ours"]["tokens_per_cpu_s"] / runs["trl"]["tokens_per_cpu_s"], 2),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:]), indent=2))

@@ -1,0 +1,1 @@
+"""The labeling web app (FastAPI + server-rendered templates). Never imports torch."""

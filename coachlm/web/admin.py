@@ -1,0 +1,205 @@
+"""Admin pages: projects, import, task creation and assignment, guidelines, labelers,
+quality dashboard, ratings leaderboard and export. Every route needs the admin role (the two
+dashboards also admit reviewers, read-only), and every form post the session's CSRF token."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from coachlm.data import schema
+from coachlm.feedback import accounts, assign, importer, items, quality, ratings
+from coachlm.feedback.db import NotFound, StoreError
+from coachlm.feedback.export import ExportConfig, export_records
+from coachlm.feedback.tables import ROLES, TASK_KINDS, Labeler, Project
+from coachlm.web.deps import AdminUser, FormAdmin, ReviewerUser, render, store
+
+router = APIRouter(prefix="/admin")
+MAX_UPLOAD = 200 * 1024 * 1024
+
+
+def _project(s: Session, project_id: int) -> Project:
+    project = s.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"no project {project_id}")
+    return project
+
+
+def _back(project_id: int, note: str) -> Response:
+    return RedirectResponse(f"/admin/p/{project_id}?m={note}", status_code=303)
+
+
+@router.get("")
+def projects(request: Request, user: AdminUser) -> Response:
+    with store(request).read() as s:
+        rows = [(p, items.project_stats(s, p))
+                for p in s.scalars(select(Project).order_by(Project.name))]
+    return render(request, "admin/projects.html", projects=rows)
+
+
+@router.post("/projects")
+def create_project(request: Request, user: FormAdmin, name: Annotated[str, Form()],
+                   description: Annotated[str, Form()] = "",
+                   guidelines: Annotated[str, Form()] = "",
+                   rating_scale: Annotated[int, Form()] = 7) -> Response:
+    with store(request).write() as s:
+        p = items.create_project(s, name, description, rating_scale, guidelines=guidelines)
+    return _back(p.id, "created")
+
+
+@router.get("/p/{project_id}")
+def project(request: Request, project_id: int, user: AdminUser, m: str = "") -> Response:
+    with store(request).read() as s:
+        p = _project(s, project_id)
+        stats = items.project_stats(s, p)
+        g = items.guidelines(s, p)
+        labelers = s.scalars(select(Labeler).where(Labeler.active).order_by(Labeler.name)).all()
+    return render(request, "admin/project.html", p=p, stats=stats, guideline=g,
+                  labelers=labelers, kinds=TASK_KINDS, note=m)
+
+
+@router.post("/p/{project_id}/import")
+def import_file(request: Request, project_id: int, user: FormAdmin,
+                file: Annotated[UploadFile, File()], gold: Annotated[bool, Form()] = False,
+                n_labels: Annotated[int, Form()] = 1) -> Response:
+    data = file.file.read(MAX_UPLOAD + 1)
+    if len(data) > MAX_UPLOAD:
+        raise StoreError("the file is too large to upload; use `coachlm label import`")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StoreError("the file is not UTF-8 text") from None
+    records = list(importer.parse_lines(text.splitlines(), file.filename or "<upload>"))
+    with store(request).write() as s:
+        counts = importer.import_records(s, _project(s, project_id), records, gold, n_labels)
+    return _back(project_id, f"imported-{counts.records}")
+
+
+@router.post("/p/{project_id}/tasks")
+def create_tasks(request: Request, project_id: int, user: FormAdmin,
+                 kind: Annotated[str, Form()], n_labels: Annotated[int, Form()] = 1,
+                 max_per_prompt: Annotated[int, Form()] = 0, k: Annotated[int, Form()] = 0,
+                 edit: Annotated[bool, Form()] = False) -> Response:
+    spec = items.TaskSpec(kind, n_labels, max_per_prompt, k, edit)
+    with store(request).write() as s:
+        made = items.create_tasks(s, _project(s, project_id), spec)
+    return _back(project_id, f"tasks-{made}")
+
+
+@router.post("/p/{project_id}/assign")
+def assign_tasks(request: Request, project_id: int, user: FormAdmin,
+                 labeler: Annotated[list[int], Form()] = []) -> Response:  # noqa: B006
+    with store(request).write() as s:
+        labs = s.scalars(select(Labeler).where(Labeler.id.in_(labeler))).all()
+        made = assign.assign_tasks(s, _project(s, project_id), labs)
+    return _back(project_id, f"assigned-{made}")
+
+
+@router.post("/p/{project_id}/guidelines")
+def set_guidelines(request: Request, project_id: int, user: FormAdmin,
+                   text: Annotated[str, Form()]) -> Response:
+    with store(request).write() as s:
+        items.add_guidelines(s, _project(s, project_id), text)
+    return _back(project_id, "guidelines")
+
+
+@router.get("/p/{project_id}/quality")
+def quality_page(request: Request, project_id: int, user: ReviewerUser) -> Response:
+    with store(request).read() as s:
+        p = _project(s, project_id)
+        report = quality.project_quality(s, p)
+    return render(request, "admin/quality.html", p=p, r=report)
+
+
+@router.get("/p/{project_id}/ratings")
+def ratings_page(request: Request, project_id: int, user: ReviewerUser,
+                 rounds: int = 200) -> Response:
+    with store(request).read() as s:
+        p = _project(s, project_id)
+        records = export_records(s, p, ExportConfig(kinds=("comparison", "ranking")))
+    matches = ratings.matches_from_records(records, ratings.by_model)
+    board = ratings.leaderboard(matches, rounds=min(max(rounds, 0), 1000))
+    elo = ratings.elo(matches)
+    prompts = list(ratings.per_prompt(records, rounds=50).items())[:20]
+    return render(request, "admin/ratings.html", p=p, board=board, elo=elo,
+                  n_matches=len(matches), prompts=prompts)
+
+
+def export_config(kinds: str = "", exclude: str = "", min_agreement: float = 0.0,
+                  min_gold_accuracy: float = 0.0, include_gold: bool = True,
+                  sources: str = "") -> ExportConfig:
+    split = lambda v: tuple(x.strip() for x in v.split(",") if x.strip())  # noqa: E731
+    try:
+        return ExportConfig(split(kinds), split(exclude), min_gold_accuracy, min_agreement,
+                            include_gold, split(sources))
+    except ValueError as e:
+        raise StoreError(str(e)) from None
+
+
+@router.get("/p/{project_id}/export")
+def export(request: Request, project_id: int, user: AdminUser, kinds: str = "",
+           exclude: str = "", min_agreement: float = 0.0, min_gold_accuracy: float = 0.0,
+           include_gold: bool = False, sources: str = "") -> Response:
+    cfg = export_config(kinds, exclude, min_agreement, min_gold_accuracy, include_gold, sources)
+    return export_response(request, project_id, cfg)
+
+
+def export_response(request: Request, project_id: int, cfg: ExportConfig) -> Response:
+    with store(request).read() as s:
+        p = _project(s, project_id)
+        records = export_records(s, p, cfg)
+    body = "".join(json.dumps(schema.to_dict(r), ensure_ascii=False) + "\n" for r in records)
+    return Response(body, media_type="application/x-ndjson", headers={
+        "Content-Disposition": f'attachment; filename="{p.id}-labels.jsonl"'})
+
+
+@router.get("/labelers")
+def labelers(request: Request, user: AdminUser) -> Response:
+    with store(request).read() as s:
+        rows = s.scalars(select(Labeler).order_by(Labeler.name)).all()
+    return render(request, "admin/labelers.html", labelers=rows, roles=ROLES, token="", who="")
+
+
+@router.post("/labelers")
+def create_labeler(request: Request, user: FormAdmin, name: Annotated[str, Form()],
+                   password: Annotated[str, Form()], role: Annotated[str, Form()] = "labeler",
+                   cost_per_label: Annotated[float, Form()] = 0.0) -> Response:
+    with store(request).write() as s:
+        accounts.create_labeler(s, name, password, role, cost_per_label)
+    return RedirectResponse("/admin/labelers", status_code=303)
+
+
+@router.post("/labelers/{labeler_id}")
+def update_labeler(request: Request, labeler_id: int, user: FormAdmin,
+                   role: Annotated[str, Form()], cost_per_label: Annotated[float, Form()],
+                   active: Annotated[bool, Form()] = False,
+                   password: Annotated[str, Form()] = "") -> Response:
+    with store(request).write() as s:
+        lab = s.get(Labeler, labeler_id)
+        if lab is None:
+            raise NotFound(f"no labeler {labeler_id}")
+        if lab.id == user.id and (role != "admin" or not active):
+            raise StoreError("you cannot remove your own admin role or deactivate yourself")
+        accounts.update_labeler(s, lab.name, password=password or None, role=role,
+                                cost_per_label=cost_per_label, active=active)
+    return RedirectResponse("/admin/labelers", status_code=303)
+
+
+@router.post("/labelers/{labeler_id}/token")
+def new_token(request: Request, labeler_id: int, user: FormAdmin) -> Response:
+    with store(request).write() as s:
+        lab = s.get(Labeler, labeler_id)
+        if lab is None:
+            raise NotFound(f"no labeler {labeler_id}")
+        token = accounts.issue_token(s, lab.name)
+        name = lab.name
+    # Shown once, on this page only; never logged or stored in the clear.
+    with store(request).read() as s:
+        rows = s.scalars(select(Labeler).order_by(Labeler.name)).all()
+    return render(request, "admin/labelers.html", labelers=rows, roles=ROLES, token=token,
+                  who=name)

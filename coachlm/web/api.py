@@ -1,0 +1,201 @@
+"""The JSON API (bearer-token auth), for scripts and AI labelers: the same operations as the
+pages. A labeler token reaches only its own assignments; admin operations need an admin token.
+
+Answers are given in shown order, as on the pages: a comparison's `choice` is "first",
+"second", "tie" or "both_bad" (with optional `margin` 1..3); a ranking's `ranks` list the rank
+of each response as listed; a rating has `score`, `flags`, `critique`; an ideal response `text`.
+Every submission carries a client-generated `client_id`: resending it returns the same label.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from coachlm.data import schema
+from coachlm.feedback import accounts, assign, importer, items, labels, quality
+from coachlm.feedback.tables import Labeler, Project
+from coachlm.web.admin import export_config, export_response
+from coachlm.web.deps import ApiAdmin, ApiUser, User, store
+from coachlm.web.labeler import task_view
+
+router = APIRouter(prefix="/api")
+
+
+class LabelIn(BaseModel):
+    client_id: str = Field(min_length=8, max_length=64)
+    answer: dict[str, Any]
+    time_spent_s: float | None = None
+
+
+class ProjectIn(BaseModel):
+    name: str
+    description: str = ""
+    guidelines: str = ""
+    rating_scale: int = 7
+
+
+class ImportIn(BaseModel):
+    records: list[dict[str, Any]]
+    gold: bool = False
+    n_labels: int = 1
+
+
+class TasksIn(BaseModel):
+    kind: str
+    n_labels: int = 1
+    max_per_prompt: int = 0
+    k: int = 0
+    edit: bool = True
+
+
+class AssignIn(BaseModel):
+    labelers: list[str]
+
+
+class LabelerIn(BaseModel):
+    name: str
+    password: str | None = None
+    role: str = "labeler"
+    cost_per_label: float = 0.0
+
+
+def _assignment_json(s: Session, user: User, assignment_id: int) -> dict[str, Any]:
+    v = task_view(s, user, assignment_id)
+    return {"id": v.id, "kind": v.kind, "status": v.status, "project": v.project,
+            "prompt": v.messages, "responses": v.texts, "rating_scale": v.scale,
+            "flags": v.flags, "answer": v.answer}
+
+
+def _project_named(s: Session, name: str) -> Project:
+    return items.get_project(s, name)
+
+
+@router.get("/me")
+def me(user: ApiUser) -> dict[str, Any]:
+    return {"name": user.name, "role": user.role}
+
+
+@router.get("/projects")
+def projects(request: Request, user: ApiUser) -> list[dict[str, Any]]:
+    with store(request).read() as s:
+        lab = s.get(Labeler, user.id)
+        out = []
+        for p in s.scalars(select(Project).order_by(Project.name)):
+            pr = assign.progress(s, lab, p)
+            out.append({"name": p.name, "done": pr.done, "pending": pr.pending,
+                        "available": pr.available})
+    return out
+
+
+@router.post("/projects/{name}/next")
+def next_assignment(request: Request, name: str, user: ApiUser) -> Response:
+    def claim(s: Session) -> dict[str, Any] | None:
+        a = assign.next_assignment(s, s.get(Labeler, user.id), _project_named(s, name))
+        return _assignment_json(s, user, a.id) if a else None
+
+    found = store(request).run(claim, durable=False)  # a lost claim is simply re-offered
+    return JSONResponse(found) if found else Response(status_code=204)
+
+
+@router.get("/assignments/{assignment_id}")
+def get_assignment(request: Request, assignment_id: int, user: ApiUser) -> dict[str, Any]:
+    with store(request).read() as s:
+        return _assignment_json(s, user, assignment_id)
+
+
+@router.post("/assignments/{assignment_id}/label")
+def submit(request: Request, assignment_id: int, body: LabelIn, user: ApiUser) -> Response:
+    def save(s: Session) -> tuple[int, bool]:
+        label, created = labels.submit_label(s, s.get(Labeler, user.id), assignment_id,
+                                             body.client_id, body.answer, body.time_spent_s)
+        return label.id, created
+
+    label_id, created = store(request).run(save)
+    return JSONResponse({"label_id": label_id, "created": created},
+                        status_code=201 if created else 200)
+
+
+@router.post("/assignments/{assignment_id}/skip")
+def skip(request: Request, assignment_id: int, user: ApiUser) -> dict[str, Any]:
+    store(request).run(lambda s: assign.skip(s, s.get(Labeler, user.id), assignment_id))
+    return {"skipped": assignment_id}
+
+
+@router.post("/projects", status_code=201)
+def create_project(request: Request, body: ProjectIn, user: ApiAdmin) -> dict[str, Any]:
+    with store(request).write() as s:
+        p = items.create_project(s, body.name, body.description, body.rating_scale,
+                                 guidelines=body.guidelines)
+        return {"id": p.id, "name": p.name}
+
+
+@router.post("/projects/{name}/import")
+def import_records(request: Request, name: str, body: ImportIn, user: ApiAdmin) -> dict[str, Any]:
+    records = []
+    for i, d in enumerate(body.records):
+        try:
+            records.append(schema.from_dict(d))
+        except schema.SchemaError as e:
+            raise schema.SchemaError(f"records[{i}].{e.field}", e.message) from None
+    with store(request).write() as s:
+        counts = importer.import_records(s, _project_named(s, name), records, body.gold,
+                                         body.n_labels)
+    return vars(counts)
+
+
+@router.post("/projects/{name}/tasks")
+def create_tasks(request: Request, name: str, body: TasksIn, user: ApiAdmin) -> dict[str, Any]:
+    spec = items.TaskSpec(body.kind, body.n_labels, body.max_per_prompt, body.k, body.edit)
+    with store(request).write() as s:
+        return {"created": items.create_tasks(s, _project_named(s, name), spec)}
+
+
+@router.post("/projects/{name}/assign")
+def assign_tasks(request: Request, name: str, body: AssignIn, user: ApiAdmin) -> dict[str, Any]:
+    with store(request).write() as s:
+        labs = [accounts.get_labeler(s, n) for n in body.labelers]
+        return {"assigned": assign.assign_tasks(s, _project_named(s, name), labs)}
+
+
+@router.get("/projects/{name}/export")
+def export(request: Request, name: str, user: ApiAdmin, kinds: str = "", exclude: str = "",
+           min_agreement: float = 0.0, min_gold_accuracy: float = 0.0, include_gold: bool = True,
+           sources: str = "") -> Response:
+    cfg = export_config(kinds, exclude, min_agreement, min_gold_accuracy, include_gold, sources)
+    with store(request).read() as s:
+        project_id = _project_named(s, name).id
+    return export_response(request, project_id, cfg)
+
+
+@router.get("/projects/{name}/stats")
+def stats(request: Request, name: str, user: ApiAdmin) -> dict[str, Any]:
+    with store(request).read() as s:
+        p = _project_named(s, name)
+        st = items.project_stats(s, p)
+        q = quality.project_quality(s, p)
+    nan = lambda x: None if x != x else x  # noqa: E731  (JSON has no NaN)
+    return {"stats": vars(st),
+            "agreement": [{"kind": k.kind, "items": k.items, "alpha": nan(k.alpha),
+                           "fleiss": nan(k.fleiss)} for k in q.kinds],
+            "labelers": [{k: nan(v) if isinstance(v, float) else v for k, v in vars(lq).items()}
+                         for lq in q.labelers],
+            "first_rate": nan(q.first_rate), "total_cost": q.total_cost}
+
+
+@router.post("/labelers", status_code=201)
+def create_labeler(request: Request, body: LabelerIn, user: ApiAdmin) -> dict[str, Any]:
+    with store(request).write() as s:
+        lab = accounts.create_labeler(s, body.name, body.password, body.role, body.cost_per_label)
+        return {"id": lab.id, "name": lab.name, "role": lab.role}
+
+
+@router.post("/labelers/{name}/token")
+def new_token(request: Request, name: str, user: ApiAdmin) -> dict[str, str]:
+    with store(request).write() as s:
+        return {"name": name, "token": accounts.issue_token(s, name)}

@@ -1,0 +1,146 @@
+"""Shared pieces of the web app: who is signed in, CSRF checks, rendering, errors.
+
+Browsers authenticate with a session cookie (HttpOnly, SameSite=Lax, Secure over https) and
+every form carries the session's CSRF token; the JSON API authenticates with a bearer token and
+uses no cookies, so it needs no CSRF token. Handlers are plain `def`s: FastAPI runs them in its
+thread pool, so database calls never block the event loop.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import jinja2
+from fastapi import Depends, Form, Request
+from fastapi.responses import HTMLResponse
+
+from coachlm.feedback import accounts
+from coachlm.feedback.db import Store
+
+SESSION_COOKIE = "coachlm_session"
+LOGIN_CSRF_COOKIE = "coachlm_login_csrf"
+HERE = Path(__file__).parent
+_env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                          autoescape=True,  # all model and user text is untrusted
+                          trim_blocks=True, lstrip_blocks=True)
+
+
+class LoginRequired(Exception):
+    """No valid session or token: browsers are sent to the sign-in page, the API gets 401."""
+
+
+class Forbidden(Exception):
+    """Signed in, but this needs another role (or the CSRF token is missing or wrong)."""
+
+
+@dataclass(frozen=True)
+class User:
+    """The signed-in labeler, detached from any database session."""
+
+    id: int
+    name: str
+    role: str
+    csrf: str = ""
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def is_reviewer(self) -> bool:
+        """Reviewers see the quality and ratings dashboards; only admins change anything."""
+        return self.role in ("reviewer", "admin")
+
+
+def store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def render(request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    user = getattr(request.state, "user", None)
+    html = _env.get_template(template).render(request=request, user=user, **ctx)
+    return HTMLResponse(html, status_code=status)
+
+
+def secure_cookies(request: Request) -> bool:
+    setting = request.app.state.config.secure_cookies
+    return request.url.scheme == "https" if setting is None else setting
+
+
+def set_cookie(request: Request, response: Any, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="lax",
+                        secure=secure_cookies(request), path="/")
+
+
+def session_user(request: Request) -> User:
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        raise LoginRequired()
+    with store(request).read() as s:
+        found = accounts.session_for(s, token)
+        if found is None:
+            raise LoginRequired()
+        row, lab = found
+        user = User(lab.id, lab.name, lab.role, row.csrf)
+    request.state.user = user
+    return user
+
+
+def admin_user(user: Annotated[User, Depends(session_user)]) -> User:
+    if not user.is_admin:
+        raise Forbidden("this page needs the admin role")
+    return user
+
+
+def reviewer_user(user: Annotated[User, Depends(session_user)]) -> User:
+    if not user.is_reviewer:
+        raise Forbidden("this page needs the reviewer or admin role")
+    return user
+
+
+def check_csrf(user: User, token: str) -> None:
+    if not token or not secrets.compare_digest(token, user.csrf):
+        raise Forbidden("the form's security token is missing or wrong; reload the page")
+
+
+def form_user(user: Annotated[User, Depends(session_user)],
+              csrf: Annotated[str, Form()] = "") -> User:
+    """The signed-in user of a form post whose CSRF token matches the session's."""
+    check_csrf(user, csrf)
+    return user
+
+
+def form_admin(user: Annotated[User, Depends(form_user)]) -> User:
+    if not user.is_admin:
+        raise Forbidden("this needs the admin role")
+    return user
+
+
+def api_user(request: Request) -> User:
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise LoginRequired()
+    with store(request).read() as s:
+        lab = accounts.labeler_by_token(s, token.strip())
+        if lab is None:
+            raise LoginRequired()
+        return User(lab.id, lab.name, lab.role)
+
+
+def api_admin(user: Annotated[User, Depends(api_user)]) -> User:
+    if not user.is_admin:
+        raise Forbidden("this needs the admin role")
+    return user
+
+
+SessionUser = Annotated[User, Depends(session_user)]
+AdminUser = Annotated[User, Depends(admin_user)]
+ReviewerUser = Annotated[User, Depends(reviewer_user)]
+FormUser = Annotated[User, Depends(form_user)]
+FormAdmin = Annotated[User, Depends(form_admin)]
+ApiUser = Annotated[User, Depends(api_user)]
+ApiAdmin = Annotated[User, Depends(api_admin)]

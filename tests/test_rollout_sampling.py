@@ -1,0 +1,178 @@
+"""Our batched KV-cache sampler: equal to HF generate when greedy, batch-invariant, stops at EOS."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from coachlm.errors import CoachError
+from coachlm.models.logprobs import sequence_logprobs
+from coachlm.rollout import sampling
+from coachlm.rollout.sampling import SamplingConfig, decode_responses, generate
+from models_fixtures import model as tiny_model
+from models_fixtures import random_prompts, tokenizer
+
+LENGTHS = [3, 9, 5, 12, 1, 7]
+
+
+def _hf_greedy(model, tok, prompts, max_new, eos):
+    """HF generate (greedy, left-padded), each row cut after its first stop token."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                         max_new_tokens=max_new, pad_token_id=tok.pad_token_id, eos_token_id=eos,
+                         suppress_tokens=[tok.pad_token_id])
+    rows = []
+    for row in out[:, width:].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        rows.append(row[:cut])
+    return rows
+
+
+@pytest.mark.parametrize("greedy", [dict(temperature=0.0), dict(top_k=1)])
+def test_greedy_equals_hf_generate(greedy):
+    tok, model = tokenizer(), tiny_model()
+    prompts = random_prompts(LENGTHS, len(tok))
+    gen = generate(model, tok, prompts, SamplingConfig(max_new_tokens=16, batch_size=4, **greedy))
+    assert gen.response_ids == _hf_greedy(model, tok, prompts, 16, [tok.eos_token_id])
+    assert gen.prompt_index == list(range(len(prompts)))
+
+
+def test_stops_at_the_first_stop_token_like_hf():
+    tok, model = tokenizer(), tiny_model()
+    prompts = random_prompts(LENGTHS, len(tok))
+    free = generate(model, tok, prompts, SamplingConfig(max_new_tokens=16, temperature=0))
+    stop = free.response_ids[0][3]  # a token row 0 emits at step 4: make it a stop token
+    cfg = SamplingConfig(max_new_tokens=16, temperature=0, stop_token_ids=(stop,))
+    gen = generate(model, tok, prompts, cfg)
+    assert gen.response_ids == _hf_greedy(model, tok, prompts, 16, [tok.eos_token_id, stop])
+    for ids, done in zip(gen.response_ids, gen.finished):
+        assert done == (ids[-1] in (stop, tok.eos_token_id))
+        assert done or len(ids) == 16
+        assert stop not in ids[:-1] and tok.pad_token_id not in ids
+    assert gen.finished[0] and len(gen.response_ids[0]) <= 4
+    assert gen.num_tokens == sum(len(r) for r in gen.response_ids)
+
+
+def test_rows_stop_early_when_all_finish():
+    tok, model = tokenizer(), tiny_model()
+    prompts = random_prompts([4, 4], len(tok))
+    first = generate(model, tok, prompts, SamplingConfig(max_new_tokens=1, temperature=0))
+    stops = tuple(r[0] for r in first.response_ids)
+    gen = generate(model, tok, prompts, SamplingConfig(max_new_tokens=50, temperature=0,
+                                                       stop_token_ids=stops))
+    assert gen.finished == [True, True] and [len(r) for r in gen.response_ids] == [1, 1]
+
+
+def test_batched_equals_one_by_one():
+    tok, model = tokenizer(), tiny_model()
+    prompts = random_prompts(LENGTHS + [2, 10, 6], len(tok), seed=3)
+    free = generate(model, tok, prompts, SamplingConfig(max_new_tokens=12, temperature=0))
+    # Stop tokens that end some rows early, so finished rows leave the batch mid-way.
+    stops = (free.response_ids[0][2], free.response_ids[3][5])
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0, batch_size=4, stop_token_ids=stops)
+    batched = generate(model, tok, prompts, cfg)
+    assert 0 < sum(batched.finished) < len(prompts)
+    alone = [generate(model, tok, [p], cfg) for p in prompts]
+    assert batched.response_ids == [g.response_ids[0] for g in alone]
+    for b, a in zip(batched.logprobs, alone):
+        assert b == pytest.approx(a.logprobs[0], abs=1e-5)
+
+
+def test_seeds_reproduce_samples_and_n_orders_by_prompt():
+    tok, model = tokenizer(), tiny_model()
+    prompts = random_prompts([4, 6, 2], len(tok))
+    cfg = SamplingConfig(max_new_tokens=10, n=3, seed=11, batch_size=4)
+    a, b = generate(model, tok, prompts, cfg), generate(model, tok, prompts, cfg)
+    c = generate(model, tok, prompts, SamplingConfig(max_new_tokens=10, n=3, seed=12, batch_size=4))
+    assert a.response_ids == b.response_ids and a.response_ids != c.response_ids
+    assert a.prompt_index == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert len(set(map(tuple, a.response_ids[:3]))) > 1  # samples of one prompt differ
+
+
+def test_sampled_logprobs_match_the_recomputed_ones():
+    tok, model = tokenizer(), tiny_model()
+    prompts = random_prompts([5, 8, 3], len(tok))
+    gen = generate(model, tok, prompts, SamplingConfig(max_new_tokens=6, temperature=0.7, seed=0))
+    for p, r, lps in zip(prompts, gen.response_ids, gen.logprobs):
+        ids = torch.tensor([p + r])
+        resp = torch.tensor([[0] * len(p) + [1] * len(r)])
+        with torch.no_grad():
+            ref = sequence_logprobs(model, ids, torch.ones_like(ids), resp, temperature=0.7)
+        assert lps == pytest.approx(ref[0, len(p):].tolist(), abs=1e-5)
+
+
+def test_filter_top_k_and_top_p_hand_computed():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    kept = lambda out: torch.isfinite(out[0]).nonzero().flatten().tolist()  # noqa: E731
+    assert kept(sampling._filter(logits, top_k=2, top_p=1.0)) == [0, 1]
+    assert kept(sampling._filter(logits, top_k=0, top_p=0.5)) == [0]  # 0.5 already reaches p
+    assert kept(sampling._filter(logits, top_k=0, top_p=0.6)) == [0, 1]
+    assert kept(sampling._filter(logits, top_k=0, top_p=0.9)) == [0, 1, 2]
+    assert kept(sampling._filter(logits, top_k=1, top_p=0.9)) == [0]
+
+
+def test_pad_is_never_sampled_and_logprobs_use_the_temperature():
+    logits = torch.tensor([[10.0, 0.0, math.log(3.0)]])  # pad (id 0) is by far the likeliest
+    g = torch.Generator().manual_seed(0)
+    for temperature in (0.0, 1.0):
+        cfg = SamplingConfig(temperature=temperature)
+        for _ in range(20):
+            tok, lp = sampling._sample_next(logits, cfg, pad_id=0, generator=g)
+            assert tok.item() != 0
+    tok, lp = sampling._sample_next(logits, SamplingConfig(temperature=0.0), pad_id=0, generator=g)
+    assert tok.item() == 2  # greedy over the non-pad tokens
+    assert lp.item() == pytest.approx(math.log(3.0) - math.log(math.exp(10) + 1 + 3), abs=1e-5)
+
+
+def test_bf16_autocast_keeps_the_model_and_its_mode():
+    tok, model = tokenizer(), tiny_model()
+    model.train()
+    gen = generate(model, tok, random_prompts([4, 6], len(tok)),
+                   SamplingConfig(max_new_tokens=5, temperature=0, dtype="bf16"))
+    assert all(len(r) >= 1 for r in gen.response_ids)
+    assert model.training and next(model.parameters()).dtype == torch.float32
+
+
+def test_decode_drops_special_tokens():
+    tok = tokenizer()
+    ids = tok("the cat sat", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    gen = sampling.Generation(prompt_index=[0], response_ids=[ids], finished=[True])
+    assert decode_responses(tok, gen) == ["the cat sat"]
+
+
+def test_user_errors():
+    tok, model = tokenizer(), tiny_model()
+    with pytest.raises(CoachError, match="empty prompt"):
+        generate(model, tok, [[]], SamplingConfig())
+    with pytest.raises(CoachError, match="context"):
+        generate(model, tok, [[5] * 250], SamplingConfig(max_new_tokens=10))
+    with pytest.raises(ValueError):
+        SamplingConfig(top_p=0.0)
+
+
+def _other_arch(arch: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    ids = dict(vocab_size=len(tokenizer()), bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64, **ids)
+    if arch == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **ids))
+    if arch == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**shape))
+    return MistralForCausalLM(MistralConfig(**shape))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2", "mistral"])
+def test_greedy_equals_hf_generate_on_other_architectures(arch):
+    tok = tokenizer()
+    model = _other_arch(arch).eval()  # GPT-2 has dropout, and HF generate leaves the mode as is
+    prompts = random_prompts(LENGTHS, len(tok), seed=5)
+    gen = generate(model, tok, prompts, SamplingConfig(max_new_tokens=10, temperature=0.0))
+    assert gen.response_ids == _hf_greedy(model, tok, prompts, 10, [tok.eos_token_id])

@@ -1,0 +1,177 @@
+"""SFT: length-bucketed batches, response-only loss, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from coachlm import config
+from coachlm.config import ConfigError
+from coachlm.data.chat import IGNORE_INDEX, encode_example
+from coachlm.data.collate import ExampleBatches, pack_examples, pad_examples
+from coachlm.data.io import write_records
+from coachlm.models.load import load_model, save_pretrained
+from coachlm.models.lora import LoRAConfig
+from coachlm.trainers.loop import TrainConfig, causal_lm_loss
+from coachlm.trainers.sft import SFTConfig, packing_supported, run_sft, sft
+from trainers_fixtures import tiny_demos, tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("COACHLM_NO_PROGRESS", "1")
+
+
+def _examples(tok, n=40):
+    return [encode_example(tok, d.prompt, d.response.text + " so" * (i % 7))
+            for i, d in enumerate(tiny_demos(n))]
+
+
+def test_padding_and_labels():
+    batch = pad_examples([(torch.tensor([5, 6, 7]), torch.tensor([-100, 6, 7])),
+                          (torch.tensor([8]), torch.tensor([-100]))], pad_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch.labels.tolist() == [[-100, 6, 7], [-100, -100, -100]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch.num_tokens == 4
+
+
+def test_packing_layout():
+    examples = [(torch.tensor([5, 6, 7, 8]), torch.tensor([-100, -100, 7, 8])),
+                (torch.tensor([9, 10]), torch.tensor([9, 10])),
+                (torch.tensor([11, 12, 13]), torch.tensor([-100, 12, 13]))]
+    batch = pack_examples(examples, pad_id=0)
+    # First-fit decreasing into rows of 4: [ex0], [ex2 ex1 -> no room: ex2 + pad], [ex1]...
+    # lengths 4, 3, 2: ex0 fills row 0; ex2 opens row 1 (3 tokens); ex1 (2) does not fit there.
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8], [11, 12, 13, 0], [9, 10, 0, 0]]
+    assert batch.labels.tolist() == [[-100, -100, 7, 8], [-100, 12, 13, -100], [-100, 10, -100, -100]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 0, 1]]
+    assert batch.num_tokens == 9
+    two = pack_examples([(torch.tensor([1, 2]), torch.tensor([1, 2])),
+                         (torch.tensor([3, 4, 5, 6]), torch.tensor([3, 4, 5, 6])),
+                         (torch.tensor([7, 8]), torch.tensor([-100, 8]))], pad_id=0)
+    assert two.input_ids.tolist() == [[3, 4, 5, 6], [1, 2, 7, 8]]  # two short ones share a row
+    assert two.labels.tolist() == [[-100, 4, 5, 6], [-100, 2, -100, 8]]
+    assert two.position_ids.tolist() == [[0, 1, 2, 3], [0, 1, 0, 1]]
+
+
+def test_packed_loss_equals_padded_loss(tok):
+    model = tiny_model(tok)
+    assert packing_supported(model)
+    demos = tiny_demos(12, seed=2)  # lengths spread widely, so that short examples share rows
+    examples = [encode_example(tok, d.prompt, d.response.text + " so" * (4 * k)) for k, d in enumerate(demos)]
+    examples = [(torch.tensor(i), torch.tensor(l)) for i, l in examples]
+    packed, padded = pack_examples(examples, tok.pad_token_id), pad_examples(examples, tok.pad_token_id)
+    assert packed.input_ids.shape[0] < padded.input_ids.shape[0]
+    a, b = causal_lm_loss(model, packed), causal_lm_loss(model, padded)
+    assert a.count == b.count and a.tokens == b.tokens
+    assert float(a.loss_sum) == pytest.approx(float(b.loss_sum), rel=1e-5)
+
+
+def test_bucketing_covers_each_example_once_per_epoch_with_little_padding(tok):
+    examples = _examples(tok, 40)
+    src = ExampleBatches(examples, 4, tok.pad_token_id, seed=0, bucket_batches=5)
+    assert len(src) == 10
+    seen, padded, real = [], 0, 0
+    for _ in range(len(src)):
+        b = src.next_batch()
+        seen += [tuple(r[m.bool()].tolist()) for r, m in zip(b.input_ids, b.attention_mask)]
+        padded, real = padded + b.input_ids.numel(), real + b.num_tokens
+    assert sorted(seen) == sorted(tuple(ids) for ids, _ in examples)
+    assert src.state_dict() == {"seed": 0, "epoch": 0, "position": 10}
+    unbucketed = ExampleBatches(examples, 4, tok.pad_token_id, bucket_batches=1)
+    plain = sum(unbucketed.next_batch().input_ids.numel() for _ in range(10))
+    assert padded < plain  # sorting within chunks of 5 batches pads less than random batches
+    assert src.next_batch().input_ids.shape and src.epoch == 1  # epoch 2 begins
+
+
+def test_batch_order_is_resumable(tok):
+    examples = _examples(tok, 24)
+    a = ExampleBatches(examples, 4, tok.pad_token_id, seed=3)
+    for _ in range(8):  # into the second epoch
+        a.next_batch()
+    b = ExampleBatches(examples, 4, tok.pad_token_id, seed=3)
+    b.load_state_dict(a.state_dict())
+    for _ in range(7):
+        assert torch.equal(a.next_batch().input_ids, b.next_batch().input_ids)
+
+
+def test_loss_is_the_mean_over_response_tokens_only(tok):
+    model = tiny_model(tok)
+    demos = tiny_demos(3, seed=5)
+    examples = [encode_example(tok, d.prompt, d.response.text) for d in demos]
+    n_prompt = [sum(1 for l in labels if l == IGNORE_INDEX) for _, labels in examples]
+    assert all(0 < n < len(ids) for n, (ids, _) in zip(n_prompt, examples))
+    for (ids, labels), n in zip(examples, n_prompt):
+        assert labels[n:] == ids[n:] and labels[-1] == tok.eos_token_id
+    batch = pad_examples([(torch.tensor(i), torch.tensor(l)) for i, l in examples], tok.pad_token_id)
+    out = causal_lm_loss(model, batch)
+
+    total, count = 0.0, 0  # by hand: each row alone, unpadded, scored on its response tokens
+    for (ids, _), n in zip(examples, n_prompt):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0]  # (T, V)
+        for t in range(n, len(ids)):  # token t is predicted from position t - 1
+            total += float(F.cross_entropy(logits[t - 1], torch.tensor(ids[t])))
+            count += 1
+    assert out.count == count == sum(len(i) - n for (i, _), n in zip(examples, n_prompt))
+    assert float(out.loss_sum) / out.count == pytest.approx(total / count, rel=1e-5)
+    assert out.tokens == sum(len(i) for i, _ in examples)
+
+
+def test_sft_config_from_yaml(tmp_path):
+    path = tmp_path / "sft.yaml"
+    path.write_text("model: m\ndata: [a.jsonl, b.jsonl]\nout: o\nlora: {r: 4}\n"
+                    "train: {lr: 1e-3, batch_size: 2}\n")
+    cfg = config.load(SFTConfig, path, overrides=["epochs=2", "train.grad_accum=2"])
+    assert cfg.data == (tmp_path.__class__("a.jsonl"), tmp_path.__class__("b.jsonl"))
+    assert cfg.lora == LoRAConfig(r=4) and cfg.train.batch_size == 2 and cfg.train.grad_accum == 2
+    with pytest.raises(ConfigError, match="epochs must be > 0"):
+        config.load(SFTConfig, path, overrides=["epochs=0"])
+    with pytest.raises(ConfigError, match="unknown config key 'train.batchsize'"):
+        config.load(SFTConfig, path, overrides=["train.batchsize=3"])
+
+
+@pytest.fixture(scope="module")
+def base_and_data(tok, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    save_pretrained(tiny_model(tok), tok, root / "base")
+    write_records(root / "demos.jsonl", tiny_demos(80))
+    return root
+
+
+def test_sft_learns_and_saves_a_loadable_model(base_and_data, tok, tmp_path):
+    root = base_and_data
+    cfg = SFTConfig(model=root / "base", data=(root / "demos.jsonl",), out=tmp_path, val_fraction=0.1,
+                    train=TrainConfig(lr=5e-3, max_steps=40, batch_size=8, log_every=1, eval_every=20,
+                                      warmup_steps=2, bf16=False, threads=1))
+    result, final = sft(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 40 and losses[-1] < 0.7 * losses[0]  # training loss falls
+    assert val[-1] < val[0]  # and so does held-out response loss
+    assert result.summary["train_examples"] == 72 and result.summary["val_examples"] == 8
+    model = load_model(final)
+    assert model.config.vocab_size == len(tok)
+
+
+def test_sft_with_lora_and_epochs(base_and_data, tmp_path):
+    root = base_and_data
+    cfg = SFTConfig(model=root / "base", data=(root / "demos.jsonl",), out=tmp_path, epochs=0.5,
+                    lora=LoRAConfig(r=2), val_fraction=0.0,
+                    train=TrainConfig(lr=1e-2, batch_size=8, grad_accum=2))
+    final = run_sft(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 3  # ceil(0.5 * 10 batches / 2)
+    assert summary["trainable_params"] < summary["total_params"] // 4
+    assert (final / "adapter").is_dir() and (final / "model.safetensors").is_file()
+    assert config.load(SFTConfig, tmp_path / "config.yaml").train.max_steps == 3
