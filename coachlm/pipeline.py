@@ -106,6 +106,7 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
                        lambda d: run_eval(EvalConfig(
                            model=Path(sft["result"]["model"]), against=Path(base["result"]["model"]),
                            prompts=Path(w["prompts_heldout"]), out=d, limit=cfg.eval_limit,
+                           name="sft", against_name="base",
                            max_new_tokens=cfg.eval_max_new_tokens)))
     result = report["result"]
     print_report(result)

@@ -23,11 +23,13 @@ class EvalConfig:
     prompts: Path
     against: Path | None = None
     out: Path | None = None
+    name: str | None = None  # how to call `model` in reports (default: its directory name)
+    against_name: str | None = None
     max_new_tokens: int = 96
     greedy: bool = True
     temperature: float = 1.0
     batch_size: int = 64
-    limit: int | None = None
+    limit: int | None = None  # at most this many prompts, taken round-robin over task families
     dtype: Literal["bf16", "fp32"] = "bf16"
     seed: int = 0
 
@@ -94,32 +96,52 @@ def _write_samples(path: Path, prompts: Sequence[PromptRecord], responses: Seque
     write_records(path, records)
 
 
-def _evaluate_one(model_dir: Path, prompts: Sequence[PromptRecord], cfg: EvalConfig) -> tuple[list[str], dict]:
+def _evaluate_one(model_dir: Path, name: str, prompts: Sequence[PromptRecord],
+                  cfg: EvalConfig) -> tuple[list[str], dict]:
     if not Path(model_dir).is_dir():
         raise CoachError(f"model directory {model_dir} does not exist")
     responses = generate_responses(model_dir, prompts, cfg)
     result = score_responses(prompts, responses)
     if cfg.out is not None:
-        _write_samples(cfg.out / f"samples_{Path(model_dir).name}.jsonl", prompts, responses,
-                       Path(model_dir).name, result["scores"])
+        _write_samples(cfg.out / f"samples_{name}.jsonl", prompts, responses, name,
+                       result["scores"])
     result.pop("scores")
-    return responses, {"model": str(model_dir), **result}
+    return responses, {"model": str(model_dir), "name": name, **result}
+
+
+def stratified(prompts: Sequence[PromptRecord], limit: int | None) -> list[PromptRecord]:
+    """At most `limit` prompts, taken round-robin over task families (file order within one),
+    so that a small evaluation still covers every family."""
+    if limit is None or limit >= len(prompts):
+        return list(prompts)
+    groups: dict[str, list[PromptRecord]] = defaultdict(list)
+    for p in prompts:
+        groups[str(p.meta.get("family", ""))].append(p)
+    queues = [list(reversed(g)) for g in groups.values()]
+    out: list[PromptRecord] = []
+    while len(out) < limit:
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop())
+    return out
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate `cfg.model` (and `cfg.against`); writes eval.json in `cfg.out` when given."""
     from coachlm.data.io import read_prompts
 
-    prompts = read_prompts(cfg.prompts)
-    if cfg.limit is not None:
-        prompts = prompts[: cfg.limit]
+    prompts = stratified(read_prompts(cfg.prompts), cfg.limit)
     if not prompts:
         raise CoachError(f"{cfg.prompts}: no prompts to evaluate")
     if cfg.out is not None:
         cfg.out.mkdir(parents=True, exist_ok=True)
-    ours, result = _evaluate_one(cfg.model, prompts, cfg)
+    name = cfg.name or Path(cfg.model).name
+    ours, result = _evaluate_one(cfg.model, name, prompts, cfg)
     if cfg.against is not None:
-        theirs, other = _evaluate_one(cfg.against, prompts, cfg)
+        other_name = cfg.against_name or Path(cfg.against).name
+        if other_name == name:
+            other_name += "-2"
+        theirs, other = _evaluate_one(cfg.against, other_name, prompts, cfg)
         result = {**result, "against": other, "win_rate": win_rate(prompts, ours, theirs)}
     if cfg.out is not None:
         (cfg.out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -135,7 +157,7 @@ def print_report(result: dict[str, Any]) -> None:
     table = Table(title="Held-out evaluation (rubric)")
     table.add_column("family")
     for m in models:
-        name = Path(m["model"]).name
+        name = m["name"]
         table.add_column(f"{name} IF rate", justify="right")
         table.add_column(f"{name} score", justify="right")
     for fam in result["per_family"]:
@@ -148,5 +170,5 @@ def print_report(result: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     if "win_rate" in result:
-        console.print(f"win rate of {Path(result['model']).name} over "
-                      f"{Path(result['against']['model']).name}: {result['win_rate']:.1%}")
+        console.print(f"win rate of {result['name']} over {result['against']['name']} "
+                      f"(rubric, ties count half): {result['win_rate']:.1%}")

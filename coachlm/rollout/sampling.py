@@ -107,17 +107,38 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tens
     return input_ids, attention_mask
 
 
+def _static_cache(model: Any, max_len: int) -> Any:
+    """A KV cache preallocated for `max_len` positions, or None to let the model make its own.
+
+    HF's DynamicCache concatenates every step, copying the whole cache per token: 70% of the CPU
+    time in a profile of world-small sampling. A static cache writes each new position in place.
+    Under autocast, keys (fp32 after RoPE) and values (bf16) differ in dtype, which a static
+    cache cannot hold: the model's dynamic cache is used then.
+    """
+    from transformers import StaticCache
+
+    if torch.is_autocast_enabled(next(model.parameters()).device.type):
+        return None
+    try:
+        return StaticCache(config=model.config, max_cache_len=max_len)
+    except (TypeError, ValueError, KeyError, AttributeError, NotImplementedError):
+        return None
+
+
 def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], cfg: SamplingConfig,
                     stops: torch.Tensor, pad_id: int,
                     generator: torch.Generator | None) -> Generation:
     device = next(model.parameters()).device
-    input_ids, attention_mask = _left_pad(prompts, pad_id)
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    position_ids = position_ids_from_mask(attention_mask)  # (B, P)
-    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                use_cache=True, **keep)
     B, steps = len(prompts), cfg.max_new_tokens
+    input_ids, prompt_mask = _left_pad(prompts, pad_id)  # (B, P), (B, P)
+    P = input_ids.shape[1]
+    attention_mask = torch.cat([prompt_mask, prompt_mask.new_zeros(B, steps)], 1).to(device)
+    input_ids = input_ids.to(device)  # attention_mask: (A, P + N), filled in as tokens come
+    position_ids = position_ids_from_mask(attention_mask[:, :P])  # (B, P)
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    out = model(input_ids=input_ids, attention_mask=attention_mask[:, :P],
+                position_ids=position_ids, past_key_values=_static_cache(model, P + steps),
+                use_cache=True, **keep)
     tokens = torch.full((B, steps), pad_id, dtype=torch.long, device=device)  # (B, N)
     logprobs = torch.zeros(B, steps, dtype=torch.float32, device=device)  # (B, N)
     lengths = torch.full((B,), steps, dtype=torch.long, device=device)  # (B,)
@@ -137,11 +158,11 @@ def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], cfg: SamplingC
             # Drop finished rows from the batch and the KV cache: later steps cost only the
             # rows still generating. (Finished rows are already padded in `tokens`.)
             rows = (~stopped).nonzero().squeeze(-1)  # (A',)
-            cache.batch_select_indices(rows)
+            cache.reorder_cache(rows)
             active, tok = active[rows], tok[rows]
             attention_mask, next_pos = attention_mask[rows], next_pos[rows]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(tok), 1)], dim=1)
-        out = model(input_ids=tok.unsqueeze(-1), attention_mask=attention_mask,
+        attention_mask[:, P + t] = 1
+        out = model(input_ids=tok.unsqueeze(-1), attention_mask=attention_mask[:, :P + t + 1],
                     position_ids=next_pos, past_key_values=cache, use_cache=True)
         next_pos = next_pos + 1
     n = lengths.tolist()
