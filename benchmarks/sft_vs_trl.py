@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import random
 import statistics
@@ -130,7 +129,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--trl-group-by-length", action="store_true")
     p.add_argument("--repeats", type=int, default=1, help="runs of each, alternating; median reported")
     p.add_argument("--order", choices=("ours-first", "trl-first"), default="ours-first")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.steps % 10:  # TRL logs (loss, token count) every 10 steps; both sides average those
+        p.error("--steps must be a multiple of 10")
+    return args
 
 
 def main(argv: list[str]) -> dict:

@@ -90,11 +90,24 @@ def sample(model: Optional[Path] = typer.Option(None, help="Model directory."),
            prompts: Optional[Path] = typer.Option(None, help="Prompt records."),
            out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output JSONL of Sample records."),
            n: Optional[int] = typer.Option(None, "-n", help="Responses per prompt."),
+           max_new_tokens: Optional[int] = typer.Option(None, help="Longest response, in tokens."),
+           temperature: Optional[float] = typer.Option(None, help="Sampling temperature (0: greedy)."),
+           top_k: Optional[int] = typer.Option(None, help="Keep the k likeliest tokens (0: off)."),
+           top_p: Optional[float] = typer.Option(None, help="Nucleus sampling mass (1: off)."),
+           batch_size: Optional[int] = typer.Option(None, help="Prompts per batch."),
+           seed: Optional[int] = typer.Option(None, help="Random seed."),
+           limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
+           model_name: Optional[str] = typer.Option(None, help="Model name recorded with each response."),
+           model_version: Optional[str] = typer.Option(None, help="Version recorded (default: weights hash)."),
+           dtype: Optional[str] = typer.Option(None, help="fp32 or bf16."),
            config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Sample N responses per prompt, written as Sample records with provenance."""
     from coachlm.rollout.sample_cmd import SampleConfig, run_sample
 
-    cfg = _load(SampleConfig, config, overrides, model=model, prompts=prompts, out=out, n=n)
+    cfg = _load(SampleConfig, config, overrides, model=model, prompts=prompts, out=out, n=n,
+                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                batch_size=batch_size, seed=seed, limit=limit, model_name=model_name,
+                model_version=model_version, dtype=dtype)
     console.print(f"samples: {run_sample(cfg)}")
 
 

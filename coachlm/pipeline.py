@@ -69,7 +69,7 @@ class DemoConfig:
     seq_len: int = 256
     vocab_size: int = 2048
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(
-        lr=2e-3, warmup_ratio=0.05, max_steps=600, batch_size=32, checkpoint_every=100,
+        lr=2e-3, warmup_ratio=0.05, max_steps=400, batch_size=16, checkpoint_every=100,
         log_every=20))
     sft: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=1e-3, warmup_ratio=0.05, max_steps=300, batch_size=32, checkpoint_every=100,

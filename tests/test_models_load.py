@@ -91,6 +91,8 @@ def test_pad_token_added_and_embeddings_resized(tmp_path):
     assert tok2.pad_token == "<pad>" and tok2.pad_token_id == V and len(tok2) == V + 1
     loaded = load_model(tmp_path, tokenizer=tok2).eval()
     assert loaded.get_input_embeddings().num_embeddings == V + 1
+    emb = loaded.get_input_embeddings().weight
+    assert torch.allclose(emb[V], emb[:V].mean(dim=0))  # deterministic: the mean of the others
     assert loaded.config.pad_token_id == V and loaded.generation_config.pad_token_id == V
     ids = torch.randint(2, V, (2, 9))
     assert torch.allclose(_logits(loaded, ids)[..., :V], _logits(model, ids), atol=1e-6)

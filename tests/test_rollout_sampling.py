@@ -115,6 +115,15 @@ def test_filter_top_k_and_top_p_hand_computed():
     assert kept(sampling._filter(logits, top_k=1, top_p=0.9)) == [0]
 
 
+def test_inverse_cdf_draws_follow_the_distribution():
+    probs = torch.tensor([0.0, 0.1, 0.0, 0.2, 0.7, 0.0]).expand(20000, 6)
+    draws = sampling._inverse_cdf(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=6).double() / len(draws)
+    assert freq[[0, 2, 5]].sum() == 0  # zero-probability tokens are never drawn
+    # binomial standard deviation <= 0.0033 at n = 20000: allow 4 of them
+    assert torch.allclose(freq, probs[0].double(), atol=0.013)
+
+
 def test_pad_is_never_sampled_and_logprobs_use_the_temperature():
     logits = torch.tensor([[10.0, 0.0, math.log(3.0)]])  # pad (id 0) is by far the likeliest
     g = torch.Generator().manual_seed(0)
@@ -176,3 +185,26 @@ def test_greedy_equals_hf_generate_on_other_architectures(arch):
     prompts = random_prompts(LENGTHS, len(tok), seed=5)
     gen = generate(model, tok, prompts, SamplingConfig(max_new_tokens=10, temperature=0.0))
     assert gen.response_ids == _hf_greedy(model, tok, prompts, 10, [tok.eos_token_id])
+
+
+def test_bf16_weights_sample_and_mostly_agree_with_fp32():
+    tok = tokenizer()
+    prompts = random_prompts(LENGTHS, len(tok), seed=2)
+    cfg = SamplingConfig(max_new_tokens=4, temperature=0)
+    fp32 = generate(tiny_model(), tok, prompts, cfg)
+    bf16 = generate(tiny_model().to(torch.bfloat16), tok, prompts, cfg)
+    assert [len(r) for r in bf16.response_ids] == [4] * len(prompts)
+    assert sum(a[0] == b[0] for a, b in zip(fp32.response_ids, bf16.response_ids)) >= 4
+
+
+def test_lora_policy_samples_and_its_reference_is_the_base():
+    from coachlm.models.lora import LoRAConfig, adapter_disabled, apply_lora
+
+    tok = tokenizer()
+    prompts = random_prompts([3, 6], len(tok))
+    cfg = SamplingConfig(max_new_tokens=8, temperature=0)
+    base = generate(tiny_model(), tok, prompts, cfg)
+    policy = apply_lora(tiny_model(), LoRAConfig(r=4))
+    with adapter_disabled(policy):
+        assert generate(policy, tok, prompts, cfg).response_ids == base.response_ids
+    assert len(generate(policy, tok, prompts, cfg).response_ids) == 2

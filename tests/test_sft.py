@@ -175,3 +175,22 @@ def test_sft_with_lora_and_epochs(base_and_data, tmp_path):
     assert summary["trainable_params"] < summary["total_params"] // 4
     assert (final / "adapter").is_dir() and (final / "model.safetensors").is_file()
     assert config.load(SFTConfig, tmp_path / "config.yaml").train.max_steps == 3
+
+
+def test_packing_check_detects_models_that_leak_across_examples():
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    class Leaky(torch.nn.Module):
+        """A 'model' whose token t sees every earlier token in the row, position ids or not."""
+
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(32, 8)
+
+        def forward(self, input_ids, position_ids=None, use_cache=False):
+            return SimpleNamespace(logits=self.emb(input_ids).cumsum(dim=1))
+
+    assert not packing_supported(Leaky())
+    assert packing_supported(GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=32)))

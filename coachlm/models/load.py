@@ -25,10 +25,13 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as transformers_logging
 
 from coachlm.errors import CoachError
 
 log = logging.getLogger(__name__)
+# Our runs show their own Rich progress; transformers' per-load tqdm bars are noise in logs.
+transformers_logging.disable_progress_bar()
 
 PAD_TOKEN = "<pad>"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
@@ -110,13 +113,28 @@ def load_model(path: str | Path, dtype: str | torch.dtype | None = None,
     disable_dropout(model)
     if tokenizer is not None:
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            # transformers draws the new rows around the mean of the old ones (mean_resizing;
-            # Hewitt, 2021), so an added pad token gets an ordinary, never-trained logit, which
-            # is harmless: pad is masked out of every loss, and the sampler never emits it.
-            model.resize_token_embeddings(len(tokenizer))
+            grow_embeddings(model, len(tokenizer))
         model.config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def grow_embeddings(model: PreTrainedModel, size: int) -> None:
+    """Resize the vocabulary to `size`, new rows set to the mean of the old ones.
+
+    The mean (Hewitt, 2021, "Initializing new word embeddings for pretrained language models")
+    gives an added pad token an ordinary, never-trained logit, which is harmless: pad is masked
+    out of every loss and the sampler never emits it. Unlike transformers' own mean_resizing,
+    which samples around the mean, it is deterministic.
+    """
+    old = model.get_input_embeddings().num_embeddings
+    model.resize_token_embeddings(size, mean_resizing=False)
+    out = model.get_output_embeddings()
+    weights = {id(w): w for w in (model.get_input_embeddings().weight,
+                                  None if out is None else out.weight) if w is not None}
+    with torch.no_grad():
+        for w in weights.values():
+            w[old:] = w[:old].mean(dim=0)
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

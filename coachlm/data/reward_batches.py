@@ -1,0 +1,386 @@
+"""Reward-model batches: preference records grouped by prompt, each response forwarded once.
+
+Records become *groups*: one prompt, its distinct responses, and the judgements over them
+(comparisons as index pairs, rankings as rank lists). All records that share a prompt join one
+group (up to `max_responses` responses), so every judgement of a prompt lands in one batch and
+each response is forwarded once, however many comparisons name it: InstructGPT's fix for
+rankings (Ouyang et al., 2022, sec. 3.5), applied to comparisons too. For `simulate_comparisons`
+data (all pairs of n samples per prompt) that is n forwards instead of n(n-1).
+
+Three layouts turn a batch of groups into model inputs (`collate`):
+  - "pad": one right-padded row per (prompt + response) sequence. A causal model needs no
+    attention mask (a real token never attends to the padding after it), so the fast causal
+    kernel runs; encoders get the 2-D padding mask.
+  - "pack": every sequence is a segment; segments are packed first-fit into rows as wide as the
+    longest, with a block-diagonal causal 4-D mask and restarting position ids.
+  - "share": prefix sharing. A group becomes one segment, prompt then each response; a response
+    attends to the prompt and to itself only, with positions continuing from the prompt, so the
+    prompt is computed once for all K responses (the shared-prefix trick of tree attention /
+    "prefix sharing" in OpenRLHF-style packed RM training). Its scores equal "pad"'s (tested).
+Batches are shuffled per epoch and optionally length-bucketed (`bucket_batches`), as in
+`collate.ExampleBatches`, and resume exactly (their state is (seed, epoch, position)).
+
+`num_tokens` counts the prompt + response tokens of every sequence scored, the way an unshared
+trainer (TRL) counts them, so tokens/s measures work done; `processed_tokens` counts what the
+model actually ran (fewer with "share").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from coachlm.data.chat import encode_prompt, encode_response
+from coachlm.data.collate import _epoch_rng, _Resumable
+from coachlm.data.schema import Comparison, Prompt, Ranking, Record
+
+Layout = Literal["pad", "pack", "share"]
+LAYOUTS = ("pad", "pack", "share")
+
+
+@dataclass
+class Group:
+    """One prompt, its distinct responses, and the judgements over them.
+
+    `comparisons` rows are (a, b, margin, tie): response a preferred over b (or a tie);
+    `rankings` rows are rank lists over the group's responses (lower is better, -1: not in it).
+    """
+
+    prompt_ids: list[int]
+    response_ids: list[list[int]] = field(default_factory=list)
+    comparisons: list[tuple[int, int, float, bool]] = field(default_factory=list)
+    rankings: list[list[int]] = field(default_factory=list)
+
+    def records(self) -> int:
+        return len(self.comparisons) + len(self.rankings)
+
+
+@dataclass(frozen=True)
+class RewardBatch:
+    """Model inputs for N scored sequences, and the judgements over them (training only).
+
+    Pair and rank indices point into the N sequences, in group order.
+    """
+
+    input_ids: Tensor  # (R, T) int64
+    attention_mask: Tensor | None  # (R, T) padding mask ("pad") or (R, 1, T, T) bool ("pack"/"share")
+    position_ids: Tensor | None  # (R, T) int64; None: 0..T-1
+    rows: Tensor  # (N,) int64: row of each sequence's last token
+    cols: Tensor  # (N,) int64: column of each sequence's last token
+    num_tokens: int  # prompt + response tokens of the N sequences
+    processed_tokens: int  # non-pad tokens the model runs
+    pair_a: Tensor  # (C,) int64: preferred response (first of a tie)
+    pair_b: Tensor  # (C,) int64
+    pair_margin: Tensor  # (C,) float32
+    pair_tie: Tensor  # (C,) bool
+    rank_index: Tensor  # (M,) int64: sequences taking part in a ranking
+    rank_ranks: Tensor  # (M,) int64: their ranks, lower is better, -1 unranked
+    rank_group: Tensor  # (M,) int64: which ranking record each belongs to
+    n_rankings: int  # ranking records with at least one ordered pair
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.rows)
+
+
+# ----------------------------------------------------------------------------- records -> groups
+
+
+class _Builder:
+    """Accumulates the records of one prompt; responses deduplicated by text."""
+
+    def __init__(self, prompt_ids: list[int]):
+        self.group = Group(list(prompt_ids))
+        self.index: dict[str, int] = {}
+
+    def respond(self, text: str, tok: Any) -> int:
+        if text not in self.index:
+            self.index[text] = len(self.group.response_ids)
+            self.group.response_ids.append(encode_response(tok, text))
+        return self.index[text]
+
+    def room(self, texts: Iterable[str], limit: int) -> bool:
+        new = {t for t in texts if t not in self.index}
+        return not self.group.response_ids or len(self.group.response_ids) + len(new) <= limit
+
+
+def build_groups(records: Iterable[Record], tok: Any, *, ties: bool = False,
+                 margin_scale: float = 0.0, max_responses: int = 16) -> tuple[list[Group], Counter]:
+    """Group preference records by prompt; returns (groups, counts of what was used/skipped).
+
+    Comparisons "a"/"b" give a pair (margin = margin_scale * record.margin, 0 when absent);
+    ties give a tie pair when `ties`, else are skipped; "both_bad" is always skipped (it says
+    nothing about the order). Rankings without any ordered pair are skipped.
+    """
+    open_: dict[Prompt, _Builder] = {}
+    done: list[Group] = []
+    counts: Counter = Counter()
+    prompt_cache: dict[Prompt, list[int]] = {}
+    for r in records:
+        if isinstance(r, Comparison):
+            if r.choice == "both_bad" or (r.choice == "tie" and not ties):
+                counts[f"skipped_{r.choice}"] += 1
+                continue
+            texts = [r.a.text, r.b.text]
+        elif isinstance(r, Ranking):
+            if not r.pairs():
+                counts["skipped_ranking_without_order"] += 1
+                continue
+            texts = [x.text for x in r.responses]
+        else:
+            raise TypeError(f"not a preference record: {type(r).__name__}")
+        b = open_.get(r.prompt)
+        if b is None or not b.room(texts, max_responses):
+            if b is not None:
+                done.append(b.group)
+            if r.prompt not in prompt_cache:
+                prompt_cache[r.prompt] = encode_prompt(tok, r.prompt)
+            b = open_[r.prompt] = _Builder(prompt_cache[r.prompt])
+        idx = [b.respond(t, tok) for t in texts]
+        if isinstance(r, Comparison):
+            tie = r.choice == "tie"
+            a, w = (idx[0], idx[1]) if r.choice in ("a", "tie") else (idx[1], idx[0])
+            margin = margin_scale * (r.margin or 0.0) if not tie else 0.0
+            b.group.comparisons.append((a, w, margin, tie))
+            counts["ties" if tie else "comparisons"] += 1
+        else:
+            ranks = [-1] * len(b.group.response_ids)
+            for i, rank in zip(idx, r.ranks):
+                ranks[i] = -1 if rank is None else rank
+            b.group.rankings.append(ranks)
+            counts["rankings"] += 1
+            counts["ranking_pairs"] += len(r.pairs())
+    done.extend(b.group for b in open_.values())
+    for g in done:  # rankings recorded before later responses joined the group
+        g.rankings = [rk + [-1] * (len(g.response_ids) - len(rk)) for rk in g.rankings]
+    return done, counts
+
+
+def truncate_group(group: Group, max_length: int) -> tuple[Group, int]:
+    """Fit every prompt + response into `max_length` tokens; returns (group, responses cut).
+
+    The prompt is cut from the left (its end, the last request, matters most) down to
+    `max_length - longest response`, but never below half of `max_length`; a response still too
+    long is cut from the right, losing its EOS (reported, never silently hidden).
+    """
+    longest = max(len(r) for r in group.response_ids)
+    p = group.prompt_ids
+    if len(p) + longest <= max_length:
+        return group, 0
+    keep = min(len(p), max(max_length - longest, max_length // 2))
+    p = p[len(p) - keep:]
+    room = max_length - len(p)
+    cut = sum(len(r) > room for r in group.response_ids)
+    responses = [r[:room] for r in group.response_ids]
+    return Group(p, responses, group.comparisons, group.rankings), cut
+
+
+# ----------------------------------------------------------------------------------- layouts
+
+
+def _segments(groups: Sequence[Group], layout: Layout) -> list[tuple[list[int], list[list[int]]]]:
+    """(prompt, responses) segments: a whole group when sharing, else one per sequence."""
+    if layout == "share":
+        return [(g.prompt_ids, g.response_ids) for g in groups]
+    return [(g.prompt_ids, [r]) for g in groups for r in g.response_ids]
+
+
+def _pad_rows(groups: Sequence[Group], pad_id: int) -> dict[str, Any]:
+    seqs = [g.prompt_ids + r for g in groups for r in g.response_ids]
+    lengths = torch.tensor([len(s) for s in seqs])
+    width = int(lengths.max())
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (N, T)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.tensor(s)
+    mask = (torch.arange(width)[None] < lengths[:, None]).long()  # (N, T)
+    return dict(input_ids=input_ids, attention_mask=mask, position_ids=None,
+                rows=torch.arange(len(seqs)), cols=lengths - 1, processed=int(lengths.sum()))
+
+
+def _place(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """First-fit decreasing: segment indices of each row of `width` tokens."""
+    rows: list[list[int]] = []
+    fill: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r, used in enumerate(fill) if used + lengths[i] <= width), None)
+        if r is None:
+            rows.append([])
+            fill.append(0)
+            r = len(rows) - 1
+        rows[r].append(i)
+        fill[r] += lengths[i]
+    return rows
+
+
+def _packed_rows(groups: Sequence[Group], layout: Layout, pad_id: int) -> dict[str, Any]:
+    """Segments packed into rows, with the 4-D mask that keeps responses apart.
+
+    Query j may attend key i iff both lie in one segment, i <= j, and key i is in the prompt
+    (part 0) or in the same response as j. Padding attends to itself only, so no row of the
+    softmax is empty (an all-masked row would give NaN, and NaN * 0 still poisons gradients).
+    """
+    segs = _segments(groups, layout)
+    lengths = [len(p) + sum(len(r) for r in rs) for p, rs in segs]
+    width = max(lengths)
+    placement = _place(lengths, width)
+    n_rows = len(placement)
+    input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)  # (R, T)
+    position_ids = torch.zeros(n_rows, width, dtype=torch.long)  # (R, T)
+    seg_id = torch.full((n_rows, width), -1, dtype=torch.long)  # (R, T), -1 on padding
+    part = torch.zeros(n_rows, width, dtype=torch.long)  # (R, T): 0 prompt, k response k
+    last: list[tuple[int, int]] = [(0, 0)] * sum(len(rs) for _, rs in segs)
+    first_seq = np.cumsum([0] + [len(rs) for _, rs in segs])
+    for row, members in enumerate(placement):
+        start = 0
+        for s in members:
+            prompt, responses = segs[s]
+            n_p = len(prompt)
+            input_ids[row, start:start + n_p] = torch.tensor(prompt, dtype=torch.long)
+            position_ids[row, start:start + n_p] = torch.arange(n_p)
+            seg_id[row, start:start + n_p] = s
+            at = start + n_p
+            for k, resp in enumerate(responses, 1):
+                n_r = len(resp)
+                input_ids[row, at:at + n_r] = torch.tensor(resp, dtype=torch.long)
+                position_ids[row, at:at + n_r] = torch.arange(n_p, n_p + n_r)
+                seg_id[row, at:at + n_r] = s
+                part[row, at:at + n_r] = k
+                last[first_seq[s] + k - 1] = (row, at + n_r - 1)
+                at += n_r
+            start = at
+        position_ids[row, start:] = torch.arange(width - start)
+    same = (seg_id[:, :, None] == seg_id[:, None, :]) & (seg_id[:, :, None] >= 0)  # (R, T, T)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()  # (T, T)
+    visible = (part[:, None, :] == 0) | (part[:, :, None] == part[:, None, :])  # (R, T, T)
+    mask = (same & causal & visible) | torch.eye(width, dtype=torch.bool)  # (R, T, T)
+    rows, cols = zip(*last)
+    return dict(input_ids=input_ids, attention_mask=mask[:, None], position_ids=position_ids,
+                rows=torch.tensor(rows), cols=torch.tensor(cols),
+                processed=int((seg_id >= 0).sum()))
+
+
+def _targets(groups: Sequence[Group]) -> dict[str, Any]:
+    a, b, margin, tie = [], [], [], []
+    rank_index, rank_ranks, rank_group = [], [], []
+    offset, n_rankings = 0, 0
+    for g in groups:
+        for i, j, m, t in g.comparisons:
+            a.append(offset + i)
+            b.append(offset + j)
+            margin.append(m)
+            tie.append(t)
+        for ranks in g.rankings:
+            members = [i for i, rk in enumerate(ranks) if rk >= 0]
+            rank_index += [offset + i for i in members]
+            rank_ranks += [ranks[i] for i in members]
+            rank_group += [n_rankings] * len(members)
+            n_rankings += 1
+        offset += len(g.response_ids)
+    long = dict(dtype=torch.long)
+    return dict(pair_a=torch.tensor(a, **long), pair_b=torch.tensor(b, **long),
+                pair_margin=torch.tensor(margin, dtype=torch.float32),
+                pair_tie=torch.tensor(tie, dtype=torch.bool),
+                rank_index=torch.tensor(rank_index, **long),
+                rank_ranks=torch.tensor(rank_ranks, **long),
+                rank_group=torch.tensor(rank_group, **long), n_rankings=n_rankings)
+
+
+def collate(groups: Sequence[Group], layout: Layout, pad_id: int) -> RewardBatch:
+    """One RewardBatch of `groups` in `layout` ("pad", "pack" or "share")."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    parts = _pad_rows(groups, pad_id) if layout == "pad" else _packed_rows(groups, layout, pad_id)
+    num_tokens = sum(len(g.prompt_ids) * len(g.response_ids) + sum(map(len, g.response_ids))
+                     for g in groups)
+    processed = parts.pop("processed")
+    return RewardBatch(**parts, num_tokens=num_tokens, processed_tokens=processed,
+                       **_targets(groups))
+
+
+def unit_length(group: Group, layout: Layout) -> int:
+    """The length that decides padding: the longest sequence, or the whole shared segment."""
+    if layout == "share":
+        return len(group.prompt_ids) + sum(map(len, group.response_ids))
+    return len(group.prompt_ids) + max(map(len, group.response_ids))
+
+
+# ------------------------------------------------------------------------------ batch sources
+
+
+class GroupBatches(_Resumable):
+    """Shuffled, optionally length-bucketed batches of `batch_size` groups, collated in `layout`.
+
+    Bucketing as in `collate.ExampleBatches`: the epoch's shuffled order is cut into chunks of
+    `bucket_batches` batches, each chunk sorted by length and cut into batches, and the batches
+    shuffled again. Without shuffling, batches follow length order (evaluation, scoring).
+    """
+
+    def __init__(self, groups: Sequence[Group], batch_size: int, pad_id: int, layout: Layout,
+                 seed: int = 0, bucket_batches: int = 1, shuffle: bool = True):
+        if not groups:
+            raise ValueError("no groups to batch")
+        self.groups, self.batch_size, self.pad_id, self.layout = list(groups), batch_size, pad_id, layout
+        self.lengths = np.array([unit_length(g, layout) for g in self.groups])
+        self.bucket_batches, self.shuffle = bucket_batches, shuffle
+        self._offsets = np.cumsum([0] + [len(g.response_ids) for g in self.groups])
+        super().__init__(seed)
+
+    def _epoch_order(self, epoch: int) -> list[np.ndarray]:
+        n, bs = len(self.groups), self.batch_size
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            return [order[i:i + bs] for i in range(0, n, bs)]
+        rng = _epoch_rng(self.seed, epoch)
+        perm = rng.permutation(n)
+        chunk = bs * self.bucket_batches
+        batches = []
+        for start in range(0, n, chunk):
+            part = perm[start:start + chunk]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches.extend(part[i:i + bs] for i in range(0, len(part), bs))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def next_batch(self) -> RewardBatch:
+        return collate([self.groups[i] for i in self._next_indices()], self.layout, self.pad_id)
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self._offsets[-1])
+
+    def epoch_batches(self) -> Iterator[tuple[list[int], RewardBatch]]:
+        """(sequence indices, batch) over the current epoch's order, without moving the position.
+
+        Sequences are numbered in group order (a group's responses consecutively)."""
+        for idx in self._epoch_order(self.epoch):
+            seqs = [s for g in idx for s in range(self._offsets[g], self._offsets[g + 1])]
+            yield seqs, collate([self.groups[i] for i in idx], self.layout, self.pad_id)
+
+
+def scoring_groups(items: Sequence[tuple[Prompt, str]], tok: Any, max_length: int,
+                   max_responses: int = 16) -> tuple[list[Group], list[int], int]:
+    """Groups for scoring (prompt, response) items: (groups, item -> sequence index, cut).
+
+    Items with the same prompt share a group (and are scored once when identical); sequence
+    indices count responses in group order, as `RewardBatch` rows do.
+    """
+    builders: dict[Prompt, tuple[int, _Builder]] = {}
+    done: list[Group] = []
+    where: list[tuple[int, int]] = []  # (group number, response index) per item
+    for prompt, text in items:
+        number, b = builders.get(prompt, (-1, None))
+        if b is None or not b.room([text], max_responses):
+            number, b = len(done), _Builder(encode_prompt(tok, prompt))
+            builders[prompt] = (number, b)
+            done.append(b.group)
+        where.append((number, b.respond(text, tok)))
+    cut = 0
+    for i, g in enumerate(done):
+        done[i], c = truncate_group(g, max_length)
+        cut += c
+    offsets = np.cumsum([0] + [len(g.response_ids) for g in done])
+    return done, [int(offsets[g] + k) for g, k in where], cut

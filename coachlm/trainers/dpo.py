@@ -1,0 +1,395 @@
+"""Direct Preference Optimization (`coachlm dpo`): sigmoid DPO, conservative DPO and IPO.
+
+DPO (Rafailov et al., 2023) trains the policy straight from preference pairs, with no reward
+model and no sampling: the implicit reward of a response is beta * log pi(y|x) / ref(y|x), and
+the loss is Bradley-Terry on the implicit rewards of the chosen and rejected responses
+(`coachlm.losses.dpo`; label smoothing gives conservative DPO; `loss: ipo` gives IPO, Azar et
+al., 2023, on per-token average logps as TRL and the IPO authors use).
+
+Steps (`dpo`):
+  1. read preference records (Comparison, Ranking; canonical, TRL, HH-RLHF; a ranking expands to
+     all its pairs), tokenize them through the chat template, hold out a fraction of prompts;
+  2. load the policy from any local causal LM (an SFT checkpoint), optionally with LoRA;
+  3. reference logps: computed once before training in one no-grad pass over every pair and
+     cached beside the run (`out/ref_logps-<key>.pt`, key = hash of the pairs' tokens and the
+     reference weights), so no reference model is in memory while training; or, with LoRA and
+     `reference: adapter`, recomputed each step by the same weights with the adapter disabled.
+     Both give the same loss (tested);
+  4. train with the shared loop (`loop.train`) on `pair_loss`, chosen and rejected sharing one
+     batch in the layout `choose_layout` picks (`coachlm.data.pairs`);
+  5. save the final model to `out/final` (HF format; with LoRA merged, adapter in `adapter/`).
+
+Log-probabilities: the backbone runs once over the batch, and the LM head only at the positions
+that predict response tokens (the prompt needs no logits), in fp32 log-softmax.
+Outputs under `out`: config.yaml, metrics.jsonl, summary.json, checkpoints/, ref_logps-*.pt, final/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from coachlm import config
+from coachlm.data.io import PREFERENCE_KINDS, preference_pairs, read_records
+from coachlm.data.pairs import Pair, PairBatch, PairBatches, collate, encode_pairs, share_saving
+from coachlm.errors import CoachError, DataError
+from coachlm.losses import dpo as dpo_loss
+from coachlm.losses import ipo as ipo_loss
+from coachlm.models.load import load_model, load_tokenizer, save_pretrained, weights_hash
+from coachlm.models.logprobs import logprobs_from_logits
+from coachlm.models.lora import LoRAConfig, adapter_disabled, apply_lora
+from coachlm.trainers.loop import LossOut, TrainConfig, TrainResult, train, use_bf16
+
+Reference = Literal["cached", "adapter"]
+# Prefix sharing pays only when the prompt is a large part of each pair: its 4-D mask costs more
+# than the causal kernel with position-id packing. Measured (benchmarks/dpo_vs_trl.py, 2 CPU
+# cores, world-small): see SHARE_MIN_SAVING's use in `choose_layout`.
+SHARE_MIN_SAVING = 0.35
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """DPO settings. `train.batch_size` counts pairs; `epochs`, when set, replaces
+    `train.max_steps` with the steps that many passes over the pairs take."""
+
+    model: Path
+    data: tuple[Path, ...]
+    out: Path
+    val_data: tuple[Path, ...] = ()  # held-out files; empty: hold out val_fraction of the prompts
+    val_fraction: float = 0.05
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # conservative DPO (sigmoid loss only)
+    reference: Reference = "cached"  # "adapter": LoRA only, the base weights each step
+    max_length: int = 512
+    layout: Literal["auto", "pad", "pack", "share"] = "auto"
+    bucket_batches: int = 1  # batches per length-sorted chunk; 1 = plain random batches
+    lora: LoRAConfig | None = None
+    epochs: float | None = None
+    skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        lr=5e-5, weight_decay=0.0, warmup_ratio=0.1, max_steps=200, batch_size=32,
+        checkpoint_every=100, log_every=5))
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("data must name at least one file")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss != "sigmoid":
+            raise ValueError("label_smoothing applies to the sigmoid loss only")
+        if self.reference == "adapter" and self.lora is None:
+            raise ValueError("reference: adapter needs LoRA (the reference is the base weights "
+                             "with the adapter off); use reference: cached without LoRA")
+        if self.max_length < 4:
+            raise ValueError(f"max_length must be >= 4, got {self.max_length}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.bucket_batches < 1:
+            raise ValueError(f"bucket_batches must be >= 1, got {self.bucket_batches}")
+
+
+# ------------------------------------------------------------------------------ log-probs
+
+
+def _parts(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(backbone, LM head) of a causal LM, through a peft wrapper (LoRA layers live inside)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.base_model, base.get_output_embeddings()
+
+
+def sequence_logps(model: Any, batch: PairBatch) -> Tensor:
+    """Summed log-probabilities of the 2B responses of `batch` (chosen first), (2B,) fp32.
+
+    The backbone runs over the whole batch; the LM head only at the N predicting positions.
+    """
+    device = next(model.parameters()).device
+    backbone, head = _parts(model)
+    hidden = backbone(
+        input_ids=batch.input_ids.to(device),
+        position_ids=None if batch.position_ids is None else batch.position_ids.to(device),
+        attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
+        use_cache=False).last_hidden_state  # (R, T, D)
+    logits = head(hidden[batch.pred_rows.to(device), batch.pred_cols.to(device)])  # (N, V)
+    token_logps = logprobs_from_logits(logits, batch.targets.to(device))  # (N,)
+    n_seq = 2 * batch.num_pairs
+    return token_logps.new_zeros(n_seq).index_add(0, batch.seq_index.to(device), token_logps)
+
+
+def head_matches(model: Any) -> bool:
+    """Whether backbone + LM head reproduce the model's own logits (false for models that
+    scale or soft-cap logits in their forward, which `sequence_logps` would miss)."""
+    ids = torch.arange(3, 9)[None].to(next(model.parameters()).device)  # (1, 6)
+    backbone, head = _parts(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ours = head(backbone(input_ids=ids, use_cache=False).last_hidden_state)  # (1, 6, V)
+            theirs = model(input_ids=ids, use_cache=False).logits
+    finally:
+        model.train(was_training)
+    return torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+def layout_supported(model: Any, layout: str, pad_id: int) -> bool:
+    """Whether `layout` gives the same logps as one padded row per sequence on this model."""
+    probe = [Pair((5, 6, 7), (8, 9), (10, 11, 12)), Pair((13, 14), (15,), (16, 17))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ref = sequence_logps(model, collate(probe, "pad", pad_id))
+            got = sequence_logps(model, collate(probe, layout, pad_id))
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    finally:
+        model.train(was_training)
+    return torch.allclose(ref, got, atol=1e-4, rtol=1e-4)
+
+
+def choose_layout(layout: str, model: Any, pairs: Sequence[Pair], pad_id: int) -> str:
+    """Resolve "auto": "share" when supported and it saves >= SHARE_MIN_SAVING of the tokens,
+    else "pack" when supported, else "pad". An explicit layout the model cannot run is an error."""
+    if layout == "auto":
+        if share_saving(pairs) >= SHARE_MIN_SAVING and layout_supported(model, "share", pad_id):
+            return "share"
+        return "pack" if layout_supported(model, "pack", pad_id) else "pad"
+    if layout != "pad" and not layout_supported(model, layout, pad_id):
+        raise CoachError(f"layout {layout!r}: {type(model).__name__} does not give packed "
+                         "sequences the logps it gives them alone; use layout: pad")
+    return layout
+
+
+# ------------------------------------------------------------------------------- the loss
+
+
+def _adapter_off(model: Any, reference: Reference) -> Any:
+    return adapter_disabled(model) if reference == "adapter" else nullcontext()
+
+
+def pair_loss(model: Any, batch: PairBatch, cfg: DPOConfig) -> LossOut:
+    """Summed DPO/IPO loss over the batch's pairs, with the implicit-reward metrics (sums)."""
+    b = batch.num_pairs
+    # 1. reference logps: cached in the batch, or the same weights with the adapter disabled
+    if cfg.reference == "adapter":
+        with torch.no_grad(), adapter_disabled(model):
+            ref = sequence_logps(model, batch)  # (2B,)
+        ref_chosen, ref_rejected = ref[:b], ref[b:]
+    else:
+        if batch.ref_chosen_logps is None:
+            raise ValueError("the batch carries no cached reference logps")
+        ref_chosen, ref_rejected = batch.ref_chosen_logps, batch.ref_rejected_logps
+    # 2. policy logps, chosen and rejected from one forward pass
+    logps = sequence_logps(model, batch)  # (2B,)
+    chosen_logps, rejected_logps = logps[:b], logps[b:]
+    ref_chosen, ref_rejected = ref_chosen.to(logps.device), ref_rejected.to(logps.device)
+    # 3. the loss per pair
+    if cfg.loss == "ipo":
+        # Azar et al. 2023 with per-token average logps (TRL's and the IPO authors' convention).
+        n_c = batch.chosen_lengths.to(logps.device).clamp(min=1)  # (B,)
+        n_r = batch.rejected_lengths.to(logps.device).clamp(min=1)
+        losses, _, _ = ipo_loss(chosen_logps / n_c, rejected_logps / n_r,
+                                ref_chosen / n_c, ref_rejected / n_r, cfg.beta)
+        chosen_rewards = cfg.beta * (chosen_logps - ref_chosen).detach()
+        rejected_rewards = cfg.beta * (rejected_logps - ref_rejected).detach()
+    else:
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            chosen_logps, rejected_logps, ref_chosen, ref_rejected, cfg.beta, cfg.label_smoothing)
+    # 4. metrics: sums over pairs (the loop divides by the step's pair count)
+    metrics = {
+        "rewards_chosen": float(chosen_rewards.sum()),
+        "rewards_rejected": float(rejected_rewards.sum()),
+        "rewards_margin": float((chosen_rewards - rejected_rewards).sum()),
+        "rewards_accuracy": float((chosen_rewards > rejected_rewards).sum()),
+        "logps_chosen": float(chosen_logps.detach().sum()),
+        "logps_rejected": float(rejected_logps.detach().sum()),
+    }
+    return LossOut(losses.sum(), b, batch.num_tokens, metrics)
+
+
+def evaluate_pairs(model: Any, batches: PairBatches, cfg: DPOConfig) -> dict[str, float]:
+    """Held-out loss, preference accuracy, margin and implicit rewards (means over pairs)."""
+    total, count, sums = 0.0, 0, Counter()
+    for batch in batches.epoch_batches():
+        out = pair_loss(model, batch, cfg)
+        total, count = total + float(out.loss_sum), count + out.count
+        sums.update(out.metrics)
+    n = max(count, 1)
+    return {"val_loss": total / n, "val_accuracy": sums["rewards_accuracy"] / n,
+            "val_margin": sums["rewards_margin"] / n,
+            "val_rewards_chosen": sums["rewards_chosen"] / n,
+            "val_rewards_rejected": sums["rewards_rejected"] / n}
+
+
+# ------------------------------------------------------------------------- reference cache
+
+
+def reference_key(model_dir: Path, pairs: Sequence[Pair], bf16: bool) -> str:
+    """Hash of the reference weights, the pairs' tokens (in order) and the precision."""
+    h = hashlib.sha256(f"{weights_hash(model_dir, 64)}|bf16={bf16}|n={len(pairs)}".encode())
+    for p in pairs:
+        for ids in (p.prompt_ids, p.chosen_ids, p.rejected_ids):
+            h.update(np.asarray(ids, dtype=np.int64).tobytes())
+            h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+def compute_reference(model: Any, pairs: Sequence[Pair], pad_id: int, layout: str,
+                      batch_size: int, bf16: bool, adapter: bool) -> Tensor:
+    """Reference logps of every pair in one no-grad pass: (n, 2) fp32 rows (chosen, rejected).
+
+    Run on the starting weights (the adapter disabled with LoRA), in eval mode and under the
+    training precision, so that at step 0 policy and reference logps agree."""
+    out = torch.zeros(len(pairs), 2)
+    batches = PairBatches(pairs, batch_size, pad_id, layout, shuffle=False)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), \
+                _adapter_off(model, "adapter" if adapter else "cached"):
+            for batch in batches.epoch_batches():
+                logps = sequence_logps(model, batch).float().cpu()  # (2B,)
+                out[batch.index] = logps.view(2, -1).T
+    finally:
+        model.train(was_training)
+    return out
+
+
+def cached_reference(model: Any, cfg: DPOConfig, pairs: Sequence[Pair], pad_id: int,
+                     layout: str, bf16: bool) -> tuple[Tensor, Path, bool]:
+    """Load the reference logps cached beside the run, or compute and save them.
+
+    Returns (logps (n, 2), cache file, whether it was reused)."""
+    key = reference_key(cfg.model, pairs, bf16)
+    path = cfg.out / f"ref_logps-{key}.pt"
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        if saved.get("key") == key and saved["logps"].shape == (len(pairs), 2):
+            return saved["logps"], path, True
+    logps = compute_reference(model, pairs, pad_id, layout, cfg.train.batch_size, bf16,
+                              adapter=cfg.lora is not None)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": key, "logps": logps}, tmp)
+    tmp.replace(path)
+    return logps, path, False
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def read_pairs(paths: Sequence[Path], tok: Any, cfg: DPOConfig) -> tuple[list[Pair], Counter]:
+    """The preference pairs in `paths`, tokenized and truncated; (pairs, counts)."""
+    skipped: list[str] = []
+    on_error = (lambda e: skipped.append(str(e))) if cfg.skip_invalid else None
+
+    def pairs():
+        for path in paths:
+            yield from preference_pairs(read_records(path, kinds=PREFERENCE_KINDS, on_error=on_error))
+
+    out, counts = encode_pairs(pairs(), tok, cfg.max_length)
+    counts["skipped_invalid"] = len(skipped)
+    if not out:
+        raise DataError(", ".join(map(str, paths)), None, None,
+                        f"no usable preference pairs (counts: {dict(counts)})")
+    return out, counts
+
+
+def split_by_prompt(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Hold out a seeded fraction of the *prompts*, so no held-out prompt is trained on."""
+    prompts = sorted({p.prompt_ids for p in pairs})
+    n_val = math.ceil(len(prompts) * val_fraction) if val_fraction > 0 else 0
+    if n_val >= len(prompts):
+        raise CoachError(f"val_fraction {val_fraction} leaves no training prompts "
+                         f"out of {len(prompts)}")
+    held = {prompts[i] for i in np.random.default_rng(seed).permutation(len(prompts))[:n_val]}
+    return [p for p in pairs if p.prompt_ids not in held], [p for p in pairs if p.prompt_ids in held]
+
+
+# ------------------------------------------------------------------------------------- run
+
+
+def _model(cfg: DPOConfig, tok: Any) -> torch.nn.Module:
+    model = load_model(cfg.model, dtype=torch.float32, tokenizer=tok)
+    if not head_matches(model):
+        raise CoachError(f"{type(model).__name__} transforms its logits beyond the LM head "
+                         "(scaling or soft-capping), which DPO's log-probabilities do not apply")
+    if cfg.lora is not None:
+        with torch.random.fork_rng():  # LoRA init must not shift the run's seeded RNG streams
+            torch.manual_seed(cfg.train.seed)
+            model = apply_lora(model, cfg.lora)
+    return model
+
+
+def _steps(cfg: DPOConfig, batches_per_epoch: int) -> TrainConfig:
+    if cfg.epochs is None:
+        return cfg.train
+    steps = max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.train.grad_accum))
+    try:
+        return dataclasses.replace(cfg.train, max_steps=steps)
+    except ValueError as e:
+        raise CoachError(f"epochs={cfg.epochs} gives {steps} steps: train: {e}") from None
+
+
+def dpo(cfg: DPOConfig, resume: bool = False) -> tuple[TrainResult, Path]:
+    """`run_dpo`, also returning the loop's TrainResult (metrics, tokens/s)."""
+    # 1. pairs, tokenized; held-out prompts
+    tok = load_tokenizer(cfg.model)
+    pairs, counts = read_pairs(cfg.data, tok, cfg)
+    if cfg.val_data:
+        train_pairs, (val_pairs, _) = pairs, read_pairs(cfg.val_data, tok, cfg)
+    else:
+        train_pairs, val_pairs = split_by_prompt(pairs, cfg.val_fraction, cfg.train.seed)
+    # 2. the policy, and the batch layout it runs fastest and exactly
+    model = _model(cfg, tok)
+    layout = choose_layout(cfg.layout, model, train_pairs, tok.pad_token_id)
+    bf16 = use_bf16(cfg.train, next(model.parameters()).device)
+    # 3. reference logps, once, before training (unless the adapter-disabled weights give them)
+    ref, cache, reused = None, None, False
+    if cfg.reference == "cached":
+        ref, cache, reused = cached_reference(model, cfg, train_pairs + val_pairs,
+                                              tok.pad_token_id, layout, bf16)
+    tcfg = cfg.train
+    batches = PairBatches(train_pairs, tcfg.batch_size, tok.pad_token_id, layout, seed=tcfg.seed,
+                          bucket_batches=cfg.bucket_batches,
+                          ref_logps=None if ref is None else ref[:len(train_pairs)])
+    tcfg = _steps(cfg, len(batches))
+    cfg = dataclasses.replace(cfg, train=tcfg, layout=layout)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    config.save(cfg, cfg.out / "config.yaml")
+    val = PairBatches(val_pairs, tcfg.batch_size, tok.pad_token_id, layout, shuffle=False,
+                      ref_logps=None if ref is None else ref[len(train_pairs):]) if val_pairs else None
+    # 4. train
+    result = train(model, batches, partial(pair_loss, cfg=cfg), tcfg, cfg.out,
+                   eval_fn=(lambda m: evaluate_pairs(m, val, cfg)) if val else None,
+                   resume=resume, description="dpo",
+                   extra_summary={"train_pairs": len(train_pairs), "val_pairs": len(val_pairs),
+                                  "layout": layout, "share_saving": round(share_saving(train_pairs), 3),
+                                  "reference": cfg.reference, "reference_cache": str(cache or ""),
+                                  "reference_cache_reused": reused, "data_counts": dict(counts),
+                                  "batches_per_epoch": len(batches)})
+    # 5. save
+    return result, save_pretrained(model, tok, cfg.out / "final")
+
+
+def run_dpo(cfg: DPOConfig, resume: bool = False) -> Path:
+    """Train per `cfg`; returns the final model directory (`cfg.out / "final"`)."""
+    return dpo(cfg, resume)[1]
+

@@ -1,0 +1,287 @@
+"""Reward-model training on comparisons and K-wise rankings (`coachlm rm`).
+
+Steps (`rm`):
+  1. read preference records (Comparison, Ranking; canonical, TRL or HH-RLHF files, Parquet,
+     HF datasets) and group them by prompt (`data.reward_batches.build_groups`), so that every
+     judgement of a prompt shares one batch and each response is forwarded once;
+  2. split off held-out prompts (or read `val_data`), truncate to `max_length`;
+  3. build the model: backbone + scalar head (`models.reward`), optionally LoRA;
+  4. train with the shared loop on `rm_loss`: Bradley-Terry per comparison (optional margin,
+     Touvron et al., 2023), the K-wise ranking loss per ranking (Ouyang et al., 2022, eq. 1),
+     ties skipped or modelled (Davidson, 1970), each record counting once;
+  5. fit the normalization (mean 0 / std 1 on reference responses) and save to `out/final`.
+
+Reference responses for the normalization: `normalize_on`, a file of Sample records from the
+policy that RL will start from (what Ziegler et al., 2019 normalize on), or by default the
+distinct responses of the training comparisons, which match that policy only insofar as the
+comparisons were made on its samples.
+
+Layout ("auto"): prefix sharing ("share") when the model scores shared-prefix packs exactly
+like separate sequences (checked on the model itself) and the training prompts are long
+enough for it to pay, else right-padded rows ("pad"); see `choose_layout` for the measurements.
+
+Outputs under `out`: config.yaml, metrics.jsonl, summary.json, checkpoints/, final/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from coachlm import config
+from coachlm.data.io import PREFERENCE_KINDS, read_records
+from coachlm.data.reward_batches import (Group, GroupBatches, RewardBatch, build_groups, collate,
+                                         scoring_groups, truncate_group)
+from coachlm.errors import CoachError, DataError
+from coachlm.losses import bradley_terry, bradley_terry_tie, ranking
+from coachlm.models.load import load_tokenizer
+from coachlm.models.lora import LoRAConfig
+from coachlm.models.reward import (RewardModel, build_reward_model, choose_layout,
+                                   fit_normalization, load_reward_model, save_reward_model,
+                                   score_items, score_sequences, share_saving,
+                                   update_normalization)
+from coachlm.trainers.loop import LossOut, TrainConfig, TrainResult, train, use_bf16
+
+@dataclass(frozen=True)
+class RMConfig:
+    """Reward-model settings. `train.batch_size` counts prompts (groups of judgements);
+    `epochs` (1 by default: reward models overfit after one, Ouyang et al., 2022, sec. C.2)
+    replaces `train.max_steps` when set."""
+
+    model: Path
+    data: tuple[Path, ...]
+    out: Path
+    val_data: tuple[Path, ...] = ()  # held-out files; empty: split val_fraction of the prompts
+    val_fraction: float = 0.05
+    max_length: int = 512
+    lora: LoRAConfig | None = None
+    epochs: float | None = 1.0
+    layout: Literal["auto", "pad", "pack", "share"] = "auto"
+    bucket_batches: int = 4  # batches per length-sorted chunk; 1 = no length bucketing
+    ties: Literal["skip", "davidson"] = "skip"
+    tie_log_nu: float = 0.0  # Davidson's log nu; 0: P(tie) = 1/3 for equal rewards
+    margin_scale: float = 0.0  # margin = margin_scale * record.margin; 0: no margin
+    max_group_responses: int = 16
+    normalize_on: Path | None = None  # Sample records of the reference policy
+    skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        lr=1e-4, weight_decay=0.0, warmup_ratio=0.05, max_steps=200, batch_size=32,
+        checkpoint_every=100, log_every=5))
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("data must name at least one file")
+        if self.max_length < 4:
+            raise ValueError(f"max_length must be >= 4, got {self.max_length}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.bucket_batches < 1 or self.max_group_responses < 2:
+            raise ValueError("bucket_batches must be >= 1 and max_group_responses >= 2")
+        if self.ties == "davidson" and self.margin_scale:
+            raise ValueError("margin_scale and ties=davidson do not combine: Davidson's tie "
+                             "model has no margin term")
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def read_groups(paths: Sequence[Path], tok: Any, cfg: RMConfig) -> tuple[list[Group], Counter, list[str]]:
+    """Preference records of `paths` as truncated groups; (groups, counts, skipped errors)."""
+    skipped: list[str] = []
+    on_error = (lambda e: skipped.append(str(e))) if cfg.skip_invalid else None
+
+    def records():
+        for path in paths:
+            yield from read_records(path, kinds=PREFERENCE_KINDS, on_error=on_error)
+
+    groups, counts = build_groups(records(), tok, ties=cfg.ties == "davidson",
+                                  margin_scale=cfg.margin_scale,
+                                  max_responses=cfg.max_group_responses)
+    if not groups:
+        raise DataError(", ".join(map(str, paths)), None, None,
+                        f"no usable preferences (counts: {dict(counts)})")
+    cut = 0
+    for i, g in enumerate(groups):
+        groups[i], c = truncate_group(g, cfg.max_length)
+        cut += c
+    counts["truncated_responses"] = cut
+    counts["skipped_invalid"] = len(skipped)
+    return groups, counts, skipped
+
+
+def split_groups(groups: list[Group], val_fraction: float, seed: int) -> tuple[list[Group], list[Group]]:
+    """A seeded random split by prompt, so no held-out prompt is trained on."""
+    order = np.random.default_rng(seed).permutation(len(groups))
+    n_val = math.ceil(len(groups) * val_fraction) if val_fraction > 0 else 0
+    if n_val >= len(groups):
+        raise CoachError(f"val_fraction {val_fraction} leaves no training prompts of {len(groups)}")
+    return [groups[i] for i in order[n_val:]], [groups[i] for i in order[:n_val]]
+
+
+# ------------------------------------------------------------------------------------ loss
+
+
+def _ranking_accuracy(rewards: Tensor, batch: RewardBatch) -> Tensor:
+    """Sum over ranking records of the fraction of their ordered pairs scored in order."""
+    r = rewards[batch.rank_index]  # (M,)
+    ranks, group = batch.rank_ranks, batch.rank_group
+    better = (group[:, None] == group[None]) & (ranks[:, None] >= 0) & (ranks[None] >= 0) \
+        & (ranks[:, None] < ranks[None])  # (M, M)
+    right = better & (r[:, None] > r[None])
+    per = torch.zeros(batch.n_rankings).index_add(0, group, right.sum(1).float())
+    pairs = torch.zeros(batch.n_rankings).index_add(0, group, better.sum(1).float())
+    return (per / pairs.clamp(min=1)).sum()
+
+
+def rm_loss(model: RewardModel, batch: RewardBatch, ties: str = "skip",
+            tie_log_nu: float = 0.0) -> LossOut:
+    """Summed per-record loss; each comparison and each ranking record counts once.
+
+    Comparisons: Bradley-Terry -log sigmoid(r_a - r_b - margin) (`losses.bradley_terry`), or with
+    ties="davidson" the Davidson tie model for all comparisons (`losses.bradley_terry_tie`).
+    Rankings: `losses.ranking`, the mean over a record's C(K,2) ordered pairs (tied ranks form
+    no pair). Metrics (sums):
+    accuracy (ties count as misses), margin r_a - r_b of comparisons.
+    """
+    rewards = model.rewards(batch)  # (N,)
+    dev = rewards.device
+    a, b = batch.pair_a.to(dev), batch.pair_b.to(dev)
+    r_a, r_b = rewards[a], rewards[b]  # (C,)
+    if ties == "davidson":
+        pair_loss = bradley_terry_tie(r_a, r_b, batch.pair_tie.to(dev), tie_log_nu)
+    else:
+        pair_loss = bradley_terry(r_a, r_b, batch.pair_margin.to(dev))
+    loss_sum = pair_loss.sum()
+    count = len(a) + batch.n_rankings
+    with torch.no_grad():
+        decisive = ~batch.pair_tie.to(dev)
+        accuracy = ((r_a > r_b) & decisive).sum().float()
+        margin = (r_a - r_b)[decisive].sum()
+    if batch.n_rankings:
+        rank_loss, _ = ranking(rewards[batch.rank_index.to(dev)], batch.rank_ranks.to(dev),
+                               batch.rank_group.to(dev))
+        loss_sum = loss_sum + rank_loss * batch.n_rankings
+        with torch.no_grad():
+            accuracy = accuracy + _ranking_accuracy(rewards.detach().cpu(), batch)
+    return LossOut(loss_sum, count, batch.num_tokens,
+                   {"accuracy": float(accuracy), "margin": float(margin)})
+
+
+def val_metrics(model: RewardModel, batches: GroupBatches, loss_fn: Any) -> Mapping[str, float]:
+    """Held-out loss and accuracy per record (the training loss, without gradients)."""
+    total, correct, count = 0.0, 0.0, 0
+    for _, batch in batches.epoch_batches():
+        out = loss_fn(model, batch)
+        total, correct, count = total + float(out.loss_sum), correct + out.metrics["accuracy"], count + out.count
+    return {"val_loss": total / max(count, 1), "val_accuracy": correct / max(count, 1)}
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+def reference_groups(cfg: RMConfig, tok: Any, train_groups: list[Group]) -> tuple[list[Group], dict]:
+    """Groups of the reference responses the normalization is fitted on, and their provenance."""
+    if cfg.normalize_on is None:
+        return train_groups, {"source": "training responses"}
+    records = read_records(cfg.normalize_on, kinds=["sample", "demonstration"])
+    items = [(r.prompt, r.response.text) for r in records]
+    groups, _, _ = scoring_groups(items, tok, cfg.max_length, cfg.max_group_responses)
+    return groups, {"source": "samples", "path": str(cfg.normalize_on)}
+
+
+def fit_reference(model: RewardModel, groups: list[Group], pad_id: int, layout: str,
+                  batch_size: int, bf16: bool) -> dict[str, float]:
+    """Set model.gain/bias so the reference responses score mean 0, std 1; returns the stats."""
+    batches = GroupBatches(groups, batch_size, pad_id, layout, shuffle=False)
+    raw = score_sequences(model, batches.epoch_batches(), batches.num_sequences, bf16)
+    model.gain, model.bias = fit_normalization(raw)
+    return {"n": len(raw), "raw_mean": float(raw.mean()), "raw_std": float(raw.std(unbiased=False)),
+            "gain": model.gain, "bias": model.bias}
+
+
+# ------------------------------------------------------------------------------------- run
+
+
+def _steps(cfg: RMConfig, batches_per_epoch: int) -> TrainConfig:
+    if cfg.epochs is None:
+        return cfg.train
+    steps = max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.train.grad_accum))
+    try:
+        return dataclasses.replace(cfg.train, max_steps=steps)
+    except ValueError as e:
+        raise CoachError(f"epochs={cfg.epochs} gives {steps} steps: train: {e}") from None
+
+
+def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
+    """`run_rm`, also returning the loop's TrainResult (metrics, tokens/s)."""
+    tok = load_tokenizer(cfg.model)
+    groups, counts, skipped = read_groups(cfg.data, tok, cfg)
+    if cfg.val_data:
+        train_g = groups
+        val_g, val_counts, _ = read_groups(cfg.val_data, tok, cfg)
+        counts.update({f"val_{k}": v for k, v in val_counts.items()})
+    else:
+        train_g, val_g = split_groups(groups, cfg.val_fraction, cfg.train.seed)
+    model = build_reward_model(cfg.model, tok, cfg.lora, seed=cfg.train.seed)
+    layout = choose_layout(cfg.layout, model, train_g, tok.pad_token_id)
+    batches = GroupBatches(train_g, cfg.train.batch_size, tok.pad_token_id, layout,
+                           seed=cfg.train.seed, bucket_batches=cfg.bucket_batches)
+    tcfg = _steps(cfg, len(batches))
+    cfg = dataclasses.replace(cfg, train=tcfg, layout=layout)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    config.save(cfg, cfg.out / "config.yaml")
+    loss_fn = partial(rm_loss, ties=cfg.ties, tie_log_nu=cfg.tie_log_nu)
+    val = GroupBatches(val_g, tcfg.batch_size, tok.pad_token_id, layout, shuffle=False) if val_g else None
+    result = train(model, batches, loss_fn, tcfg, cfg.out,
+                   eval_fn=(lambda m: val_metrics(m, val, loss_fn)) if val else None,
+                   resume=resume, description="rm",
+                   extra_summary={"train_prompts": len(train_g), "val_prompts": len(val_g),
+                                  "layout": layout, "share_saving": round(share_saving(train_g), 4),
+                                  "batches_per_epoch": len(batches), "records": dict(counts),
+                                  "skipped_examples": skipped[:5]})
+    bf16 = use_bf16(tcfg, model.head.weight.device)
+    ref, provenance = reference_groups(cfg, tok, train_g)
+    stats = fit_reference(model, ref, tok.pad_token_id, layout, tcfg.batch_size, bf16)
+    final = save_reward_model(model, tok, cfg.out / "final", {**provenance, **stats})
+    return result, final
+
+
+def run_rm(cfg: RMConfig, resume: bool = False) -> Path:
+    """Train a reward model per `cfg`; returns the final model directory (`cfg.out / "final"`)."""
+    return rm(cfg, resume)[1]
+
+
+@dataclass(frozen=True)
+class NormalizeConfig:
+    """`coachlm rm normalize`: refit a saved reward model's gain and bias on `data`."""
+
+    model: Path
+    data: Path
+    batch_size: int = 64
+    max_length: int = 512
+    bf16: bool = False
+
+
+def run_normalize(cfg: NormalizeConfig) -> dict[str, Any]:
+    """Score the reference samples in `cfg.data` and rewrite the model's normalization."""
+    model, tok = load_reward_model(cfg.model), load_tokenizer(cfg.model)
+    records = read_records(cfg.data, kinds=["sample", "demonstration"])
+    raw, cut = score_items(model, tok, [(r.prompt, r.response.text) for r in records],
+                           batch_size=cfg.batch_size, max_length=cfg.max_length, bf16=cfg.bf16)
+    gain, bias = fit_normalization(raw)
+    stats = {"source": "samples", "path": str(cfg.data), "n": len(raw),
+             "raw_mean": float(raw.mean()), "raw_std": float(raw.std(unbiased=False)),
+             "gain": gain, "bias": bias, "truncated_responses": cut}
+    update_normalization(cfg.model, gain, bias, stats)
+    return stats

@@ -1,0 +1,110 @@
+"""`coachlm rm ...`: train (the default), evaluate, score and re-normalize reward models.
+
+    coachlm rm --model M --data prefs.jsonl --out runs/rm [train.lr=5e-5 epochs=2 ...]
+    coachlm rm eval --model runs/rm/final --data heldout.jsonl [--against rubric]
+    coachlm rm score --model runs/rm/final --data samples.jsonl --out scored.jsonl
+    coachlm rm normalize --model runs/rm/final --data reference_samples.jsonl
+
+`coachlm rm ARGS` means `coachlm rm train ARGS` whenever ARGS does not start with a command
+name, so plain `coachlm rm` trains while `eval`, `score` and `normalize` stay subcommands. Each
+command takes `--config FILE` (YAML) and trailing dotted overrides, like every coachlm command,
+and makes one library call.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from coachlm import config as cfglib
+
+console = Console(stderr=True)
+
+
+class TrainByDefault(TyperGroup):
+    """A command group whose first command (`train`) runs when no command name is given."""
+
+    default = "train"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+
+rm_app = typer.Typer(cls=TrainByDefault, no_args_is_help=True, add_completion=False,
+                     help="Reward models: train (default), eval, score, normalize.")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.")
+OverridesArg = typer.Argument(None, help="Dotted overrides, e.g. train.lr=5e-5 epochs=2.")
+ModelOpt = typer.Option(None, "--model", "-m", help="Model directory.")
+
+
+def _load(cls: type, config: Optional[Path], overrides: Optional[list[str]], **named: Any) -> Any:
+    """defaults < --config YAML < named options < dotted overrides."""
+    named_overrides = [f"{k}={json.dumps(_plain(v))}" for k, v in named.items() if v]
+    return cfglib.load(cls, config, [*named_overrides, *(overrides or [])])
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [str(x) for x in v]
+    return str(v) if isinstance(v, Path) else v
+
+
+@rm_app.command()
+def train(model: Optional[Path] = typer.Option(None, "--model", "-m", help="Backbone: an HF model directory (SFT model, base LM, encoder)."),
+          data: Optional[list[Path]] = typer.Option(None, "--data", "-d", help="Comparisons/rankings (JSONL, Parquet, TRL, HH-RLHF, HF dataset); repeatable."),
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory; the model goes to OUT/final."),
+          val_data: Optional[list[Path]] = typer.Option(None, help="Held-out records (default: a split of --data)."),
+          normalize_on: Optional[Path] = typer.Option(None, help="Sample records of the reference policy for the reward normalization."),
+          resume: bool = typer.Option(False, help="Resume from the last checkpoint in --out."),
+          config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Train a reward model on comparisons and K-wise rankings (Bradley-Terry / InstructGPT)."""
+    from coachlm.trainers.reward import RMConfig, run_rm
+
+    cfg = _load(RMConfig, config, overrides, model=model, data=data, out=out, val_data=val_data,
+                normalize_on=normalize_on)
+    console.print(f"reward model: {run_rm(cfg, resume=resume)}")
+
+
+@rm_app.command("eval")
+def evaluate(model: Optional[Path] = ModelOpt,
+             data: Optional[list[Path]] = typer.Option(None, "--data", "-d", help="Held-out comparisons/rankings; repeatable."),
+             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report as JSON here."),
+             against: Optional[str] = typer.Option(None, help="labels (default) or rubric (built-in world: noise-free preference)."),
+             config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Accuracy, mean margin and calibration (ECE), per task family and label source."""
+    from coachlm.eval.reward_eval import RMEvalConfig, print_rm_report, run_rm_eval
+
+    cfg = _load(RMEvalConfig, config, overrides, model=model, data=data, out=out, against=against)
+    print_rm_report(run_rm_eval(cfg))
+
+
+@rm_app.command()
+def score(model: Optional[Path] = ModelOpt,
+          data: Optional[Path] = typer.Option(None, "--data", "-d", help="Sample/demonstration/rating records to score."),
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .jsonl/.jsonl.gz/.parquet (records with meta.reward)."),
+          config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Score (prompt, response) records in batches; writes them with meta.reward."""
+    from coachlm.eval.reward_eval import RMScoreConfig, run_rm_score
+
+    cfg = _load(RMScoreConfig, config, overrides, model=model, data=data, out=out)
+    console.print_json(json.dumps(run_rm_score(cfg)))
+
+
+@rm_app.command()
+def normalize(model: Optional[Path] = ModelOpt,
+              data: Optional[Path] = typer.Option(None, "--data", "-d", help="Sample records of the reference policy."),
+              config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Refit the reward normalization (mean 0, std 1) on a reference policy's samples, in place."""
+    from coachlm.trainers.reward import NormalizeConfig, run_normalize
+
+    cfg = _load(NormalizeConfig, config, overrides, model=model, data=data)
+    console.print_json(json.dumps(run_normalize(cfg)))
