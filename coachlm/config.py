@@ -109,6 +109,11 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     for key, value in data.items():
         if key not in fields:
             raise ConfigError(f"unknown config key '{prefix}{key}'{_suggest(key, sorted(fields))}")
+        default = _default(fields[key])
+        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+            # A partial nested mapping changes only the keys it names: the rest keep this
+            # field's own default (e.g. a trainer's tuned TrainConfig), not the class defaults.
+            value = _merge(to_dict(default), value)
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -118,6 +123,14 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:  # __post_init__ validation
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

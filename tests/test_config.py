@@ -84,3 +84,14 @@ def test_missing_required_and_bad_files(tmp_path):
 def test_yaml_scientific_notation_string_is_a_float():
     # PyYAML reads "1e-4" (no dot) as a string; a float field must still accept it.
     assert config.load(Job, None, ["out=o", "optim.lr=1e-4"]).optim.lr == pytest.approx(1e-4)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    # a field whose default differs from the nested class's own defaults
+    optim: Optim = field(default_factory=lambda: Optim(lr=0.5, schedule="constant"))
+
+
+def test_partial_nested_override_keeps_the_fields_own_default():
+    cfg = config.load(Pipeline, None, ["optim.betas=[0.1, 0.2]"])
+    assert cfg.optim == Optim(lr=0.5, betas=(0.1, 0.2), schedule="constant")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -250,3 +249,24 @@ def test_hh_rlhf_pairs_read_with_the_five_mismatched_prompts_skipped(tok, tmp_pa
     assert all("differs from chosen's" in s for s in skipped)
     assert sum(g.records() for g in groups) == 2307
     assert max(len(g.prompt_ids) + max(map(len, g.response_ids)) for g in groups) <= 256
+
+
+def test_world_simulated_feedback_and_trl_files_train_out_of_the_box(tmp_path, tok):
+    from coachlm.world import make_pairs, simulate_comparisons, simulate_rankings
+
+    samples = [Sample(prompt=as_prompt(p), response=r, meta={"family": "world"})
+               for p, a, b in make_pairs(6, seed=0) for r in (a, b)]
+    write_records(tmp_path / "cmp.jsonl", simulate_comparisons(samples, n_labelers=2, per_item=2))
+    write_records(tmp_path / "rank.jsonl", simulate_rankings(samples, n_labelers=2))
+    trl = tmp_path / "trl.jsonl"
+    trl.write_text("".join(json.dumps({"prompt": f"Say hi {i}.", "chosen": "Hi.", "rejected": "No."}) + "\n"
+                           for i in range(4)))
+    save_pretrained(tiny_lm(seed=2), tok, tmp_path / "base")
+    cfg = RMConfig(model=tmp_path / "base", data=(tmp_path / "cmp.jsonl", tmp_path / "rank.jsonl", trl),
+                   out=tmp_path / "run", val_fraction=0.0, epochs=None,
+                   train=TrainConfig(lr=1e-3, max_steps=2, batch_size=4, threads=1, bf16=False))
+    result, _ = rm(cfg)
+    records = result.summary["records"]
+    # Two labelers judged each of the 6 pairs (ties skipped), one ranking per prompt, 4 TRL pairs.
+    assert records["comparisons"] + records.get("skipped_tie", 0) == 12 + 4
+    assert records["rankings"] == 6 and result.summary["train_prompts"] == 6 + 4

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from coachlm import config
 from coachlm.data.io import PREFERENCE_KINDS, read_records
-from coachlm.data.reward_batches import (Group, GroupBatches, RewardBatch, build_groups, collate,
+from coachlm.data.reward_batches import (Group, GroupBatches, RewardBatch, build_groups,
                                          scoring_groups, truncate_group)
 from coachlm.errors import CoachError, DataError
 from coachlm.losses import bradley_terry, bradley_terry_tie, ranking
@@ -50,6 +50,7 @@ from coachlm.models.reward import (RewardModel, build_reward_model, choose_layou
                                    score_items, score_sequences, share_saving,
                                    update_normalization)
 from coachlm.trainers.loop import LossOut, TrainConfig, TrainResult, train, use_bf16
+
 
 @dataclass(frozen=True)
 class RMConfig:

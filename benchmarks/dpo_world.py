@@ -1,0 +1,138 @@
+"""The built-in-world DPO experiment: SFT policy -> samples -> simulated labelers -> DPO -> eval.
+
+  1. sample `-n` responses per training prompt from the SFT model (`coachlm sample`);
+  2. simulated labelers (rubric + noise + per-labeler bias, ~73% inter-labeler agreement) compare
+     every pair of each prompt's samples (`world.simulate_comparisons`);
+  3. DPO from the SFT model on those comparisons (`coachlm dpo`, overrides from the command line);
+  4. rubric win rate of the DPO policy over the SFT policy on held-out prompts, greedy decoding,
+     ties counting half (`coachlm eval --against`), and the instruction-following rates;
+  5. KL(DPO || SFT) on held-out prompts: responses sampled from the DPO policy at temperature 1,
+     KL estimated by the mean of log pi_DPO(y|x) - log pi_SFT(y|x) over them (the k1 estimator,
+     unbiased for the sequence-level KL; Schulman, 2020, "Approximating KL divergence").
+Steps 1-2 are cached in `--out`. Prints one JSON object (also written to `--out/result.json`).
+
+    python benchmarks/dpo_world.py --sft runs/demo/sft/final --world runs/demo/world \\
+        --out runs/dpo_world beta=0.1 train.max_steps=150
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from coachlm import config
+from coachlm.data.chat import encode_prompt
+from coachlm.data.io import read_prompts, read_records, write_records
+from coachlm.eval.world_eval import EvalConfig, run_eval, stratified
+from coachlm.models.load import load_model, load_tokenizer
+from coachlm.models.logprobs import sequence_logprobs
+from coachlm.rollout.sample_cmd import SampleConfig, run_sample
+from coachlm.rollout.sampling import SamplingConfig, generate
+from coachlm.trainers.dpo import DPOConfig, dpo
+from coachlm.world import simulate_comparisons
+
+
+def kl_to_reference(policy_dir: Path, ref_dir: Path, prompts_path: Path, limit: int,
+                    max_new_tokens: int, seed: int = 0) -> dict[str, float]:
+    """Sequence-level KL(policy || reference), k1 estimate on policy samples, in nats."""
+    tok = load_tokenizer(policy_dir)
+    policy = load_model(policy_dir, tokenizer=tok).eval()
+    ref = load_model(ref_dir, tokenizer=tok).eval()
+    prompts = stratified(read_prompts(prompts_path), limit)
+    ids = [encode_prompt(tok, p.prompt) for p in prompts]
+    gen = generate(policy, tok, ids, SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0,
+                                                    batch_size=64, seed=seed))
+    diffs, lengths = [], []
+    with torch.no_grad():
+        for start in range(0, len(ids), 64):
+            rows = range(start, min(start + 64, len(ids)))
+            seqs = [ids[gen.prompt_index[r]] + gen.response_ids[r] for r in rows]
+            width = max(map(len, seqs))
+            input_ids = torch.full((len(seqs), width), tok.pad_token_id)  # (B, T) right-padded
+            attention = torch.zeros(len(seqs), width, dtype=torch.long)  # (B, T)
+            response = torch.zeros(len(seqs), width, dtype=torch.long)  # (B, T)
+            for i, r in enumerate(rows):
+                n_p, n = len(ids[gen.prompt_index[r]]), len(seqs[i])
+                input_ids[i, :n] = torch.tensor(seqs[i])
+                attention[i, :n] = 1
+                response[i, n_p:n] = 1
+            lp = sequence_logprobs(policy, input_ids, attention, response).sum(-1)  # (B,)
+            lr = sequence_logprobs(ref, input_ids, attention, response).sum(-1)  # (B,)
+            diffs += (lp - lr).tolist()
+            lengths += response.sum(-1).tolist()
+    n = len(diffs)
+    mean = sum(diffs) / n
+    std = (sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1)) ** 0.5
+    return {"kl": round(mean, 4), "kl_stderr": round(std / n ** 0.5, 4),
+            "kl_per_token": round(sum(diffs) / max(sum(lengths), 1), 5), "kl_samples": n,
+            "mean_response_tokens": round(sum(lengths) / n, 1)}
+
+
+def main(argv: list[str]) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sft", type=Path, required=True)
+    p.add_argument("--world", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--prompts", type=int, default=600, help="training prompts to sample")
+    p.add_argument("-n", type=int, default=4, help="samples per prompt")
+    p.add_argument("--labelers", type=int, default=3)
+    p.add_argument("--eval-limit", type=int, default=400)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("overrides", nargs="*", help="DPOConfig overrides, e.g. beta=0.1")
+    args = p.parse_args(argv)
+    os.environ.setdefault("COACHLM_NO_PROGRESS", "1")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    # 1. samples from the SFT policy
+    samples_path = out / "samples" / "samples.jsonl"
+    t = time.perf_counter()
+    if not samples_path.is_file():
+        run_sample(SampleConfig(model=args.sft, prompts=args.world / "prompts_train.jsonl",
+                                out=samples_path, n=args.n, limit=args.prompts,
+                                max_new_tokens=args.max_new_tokens, batch_size=64))
+    timings["sample"] = round(time.perf_counter() - t, 1)
+    # 2. simulated labelers compare every pair of each prompt's samples
+    comparisons_path = out / "comparisons.jsonl"
+    if not comparisons_path.is_file():
+        samples = list(read_records(samples_path, kinds=["sample"]))
+        write_records(comparisons_path, simulate_comparisons(samples, n_labelers=args.labelers))
+    choices: dict[str, int] = {}
+    for c in read_records(comparisons_path):
+        choices[c.choice] = choices.get(c.choice, 0) + 1
+    # 3. DPO from the SFT model
+    cfg = config.load(DPOConfig, None, args.overrides, defaults={
+        "model": str(args.sft), "data": [str(comparisons_path)], "out": str(out / "dpo")})
+    t = time.perf_counter()
+    result, final = dpo(cfg, resume=True)
+    timings["dpo"] = round(time.perf_counter() - t, 1)
+    # 4. held-out win rate over SFT (rubric, greedy)
+    t = time.perf_counter()
+    ev = run_eval(EvalConfig(model=final, against=args.sft, prompts=args.world / "prompts_heldout.jsonl",
+                             out=out / "eval", name="dpo", against_name="sft",
+                             limit=args.eval_limit, max_new_tokens=args.max_new_tokens))
+    timings["eval"] = round(time.perf_counter() - t, 1)
+    # 5. KL to the SFT policy on held-out prompts
+    kl = kl_to_reference(final, args.sft, args.world / "prompts_heldout.jsonl", args.eval_limit,
+                         args.max_new_tokens)
+    keep = ("loss", "rewards_accuracy", "rewards_margin", "val_loss", "val_accuracy", "val_margin")
+    res = {"comparisons": choices, "dpo_config": config.to_dict(cfg),
+           "train": {k: v for k, v in result.metrics.items() if k in keep},
+           "tokens_per_s": result.summary["tokens_per_s"], "layout": result.summary["layout"],
+           "win_rate_dpo_over_sft": ev["win_rate"], "if_rate": {"dpo": ev["if_rate"], "sft": ev["against"]["if_rate"]},
+           "score": {"dpo": ev["score"], "sft": ev["against"]["score"]},
+           "per_family_if": {f: (v["if_rate"], ev["against"]["per_family"][f]["if_rate"])
+                             for f, v in ev["per_family"].items()},
+           "eval_prompts": ev["n"], **kl, "seconds": timings}
+    (out / "result.json").write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:]), indent=2))
