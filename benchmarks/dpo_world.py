@@ -9,7 +9,8 @@
   5. KL(DPO || SFT) on held-out prompts: responses sampled from the DPO policy at temperature 1,
      KL estimated by the mean of log pi_DPO(y|x) - log pi_SFT(y|x) over them (the k1 estimator,
      unbiased for the sequence-level KL; Schulman, 2020, "Approximating KL divergence").
-Steps 1-2 are cached in `--out`. Prints one JSON object (also written to `--out/result.json`).
+Steps 1-2 are cached in `--out`. Prints one JSON object (also written to the DPO run's `result.json`; set its directory with
+the override `out=...` to compare settings on the same comparisons).
 
     python benchmarks/dpo_world.py --sft runs/demo/sft/final --world runs/demo/world \\
         --out runs/dpo_world beta=0.1 train.max_steps=150
@@ -115,7 +116,7 @@ def main(argv: list[str]) -> dict:
     # 4. held-out win rate over SFT (rubric, greedy)
     t = time.perf_counter()
     ev = run_eval(EvalConfig(model=final, against=args.sft, prompts=args.world / "prompts_heldout.jsonl",
-                             out=out / "eval", name="dpo", against_name="sft",
+                             out=cfg.out / "eval", name="dpo", against_name="sft",
                              limit=args.eval_limit, max_new_tokens=args.max_new_tokens))
     timings["eval"] = round(time.perf_counter() - t, 1)
     # 5. KL to the SFT policy on held-out prompts
@@ -130,7 +131,7 @@ def main(argv: list[str]) -> dict:
            "per_family_if": {f: (v["if_rate"], ev["against"]["per_family"][f]["if_rate"])
                              for f, v in ev["per_family"].items()},
            "eval_prompts": ev["n"], **kl, "seconds": timings}
-    (out / "result.json").write_text(json.dumps(res, indent=2) + "\n")
+    (cfg.out / "result.json").write_text(json.dumps(res, indent=2) + "\n")
     return res
 
 

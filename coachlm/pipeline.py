@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ def run_stage(root: Path, name: str, settings: Mapping[str, Any], inputs: Mappin
             console.print(f"[dim]{name}: cached ({stage_dir})[/]")
             return record
     console.rule(f"[bold]{name}")
-    stage_dir.mkdir(parents=True, exist_ok=True)
+    _prepare(stage_dir, key)
     start = time.perf_counter()
     result = dict(fn(stage_dir))
     record = {"stage": name, "key": key, "inputs": dict(inputs), "settings": settings,
@@ -53,8 +54,22 @@ def run_stage(root: Path, name: str, settings: Mapping[str, Any], inputs: Mappin
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     tmp.replace(marker)
+    (stage_dir / "running.json").unlink(missing_ok=True)
     console.print(f"{name}: done in {record['seconds']} s")
     return record
+
+
+def _prepare(stage_dir: Path, key: str) -> None:
+    """Keep an interrupted run of the same stage (its checkpoints let the trainer resume);
+    clear anything left by a run with other settings, whose checkpoints would not fit."""
+    running = stage_dir / "running.json"
+    same = running.is_file() and json.loads(running.read_text()).get("key") == key
+    if stage_dir.exists() and not same:
+        shutil.rmtree(stage_dir)
+    if same:
+        console.print(f"[dim]resuming the interrupted run in {stage_dir}[/]")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    running.write_text(json.dumps({"key": key}) + "\n")
 
 
 # ------------------------------------------------------------------ the quickstart loop

@@ -73,7 +73,28 @@ def test_demo_runs_end_to_end_and_caches(tmp_path):
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("cached") == 4
     # changing an SFT setting re-runs SFT and eval only
-    changed = coachlm("demo", "--out", str(out), *overrides[:-3], "sft.max_steps=5", *overrides[-2:])
+    changed = coachlm("demo", "--out", str(out), *overrides, "sft.max_steps=5")
     assert changed.returncode == 0, changed.stderr
     assert "world: cached" in changed.stderr and "pretrain: cached" in changed.stderr
     assert "sft: cached" not in changed.stderr and "eval: cached" not in changed.stderr
+    assert json.loads((out / "sft" / "summary.json").read_text())["steps"] == 5
+
+
+def test_interrupted_stage_resumes_and_changed_stage_starts_clean(tmp_path):
+    from coachlm.pipeline import run_stage
+
+    calls = []
+
+    def fn(d):
+        calls.append(sorted(p.name for p in d.iterdir()))
+        (d / "checkpoint").write_text("x")
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # killed mid-stage: no stage.json
+        return {"ok": True}
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(tmp_path, "s", {"a": 1}, {}, fn)
+    run_stage(tmp_path, "s", {"a": 1}, {}, fn)  # same settings: the checkpoint is still there
+    assert calls[1] == ["checkpoint", "running.json"]
+    run_stage(tmp_path, "s", {"a": 2}, {}, fn)  # new settings: starts from an empty directory
+    assert calls[2] == ["running.json"]
