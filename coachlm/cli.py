@@ -38,12 +38,13 @@ def _yaml_value(v: Any) -> str:
     return json.dumps(str(v)) if isinstance(v, Path) else json.dumps(v)
 
 
-def _mount_label_app() -> None:
-    try:
-        from coachlm.feedback.commands import label_app
-    except ImportError:  # the feedback extra is part of the base install; guard a broken env
-        return
+def _mount_subapps() -> None:
+    """Sub-apps live beside the code they drive; mounting them here keeps `--help` complete."""
+    from coachlm.feedback.commands import label_app
+    from coachlm.trainers.reward_cmd import rm_app
+
     app.add_typer(label_app, name="label", help="The labeling platform: serve, import, export.")
+    app.add_typer(rm_app, name="rm", help="Reward model: train (default), eval, score, normalize.")
 
 
 @app.command()
@@ -125,6 +126,38 @@ def evaluate(model: Optional[Path] = typer.Option(None, help="Model to evaluate.
 
 
 @app.command()
+def dpo(model: Optional[Path] = typer.Option(None, help="Starting policy (usually the SFT model)."),
+        data: Optional[Path] = typer.Option(None, help="Comparisons/rankings (JSONL/Parquet/TRL/HH)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+        loss: Optional[str] = typer.Option(None, help="sigmoid (DPO) or ipo."),
+        beta: Optional[float] = typer.Option(None, help="KL strength beta."),
+        resume: bool = typer.Option(False, help="Resume from the last checkpoint in --out."),
+        config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Direct Preference Optimization (DPO, IPO, conservative DPO) from preference records."""
+    from coachlm.trainers.dpo import DPOConfig, run_dpo
+
+    cfg = _load(DPOConfig, config, overrides, model=model, data=data, out=out, loss=loss, beta=beta)
+    console.print(f"model: {run_dpo(cfg, resume=resume)}")
+
+
+@app.command()
+def ppo(model: Optional[Path] = typer.Option(None, help="Starting policy (usually the SFT model)."),
+        prompts: Optional[Path] = typer.Option(None, help="RL prompt records."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+        reward: Optional[str] = typer.Option(None, help="'rubric' or a reward-model directory."),
+        algo: Optional[str] = typer.Option(None, help="ppo, grpo or rloo."),
+        resume: bool = typer.Option(False, help="Resume from the last checkpoint in --out."),
+        config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """RL against a reward with a per-token KL penalty (PPO with a critic, or GRPO/RLOO), LoRA by default."""
+    from coachlm.trainers.ppo import PPORunConfig, run_ppo
+
+    named = {"ppo.algo": algo}
+    cfg = _load(PPORunConfig, config, overrides, model=model, prompts=prompts, out=out,
+                reward=reward, **named)
+    console.print(f"model: {run_ppo(cfg, resume=resume)}")
+
+
+@app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Directory for every stage."),
          config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """The quickstart loop on the built-in world: world -> pretrain -> SFT -> eval (cached stages)."""
@@ -162,7 +195,7 @@ def data_convert(src: Path = typer.Argument(..., help="Input (JSONL, Parquet, TR
 
 
 def main() -> None:
-    _mount_label_app()
+    _mount_subapps()
     try:
         app()
     except CoachError as e:

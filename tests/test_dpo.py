@@ -202,3 +202,13 @@ def test_resumed_run_matches_an_uninterrupted_one(base_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     losses = [r["loss"] for r in _metrics(tmp_path / "resumed") if "loss" in r]
     assert losses == [r["loss"] for r in _metrics(tmp_path / "straight") if "loss" in r]
+
+
+def test_min_margin_drops_near_even_comparisons(tok, tmp_path):
+    prompt = (Message("user", "Hi"),)
+    records = [Comparison(prompt=prompt, a=Response("Hello."), b=Response("Go."), choice="a", margin=m)
+               for m in (1.0, 3.0, None)]
+    path = tmp_path / "prefs.jsonl"
+    write_records(path, records)
+    pairs, counts = read_pairs([path], tok, DPOConfig(model="m", data=(path,), out="o", min_margin=2))
+    assert counts["pairs"] == 2 and counts["skipped_low_margin"] == 1  # margin None is kept

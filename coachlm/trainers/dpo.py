@@ -77,6 +77,9 @@ class DPOConfig:
     max_length: int = 512
     layout: Literal["auto", "pad", "pack", "share"] = "auto"
     bucket_batches: int = 1  # batches per length-sorted chunk; 1 = plain random batches
+    # Drop comparisons whose margin (1 slightly .. 3 much better, Touvron et al., 2023) is below
+    # this: near-even judgements are mostly labeler noise. Pairs without a margin are kept.
+    min_margin: float | None = None
     lora: LoRAConfig | None = None
     epochs: float | None = None
     skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
@@ -302,12 +305,19 @@ def read_pairs(paths: Sequence[Path], tok: Any, cfg: DPOConfig) -> tuple[list[Pa
     skipped: list[str] = []
     on_error = (lambda e: skipped.append(str(e))) if cfg.skip_invalid else None
 
+    low = 0
+
     def pairs():
+        nonlocal low
         for path in paths:
-            yield from preference_pairs(read_records(path, kinds=PREFERENCE_KINDS, on_error=on_error))
+            for pp in preference_pairs(read_records(path, kinds=PREFERENCE_KINDS, on_error=on_error)):
+                if cfg.min_margin is not None and pp.margin is not None and pp.margin < cfg.min_margin:
+                    low += 1
+                    continue
+                yield pp
 
     out, counts = encode_pairs(pairs(), tok, cfg.max_length)
-    counts["skipped_invalid"] = len(skipped)
+    counts["skipped_invalid"], counts["skipped_low_margin"] = len(skipped), low
     if not out:
         raise DataError(", ".join(map(str, paths)), None, None,
                         f"no usable preference pairs (counts: {dict(counts)})")

@@ -1,0 +1,297 @@
+"""`coachlm ppo`: PPO against a reward with a per-token KL penalty, through LoRA; GRPO and RLOO
+beside it on the same rollout code and loop.
+
+PPO for language models as in Ziegler et al., 2019 and Ouyang et al., 2022 (InstructGPT), with
+the details of Huang et al., 2023, "The N Implementation Details of RLHF with PPO" (see
+ARCHITECTURE.md's checklist). With LoRA (the default) the reference policy is the same weights
+with the adapter disabled, so there is no second copy of the model; full fine-tuning keeps a
+frozen copy. GRPO (Shao et al., 2024) and RLOO (Ahmadian et al., 2024) drop the critic and use
+the other samples of the same prompt as the baseline.
+
+Each iteration reads top to bottom (`ppo_steps` holds the steps):
+  # 1. generate  # 2. score  # 3. KL-shape  # 4. GAE / group advantages  # 5. update
+
+Outputs under `out`: config.yaml, metrics.jsonl (one row per iteration), samples.jsonl (a few
+responses every `sample_every` iterations), summary.json, checkpoints/ (adapter + value head,
+optimizer, KL controller, reward normalization, RNG, data position) and final/ (the merged
+policy, and the adapter alone in final/adapter).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from coachlm import config
+from coachlm.data.chat import encode_prompt
+from coachlm.data.schema import Prompt
+from coachlm.errors import CoachError
+from coachlm.models.lora import trainable_fraction
+from coachlm.rl_math import AdaptiveKLController, FixedKLController
+from coachlm.rollout.rewards import Reward
+from coachlm.rollout.sampling import decode_responses
+from coachlm.runlog import RunLog, progress
+from coachlm.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from coachlm.trainers.loop import (TrainConfig, make_optimizer, seed_everything, set_threads,
+                                   use_bf16)
+from coachlm.trainers.ppo_config import PPOConfig, PPORunConfig
+from coachlm.trainers.ppo_steps import (ActorCritic, RewardNorm, group_relative_advantages,
+                                        ppo_advantages, rollout, rollout_metrics, score_responses,
+                                        shape_rewards, update)
+
+# Settings that fix the data order, the sampling streams and the update: a resume keeps them.
+_RESUME_KEYS = ("algo", "seed", "rollout_batch_size", "samples_per_prompt", "mini_batch_size",
+                "ppo_epochs")
+
+
+class PromptStream:
+    """Prompts in a seeded random order, epoch after epoch, resumable by (epoch, position)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.position = n, seed, 0, 0
+
+    def _order(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def take(self, k: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < k:
+            order = self._order()
+            chunk = order[self.position:self.position + k - len(out)].tolist()
+            out += chunk
+            self.position += len(chunk)
+            if self.position >= self.n:
+                self.epoch, self.position = self.epoch + 1, 0
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+@dataclass
+class PPOResult:
+    steps: int
+    metrics: dict[str, Any]  # the last iteration's
+    summary: dict[str, Any]
+
+
+def _hidden_size(model: nn.Module) -> int:
+    cfg = model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if isinstance(getattr(cfg, name, None), int):
+            return getattr(cfg, name)
+    raise CoachError(f"cannot find the hidden size of {type(model).__name__} for the value head")
+
+
+def _optim_config(cfg: PPOConfig) -> TrainConfig:
+    """The shared loop's optimizer settings; one 'step' is one mini-batch update."""
+    return TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
+                       max_steps=cfg.optimizer_steps, batch_size=cfg.mini_batch_size,
+                       max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16, seed=cfg.seed,
+                       threads=cfg.threads, min_lr_ratio=0.0)
+
+
+def _kl_controller(cfg: PPOConfig) -> FixedKLController | AdaptiveKLController:
+    if cfg.kl_target is None:
+        return FixedKLController(cfg.kl_coef)
+    return AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+
+
+@dataclass
+class _RunState:
+    step: int = 0
+    opt_step: int = 0
+    generated: int = 0  # response tokens sampled
+    trained: int = 0  # tokens forwarded and back-propagated in updates
+    seconds: float = 0.0
+
+
+def _restore(out_dir: Path, ac: ActorCritic, optimizer: torch.optim.Optimizer,
+             stream: PromptStream, kl_ctl: Any, norm: RewardNorm, cfg: PPOConfig) -> _RunState:
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is None:
+        return _RunState()
+    state = load_checkpoint(ckpt, ac, optimizer)
+    saved = state["ppo_config"]
+    for key in _RESUME_KEYS:
+        if saved[key] != getattr(cfg, key):
+            raise CoachError(f"cannot resume from {ckpt}: {key} was {saved[key]!r}, now "
+                             f"{getattr(cfg, key)!r}; use the same value or a new output directory")
+    stream.load_state_dict(state["data"])
+    kl_ctl.load_state_dict(state["kl_controller"])
+    norm.gain, norm.bias, norm.fitted = state["reward_norm"]
+    return _RunState(**state["run"])
+
+
+def _checkpoint(out_dir: Path, ac: ActorCritic, optimizer: torch.optim.Optimizer,
+                stream: PromptStream, kl_ctl: Any, norm: RewardNorm, cfg: PPOConfig,
+                run: _RunState) -> None:
+    save_checkpoint(out_dir, run.step, ac, optimizer, {
+        "data": stream.state_dict(), "kl_controller": kl_ctl.state_dict(),
+        "reward_norm": [norm.gain, norm.bias, norm.fitted], "run": vars(run).copy(),
+        "ppo_config": config.to_dict(cfg)}, cfg.keep_checkpoints)
+
+
+def _write_samples(path: Path, step: int, prompts: Sequence[Prompt], texts: Sequence[str],
+                   raw: torch.Tensor, scores: torch.Tensor, prompt_index: Sequence[int],
+                   k: int) -> None:
+    with path.open("a") as f:
+        for b in range(min(k, len(texts))):
+            row = {"step": step, "prompt": prompts[prompt_index[b]][-1].content,
+                   "response": texts[b], "reward_raw": round(float(raw[b]), 4),
+                   "reward": round(float(scores[b]), 4)}
+            f.write(json.dumps(row) + "\n")
+
+
+def _trim_samples(path: Path, from_step: int, resume: bool) -> None:
+    """A resumed run keeps the samples of steps it does not redo; a fresh run starts empty."""
+    keep = []
+    if resume and path.exists():
+        keep = [line for line in path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= from_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _iteration(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
+               optimizer: torch.optim.Optimizer, prompts: Sequence[Prompt],
+               prompt_ids: Sequence[Sequence[int]], reward: Reward, batch: list[int],
+               cfg: PPOConfig, tcfg: TrainConfig, kl_ctl: Any, norm: RewardNorm, run: _RunState,
+               autocast: Any) -> tuple[dict[str, float], dict[str, Any]]:
+    """One PPO/GRPO/RLOO iteration on the prompts `batch`. Returns (metrics, sample table)."""
+    sub_prompts = [prompts[i] for i in batch]
+    sub_ids = [prompt_ids[i] for i in batch]
+    # 1. generate (pure sampling, a seeded stream per iteration so a resumed run repeats it)
+    exp, gen, entropy = rollout(ac, ref_model, tokenizer, sub_ids, cfg,
+                                seed=cfg.seed * 1_000_003 + run.step, autocast=autocast)
+    texts = decode_responses(tokenizer, gen)
+    # 2. score
+    raw, exp.scores = score_responses(reward, sub_prompts, texts, gen, cfg, norm)
+    # 3. KL-shape
+    shape_rewards(exp, kl_ctl.value, cfg)
+    # 4. GAE / group advantages
+    if cfg.algo == "ppo":
+        ppo_advantages(exp, cfg)
+    else:
+        group_relative_advantages(exp, cfg)
+    # 5. update
+    metrics, run.opt_step = update(ac, optimizer, exp, cfg, tcfg, run.opt_step,
+                                   seed=cfg.seed * 7_919 + run.step, autocast=autocast)
+    metrics.update(rollout_metrics(exp, raw, entropy), kl_coef=kl_ctl.value)
+    kl_ctl.update(metrics["kl"], cfg.episodes)
+    run.generated += int(exp.response_lengths.sum())
+    run.trained += int(exp.attention_mask.sum()) * cfg.ppo_epochs
+    table = {"prompts": sub_prompts, "texts": texts, "raw": raw, "scores": exp.scores,
+             "prompt_index": gen.prompt_index}
+    return metrics, table
+
+
+def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], reward: Reward,
+              cfg: PPOConfig, out_dir: str | Path, resume: bool = False) -> PPOResult:
+    """Optimize `model` in place (a peft LoRA model, or any causal LM for full fine-tuning).
+
+    Writes metrics.jsonl, samples.jsonl, summary.json and checkpoints under `out_dir`; with
+    `resume` it continues exactly from the latest checkpoint there.
+    """
+    from peft import PeftModel
+
+    if not prompts:
+        raise CoachError("no prompts to train on")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads = set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    lora = isinstance(model, PeftModel)
+    # Full fine-tuning: the reference is a frozen copy taken before any update.
+    ref_model = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
+    with torch.random.fork_rng():  # the value head is zero-initialized; keep the streams intact
+        ac = ActorCritic(model, _hidden_size(model) if cfg.algo == "ppo" else None)
+    tcfg = _optim_config(cfg)
+    optimizer = make_optimizer(ac, tcfg)
+    bf16 = use_bf16(tcfg, next(model.parameters()).device)
+    device_type = next(model.parameters()).device.type
+
+    def autocast() -> Any:
+        return (torch.autocast(device_type, dtype=torch.bfloat16) if bf16
+                else contextlib.nullcontext())
+
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    stream, kl_ctl, norm = PromptStream(len(prompts), cfg.seed), _kl_controller(cfg), RewardNorm()
+    run = _restore(out_dir, ac, optimizer, stream, kl_ctl, norm, cfg) if resume else _RunState()
+    log = RunLog(out_dir, resume=resume, from_step=run.step)
+    samples_path = out_dir / "samples.jsonl"
+    _trim_samples(samples_path, run.step, resume)
+    metrics: dict[str, float] = {}
+    with progress() as bar:
+        task = bar.add_task(cfg.algo, total=cfg.steps, completed=run.step, rate="")
+        while run.step < cfg.steps:
+            t0 = time.perf_counter()
+            batch = stream.take(cfg.rollout_batch_size)
+            metrics, table = _iteration(ac, ref_model, tokenizer, optimizer, prompts, prompt_ids,
+                                        reward, batch, cfg, tcfg, kl_ctl, norm, run, autocast)
+            run.seconds += time.perf_counter() - t0
+            run.step += 1
+            tokens = run.generated + run.trained
+            metrics.update(tokens_per_s=tokens / max(run.seconds, 1e-9))
+            if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+                log.log(run.step, metrics)
+            if cfg.sample_every and (run.step % cfg.sample_every == 0 or run.step == 1):
+                _write_samples(samples_path, run.step, table["prompts"], table["texts"],
+                               table["raw"], table["scores"], table["prompt_index"],
+                               cfg.samples_shown)
+            if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 \
+                    or run.step == cfg.steps:
+                _checkpoint(out_dir, ac, optimizer, stream, kl_ctl, norm, cfg, run)
+            bar.update(task, advance=1, rate=f"reward {metrics['reward_raw']:.3f}")
+    summary = log.summary(
+        steps=run.step, tokens=run.generated + run.trained, seconds=run.seconds,
+        generated_tokens=run.generated, trained_tokens=run.trained, algo=cfg.algo, lora=lora,
+        trainable_fraction=round(trainable_fraction(ac), 6),
+        trainable_params=sum(p.numel() for p in ac.parameters() if p.requires_grad),
+        total_params=sum(p.numel() for p in ac.parameters()), threads=threads, bf16=bf16)
+    return PPOResult(run.step, metrics, summary)
+
+
+def build_reward(spec: str, tokenizer: Any) -> Reward:
+    """"rubric" (the built-in world's rubric) or a coachlm reward model directory."""
+    from coachlm.models.reward import is_reward_model, load_reward_model
+    from coachlm.rollout.rewards import RewardModelReward, RubricReward
+
+    if spec == "rubric":
+        return RubricReward()
+    if Path(spec).is_dir() and is_reward_model(spec):
+        return RewardModelReward(load_reward_model(spec), tokenizer)
+    raise CoachError(f"reward {spec!r} is neither 'rubric' nor a coachlm reward model directory "
+                     "(train one with `coachlm rm`)")
+
+
+def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
+    """Train per `cfg`; returns the final policy directory (`cfg.out / "final"`)."""
+    from coachlm.data.io import read_prompts
+    from coachlm.models.load import load_model, load_tokenizer, save_pretrained
+    from coachlm.models.lora import apply_lora
+
+    tok = load_tokenizer(cfg.model)
+    prompts = [r.prompt for r in read_prompts(cfg.prompts)]
+    reward = build_reward(cfg.reward, tok)
+    model = load_model(cfg.model, dtype=torch.float32, tokenizer=tok)
+    if cfg.ppo.lora is not None:
+        with torch.random.fork_rng():  # LoRA init must not shift the run's seeded streams
+            torch.manual_seed(cfg.ppo.seed)
+            model = apply_lora(model, cfg.ppo.lora)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    config.save(cfg, cfg.out / "config.yaml")
+    train_ppo(model, tok, prompts, reward, cfg.ppo, cfg.out, resume=resume)
+    return save_pretrained(model, tok, cfg.out / "final")

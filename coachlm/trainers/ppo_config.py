@@ -1,0 +1,125 @@
+"""Settings of `coachlm ppo` (PPO with a KL penalty, GRPO, RLOO), validated against each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from coachlm.models.lora import LoRAConfig
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """One PPO/GRPO/RLOO run. Sizes count *episodes* (prompt x sample) unless named for prompts.
+
+    Each of `steps` iterations samples `rollout_batch_size` prompts x `samples_per_prompt`
+    responses, then runs `ppo_epochs` passes over them in shuffled mini-batches of
+    `mini_batch_size` episodes (one optimizer step each), forwarded `micro_batch_size` at a time.
+    Defaults follow Huang et al., 2023 ("The N Implementation Details of RLHF with PPO"):
+    gamma 1, lambda 0.95, clip 0.2, value clip 0.2, whitened advantages, pure sampling.
+    """
+
+    algo: Literal["ppo", "grpo", "rloo"] = "ppo"
+    steps: int = 100
+    rollout_batch_size: int = 16  # prompts per rollout
+    samples_per_prompt: int = 1  # responses per prompt (>= 2 for grpo / rloo)
+    mini_batch_size: int = 16  # episodes per optimizer step
+    micro_batch_size: int = 8  # episodes per forward/backward pass
+    ppo_epochs: int = 4
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    # KL penalty to the reference policy: beta * KL per token (Ziegler et al., 2019).
+    kl_coef: float = 0.05
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_target: float | None = None  # set: adaptive controller, per-sequence KL target (nats)
+    kl_horizon: float = 10000.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_eps: float = 0.2
+    value_clip_eps: float = 0.2
+    vf_coef: float = 0.1
+    whiten_advantages: bool = True  # PPO only: group advantages are already relative
+    # Scale the score to mean 0 / std 1 on the first rollout, which the reference policy samples
+    # (a fresh LoRA adapter changes nothing): Ziegler et al., 2019, sec. 2.2. Off for a reward
+    # model, whose `score` is already normalized so.
+    normalize_reward: bool = False
+    reward_clip: float | None = 10.0  # clip the (normalized) score to [-c, c]
+    # Subtracted from the score of a response that never emits EOS (TRL's missing_eos_penalty;
+    # lm-human-preferences replaces the score with -1 instead). None: no penalty.
+    no_eos_penalty: float | None = 1.0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    # Rank 2 on every projection: about 1.3% of world-small's weights. RL needs little adapter
+    # capacity (Schulman et al., 2025, "LoRA Without Regret": rank 1 matches full fine-tuning
+    # for policy-gradient RL); alpha / r = 2 as in the usual r 8 / alpha 16. None: full FT.
+    lora: LoRAConfig | None = field(default_factory=lambda: LoRAConfig(r=2, alpha=4.0))
+    bf16: bool | None = False  # None: where bf16 matmuls are fast (loop.use_bf16)
+    seed: int = 0
+    threads: int | None = None
+    checkpoint_every: int = 0  # rollouts between checkpoints; 0: none (always one at the end)
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    sample_every: int = 10  # rollouts between sample tables in samples.jsonl; 0: never
+    samples_shown: int = 4
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "rollout_batch_size", "samples_per_prompt", "mini_batch_size",
+                    "micro_batch_size", "ppo_epochs", "max_new_tokens", "keep_checkpoints",
+                    "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        episodes = self.rollout_batch_size * self.samples_per_prompt
+        if episodes % self.mini_batch_size:
+            raise ValueError(
+                f"rollout_batch_size x samples_per_prompt = {self.rollout_batch_size} x "
+                f"{self.samples_per_prompt} = {episodes} episodes per rollout must be a multiple "
+                f"of mini_batch_size ({self.mini_batch_size})")
+        if self.mini_batch_size % self.micro_batch_size:
+            raise ValueError(f"mini_batch_size ({self.mini_batch_size}) must be a multiple of "
+                             f"micro_batch_size ({self.micro_batch_size})")
+        if self.algo in ("grpo", "rloo") and self.samples_per_prompt < 2:
+            raise ValueError(f"algo {self.algo} compares responses to the same prompt: "
+                             f"samples_per_prompt must be >= 2, got {self.samples_per_prompt}")
+        checks = [
+            (self.temperature > 0, "temperature must be > 0 (RL samples; 0 would be greedy)"),
+            (self.kl_coef >= 0, "kl_coef must be >= 0"),
+            (self.kl_target is None or self.kl_target > 0, "kl_target must be > 0 or null"),
+            (self.kl_horizon > 0, "kl_horizon must be > 0"),
+            (0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must be in [0, 1]"),
+            (self.clip_eps > 0 and self.value_clip_eps > 0, "clip_eps, value_clip_eps must be > 0"),
+            (self.vf_coef >= 0, "vf_coef must be >= 0"),
+            (self.reward_clip is None or self.reward_clip > 0, "reward_clip must be > 0 or null"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be > 0"),
+            (self.checkpoint_every >= 0 and self.sample_every >= 0,
+             "checkpoint_every and sample_every must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def episodes(self) -> int:
+        return self.rollout_batch_size * self.samples_per_prompt
+
+    @property
+    def optimizer_steps(self) -> int:
+        return self.steps * self.ppo_epochs * (self.episodes // self.mini_batch_size)
+
+
+@dataclass(frozen=True)
+class PPORunConfig:
+    """`coachlm ppo`: the starting policy, the RL prompts, where to write, and what rewards.
+
+    `reward`: "rubric" (the built-in world's rubric) or the directory of a coachlm reward model.
+    """
+
+    model: Path
+    prompts: Path
+    out: Path
+    reward: str = "rubric"
+    ppo: PPOConfig = field(default_factory=PPOConfig)
