@@ -88,8 +88,7 @@ def test_config_sizes():
 
 def test_pack_rollout_layout():
     eos, pad = 2, 0
-    seq, attn, act = pack_rollout([[5, 6, 7], [8]], [[9, eos], [10, 11, 12], []],
-                                  [True, False, False], [0, 1, 1], pad)
+    seq, attn, act = pack_rollout([[5, 6, 7], [8]], [[9, eos], [10, 11, 12], []], [0, 1, 1], pad)
     assert seq.tolist() == [[5, 6, 7, 9, eos, pad], [pad, pad, 8, 10, 11, 12],
                             [pad, pad, 8, pad, pad, pad]]
     assert attn.tolist() == [[1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1], [0, 0, 1, 0, 0, 0]]

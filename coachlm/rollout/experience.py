@@ -60,13 +60,12 @@ class Experience:
 
 
 def pack_rollout(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
-                 finished: Sequence[bool], prompt_index: Sequence[int],
-                 pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+                 prompt_index: Sequence[int], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
     """(sequences (B, P + N), attention_mask (B, P + N), action_mask (B, N)) of a rollout.
 
     `prompt_ids[prompt_index[b]]` and `response_ids[b]` form row b. A row's response is kept up
-    to and including its first stop token (the sampler already ends it there), and `finished`
-    is carried as given: no response token after EOS exists to mask.
+    to and including its first stop token (the sampler already ends it there), so no token
+    after EOS exists; the columns after a row's end are padding with action_mask 0.
     """
     B = len(response_ids)
     P = max(len(prompt_ids[i]) for i in prompt_index)

@@ -198,24 +198,15 @@ def _iteration(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
     return metrics, table
 
 
-def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], reward: Reward,
-              cfg: PPOConfig, out_dir: str | Path, resume: bool = False) -> PPOResult:
-    """Optimize `model` in place (a peft LoRA model, or any causal LM for full fine-tuning).
-
-    Writes metrics.jsonl, samples.jsonl, summary.json and checkpoints under `out_dir`; with
-    `resume` it continues exactly from the latest checkpoint there.
-    """
+def _setup(model: nn.Module, cfg: PPOConfig) -> tuple[ActorCritic, nn.Module | None, TrainConfig,
+                                                      torch.optim.Optimizer, bool, Any]:
+    """(actor-critic, reference or None with LoRA, optimizer settings, optimizer, bf16,
+    autocast factory)."""
     from peft import PeftModel
 
-    if not prompts:
-        raise CoachError("no prompts to train on")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    threads = set_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    lora = isinstance(model, PeftModel)
     # Full fine-tuning: the reference is a frozen copy taken before any update.
-    ref_model = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
+    ref_model = None if isinstance(model, PeftModel) else \
+        copy.deepcopy(model).eval().requires_grad_(False)
     with torch.random.fork_rng():  # the value head is zero-initialized; keep the streams intact
         ac = ActorCritic(model, _hidden_size(model) if cfg.algo == "ppo" else None)
     tcfg = _optim_config(cfg)
@@ -227,6 +218,24 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
         return (torch.autocast(device_type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
 
+    return ac, ref_model, tcfg, optimizer, bf16, autocast
+
+
+def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], reward: Reward,
+              cfg: PPOConfig, out_dir: str | Path, resume: bool = False) -> PPOResult:
+    """Optimize `model` in place (a peft LoRA model, or any causal LM for full fine-tuning).
+
+    Writes metrics.jsonl, samples.jsonl, summary.json and checkpoints under `out_dir`; with
+    `resume` it continues exactly from the latest checkpoint there.
+    """
+    if not prompts:
+        raise CoachError("no prompts to train on")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads = set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    ac, ref_model, tcfg, optimizer, bf16, autocast = _setup(model, cfg)
+    lora = ref_model is None
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
     stream, kl_ctl, norm = PromptStream(len(prompts), cfg.seed), _kl_controller(cfg), RewardNorm()
     run = _restore(out_dir, ac, optimizer, stream, kl_ctl, norm, cfg) if resume else _RunState()

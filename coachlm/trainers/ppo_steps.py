@@ -69,7 +69,7 @@ def rollout(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
                           batch_size=cfg.episodes, seed=seed)
     gen = generate(ac.policy, tokenizer, prompt_ids, scfg)
     sequences, attention_mask, action_mask = pack_rollout(
-        prompt_ids, gen.response_ids, gen.finished, gen.prompt_index, tokenizer.pad_token_id)
+        prompt_ids, gen.response_ids, gen.prompt_index, tokenizer.pad_token_id)
     logprobs, values, entropy, ref_logprobs = [], [], [], []
     chunks = micro_batches(len(gen.response_ids), cfg.micro_batch_size)
     with autocast():
