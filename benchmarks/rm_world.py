@@ -8,7 +8,11 @@ labeled by a separate pool. The reward model (`coachlm rm`, on a pretrained or S
 evaluated twice on them (`coachlm rm eval`): against the rubric's noise-free preference (pairs
 it scores equal left out) and against the noisy labels. Prints one JSON object. Usage:
 
-    python benchmarks/rm_world.py --model runs/demo/sft/final --train-pairs 8000
+    coachlm world --out W && coachlm pretrain --corpus W/corpus.txt --out P train.max_steps=300
+    python benchmarks/rm_world.py --model P/final          # or an SFT model
+
+Held-out prompts seen in training are dropped, so fewer than --heldout-pairs remain (the
+world's task space is small: about 40% of fresh pairs repeat a training prompt).
 """
 
 from __future__ import annotations
@@ -43,11 +47,11 @@ def family(prompt: str) -> str:
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True, help="backbone: pretrained or SFT model")
-    p.add_argument("--train-pairs", type=int, default=8000)
-    p.add_argument("--heldout-pairs", type=int, default=1000)
+    p.add_argument("--train-pairs", type=int, default=16000)
+    p.add_argument("--heldout-pairs", type=int, default=2000)
     p.add_argument("--labelers", type=int, default=8)
     p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--layout", default="auto")
     p.add_argument("--threads", type=int, default=None)

@@ -19,7 +19,8 @@ from coachlm.data.pairs import Pair, collate, with_reference
 from coachlm.data.schema import Comparison, Message, Response
 from coachlm.models.load import load_model, save_pretrained
 from coachlm.models.lora import LoRAConfig
-from coachlm.trainers.dpo import DPOConfig, dpo, pair_loss, read_pairs, sequence_logps
+from coachlm.trainers.dpo import DPOConfig, dpo, pair_loss, read_pairs
+from coachlm.trainers.dpo_logps import sequence_logps
 from coachlm.trainers.loop import TrainConfig
 from trainers_fixtures import WORDS, tiny_model, tiny_tokenizer
 
@@ -82,6 +83,7 @@ def test_pair_loss_matches_hand_values(tok):
         out = pair_loss(model, batch, cfg())
         smooth = pair_loss(model, batch, cfg(label_smoothing=0.2))
         ipo = pair_loss(model, batch, cfg(loss="ipo"))
+        rpo = pair_loss(model, batch, cfg(nll_weight=0.5))
     h = [0.5 + 0.25, -1.0 - 2.0]  # (log pi/ref)(chosen) - (log pi/ref)(rejected), per pair
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     assert float(out.loss_sum) == pytest.approx(sum(-math.log(sig(beta * x)) for x in h), rel=1e-5)
@@ -90,6 +92,10 @@ def test_pair_loss_matches_hand_values(tok):
     # IPO: log-ratios averaged per response token (chosen 2 and 1 tokens, rejected 3 and 2)
     h_avg = [0.5 / 2 + 0.25 / 3, -1.0 / 1 - 2.0 / 2]
     assert float(ipo.loss_sum) == pytest.approx(sum((x - 1 / (2 * beta)) ** 2 for x in h_avg), rel=1e-5)
+    # RPO: + 0.5 * per-token NLL of each chosen response (2 and 1 tokens)
+    nll = [-float(logps[0]) / 2, -float(logps[1]) / 1]
+    assert float(rpo.loss_sum) == pytest.approx(float(out.loss_sum) + 0.5 * sum(nll), rel=1e-5)
+    assert rpo.metrics["nll_chosen"] == pytest.approx(sum(nll), rel=1e-5)
     assert out.count == 2 and out.tokens == batch.num_tokens
     m = out.metrics
     assert m["rewards_chosen"] == pytest.approx(beta * (0.5 - 1.0), abs=1e-5)

@@ -12,7 +12,7 @@ from coachlm.data.pairs import (Pair, PairBatches, collate, encode_pairs, share_
                                 with_reference)
 from coachlm.data.schema import Comparison, Message, Ranking, Response
 from coachlm.models.logprobs import logprobs_from_logits
-from coachlm.trainers.dpo import layout_supported, sequence_logps
+from coachlm.trainers.dpo_logps import layout_supported, sequence_logps
 from trainers_fixtures import tiny_model, tiny_tokenizer
 
 

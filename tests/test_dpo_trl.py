@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from coachlm.data.pairs import Pair, collate, with_reference
-from coachlm.trainers.dpo import DPOConfig, pair_loss, sequence_logps
+from coachlm.trainers.dpo import DPOConfig, pair_loss
+from coachlm.trainers.dpo_logps import sequence_logps
 from trainers_fixtures import tiny_model, tiny_tokenizer
 
 trl = pytest.importorskip("trl")

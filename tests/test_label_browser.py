@@ -1,7 +1,7 @@
 """End to end in a real browser: Playwright drives Debian's headless Chromium against the server
 started with `coachlm label serve` on loopback. A labeler signs in, does three comparisons with
-the keyboard, one ranking, one rating and one ideal response; an admin exports the labels, and
-the exported file is read back with the record schema (what `coachlm rm` reads).
+the keyboard, one ranking, one rating and one ideal response; an admin exports the labels, the
+exported file is read back with the record schema, and `coachlm rm` trains on the preferences.
 
 Skipped when Chromium or Playwright is missing; Playwright never downloads a browser here.
 """
@@ -165,3 +165,27 @@ def test_labeler_and_admin_in_chromium(server, tmp_path):
             assert r.response.text == "The ideal answer, edited."
     comparisons = [r for r in records if isinstance(r, schema.Comparison)]
     assert all(len(r.prompt) == 3 for r in comparisons)  # multi-turn kept
+    _reward_model_trains_on_the_export(tmp_path)
+
+
+def _reward_model_trains_on_the_export(tmp_path: Path) -> None:
+    """The issue's last step: `coachlm rm` trains on what the admin exported (the preference
+    records: three comparisons and the ranking's three pairs)."""
+    from models_fixtures import model, tokenizer
+
+    from coachlm.models.load import save_pretrained
+
+    env = {**os.environ, "COACHLM_NO_PROGRESS": "1"}
+    prefs, backbone, run = tmp_path / "prefs.jsonl", tmp_path / "backbone", tmp_path / "rm"
+    cli = [sys.executable, "-m", "coachlm.cli"]
+    subprocess.run(cli + ["label", "export", str(prefs), "-p", "demo", "--store",
+                          str(tmp_path / "feedback.db"), "--kinds", "comparison,ranking"],
+                   check=True, env=env, capture_output=True)
+    assert len(prefs.read_text().splitlines()) == 4
+    save_pretrained(model(), tokenizer(), backbone)
+    proc = subprocess.run(cli + ["rm", "--model", str(backbone), "--data", str(prefs), "--out",
+                                 str(run), "val_fraction=0", "train.batch_size=2"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] >= 1 and (run / "final").is_dir()

@@ -175,9 +175,9 @@ def test_encoder_backbone_scores_last_token_with_padding_mask(tok):
                                 pad_token_id=tok.pad_token_id), add_pooling_layer=False).eval()
     rm = RewardModel(bert)
     assert not rm.causal and not share_supported(rm, tok.pad_token_id)
-    assert choose_layout("auto", rm, _groups(), tok.pad_token_id) == "pad"
+    assert choose_layout("auto", rm, tok.pad_token_id) == "pad"
     with pytest.raises(CoachError, match="4-D attention mask"):
-        choose_layout("share", rm, _groups(), tok.pad_token_id)
+        choose_layout("share", rm, tok.pad_token_id)
     batch = collate(_groups(), "pad", tok.pad_token_id)
     together = rm.rewards(batch)
     alone = [rm.rewards(collate([Group(g.prompt_ids, [r], [], [])], "pad", tok.pad_token_id))

@@ -15,8 +15,8 @@ Three layouts turn a batch of groups into model inputs (`collate`):
     longest, with a block-diagonal causal 4-D mask and restarting position ids.
   - "share": prefix sharing. A group becomes one segment, prompt then each response; a response
     attends to the prompt and to itself only, with positions continuing from the prompt, so the
-    prompt is computed once for all K responses (the shared-prefix trick of tree attention /
-    "prefix sharing" in OpenRLHF-style packed RM training). Its scores equal "pad"'s (tested).
+    prompt is computed once for all K responses. All three layouts give the same scores and
+    gradients (tested); `models.reward.choose_layout` says which runs fastest.
 Batches are shuffled per epoch and optionally length-bucketed (`bucket_batches`), as in
 `collate.ExampleBatches`, and resume exactly (their state is (seed, epoch, position)).
 

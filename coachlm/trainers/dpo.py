@@ -6,7 +6,7 @@ the loss is Bradley-Terry on the implicit rewards of the chosen and rejected res
 (`coachlm.losses.dpo`; label smoothing gives conservative DPO; `loss: ipo` gives IPO, Azar et
 al., 2023, on per-token average logps as TRL and the IPO authors use).
 
-Steps (`dpo`):
+Steps (`dpo`), and `nll_weight` adds RPO's NLL term on the chosen response (Pang et al., 2024):
   1. read preference records (Comparison, Ranking; canonical, TRL, HH-RLHF; a ranking expands to
      all its pairs), tokenize them through the chat template, hold out a fraction of prompts;
   2. load the policy from any local causal LM (an SFT checkpoint), optionally with LoRA;
@@ -20,17 +20,16 @@ Steps (`dpo`):
   5. save the final model to `out/final` (HF format; with LoRA merged, adapter in `adapter/`).
 
 Log-probabilities: the backbone runs once over the batch, and the LM head only at the positions
-that predict response tokens (the prompt needs no logits), in fp32 log-softmax.
+that predict response tokens (the prompt needs no logits), in fp32 log-softmax
+(`coachlm.trainers.dpo_logps`).
 Outputs under `out`: config.yaml, metrics.jsonl, summary.json, checkpoints/, ref_logps-*.pt, final/.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from collections import Counter
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,26 +37,19 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from coachlm import config
 from coachlm.data.io import PREFERENCE_KINDS, preference_pairs, read_records
-from coachlm.data.pairs import Pair, PairBatch, PairBatches, collate, encode_pairs, share_saving
+from coachlm.data.pairs import Pair, PairBatch, PairBatches, encode_pairs, share_saving
 from coachlm.errors import CoachError, DataError
 from coachlm.losses import dpo as dpo_loss
 from coachlm.losses import ipo as ipo_loss
-from coachlm.models.load import load_model, load_tokenizer, save_pretrained, weights_hash
-from coachlm.models.logprobs import logprobs_from_logits
+from coachlm.models.load import load_model, load_tokenizer, save_pretrained
 from coachlm.models.lora import LoRAConfig, adapter_disabled, apply_lora
+from coachlm.trainers.dpo_logps import cached_reference, choose_layout, head_matches, sequence_logps
 from coachlm.trainers.loop import LossOut, TrainConfig, TrainResult, train, use_bf16
 
 Reference = Literal["cached", "adapter"]
-# Prefix sharing pays only when prompts are a large part of each pair: its 4-D mask costs more
-# than position-id packing. Measured (world-small, fwd+bwd of 16-pair batches, 2 shared CPU
-# cores): built-in-world comparisons (sharing saves 20% of tokens): share ~ pack, both ~2x pad;
-# HH-RLHF harmless-base (saves 34%): share 5% faster than pack; HH-RLHF with responses cut to
-# 24 tokens (saves 45%): share 12% faster than pack.
-SHARE_MIN_SAVING = 0.3
 
 
 @dataclass(frozen=True)
@@ -73,6 +65,10 @@ class DPOConfig:
     loss: Literal["sigmoid", "ipo"] = "sigmoid"
     beta: float = 0.1
     label_smoothing: float = 0.0  # conservative DPO (sigmoid loss only)
+    # RPO (Pang et al., 2024, "Iterative Reasoning Preference Optimization", eq. 2): add
+    # nll_weight * (-log pi(chosen) / its tokens) per pair, so DPO cannot lower the likelihood of
+    # the chosen responses while it widens the margin (the failure Pal et al., 2024 analyse).
+    nll_weight: float = 0.0
     reference: Reference = "cached"  # "adapter": LoRA only, the base weights each step
     max_length: int = 512
     layout: Literal["auto", "pad", "pack", "share"] = "auto"
@@ -94,6 +90,8 @@ class DPOConfig:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.nll_weight < 0:
+            raise ValueError(f"nll_weight must be >= 0, got {self.nll_weight}")
         if self.label_smoothing and self.loss != "sigmoid":
             raise ValueError("label_smoothing applies to the sigmoid loss only")
         if self.reference == "adapter" and self.lora is None:
@@ -109,83 +107,7 @@ class DPOConfig:
             raise ValueError(f"bucket_batches must be >= 1, got {self.bucket_batches}")
 
 
-# ------------------------------------------------------------------------------ log-probs
-
-
-def _parts(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(backbone, LM head) of a causal LM, through a peft wrapper (LoRA layers live inside)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.base_model, base.get_output_embeddings()
-
-
-def sequence_logps(model: Any, batch: PairBatch) -> Tensor:
-    """Summed log-probabilities of the 2B responses of `batch` (chosen first), (2B,) fp32.
-
-    The backbone runs over the whole batch; the LM head only at the N predicting positions.
-    """
-    device = next(model.parameters()).device
-    backbone, head = _parts(model)
-    hidden = backbone(
-        input_ids=batch.input_ids.to(device),
-        position_ids=None if batch.position_ids is None else batch.position_ids.to(device),
-        attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
-        use_cache=False).last_hidden_state  # (R, T, D)
-    logits = head(hidden[batch.pred_rows.to(device), batch.pred_cols.to(device)])  # (N, V)
-    token_logps = logprobs_from_logits(logits, batch.targets.to(device))  # (N,)
-    n_seq = 2 * batch.num_pairs
-    return token_logps.new_zeros(n_seq).index_add(0, batch.seq_index.to(device), token_logps)
-
-
-def head_matches(model: Any) -> bool:
-    """Whether backbone + LM head reproduce the model's own logits (false for models that
-    scale or soft-cap logits in their forward, which `sequence_logps` would miss)."""
-    ids = torch.arange(3, 9)[None].to(next(model.parameters()).device)  # (1, 6)
-    backbone, head = _parts(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ours = head(backbone(input_ids=ids, use_cache=False).last_hidden_state)  # (1, 6, V)
-            theirs = model(input_ids=ids, use_cache=False).logits
-    finally:
-        model.train(was_training)
-    return torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
-
-
-def layout_supported(model: Any, layout: str, pad_id: int) -> bool:
-    """Whether `layout` gives the same logps as one padded row per sequence on this model."""
-    probe = [Pair((5, 6, 7), (8, 9), (10, 11, 12)), Pair((13, 14), (15,), (16, 17))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ref = sequence_logps(model, collate(probe, "pad", pad_id))
-            got = sequence_logps(model, collate(probe, layout, pad_id))
-    except (RuntimeError, ValueError, TypeError):
-        return False
-    finally:
-        model.train(was_training)
-    return torch.allclose(ref, got, atol=1e-4, rtol=1e-4)
-
-
-def choose_layout(layout: str, model: Any, pairs: Sequence[Pair], pad_id: int) -> str:
-    """Resolve "auto": "share" when supported and it saves >= SHARE_MIN_SAVING of the tokens,
-    else "pack" when supported, else "pad". An explicit layout the model cannot run is an error."""
-    if layout == "auto":
-        if share_saving(pairs) >= SHARE_MIN_SAVING and layout_supported(model, "share", pad_id):
-            return "share"
-        return "pack" if layout_supported(model, "pack", pad_id) else "pad"
-    if layout != "pad" and not layout_supported(model, layout, pad_id):
-        raise CoachError(f"layout {layout!r}: {type(model).__name__} does not give packed "
-                         "sequences the logps it gives them alone; use layout: pad")
-    return layout
-
-
 # ------------------------------------------------------------------------------- the loss
-
-
-def _adapter_off(model: Any, reference: Reference) -> Any:
-    return adapter_disabled(model) if reference == "adapter" else nullcontext()
 
 
 def pair_loss(model: Any, batch: PairBatch, cfg: DPOConfig) -> LossOut:
@@ -205,10 +127,10 @@ def pair_loss(model: Any, batch: PairBatch, cfg: DPOConfig) -> LossOut:
     chosen_logps, rejected_logps = logps[:b], logps[b:]
     ref_chosen, ref_rejected = ref_chosen.to(logps.device), ref_rejected.to(logps.device)
     # 3. the loss per pair
+    n_c = batch.chosen_lengths.to(logps.device).clamp(min=1)  # (B,)
     if cfg.loss == "ipo":
         # Azar et al. 2023 with per-token average logps (TRL's and the IPO authors' convention).
-        n_c = batch.chosen_lengths.to(logps.device).clamp(min=1)  # (B,)
-        n_r = batch.rejected_lengths.to(logps.device).clamp(min=1)
+        n_r = batch.rejected_lengths.to(logps.device).clamp(min=1)  # (B,)
         losses, _, _ = ipo_loss(chosen_logps / n_c, rejected_logps / n_r,
                                 ref_chosen / n_c, ref_rejected / n_r, cfg.beta)
         chosen_rewards = cfg.beta * (chosen_logps - ref_chosen).detach()
@@ -216,6 +138,9 @@ def pair_loss(model: Any, batch: PairBatch, cfg: DPOConfig) -> LossOut:
     else:
         losses, chosen_rewards, rejected_rewards = dpo_loss(
             chosen_logps, rejected_logps, ref_chosen, ref_rejected, cfg.beta, cfg.label_smoothing)
+    nll = -chosen_logps / n_c  # (B,) per-token NLL of each chosen response
+    if cfg.nll_weight:
+        losses = losses + cfg.nll_weight * nll
     # 4. metrics: sums over pairs (the loop divides by the step's pair count)
     metrics = {
         "rewards_chosen": float(chosen_rewards.sum()),
@@ -224,6 +149,7 @@ def pair_loss(model: Any, batch: PairBatch, cfg: DPOConfig) -> LossOut:
         "rewards_accuracy": float((chosen_rewards > rejected_rewards).sum()),
         "logps_chosen": float(chosen_logps.detach().sum()),
         "logps_rejected": float(rejected_logps.detach().sum()),
+        "nll_chosen": float(nll.detach().sum()),
     }
     return LossOut(losses.sum(), b, batch.num_tokens, metrics)
 
@@ -240,62 +166,6 @@ def evaluate_pairs(model: Any, batches: PairBatches, cfg: DPOConfig) -> dict[str
             "val_margin": sums["rewards_margin"] / n,
             "val_rewards_chosen": sums["rewards_chosen"] / n,
             "val_rewards_rejected": sums["rewards_rejected"] / n}
-
-
-# ------------------------------------------------------------------------- reference cache
-
-
-def reference_key(model_dir: Path, pairs: Sequence[Pair], bf16: bool) -> str:
-    """Hash of the reference weights, the pairs' tokens (in order) and the precision."""
-    h = hashlib.sha256(f"{weights_hash(model_dir, 64)}|bf16={bf16}|n={len(pairs)}".encode())
-    for p in pairs:
-        for ids in (p.prompt_ids, p.chosen_ids, p.rejected_ids):
-            h.update(np.asarray(ids, dtype=np.int64).tobytes())
-            h.update(b"|")
-    return h.hexdigest()[:16]
-
-
-def compute_reference(model: Any, pairs: Sequence[Pair], pad_id: int, layout: str,
-                      batch_size: int, bf16: bool, adapter: bool) -> Tensor:
-    """Reference logps of every pair in one no-grad pass: (n, 2) fp32 rows (chosen, rejected).
-
-    Run on the starting weights (the adapter disabled with LoRA), in eval mode and under the
-    training precision, so that at step 0 policy and reference logps agree."""
-    out = torch.zeros(len(pairs), 2)
-    batches = PairBatches(pairs, batch_size, pad_id, layout, shuffle=False)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), \
-                _adapter_off(model, "adapter" if adapter else "cached"):
-            for batch in batches.epoch_batches():
-                logps = sequence_logps(model, batch).float().cpu()  # (2B,)
-                out[batch.index] = logps.view(2, -1).T
-    finally:
-        model.train(was_training)
-    return out
-
-
-def cached_reference(model: Any, cfg: DPOConfig, pairs: Sequence[Pair], pad_id: int,
-                     layout: str, bf16: bool) -> tuple[Tensor, Path, bool]:
-    """Load the reference logps cached beside the run, or compute and save them.
-
-    Returns (logps (n, 2), cache file, whether it was reused)."""
-    key = reference_key(cfg.model, pairs, bf16)
-    path = cfg.out / f"ref_logps-{key}.pt"
-    if path.is_file():
-        saved = torch.load(path, weights_only=True)
-        if saved.get("key") == key and saved["logps"].shape == (len(pairs), 2):
-            return saved["logps"], path, True
-    logps = compute_reference(model, pairs, pad_id, layout, cfg.train.batch_size, bf16,
-                              adapter=cfg.lora is not None)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"key": key, "logps": logps}, tmp)
-    tmp.replace(path)
-    return logps, path, False
-
 
 # ------------------------------------------------------------------------------------ data
 
@@ -376,8 +246,9 @@ def dpo(cfg: DPOConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     # 3. reference logps, once, before training (unless the adapter-disabled weights give them)
     ref, cache, reused = None, None, False
     if cfg.reference == "cached":
-        ref, cache, reused = cached_reference(model, cfg, train_pairs + val_pairs,
-                                              tok.pad_token_id, layout, bf16)
+        ref, cache, reused = cached_reference(
+            model, cfg.model, cfg.out, train_pairs + val_pairs, tok.pad_token_id, layout,
+            cfg.train.batch_size, bf16, adapter=cfg.lora is not None)
     tcfg = cfg.train
     batches = PairBatches(train_pairs, tcfg.batch_size, tok.pad_token_id, layout, seed=tcfg.seed,
                           bucket_batches=cfg.bucket_batches,

@@ -17,8 +17,9 @@ distinct responses of the training comparisons, which match that policy only ins
 comparisons were made on its samples.
 
 Layout ("auto"): prefix sharing ("share") when the model scores shared-prefix packs exactly
-like separate sequences (checked on the model itself) and the training prompts are long
-enough for it to pay, else right-padded rows ("pad"); see `choose_layout` for the measurements.
+like separate sequences (checked on the model itself), else right-padded rows ("pad"); see
+`models.reward.choose_layout` for the measurements. Tokens/s counts the prompt + response
+tokens of every scored sequence, as an unshared trainer processes them.
 
 Outputs under `out`: config.yaml, metrics.jsonl, summary.json, checkpoints/, final/.
 """
@@ -235,7 +236,7 @@ def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     else:
         train_g, val_g = split_groups(groups, cfg.val_fraction, cfg.train.seed)
     model = build_reward_model(cfg.model, tok, cfg.lora, seed=cfg.train.seed)
-    layout = choose_layout(cfg.layout, model, train_g, tok.pad_token_id)
+    layout = choose_layout(cfg.layout, model, tok.pad_token_id)
     batches = GroupBatches(train_g, cfg.train.batch_size, tok.pad_token_id, layout,
                            seed=cfg.train.seed, bucket_batches=cfg.bucket_batches)
     tcfg = _steps(cfg, len(batches))
