@@ -9,7 +9,8 @@ checkpointing off (TRL's default is on; coachlm never checkpoints), dropout off 
 random batches (its default). Both count tokens the same way: the non-padding tokens of every
 chosen and rejected sequence (prompt included), which is what TRL logs as num_tokens; coachlm
 processes fewer when it shares prompts, which is the point. Speed is per wall-clock second and
-per CPU second of the process, over training only. Afterwards both models score the same
+per CPU second of the process, over training only; `--repeats N` alternates the runs and
+reports medians (the machine may be shared). Afterwards both models score the same
 held-out pairs (accuracy). TRL's log lines go to stderr; stdout is the JSON alone.
 
 `--layouts pad,share,pack` times coachlm once per layout (the measurement behind
@@ -25,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -89,7 +91,6 @@ def run_ours(args, root: Path, tcfg: TrainConfig, layout: str) -> dict:
             "end_to_end_seconds": round(time.perf_counter() - start, 3),
             "tokens_per_s": round(result.tokens / result.seconds, 1),
             "tokens_per_cpu_s": result.summary["tokens_per_cpu_s"],
-            "pairs_per_s": round(args.steps * args.batch_size / result.seconds, 1),
             "share_saving": result.summary["share_saving"], "_model": final}
 
 
@@ -133,7 +134,7 @@ def run_trl(args, root: Path, records: list[Comparison], tok) -> dict:
     return {"tokens": tokens, "train_seconds": round(seconds, 3),
             "end_to_end_seconds": round(time.perf_counter() - start, 3),
             "tokens_per_s": round(tokens / seconds, 1), "tokens_per_cpu_s": round(tokens / cpu, 1),
-            "pairs_per_s": round(args.steps * args.batch_size / seconds, 1), "_model": trainer.model}
+            "_model": trainer.model}
 
 
 @torch.no_grad()
@@ -145,6 +146,11 @@ def trl_accuracy(model, records: list[Comparison], tok, max_length: int) -> floa
         right += int(model(input_ids=torch.tensor([c])).logits[0, 0] >
                      model(input_ids=torch.tensor([r])).logits[0, 0])
     return right / len(data)
+
+
+def median_speeds(run: dict, wall: list[float], cpu: list[float]) -> None:
+    run.update(tokens_per_s_runs=wall, tokens_per_s=statistics.median(wall),
+               tokens_per_cpu_s_runs=cpu, tokens_per_cpu_s=statistics.median(cpu))
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -162,6 +168,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--layouts", default="auto", help="coachlm layouts to time, comma-separated")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=1, help="runs of each, alternating; median reported")
     return p.parse_args(argv)
 
 
@@ -181,19 +188,30 @@ def main(argv: list[str]) -> dict:
                            max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
                            max_grad_norm=1.0, bf16=args.precision == "bf16", seed=0,
                            log_every=10, threads=threads, checkpoint_every=0)
-        ours = {}
-        for layout in args.layouts.split(","):
-            run = run_ours(args, root, tcfg, layout)
+        ours: dict[str, dict] = {}
+        trl: dict = {}
+        speeds: dict[str, list[float]] = {}
+        for _ in range(args.repeats):  # alternate, so that load from other processes hits all
+            for layout in args.layouts.split(","):
+                run = run_ours(args, root, tcfg, layout)
+                speeds.setdefault(layout, []).append(run["tokens_per_s"])
+                speeds.setdefault(f"{layout}_cpu", []).append(run["tokens_per_cpu_s"])
+                ours[layout] = run
+            trl = run_trl(args, root, train, tok)
+            speeds.setdefault("trl", []).append(trl["tokens_per_s"])
+            speeds.setdefault("trl_cpu", []).append(trl["tokens_per_cpu_s"])
+        for layout, run in ours.items():
             run["heldout_accuracy"] = run_rm_eval(RMEvalConfig(
                 model=run.pop("_model"), data=(root / "heldout.jsonl",), max_length=args.max_length))["accuracy"]
-            ours[layout] = run
-        trl = run_trl(args, root, train, tok)
+            median_speeds(run, speeds[layout], speeds[f"{layout}_cpu"])
         trl["heldout_accuracy"] = trl_accuracy(trl.pop("_model"), held, tok, args.max_length)
+        median_speeds(trl, speeds["trl"], speeds["trl_cpu"])
     first = ours[args.layouts.split(",")[0]]
     return {
         "setup": {"data": args.data, "backbone": args.preset if args.data == "world" else "stories260K",
                   "steps": args.steps, "batch_size_pairs": args.batch_size, "lr": args.lr,
                   "precision": args.precision, "max_length": args.max_length, "threads": threads,
+                  "repeats": args.repeats,
                   "train_pairs": len(train), "heldout_pairs": len(held),
                   "torch": torch.__version__, "trl": __import__("trl").__version__},
         "ours": ours, "trl": trl,

@@ -153,8 +153,9 @@ def rm_loss(model: RewardModel, batch: RewardBatch, ties: str = "skip",
     Comparisons: Bradley-Terry -log sigmoid(r_a - r_b - margin) (`losses.bradley_terry`), or with
     ties="davidson" the Davidson tie model for all comparisons (`losses.bradley_terry_tie`).
     Rankings: `losses.ranking`, the mean over a record's C(K,2) ordered pairs (tied ranks form
-    no pair). Metrics (sums):
-    accuracy (ties count as misses), margin r_a - r_b of comparisons.
+    no pair). Metrics, summed over records: accuracy (a comparison scored in order counts 1, a
+    tie 0; a ranking counts its fraction of pairs in order) and the margin r_a - r_b of decisive
+    comparisons.
     """
     rewards = model.rewards(batch)  # (N,)
     dev = rewards.device
