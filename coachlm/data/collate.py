@@ -116,6 +116,21 @@ def pack_examples(examples: Sequence[tuple[Tensor, Tensor]], pad_id: int) -> Tok
     return TokenBatch(input_ids, labels, attention_mask, sum(fill), position_ids)
 
 
+def bucketed_order(lengths: np.ndarray, batch_size: int, bucket_batches: int,
+                   rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch's batches of indices: a random permutation cut into chunks of `bucket_batches`
+    batches, each chunk sorted by length (less padding), then the batches shuffled."""
+    n = len(lengths)
+    perm = rng.permutation(n)
+    chunk = batch_size * bucket_batches
+    batches = []
+    for start in range(0, n, chunk):
+        part = perm[start:start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     # A SeedSequence of (seed, epoch): independent, reproducible streams per epoch.
     return np.random.default_rng([seed, epoch])
@@ -192,15 +207,7 @@ class ExampleBatches(_Resumable):
         n, bs = len(self.examples), self.batch_size
         if not self.shuffle:
             return [np.arange(i, min(i + bs, n)) for i in range(0, n, bs)]
-        rng = _epoch_rng(self.seed, epoch)
-        perm = rng.permutation(n)
-        chunk = bs * self.bucket_batches
-        batches = []
-        for start in range(0, n, chunk):
-            part = perm[start:start + chunk]
-            part = part[np.argsort(self.lengths[part], kind="stable")]
-            batches.extend(part[i:i + bs] for i in range(0, len(part), bs))
-        return [batches[i] for i in rng.permutation(len(batches))]
+        return bucketed_order(self.lengths, bs, self.bucket_batches, _epoch_rng(self.seed, epoch))
 
     def next_batch(self) -> TokenBatch:
         return self._collate([self.examples[i] for i in self._next_indices()], self.pad_id)

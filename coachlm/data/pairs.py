@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from coachlm.data.chat import encode_prompt, encode_response
-from coachlm.data.collate import _epoch_rng, _Resumable
+from coachlm.data.collate import _epoch_rng, bucketed_order, _Resumable
 from coachlm.data.io import PreferencePair
 from coachlm.data.schema import Prompt
 
@@ -265,15 +265,7 @@ class PairBatches(_Resumable):
         if not self.shuffle:
             order = np.argsort(self.lengths, kind="stable")
             return [order[i:i + bs] for i in range(0, n, bs)]
-        rng = _epoch_rng(self.seed, epoch)
-        perm = rng.permutation(n)
-        chunk = bs * self.bucket_batches
-        batches = []
-        for start in range(0, n, chunk):
-            part = perm[start:start + chunk]
-            part = part[np.argsort(self.lengths[part], kind="stable")]
-            batches.extend(part[i:i + bs] for i in range(0, len(part), bs))
-        return [batches[i] for i in rng.permutation(len(batches))]
+        return bucketed_order(self.lengths, bs, self.bucket_batches, _epoch_rng(self.seed, epoch))
 
     def _collate(self, idx: np.ndarray) -> PairBatch:
         batch = collate([self.pairs[i] for i in idx], self.layout, self.pad_id, idx)
