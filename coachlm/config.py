@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from pathlib import Path
@@ -195,6 +196,25 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
         data = _merge(data, loaded)
     data = _merge(data, parse_overrides(overrides))
     return from_dict(cls, data)
+
+
+def load_options(cls: type[T], path: str | Path | None, overrides: Sequence[str] | None = (),
+                 **named: Any) -> T:
+    """A command's config: defaults < YAML file < named options < dotted overrides.
+
+    `named` are the command's shorthand options (`--model M` gives model=M; a dotted name such
+    as "ppo.algo" sets a nested key); options left unset (None, or an empty list) are skipped.
+    """
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return str(v) if isinstance(v, Path) else v
+
+    given = {k: v for k, v in named.items()
+             if v is not None and not (isinstance(v, (list, tuple)) and not v)}
+    # JSON is YAML, so each value is read back as what it was (a path as a string, not parsed).
+    named_overrides = [f"{k}={json.dumps(plain(v))}" for k, v in given.items()]
+    return load(cls, path, [*named_overrides, *(overrides or ())])
 
 
 def save(cfg: Any, path: str | Path) -> None:

@@ -85,18 +85,9 @@ def pack_examples(examples: Sequence[tuple[Tensor, Tensor]], pad_id: int) -> Tok
     example. The padding tail of a row gets its own restarting position ids, so it forms a
     separate (unlabelled) sequence.
     """
-    width = max(len(ids) for ids, _ in examples)
-    rows: list[list[int]] = []  # example indices of each row
-    fill: list[int] = []  # tokens used in each row
-    for i in sorted(range(len(examples)), key=lambda i: -len(examples[i][0])):
-        n = len(examples[i][0])
-        row = next((r for r, used in enumerate(fill) if used + n <= width), None)
-        if row is None:
-            rows.append([])
-            fill.append(0)
-            row = len(rows) - 1
-        rows[row].append(i)
-        fill[row] += n
+    lengths = [len(ids) for ids, _ in examples]
+    width = max(lengths)
+    rows = first_fit_decreasing(lengths, width)  # example indices of each row
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (R, T)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # (R, T)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (R, T)
@@ -113,7 +104,23 @@ def pack_examples(examples: Sequence[tuple[Tensor, Tensor]], pad_id: int) -> Tok
             position_ids[r, start:end] = positions[: len(ids)]
             start = end
         position_ids[r, start:] = positions[: width - start]
-    return TokenBatch(input_ids, labels, attention_mask, sum(fill), position_ids)
+    return TokenBatch(input_ids, labels, attention_mask, sum(lengths), position_ids)
+
+
+def first_fit_decreasing(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """Item indices of each row of `width` tokens: longest items first, each into the first row
+    with room (a new row when none has). Ties keep the items' order (the sort is stable)."""
+    rows: list[list[int]] = []
+    fill: list[int] = []  # tokens used in each row
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, used in enumerate(fill) if used + lengths[i] <= width), None)
+        if row is None:
+            rows.append([])
+            fill.append(0)
+            row = len(rows) - 1
+        rows[row].append(i)
+        fill[row] += lengths[i]
+    return rows
 
 
 def bucketed_order(lengths: np.ndarray, batch_size: int, bucket_batches: int,
@@ -164,6 +171,25 @@ class _Resumable:
     def load_state_dict(self, state: Mapping[str, int]) -> None:
         self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
         self._order = self._epoch_order(self.epoch)
+
+
+class LengthBatches(_Resumable):
+    """Batches of indices into items of the given lengths (a subclass collates them): shuffled
+    and optionally length-bucketed (`bucketed_order`), or, without shuffling, in length order
+    (evaluation, scoring, reference precomputation: least padding)."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int = 0,
+                 bucket_batches: int = 1, shuffle: bool = True):
+        self.lengths, self.batch_size = lengths, batch_size
+        self.bucket_batches, self.shuffle = bucket_batches, shuffle
+        super().__init__(seed)
+
+    def _epoch_order(self, epoch: int) -> list[np.ndarray]:
+        n, bs = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            return [order[i:i + bs] for i in range(0, n, bs)]
+        return bucketed_order(self.lengths, bs, self.bucket_batches, _epoch_rng(self.seed, epoch))
 
 
 class PackedBatches(_Resumable):

@@ -7,18 +7,14 @@ each response is forwarded once, however many comparisons name it: InstructGPT's
 rankings (Ouyang et al., 2022, sec. 3.5), applied to comparisons too. For `simulate_comparisons`
 data (all pairs of n samples per prompt) that is n forwards instead of n(n-1).
 
-Three layouts turn a batch of groups into model inputs (`collate`):
-  - "pad": one right-padded row per (prompt + response) sequence. A causal model needs no
-    attention mask (a real token never attends to the padding after it), so the fast causal
-    kernel runs; encoders get the 2-D padding mask.
-  - "pack": every sequence is a segment; segments are packed first-fit into rows as wide as the
-    longest, with a block-diagonal causal 4-D mask and restarting position ids.
-  - "share": prefix sharing. A group becomes one segment, prompt then each response; a response
-    attends to the prompt and to itself only, with positions continuing from the prompt, so the
-    prompt is computed once for all K responses. All three layouts give the same scores and
-    gradients (tested); `models.reward.choose_layout` says which runs fastest.
-Batches are shuffled per epoch and optionally length-bucketed (`bucket_batches`), as in
-`collate.ExampleBatches`, and resume exactly (their state is (seed, epoch, position)).
+Groups are laid out by `data.layouts` in "pad" (one right-padded row per sequence, with a 2-D
+padding mask that a causal model drops and an encoder uses), "pack" (one segment per sequence,
+packed into rows with restarting position ids and an explicit block-diagonal 4-D mask), or
+"share" (prefix sharing: a group is one segment, its prompt computed once for all K
+responses). All three give the same scores and gradients (tested);
+`models.reward.choose_layout` says which runs fastest. Batches are shuffled per epoch and
+optionally length-bucketed (`bucket_batches`), as in `collate.ExampleBatches`, and resume
+exactly (their state is (seed, epoch, position)).
 
 `num_tokens` counts the prompt + response tokens of every sequence scored, the way an unshared
 trainer (TRL) counts them, so tokens/s measures work done; `processed_tokens` counts what the
@@ -29,18 +25,17 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from coachlm.data import layouts
 from coachlm.data.chat import encode_prompt, encode_response
-from coachlm.data.collate import _epoch_rng, bucketed_order, _Resumable
+from coachlm.data.collate import LengthBatches
+from coachlm.data.layouts import Layout
 from coachlm.data.schema import Comparison, Prompt, Ranking, Record
-
-Layout = Literal["pad", "pack", "share"]
-LAYOUTS = ("pad", "pack", "share")
 
 
 @dataclass
@@ -162,106 +157,18 @@ def build_groups(records: Iterable[Record], tok: Any, *, ties: bool = False,
 
 
 def truncate_group(group: Group, max_length: int) -> tuple[Group, int]:
-    """Fit every prompt + response into `max_length` tokens; returns (group, responses cut).
+    """Fit every prompt + response into `max_length` tokens (`layouts.truncate`); returns
+    (group, responses cut)."""
+    prompt, responses, cut = layouts.truncate(group.prompt_ids, group.response_ids, max_length)
+    return Group(list(prompt), responses, group.comparisons, group.rankings), cut
 
-    The prompt is cut from the left (its end, the last request, matters most) down to
-    `max_length - longest response`, but never below half of `max_length`; a response still too
-    long is cut from the right, losing its EOS (reported, never silently hidden).
-    """
-    longest = max(len(r) for r in group.response_ids)
-    p = group.prompt_ids
-    if len(p) + longest <= max_length:
-        return group, 0
-    keep = min(len(p), max(max_length - longest, max_length // 2))
-    p = p[len(p) - keep:]
-    room = max_length - len(p)
-    cut = sum(len(r) > room for r in group.response_ids)
-    responses = [r[:room] for r in group.response_ids]
-    return Group(p, responses, group.comparisons, group.rankings), cut
+
+def share_saving(groups: Sequence[Group]) -> float:
+    """Fraction of tokens prefix sharing saves: 1 - sum(P + sum L) / sum(K P + sum L)."""
+    return layouts.share_saving((g.prompt_ids, g.response_ids) for g in groups)
 
 
 # ----------------------------------------------------------------------------------- layouts
-
-
-def _segments(groups: Sequence[Group], layout: Layout) -> list[tuple[list[int], list[list[int]]]]:
-    """(prompt, responses) segments: a whole group when sharing, else one per sequence."""
-    if layout == "share":
-        return [(g.prompt_ids, g.response_ids) for g in groups]
-    return [(g.prompt_ids, [r]) for g in groups for r in g.response_ids]
-
-
-def _pad_rows(groups: Sequence[Group], pad_id: int) -> dict[str, Any]:
-    seqs = [g.prompt_ids + r for g in groups for r in g.response_ids]
-    lengths = torch.tensor([len(s) for s in seqs])
-    width = int(lengths.max())
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (N, T)
-    for i, s in enumerate(seqs):
-        input_ids[i, : len(s)] = torch.tensor(s)
-    mask = (torch.arange(width)[None] < lengths[:, None]).long()  # (N, T)
-    return dict(input_ids=input_ids, attention_mask=mask, position_ids=None,
-                rows=torch.arange(len(seqs)), cols=lengths - 1, processed=int(lengths.sum()))
-
-
-def _place(lengths: Sequence[int], width: int) -> list[list[int]]:
-    """First-fit decreasing: segment indices of each row of `width` tokens."""
-    rows: list[list[int]] = []
-    fill: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        r = next((r for r, used in enumerate(fill) if used + lengths[i] <= width), None)
-        if r is None:
-            rows.append([])
-            fill.append(0)
-            r = len(rows) - 1
-        rows[r].append(i)
-        fill[r] += lengths[i]
-    return rows
-
-
-def _packed_rows(groups: Sequence[Group], layout: Layout, pad_id: int) -> dict[str, Any]:
-    """Segments packed into rows, with the 4-D mask that keeps responses apart.
-
-    Query j may attend key i iff both lie in one segment, i <= j, and key i is in the prompt
-    (part 0) or in the same response as j. Padding attends to itself only, so no row of the
-    softmax is empty (an all-masked row would give NaN, and NaN * 0 still poisons gradients).
-    """
-    segs = _segments(groups, layout)
-    lengths = [len(p) + sum(len(r) for r in rs) for p, rs in segs]
-    width = max(lengths)
-    placement = _place(lengths, width)
-    n_rows = len(placement)
-    input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)  # (R, T)
-    position_ids = torch.zeros(n_rows, width, dtype=torch.long)  # (R, T)
-    seg_id = torch.full((n_rows, width), -1, dtype=torch.long)  # (R, T), -1 on padding
-    part = torch.zeros(n_rows, width, dtype=torch.long)  # (R, T): 0 prompt, k response k
-    last: list[tuple[int, int]] = [(0, 0)] * sum(len(rs) for _, rs in segs)
-    first_seq = np.cumsum([0] + [len(rs) for _, rs in segs])
-    for row, members in enumerate(placement):
-        start = 0
-        for s in members:
-            prompt, responses = segs[s]
-            n_p = len(prompt)
-            input_ids[row, start:start + n_p] = torch.tensor(prompt, dtype=torch.long)
-            position_ids[row, start:start + n_p] = torch.arange(n_p)
-            seg_id[row, start:start + n_p] = s
-            at = start + n_p
-            for k, resp in enumerate(responses, 1):
-                n_r = len(resp)
-                input_ids[row, at:at + n_r] = torch.tensor(resp, dtype=torch.long)
-                position_ids[row, at:at + n_r] = torch.arange(n_p, n_p + n_r)
-                seg_id[row, at:at + n_r] = s
-                part[row, at:at + n_r] = k
-                last[first_seq[s] + k - 1] = (row, at + n_r - 1)
-                at += n_r
-            start = at
-        position_ids[row, start:] = torch.arange(width - start)
-    same = (seg_id[:, :, None] == seg_id[:, None, :]) & (seg_id[:, :, None] >= 0)  # (R, T, T)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()  # (T, T)
-    visible = (part[:, None, :] == 0) | (part[:, :, None] == part[:, None, :])  # (R, T, T)
-    mask = (same & causal & visible) | torch.eye(width, dtype=torch.bool)  # (R, T, T)
-    rows, cols = zip(*last)
-    return dict(input_ids=input_ids, attention_mask=mask[:, None], position_ids=position_ids,
-                rows=torch.tensor(rows), cols=torch.tensor(cols),
-                processed=int((seg_id >= 0).sum()))
 
 
 def _targets(groups: Sequence[Group]) -> dict[str, Any]:
@@ -292,27 +199,26 @@ def _targets(groups: Sequence[Group]) -> dict[str, Any]:
 
 def collate(groups: Sequence[Group], layout: Layout, pad_id: int) -> RewardBatch:
     """One RewardBatch of `groups` in `layout` ("pad", "pack" or "share")."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    parts = _pad_rows(groups, pad_id) if layout == "pad" else _packed_rows(groups, layout, pad_id)
-    num_tokens = sum(len(g.prompt_ids) * len(g.response_ids) + sum(map(len, g.response_ids))
-                     for g in groups)
-    processed = parts.pop("processed")
-    return RewardBatch(**parts, num_tokens=num_tokens, processed_tokens=processed,
+    packed = layouts.lay_out([g.prompt_ids for g in groups], [g.response_ids for g in groups],
+                             layout, pad_id)
+    rows, cols = packed.last_positions()  # (N,), (N,)
+    pad = layout == "pad"
+    return RewardBatch(input_ids=packed.input_ids,
+                       attention_mask=packed.padding_mask() if pad else packed.attention_mask(),
+                       position_ids=None if pad else packed.position_ids, rows=rows, cols=cols,
+                       num_tokens=packed.num_tokens, processed_tokens=packed.processed_tokens,
                        **_targets(groups))
 
 
 def unit_length(group: Group, layout: Layout) -> int:
     """The length that decides padding: the longest sequence, or the whole shared segment."""
-    if layout == "share":
-        return len(group.prompt_ids) + sum(map(len, group.response_ids))
-    return len(group.prompt_ids) + max(map(len, group.response_ids))
+    return layouts.unit_length(group.prompt_ids, group.response_ids, layout)
 
 
 # ------------------------------------------------------------------------------ batch sources
 
 
-class GroupBatches(_Resumable):
+class GroupBatches(LengthBatches):
     """Shuffled, optionally length-bucketed batches of `batch_size` groups, collated in `layout`.
 
     Bucketing as in `collate.ExampleBatches`: the epoch's shuffled order is cut into chunks of
@@ -324,18 +230,10 @@ class GroupBatches(_Resumable):
                  seed: int = 0, bucket_batches: int = 1, shuffle: bool = True):
         if not groups:
             raise ValueError("no groups to batch")
-        self.groups, self.batch_size, self.pad_id, self.layout = list(groups), batch_size, pad_id, layout
-        self.lengths = np.array([unit_length(g, layout) for g in self.groups])
-        self.bucket_batches, self.shuffle = bucket_batches, shuffle
+        self.groups, self.pad_id, self.layout = list(groups), pad_id, layout
         self._offsets = np.cumsum([0] + [len(g.response_ids) for g in self.groups])
-        super().__init__(seed)
-
-    def _epoch_order(self, epoch: int) -> list[np.ndarray]:
-        n, bs = len(self.groups), self.batch_size
-        if not self.shuffle:
-            order = np.argsort(self.lengths, kind="stable")
-            return [order[i:i + bs] for i in range(0, n, bs)]
-        return bucketed_order(self.lengths, bs, self.bucket_batches, _epoch_rng(self.seed, epoch))
+        super().__init__(np.array([unit_length(g, layout) for g in self.groups]), batch_size, seed,
+                         bucket_batches, shuffle)
 
     def next_batch(self) -> RewardBatch:
         return collate([self.groups[i] for i in self._next_indices()], self.layout, self.pad_id)

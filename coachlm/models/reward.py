@@ -26,7 +26,6 @@ Saved layout (`save_reward_model`), a Hugging Face directory plus two small file
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import logging
@@ -39,10 +38,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from coachlm.data.layouts import PROBE, agrees_with_pad, resolve_layout
 from coachlm.data.reward_batches import Group, GroupBatches, collate, scoring_groups
+from coachlm.data.reward_batches import share_saving  # noqa: F401  (re-exported: callers import it here)
 from coachlm.data.schema import Prompt
 from coachlm.errors import CoachError
-from coachlm.models.load import ModelLoadError, _check_dir, disable_dropout, resolve_dtype
+from coachlm.models.load import (ModelLoadError, _check_dir, disable_dropout, resolve_dtype,
+                                  save_pretrained)
 from coachlm.models.lora import LoRAConfig, default_targets
 
 REWARD_FILE = "reward.json"
@@ -195,25 +197,11 @@ def build_reward_model(path: str | Path, tokenizer: Any, lora: LoRAConfig | None
     return model
 
 
-def _is_peft(module: nn.Module) -> bool:
-    from peft import PeftModel
-
-    return isinstance(module, PeftModel)
-
-
 def save_reward_model(model: RewardModel, tokenizer: Any, out_dir: str | Path,
                       normalization: Mapping[str, Any] | None = None) -> Path:
     """Write the reward model in the layout of the module docstring; returns `out_dir`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
-    backbone = model.backbone
-    if _is_peft(backbone):
-        backbone.save_pretrained(str(out / "adapter"), safe_serialization=True)
-        backbone = copy.deepcopy(backbone).merge_and_unload()
-    with _quiet_transformers():
-        backbone.save_pretrained(str(out), safe_serialization=True)
+    with _quiet_transformers():  # the backbone (LoRA merged) and tokenizer, as every trainer saves
+        out = save_pretrained(model.backbone, tokenizer, out_dir)
     head = {k: v.detach().float().cpu().contiguous() for k, v in model.head.state_dict().items()}
     save_file(head, str(out / HEAD_FILE))
     info = {"format": FORMAT, "hidden_size": model.head.in_features, "gain": model.gain,
@@ -297,28 +285,14 @@ def score_items(model: RewardModel, tok: Any, items: Sequence[tuple[Prompt, str]
 # ---------------------------------------------------------------------------------- layouts
 
 
-def share_saving(groups: Sequence[Group]) -> float:
-    """Fraction of tokens prefix sharing saves: 1 - sum(P + sum L) / sum(K P + sum L)."""
-    shared = sum(len(g.prompt_ids) + sum(map(len, g.response_ids)) for g in groups)
-    full = sum(len(g.prompt_ids) * len(g.response_ids) + sum(map(len, g.response_ids))
-               for g in groups)
-    return 1.0 - shared / max(full, 1)
-
-
 def share_supported(model: RewardModel, pad_id: int) -> bool:
     """Whether shared-prefix packs score exactly like separate sequences on this model (needs a
     causal backbone whose attention takes a custom 4-D mask, e.g. SDPA or eager in transformers)."""
     if not model.causal:
         return False
-    probe = [Group([5, 6, 7], [[8, 9], [10, 11, 12]], [(0, 1, 0.0, False)], []),
-             Group([13, 14], [[15], [16, 17]], [(1, 0, 0.0, False)], [])]
-    try:
-        with _eval_mode(model), torch.no_grad():
-            pad = model.rewards(collate(probe, "pad", pad_id))
-            share = model.rewards(collate(probe, "share", pad_id))
-    except (RuntimeError, ValueError, TypeError):
-        return False
-    return torch.allclose(pad, share, atol=1e-4, rtol=1e-3)
+    probe = [Group(list(prompt), [list(r) for r in responses]) for prompt, responses in PROBE]
+    return agrees_with_pad(model, lambda lay: model.rewards(collate(probe, lay, pad_id)), "share",
+                           atol=1e-4, rtol=1e-3)
 
 
 def choose_layout(layout: str, model: RewardModel, pad_id: int) -> str:
@@ -332,10 +306,8 @@ def choose_layout(layout: str, model: RewardModel, pad_id: int) -> str:
     pack 7.6k, pad 7.0-7.5k (1 thread, CPU time). The dense 4-D mask computes attention over a
     whole packed row, but on these models the saved MLP and padding work far outweigh it.
     """
-    if layout == "auto":
-        return "share" if share_supported(model, pad_id) else "pad"
-    if layout in ("share", "pack") and not share_supported(model, pad_id):
-        raise CoachError(f"layout {layout!r} needs a causal backbone that takes a 4-D attention "
-                         f"mask; {type(model.backbone).__name__} does not score packed sequences "
-                         "exactly; use layout: pad")
-    return layout
+    # "pack" takes the same 4-D mask as "share" (block-diagonal), so one probe answers both.
+    return resolve_layout(layout, ("share", "pad"), lambda _: share_supported(model, pad_id),
+                          f"layout {layout!r} needs a causal backbone that takes a 4-D attention "
+                          f"mask; {type(model.backbone).__name__} does not score packed sequences "
+                          "exactly; use layout: pad")

@@ -47,6 +47,7 @@ from coachlm.losses import ipo as ipo_loss
 from coachlm.models.load import load_model, load_tokenizer, save_pretrained
 from coachlm.models.lora import LoRAConfig, adapter_disabled, apply_lora
 from coachlm.trainers.dpo_logps import cached_reference, choose_layout, head_matches, sequence_logps
+from coachlm.trainers.epochs import steps_for_epochs
 from coachlm.trainers.loop import LossOut, TrainConfig, TrainResult, train, use_bf16
 
 Reference = Literal["cached", "adapter"]
@@ -220,16 +221,6 @@ def _model(cfg: DPOConfig, tok: Any) -> torch.nn.Module:
     return model
 
 
-def _steps(cfg: DPOConfig, batches_per_epoch: int) -> TrainConfig:
-    if cfg.epochs is None:
-        return cfg.train
-    steps = max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.train.grad_accum))
-    try:
-        return dataclasses.replace(cfg.train, max_steps=steps)
-    except ValueError as e:
-        raise CoachError(f"epochs={cfg.epochs} gives {steps} steps: train: {e}") from None
-
-
 def dpo(cfg: DPOConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     """`run_dpo`, also returning the loop's TrainResult (metrics, tokens/s)."""
     # 1. pairs, tokenized; held-out prompts
@@ -253,7 +244,7 @@ def dpo(cfg: DPOConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     batches = PairBatches(train_pairs, tcfg.batch_size, tok.pad_token_id, layout, seed=tcfg.seed,
                           bucket_batches=cfg.bucket_batches,
                           ref_logps=None if ref is None else ref[:len(train_pairs)])
-    tcfg = _steps(cfg, len(batches))
+    tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches))
     cfg = dataclasses.replace(cfg, train=tcfg, layout=layout)
     cfg.out.mkdir(parents=True, exist_ok=True)
     config.save(cfg, cfg.out / "config.yaml")

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from coachlm.data.layouts import PROBE, agrees_with_pad, resolve_layout
 from coachlm.data.pairs import Pair, PairBatch, PairBatches, collate, share_saving
-from coachlm.errors import CoachError
 from coachlm.models.load import weights_hash
 from coachlm.models.logprobs import logprobs_from_logits
 from coachlm.models.lora import adapter_disabled
@@ -76,31 +76,19 @@ def head_matches(model: Any) -> bool:
 
 def layout_supported(model: Any, layout: str, pad_id: int) -> bool:
     """Whether `layout` gives the same logps as one padded row per sequence on this model."""
-    probe = [Pair((5, 6, 7), (8, 9), (10, 11, 12)), Pair((13, 14), (15,), (16, 17))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ref = sequence_logps(model, collate(probe, "pad", pad_id))
-            got = sequence_logps(model, collate(probe, layout, pad_id))
-    except (RuntimeError, ValueError, TypeError):
-        return False
-    finally:
-        model.train(was_training)
-    return torch.allclose(ref, got, atol=1e-4, rtol=1e-4)
+    probe = [Pair(prompt, *responses) for prompt, responses in PROBE]
+    return agrees_with_pad(model, lambda lay: sequence_logps(model, collate(probe, lay, pad_id)),
+                           layout, atol=1e-4, rtol=1e-4)
 
 
 def choose_layout(layout: str, model: Any, pairs: Sequence[Pair], pad_id: int) -> str:
     """Resolve "auto": "share" when supported and it saves >= SHARE_MIN_SAVING of the tokens,
     else "pack" when supported, else "pad". An explicit layout the model cannot run is an error."""
-    if layout == "auto":
-        if share_saving(pairs) >= SHARE_MIN_SAVING and layout_supported(model, "share", pad_id):
-            return "share"
-        return "pack" if layout_supported(model, "pack", pad_id) else "pad"
-    if layout != "pad" and not layout_supported(model, layout, pad_id):
-        raise CoachError(f"layout {layout!r}: {type(model).__name__} does not give packed "
-                         "sequences the logps it gives them alone; use layout: pad")
-    return layout
+    candidates = ("share",) if share_saving(pairs) >= SHARE_MIN_SAVING else ()
+    return resolve_layout(layout, (*candidates, "pack", "pad"),
+                          lambda lay: layout_supported(model, lay, pad_id),
+                          f"layout {layout!r}: {type(model).__name__} does not give packed "
+                          "sequences the logps it gives them alone; use layout: pad")
 
 
 def reference_key(model_dir: Path, pairs: Sequence[Pair], bf16: bool) -> str:

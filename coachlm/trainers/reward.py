@@ -41,15 +41,15 @@ from torch import Tensor
 from coachlm import config
 from coachlm.data.io import PREFERENCE_KINDS, read_records
 from coachlm.data.reward_batches import (Group, GroupBatches, RewardBatch, build_groups,
-                                         scoring_groups, truncate_group)
+                                         scoring_groups, share_saving, truncate_group)
 from coachlm.errors import CoachError, DataError
 from coachlm.losses import bradley_terry, bradley_terry_tie, ranking
 from coachlm.models.load import load_tokenizer
 from coachlm.models.lora import LoRAConfig
 from coachlm.models.reward import (RewardModel, build_reward_model, choose_layout,
                                    fit_normalization, load_reward_model, save_reward_model,
-                                   score_items, score_sequences, share_saving,
-                                   update_normalization)
+                                   score_items, score_sequences, update_normalization)
+from coachlm.trainers.epochs import steps_for_epochs
 from coachlm.trainers.loop import LossOut, TrainConfig, TrainResult, train, use_bf16
 
 
@@ -216,16 +216,6 @@ def fit_reference(model: RewardModel, groups: list[Group], pad_id: int, layout: 
 # ------------------------------------------------------------------------------------- run
 
 
-def _steps(cfg: RMConfig, batches_per_epoch: int) -> TrainConfig:
-    if cfg.epochs is None:
-        return cfg.train
-    steps = max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.train.grad_accum))
-    try:
-        return dataclasses.replace(cfg.train, max_steps=steps)
-    except ValueError as e:
-        raise CoachError(f"epochs={cfg.epochs} gives {steps} steps: train: {e}") from None
-
-
 def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     """`run_rm`, also returning the loop's TrainResult (metrics, tokens/s)."""
     tok = load_tokenizer(cfg.model)
@@ -240,7 +230,7 @@ def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     layout = choose_layout(cfg.layout, model, tok.pad_token_id)
     batches = GroupBatches(train_g, cfg.train.batch_size, tok.pad_token_id, layout,
                            seed=cfg.train.seed, bucket_batches=cfg.bucket_batches)
-    tcfg = _steps(cfg, len(batches))
+    tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches))
     cfg = dataclasses.replace(cfg, train=tcfg, layout=layout)
     cfg.out.mkdir(parents=True, exist_ok=True)
     config.save(cfg, cfg.out / "config.yaml")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import click
 import typer
@@ -44,18 +44,7 @@ rm_app = typer.Typer(cls=TrainByDefault, no_args_is_help=True, add_completion=Fa
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.")
 OverridesArg = typer.Argument(None, help="Dotted overrides, e.g. train.lr=5e-5 epochs=2.")
 ModelOpt = typer.Option(None, "--model", "-m", help="Model directory.")
-
-
-def _load(cls: type, config: Optional[Path], overrides: Optional[list[str]], **named: Any) -> Any:
-    """defaults < --config YAML < named options < dotted overrides."""
-    named_overrides = [f"{k}={json.dumps(_plain(v))}" for k, v in named.items() if v]
-    return cfglib.load(cls, config, [*named_overrides, *(overrides or [])])
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return [str(x) for x in v]
-    return str(v) if isinstance(v, Path) else v
+_load = cfglib.load_options  # defaults < --config YAML < named options < dotted overrides
 
 
 @rm_app.command()
