@@ -25,54 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from coachlm import config
-from coachlm.data.chat import encode_prompt
 from coachlm.data.io import read_prompts, read_records, write_records
+from coachlm.eval.kl import kl_to_reference
 from coachlm.eval.world_eval import EvalConfig, run_eval, stratified
-from coachlm.models.load import load_model, load_tokenizer
-from coachlm.models.logprobs import sequence_logprobs
 from coachlm.rollout.sample_cmd import SampleConfig, run_sample
-from coachlm.rollout.sampling import SamplingConfig, generate
 from coachlm.trainers.dpo import DPOConfig, dpo
 from coachlm.world import simulate_comparisons
-
-
-def kl_to_reference(policy_dir: Path, ref_dir: Path, prompts_path: Path, limit: int,
-                    max_new_tokens: int, seed: int = 0) -> dict[str, float]:
-    """Sequence-level KL(policy || reference), k1 estimate on policy samples, in nats."""
-    tok = load_tokenizer(policy_dir)
-    policy = load_model(policy_dir, tokenizer=tok).eval()
-    ref = load_model(ref_dir, tokenizer=tok).eval()
-    prompts = stratified(read_prompts(prompts_path), limit)
-    ids = [encode_prompt(tok, p.prompt) for p in prompts]
-    gen = generate(policy, tok, ids, SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0,
-                                                    batch_size=64, seed=seed))
-    diffs, lengths = [], []
-    with torch.no_grad():
-        for start in range(0, len(ids), 64):
-            rows = range(start, min(start + 64, len(ids)))
-            seqs = [ids[gen.prompt_index[r]] + gen.response_ids[r] for r in rows]
-            width = max(map(len, seqs))
-            input_ids = torch.full((len(seqs), width), tok.pad_token_id)  # (B, T) right-padded
-            attention = torch.zeros(len(seqs), width, dtype=torch.long)  # (B, T)
-            response = torch.zeros(len(seqs), width, dtype=torch.long)  # (B, T)
-            for i, r in enumerate(rows):
-                n_p, n = len(ids[gen.prompt_index[r]]), len(seqs[i])
-                input_ids[i, :n] = torch.tensor(seqs[i])
-                attention[i, :n] = 1
-                response[i, n_p:n] = 1
-            lp = sequence_logprobs(policy, input_ids, attention, response).sum(-1)  # (B,)
-            lr = sequence_logprobs(ref, input_ids, attention, response).sum(-1)  # (B,)
-            diffs += (lp - lr).tolist()
-            lengths += response.sum(-1).tolist()
-    n = len(diffs)
-    mean = sum(diffs) / n
-    std = (sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1)) ** 0.5
-    return {"kl": round(mean, 4), "kl_stderr": round(std / n ** 0.5, 4),
-            "kl_per_token": round(sum(diffs) / max(sum(lengths), 1), 5), "kl_samples": n,
-            "mean_response_tokens": round(sum(lengths) / n, 1)}
 
 
 def main(argv: list[str]) -> dict:
@@ -120,7 +79,8 @@ def main(argv: list[str]) -> dict:
                              limit=args.eval_limit, max_new_tokens=args.max_new_tokens))
     timings["eval"] = round(time.perf_counter() - t, 1)
     # 5. KL to the SFT policy on held-out prompts
-    kl = kl_to_reference(final, args.sft, args.world / "prompts_heldout.jsonl", args.eval_limit,
+    kl = kl_to_reference(final, args.sft,
+                         stratified(read_prompts(args.world / "prompts_heldout.jsonl"), args.eval_limit),
                          args.max_new_tokens)
     keep = ("loss", "rewards_accuracy", "rewards_margin", "val_loss", "val_accuracy", "val_margin")
     res = {"comparisons": choices, "dpo_config": config.to_dict(cfg),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -26,16 +26,7 @@ console = Console(stderr=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.", exists=False)
 OverridesArg = typer.Argument(None, help="Dotted overrides, e.g. train.max_steps=100 train.lr=3e-4.")
-
-
-def _load(cls: type, config: Optional[Path], overrides: Optional[list[str]], **named: Any) -> Any:
-    """defaults < --config YAML < named options < dotted overrides."""
-    named_overrides = [f"{k}={_yaml_value(v)}" for k, v in named.items() if v is not None]
-    return cfglib.load(cls, config, [*named_overrides, *(overrides or [])])
-
-
-def _yaml_value(v: Any) -> str:
-    return json.dumps(str(v)) if isinstance(v, Path) else json.dumps(v)
+_load = cfglib.load_options  # defaults < --config YAML < named options < dotted overrides
 
 
 def _mount_subapps() -> None:
@@ -160,8 +151,8 @@ def ppo(model: Optional[Path] = typer.Option(None, help="Starting policy (usuall
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Directory for every stage."),
          config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """The quickstart loop on the built-in world: world -> pretrain -> SFT -> eval (cached stages)."""
-    from coachlm.pipeline import DemoConfig, run_demo
+    """The quickstart loop on the built-in world: world -> pretrain -> SFT -> sample -> simulated feedback -> reward model -> PPO -> eval (cached stages)."""
+    from coachlm.demo import DemoConfig, run_demo
 
     cfg = _load(DemoConfig, config, overrides)
     run_demo(cfg, out)

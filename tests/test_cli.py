@@ -56,28 +56,40 @@ def test_demo_runs_end_to_end_and_caches(tmp_path):
     overrides = ["world.sft_demos=64", "world.train_prompts=16", "world.heldout_per_family=2",
                  "world.corpus_chars=60000", "preset=world-tiny", "seq_len=64", "vocab_size=512",
                  "pretrain.max_steps=4", "pretrain.batch_size=4", "sft.max_steps=4",
-                 "sft.batch_size=4", "sft_max_length=96", "eval_max_new_tokens=16"]
+                 "sft.batch_size=4", "sft_max_length=96", "samples_per_prompt=3",
+                 "sample_max_new_tokens=12", "rm.batch_size=4", "ppo.steps=2",
+                 "ppo.rollout_batch_size=4", "ppo.samples_per_prompt=1", "ppo.mini_batch_size=4",
+                 "ppo.micro_batch_size=4", "ppo.max_new_tokens=12", "eval_max_new_tokens=16",
+                 "kl_samples=4"]
+    stages = ("world", "pretrain", "sft", "sample", "feedback", "rm", "ppo", "eval")
     proc = coachlm("demo", "--out", str(out), *overrides)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "demo.json").read_text())
-    assert 0.0 <= summary["base_if_rate"] <= 1.0 and 0.0 <= summary["sft_if_rate"] <= 1.0
-    for stage in ("world", "pretrain", "sft", "eval"):
+    assert set(summary["if_rate"]) == {"base", "sft", "ppo"}
+    assert all(0.0 <= v <= 1.0 for v in summary["if_rate"].values())
+    assert set(summary["win_rate"]) == {"ppo_over_sft", "sft_over_base"}
+    assert summary["kl_ppo_sft"]["kl_samples"] == 4
+    assert set(summary["stage_seconds"]) == set(stages)
+    for stage in stages:
         record = json.loads((out / stage / "stage.json").read_text())
         assert record["stage"] == stage and record["key"]
-    # lineage: SFT names the world and the pretrained model it came from
-    sft = json.loads((out / "sft" / "stage.json").read_text())
-    assert set(sft["inputs"]) == {"world", "pretrain"}
-    assert (out / "pretrain" / "metrics.jsonl").is_file() and (out / "sft" / "summary.json").is_file()
+    # lineage: each model names the data and models it came from
+    assert set(json.loads((out / "sft" / "stage.json").read_text())["inputs"]) == {"world", "pretrain"}
+    assert set(json.loads((out / "rm" / "stage.json").read_text())["inputs"]) == {"feedback", "sft"}
+    assert set(json.loads((out / "ppo" / "stage.json").read_text())["inputs"]) == {"world", "sft", "rm"}
+    assert (out / "feedback" / "rankings.jsonl").is_file()
+    assert json.loads((out / "ppo" / "summary.json").read_text())["steps"] == 2
     # a second run with the same settings re-runs nothing
     again = coachlm("demo", "--out", str(out), *overrides)
     assert again.returncode == 0, again.stderr
-    assert again.stderr.count("cached") == 4
-    # changing an SFT setting re-runs SFT and eval only
-    changed = coachlm("demo", "--out", str(out), *overrides, "sft.max_steps=5")
+    assert again.stderr.count("cached") == len(stages)
+    # changing a reward-model setting re-runs the reward model, PPO and eval only
+    changed = coachlm("demo", "--out", str(out), *overrides, "rm.lr=1e-4")
     assert changed.returncode == 0, changed.stderr
-    assert "world: cached" in changed.stderr and "pretrain: cached" in changed.stderr
-    assert "sft: cached" not in changed.stderr and "eval: cached" not in changed.stderr
-    assert json.loads((out / "sft" / "summary.json").read_text())["steps"] == 5
+    for stage in ("world", "pretrain", "sft", "sample", "feedback"):
+        assert f"{stage}: cached" in changed.stderr
+    for stage in ("rm", "ppo", "eval"):
+        assert f"{stage}: cached" not in changed.stderr
 
 
 def test_interrupted_stage_resumes_and_changed_stage_starts_clean(tmp_path):

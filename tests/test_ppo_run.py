@@ -101,3 +101,44 @@ def test_full_fine_tuning_keeps_a_frozen_reference(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # ...against the unchanged start
     assert rows[1]["kl"] != 0.0
+
+
+def test_critic_from_reward_model_starts_at_its_scores(files, tmp_path):
+    """Before any update, the critic's value of each response prefix is the reward model's
+    normalized score of prompt + that prefix (InstructGPT's initialization)."""
+    from coachlm.data.chat import encode_prompt
+    from coachlm.models.reward import load_reward_model
+    from coachlm.rollout.experience import pack_rollout
+    from coachlm.trainers.critic import build_critic
+
+    rm = build_reward_model(files / "base", tokenizer(), seed=0)
+    rm.gain, rm.bias = 2.0, -0.5
+    save_reward_model(rm, tokenizer(), tmp_path / "rm")
+    critic = build_critic("reward_model", str(tmp_path / "rm"), None, seed=0)
+    tok = tokenizer()
+    prompts = [encode_prompt(tok, p) for p in PROMPTS[:2]]
+    responses = [[5, 6, 7], [8, 9]]
+    sequences, attention, action = pack_rollout(prompts, responses, [0, 1], tok.pad_token_id)
+    with torch.no_grad():
+        values = critic(sequences, attention, action)  # (2, 3)
+    loaded = load_reward_model(tmp_path / "rm")
+    for b, (p, r) in enumerate(zip(prompts, responses)):
+        for t in range(len(r)):
+            seq = torch.tensor([p + r[:t]])  # (1, L): the prompt and the response before token t
+            with torch.no_grad():
+                raw = loaded(seq, None, None, torch.tensor([0]), torch.tensor([seq.shape[1] - 1]))
+            assert torch.allclose(values[b, t], loaded.normalize(raw)[0], atol=1e-5)
+        assert (values[b, len(r):] == 0).all()
+
+
+def test_ppo_with_reward_model_critic_runs_and_resumes(files, tmp_path):
+    rm = build_reward_model(files / "base", tokenizer(), seed=0)
+    save_reward_model(rm, tokenizer(), tmp_path / "rm")
+    cfg = _run_config(files, tmp_path / "out", reward=str(tmp_path / "rm"), critic="reward_model")
+    run_ppo(cfg)
+    first = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "explained_variance" in first and "value_loss" in first
+    with pytest.raises(CoachError, match="needs a reward-model directory"):
+        run_ppo(_run_config(files, tmp_path / "rub", critic="reward_model"))
+    with pytest.raises(ConfigError, match="needs algo ppo"):
+        _run_config(files, tmp_path / "x", algo="grpo", critic="reward_model")

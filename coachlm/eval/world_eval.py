@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -146,6 +146,64 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.out is not None:
         (cfg.out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def compare_models(models: dict[str, str | Path], cfg: EvalConfig, out: Path | None,
+                   pairs: Sequence[tuple[str, str]] = (), kl: tuple[str, str] | None = None,
+                   kl_samples: int = 250) -> dict[str, Any]:
+    """Decode the held-out prompts once per model (name -> directory), score every model, and
+    give the rubric win rate of each (a, b) in `pairs` and KL(kl[0] || kl[1]) on samples.
+    Writes samples_<name>.jsonl and eval.json in `out` when given."""
+    from coachlm.data.io import read_prompts
+    from coachlm.eval.kl import kl_to_reference
+
+    prompts = stratified(read_prompts(cfg.prompts), cfg.limit)
+    if not prompts:
+        raise CoachError(f"{cfg.prompts}: no prompts to evaluate")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = replace(cfg, out=out)
+    responses, results = {}, {}
+    for name, model_dir in models.items():
+        responses[name], results[name] = _evaluate_one(Path(model_dir), name, prompts, cfg)
+    report: dict[str, Any] = {"n": len(prompts), "models": results, "win_rate": {
+        f"{a}_over_{b}": win_rate(prompts, responses[a], responses[b]) for a, b in pairs}}
+    if kl is not None:
+        report["kl"] = kl_to_reference(Path(models[kl[0]]), Path(models[kl[1]]),
+                                       prompts[:kl_samples], cfg.max_new_tokens, seed=cfg.seed)
+    if out is not None:
+        (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def print_comparison(report: dict[str, Any]) -> None:
+    """`compare_models`' report as a table of IF rate and score per family and model."""
+    from rich.console import Console
+    from rich.table import Table
+
+    models = report["models"]
+    table = Table(title=f"Held-out evaluation ({report['n']} prompts, rubric, greedy)")
+    table.add_column("family")
+    for name in models:
+        table.add_column(f"{name} IF", justify="right")
+        table.add_column(f"{name} score", justify="right")
+    first = next(iter(models.values()))
+    for fam in first["per_family"]:
+        cells = []
+        for m in models.values():
+            f = m["per_family"].get(fam, {"if_rate": 0.0, "score": 0.0})
+            cells += [f"{f['if_rate']:.1%}", f"{f['score']:.3f}"]
+        table.add_row(fam, *cells)
+    table.add_row("all", *[c for m in models.values()
+                           for c in (f"{m['if_rate']:.1%}", f"{m['score']:.3f}")])
+    console = Console()
+    console.print(table)
+    for key, rate in report["win_rate"].items():
+        a, b = key.split("_over_")
+        console.print(f"win rate of {a} over {b} (rubric, ties count half): {rate:.1%}")
+    if "kl" in report:
+        console.print(f"KL to the reference: {report['kl']['kl']:.3f} nats per response "
+                      f"(± {report['kl']['kl_stderr']:.3f})")
 
 
 def print_report(result: dict[str, Any]) -> None:

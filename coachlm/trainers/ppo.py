@@ -198,8 +198,8 @@ def _iteration(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
     return metrics, table
 
 
-def _setup(model: nn.Module, cfg: PPOConfig) -> tuple[ActorCritic, nn.Module | None, TrainConfig,
-                                                      torch.optim.Optimizer, bool, Any]:
+def _setup(model: nn.Module, cfg: PPOConfig, critic: nn.Module | None
+           ) -> tuple[ActorCritic, nn.Module | None, TrainConfig, torch.optim.Optimizer, bool, Any]:
     """(actor-critic, reference or None with LoRA, optimizer settings, optimizer, bf16,
     autocast factory)."""
     from peft import PeftModel
@@ -208,7 +208,7 @@ def _setup(model: nn.Module, cfg: PPOConfig) -> tuple[ActorCritic, nn.Module | N
     ref_model = None if isinstance(model, PeftModel) else \
         copy.deepcopy(model).eval().requires_grad_(False)
     with torch.random.fork_rng():  # the value head is zero-initialized; keep the streams intact
-        ac = ActorCritic(model, _hidden_size(model) if cfg.algo == "ppo" else None)
+        ac = ActorCritic(model, _hidden_size(model) if cfg.algo == "ppo" else None, critic)
     tcfg = _optim_config(cfg)
     optimizer = make_optimizer(ac, tcfg)
     bf16 = use_bf16(tcfg, next(model.parameters()).device)
@@ -222,8 +222,11 @@ def _setup(model: nn.Module, cfg: PPOConfig) -> tuple[ActorCritic, nn.Module | N
 
 
 def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], reward: Reward,
-              cfg: PPOConfig, out_dir: str | Path, resume: bool = False) -> PPOResult:
+              cfg: PPOConfig, out_dir: str | Path, resume: bool = False,
+              critic: nn.Module | None = None) -> PPOResult:
     """Optimize `model` in place (a peft LoRA model, or any causal LM for full fine-tuning).
+
+    `critic`: a separate critic module (`trainers.critic`); None: a value head on the policy.
 
     Writes metrics.jsonl, samples.jsonl, summary.json and checkpoints under `out_dir`; with
     `resume` it continues exactly from the latest checkpoint there.
@@ -234,7 +237,7 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
     out_dir.mkdir(parents=True, exist_ok=True)
     threads = set_threads(cfg.threads)
     seed_everything(cfg.seed)
-    ac, ref_model, tcfg, optimizer, bf16, autocast = _setup(model, cfg)
+    ac, ref_model, tcfg, optimizer, bf16, autocast = _setup(model, cfg, critic)
     lora = ref_model is None
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
     stream, kl_ctl, norm = PromptStream(len(prompts), cfg.seed), _kl_controller(cfg), RewardNorm()
@@ -291,6 +294,7 @@ def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
     from coachlm.data.io import read_prompts
     from coachlm.models.load import load_model, load_tokenizer, save_pretrained
     from coachlm.models.lora import apply_lora
+    from coachlm.trainers.critic import build_critic
 
     tok = load_tokenizer(cfg.model)
     prompts = [r.prompt for r in read_prompts(cfg.prompts)]
@@ -300,7 +304,8 @@ def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
         with torch.random.fork_rng():  # LoRA init must not shift the run's seeded streams
             torch.manual_seed(cfg.ppo.seed)
             model = apply_lora(model, cfg.ppo.lora)
+    critic = build_critic(cfg.ppo.critic, cfg.reward, cfg.ppo.lora, cfg.ppo.seed)
     cfg.out.mkdir(parents=True, exist_ok=True)
     config.save(cfg, cfg.out / "config.yaml")
-    train_ppo(model, tok, prompts, reward, cfg.ppo, cfg.out, resume=resume)
+    train_ppo(model, tok, prompts, reward, cfg.ppo, cfg.out, resume=resume, critic=critic)
     return save_pretrained(model, tok, cfg.out / "final")

@@ -39,6 +39,10 @@ class PPOConfig:
     clip_eps: float = 0.2
     value_clip_eps: float = 0.2
     vf_coef: float = 0.1
+    # "shared": a zero-initialized value head on the policy's trunk (cheap: one forward).
+    # "reward_model": a separate critic initialized from the reward model (InstructGPT; needs a
+    # reward-model directory as the reward; a second trunk to forward and train).
+    critic: Literal["shared", "reward_model"] = "shared"
     whiten_advantages: bool = True  # PPO only: group advantages are already relative
     # Scale the score to mean 0 / std 1 on the first rollout, which the reference policy samples
     # (a fresh LoRA adapter changes nothing): Ziegler et al., 2019, sec. 2.2. Off for a reward
@@ -81,6 +85,8 @@ class PPOConfig:
         if self.mini_batch_size % self.micro_batch_size:
             raise ValueError(f"mini_batch_size ({self.mini_batch_size}) must be a multiple of "
                              f"micro_batch_size ({self.micro_batch_size})")
+        if self.algo != "ppo" and self.critic != "shared":
+            raise ValueError(f"algo {self.algo} has no critic: critic={self.critic!r} needs algo ppo")
         if self.algo in ("grpo", "rloo") and self.samples_per_prompt < 2:
             raise ValueError(f"algo {self.algo} compares responses to the same prompt: "
                              f"samples_per_prompt must be >= 2, got {self.samples_per_prompt}")

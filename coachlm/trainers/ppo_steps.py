@@ -30,19 +30,36 @@ from coachlm.trainers.ppo_config import PPOConfig
 
 
 class ActorCritic(nn.Module):
-    """The policy and, for PPO, a value head on its last hidden state (shared trunk).
+    """The policy and, for PPO, its critic: a value head on the policy's last hidden state
+    (shared trunk), or a separate critic (`trainers.critic.RewardModelCritic`).
 
-    The head starts at zero (Huang et al., 2023): the first values are 0 and GAE starts from
-    Monte-Carlo-like returns rather than from a random critic.
+    The shared head starts at zero (Huang et al., 2023): the first values are 0 and GAE starts
+    from Monte-Carlo-like returns rather than from a random critic.
     """
 
-    def __init__(self, policy: nn.Module, hidden_size: int | None):
+    def __init__(self, policy: nn.Module, hidden_size: int | None, critic: nn.Module | None = None):
         super().__init__()
         self.policy = policy
-        self.value_head = nn.Linear(hidden_size, 1) if hidden_size else None
+        self.critic = critic
+        self.value_head = nn.Linear(hidden_size, 1) if hidden_size and critic is None else None
         if self.value_head is not None:
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
+
+    @property
+    def has_critic(self) -> bool:
+        return self.value_head is not None or self.critic is not None
+
+    def forward(self, sequences: Tensor, attention_mask: Tensor, action_mask: Tensor,
+                temperature: float, with_entropy: bool = False
+                ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(logprobs, values, entropy), each (B, N): `policy_forward` plus the critic."""
+        logprobs, values, entropy = policy_forward(self.policy, self.value_head, sequences,
+                                                   attention_mask, action_mask, temperature,
+                                                   with_entropy=with_entropy)
+        if self.critic is not None:
+            values = self.critic(sequences, attention_mask, action_mask)
+        return logprobs, values, entropy
 
 
 def reference_context(ac: ActorCritic, ref_model: nn.Module | None) -> Any:
@@ -75,7 +92,7 @@ def rollout(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
     with autocast():
         for rows in chunks:
             args = (sequences[rows], attention_mask[rows], action_mask[rows], cfg.temperature)
-            lp, v, ent = policy_forward(ac.policy, ac.value_head, *args, with_entropy=True)
+            lp, v, ent = ac(*args, with_entropy=True)
             logprobs.append(lp)
             values.append(v)
             entropy.append(ent)
@@ -89,7 +106,7 @@ def rollout(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
         finished=torch.tensor(gen.finished, dtype=torch.bool),
         prompt_index=torch.tensor(gen.prompt_index, dtype=torch.long),
         logprobs=torch.cat(logprobs).float(), ref_logprobs=torch.cat(ref_logprobs).float(),
-        values=torch.cat(values).float() if ac.value_head is not None else None)
+        values=torch.cat(values).float() if ac.has_critic else None)
     mean_entropy = float(masked_mean(torch.cat(entropy), action_mask))
     return exp, gen, mean_entropy
 
@@ -153,8 +170,8 @@ def group_relative_advantages(exp: Experience, cfg: PPOConfig) -> None:
 def _micro_loss(ac: ActorCritic, e: Experience, cfg: PPOConfig,
                 n_tokens: Tensor) -> tuple[Tensor, dict[str, float]]:
     """Loss of one micro-batch, weighted so that the mini-batch is a token-level mean."""
-    logprobs, values, _ = policy_forward(ac.policy, ac.value_head, e.sequences, e.attention_mask,
-                                         e.action_mask, cfg.temperature)  # (b, N)
+    logprobs, values, _ = ac(e.sequences, e.attention_mask, e.action_mask,
+                             cfg.temperature)  # (b, N)
     pg_loss, clipfrac, approx_kl = ppo_clip(logprobs, e.logprobs, e.advantages, e.action_mask,
                                             cfg.clip_eps)
     weight = e.action_mask.sum() / n_tokens

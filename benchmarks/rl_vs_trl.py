@@ -1,0 +1,398 @@
+"""Benchmark: `coachlm ppo --algo rloo` against TRL's RLOOTrainer, the same work through both.
+
+Same model (a freshly initialized preset Llama, optionally fine-tuned briefly, saved once and
+loaded by both in fp32), same tokenizer (trained on the built-in world's texts; the script
+checks that TRL's own chat-template tokenization gives coachlm's prompt ids), same RL prompts in
+the same order (the world's training prompts, in the order coachlm's seeded `PromptStream` takes
+them, handed to TRL as a conversational dataset with `shuffle_dataset=False`), same prompts per
+rollout, samples per prompt (`num_generations`), response length (`max_completion_length`),
+reward function (the world's rubric, `coachlm.world.rubric.score`, one Python function called
+by both), KL beta, number of rollouts, optimizer steps and episodes.
+
+TRL-side choices, made to keep the comparison fair:
+- LoRA on both sides, r=2 alpha=4 dropout 0 on all seven Llama projections (coachlm's default
+  for RL; TRL gets the same `peft.LoraConfig` as `peft_config`). With a fresh adapter both take
+  the reference policy as the base model with the adapter disabled, so neither holds a second
+  copy of the model and both do the same reference pass. `--full-ft` trains every weight on both
+  sides instead (coachlm deep-copies a frozen reference; TRL loads one from disk).
+- Sampling: temperature 1, top_k 0, top_p 1, min_p off, repetition penalty 1, transformers'
+  `generate` (no vLLM, no continuous batching). fp32 (`bf16=False`; TRL defaults to bf16);
+  `--precision bf16` turns autocast on for both.
+- Gradient checkpointing off (TRL defaults to on; coachlm never checkpoints), dropout off.
+- Batch layout: TRL's `per_device_train_batch_size` = coachlm's micro-batch (it is also the
+  batch of TRL's no-grad logprob passes, as coachlm's micro-batch is of its own),
+  `gradient_accumulation_steps` = mini-batch / micro-batch (one optimizer step per coachlm
+  mini-batch), `steps_per_generation` = episodes / micro-batch (one rollout = one generation
+  batch), `num_iterations` = coachlm's `ppo_epochs`, `max_steps` = coachlm's optimizer steps.
+- Optimizer: AdamW with coachlm's settings (betas 0.9/0.95, eps 1e-8, weight decay 0), constant
+  learning rate, no warm-up, gradient clipping at 1.0, clip epsilon 0.2.
+- Reward shaping as TRL's RLOO does it: the sequence reward is score - beta * sum of k1 KL, the
+  leave-one-out baseline, no advantage normalization, no reward clipping; coachlm's missing-EOS
+  penalty and reward clipping are turned off to match. (The losses differ as the designs do:
+  TRL clips one sequence-level ratio, coachlm clips per token; both cost one forward/backward.)
+- No checkpoints for TRL (`save_strategy="no"`); coachlm's timed call includes its final
+  checkpoint, which cannot be turned off.
+
+Tokens are counted the same way for both, from the episodes each produced, by the shared reward
+function: generated = response tokens sampled (up to and including EOS); trained = prompt +
+response tokens of every episode, times the passes over it (epochs). coachlm's own
+summary.json counts (generated_tokens, trained_tokens) and TRL's `num_tokens` (prompt +
+completion tokens per generation, so times `num_iterations` gives trained) are reported next to
+them so that a reader can check that the definitions agree.
+
+Speed is (generated + trained) tokens per wall-clock second and per CPU second of the process,
+over the training call (`train_ppo`, `trainer.train()`; model loading excluded for both), and
+per second of the loop alone (coachlm's summary seconds; TRL from its on_train_begin to
+on_train_end). `--repeats N` alternates the runs and reports medians. `phases` splits each
+side's seconds into sampling, the no-grad logprob passes (policy and reference), scoring and the
+update; "other" is the rest (set-up, coachlm's final checkpoint, decoding, logging).
+TRL's logs go to stderr; stdout is the JSON alone.
+
+The starting model is the fresh preset (`--sft-steps 0`), which almost never samples EOS, so
+nearly every response is `--max-new-tokens` long; `--sft-steps 150` first fine-tunes it on the
+world's demonstrations, so that, as in real RLHF, it answers briefly and stops (responses of varied
+length, where stopping rows early and padding matter). Run niced on a shared machine:
+
+    nice -n 15 python benchmarks/rl_vs_trl.py --threads 1 --repeats 3
+    nice -n 15 python benchmarks/rl_vs_trl.py --threads 1 --repeats 3 --sft-steps 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+from unittest import mock
+
+import torch
+
+from coachlm.data.chat import encode_prompt
+from coachlm.data.schema import Prompt
+from coachlm.models.load import load_model, load_tokenizer, save_pretrained
+from coachlm.models.lora import LLAMA_TARGETS, LoRAConfig, apply_lora
+from coachlm.models.presets import build_model
+from coachlm.models.tokenizer import train_tokenizer
+from coachlm.trainers import ppo as ppo_module
+from coachlm.trainers import ppo_steps
+from coachlm.trainers.loop import set_threads
+from coachlm.trainers.ppo import PromptStream, train_ppo
+from coachlm.trainers.ppo_config import PPOConfig
+
+
+class Phases:
+    """Seconds spent in named calls (wrapped functions), summed over the run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, name: str, fn: Callable) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - t0
+        return timed
+
+
+class CountingRubric:
+    """The world rubric, the one reward both trainers call; counts the episodes it scores."""
+
+    def __init__(self, prompt_tokens: dict[str, int]):
+        self.prompt_tokens = prompt_tokens  # instruction text -> rendered prompt length
+        self.episodes = self.generated = self.prompt = 0
+        self.means: list[float] = []  # mean rubric score of each rollout
+
+    def score(self, prompt_texts: Sequence[str], texts: Sequence[str],
+              response_ids: Sequence[Sequence[int]]) -> list[float]:
+        from coachlm.world.rubric import score
+
+        self.episodes += len(texts)
+        self.generated += sum(len(r) for r in response_ids)
+        self.prompt += sum(self.prompt_tokens[p] for p in prompt_texts)
+        out = [score(p, t).total for p, t in zip(prompt_texts, texts)]
+        self.means.append(sum(out) / len(out))
+        return out
+
+    def counts(self, epochs: int) -> dict[str, Any]:
+        trained = (self.prompt + self.generated) * epochs
+        return {"episodes": self.episodes, "generated_tokens": self.generated,
+                "mean_response_tokens": round(self.generated / self.episodes, 2),
+                "trained_tokens": trained, "tokens": self.generated + trained,
+                "reward_first": round(self.means[0], 4), "reward_last": round(self.means[-1], 4)}
+
+
+def ppo_config(args: argparse.Namespace, threads: int) -> PPOConfig:
+    return PPOConfig(
+        algo="rloo", steps=args.steps, rollout_batch_size=args.prompts,
+        samples_per_prompt=args.samples, mini_batch_size=args.mini_batch_size,
+        micro_batch_size=args.micro_batch_size, ppo_epochs=args.epochs,
+        max_new_tokens=args.max_new_tokens, temperature=1.0, kl_coef=args.beta,
+        kl_estimator="k1", clip_eps=0.2, normalize_reward=False, reward_clip=None,
+        no_eos_penalty=None, lr=args.lr, weight_decay=0.0, max_grad_norm=1.0,
+        schedule="constant", lora=None if args.full_ft else LoRAConfig(r=2, alpha=4.0),
+        bf16=args.precision == "bf16", seed=args.seed, threads=threads, sample_every=0,
+        log_every=1)
+
+
+def _rates(tokens: int, seconds: float, cpu: float, loop: float) -> dict[str, float]:
+    """Rates over the whole training call (wall, process CPU) and over its loop alone."""
+    return {"train_seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
+            "loop_seconds": round(loop, 3), "tokens_per_s": round(tokens / seconds, 1),
+            "tokens_per_cpu_s": round(tokens / cpu, 1),
+            "loop_tokens_per_s": round(tokens / loop, 1)}
+
+
+def run_ours(root: Path, base: Path, prompts: list[Prompt], counter: CountingRubric,
+             cfg: PPOConfig) -> dict:
+    """`coachlm ppo --algo rloo` as `run_ppo` does it (fp32 model, LoRA seeded), timed phases."""
+    tok = load_tokenizer(base)
+    model = load_model(base, dtype=torch.float32, tokenizer=tok)
+    if cfg.lora is not None:
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            model = apply_lora(model, cfg.lora)
+
+    def reward(ps: Sequence[Prompt], texts: Sequence[str], ids: Sequence[Sequence[int]]):
+        return torch.tensor(counter.score([p[-1].content for p in ps], texts, ids))  # (B,)
+
+    phases = Phases()
+    patches = [mock.patch.object(module, name, phases.wrap(name, getattr(module, name)))
+               for module, name in ((ppo_module, "rollout"), (ppo_module, "score_responses"),
+                                    (ppo_module, "update"), (ppo_steps, "generate"))]
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        result = train_ppo(model, tok, prompts, reward, cfg, root / "ours")
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    s = phases.seconds
+    counts = counter.counts(cfg.ppo_epochs)
+    return {**counts, **_rates(counts["tokens"], seconds, cpu, result.summary["seconds"]),
+            "own_counts": {k: result.summary[k] for k in ("generated_tokens", "trained_tokens")},
+            "phases": _phases(seconds, generate=s["generate"],
+                              logprobs_ref=s["rollout"] - s["generate"],
+                              score=s["score_responses"], update=s["update"])}
+
+
+def _phases(total: float, **parts: float) -> dict[str, float]:
+    """The parts, and "other": the rest of `total` (set-up, checkpoints, decoding, logging)."""
+    out = {k: round(v, 3) for k, v in parts.items()}
+    out["other"] = round(total - sum(parts.values()), 3)
+    return out
+
+
+def _timed_trl_trainer(phases: Phases, **kwargs: Any) -> Any:
+    """TRL's RLOOTrainer, unchanged, with its sampling, scoring and rollout calls timed, and a
+    callback timing its training loop alone (after `train()` has set itself up) as "loop"."""
+    from transformers import TrainerCallback
+    from trl import RLOOTrainer
+
+    class LoopClock(TrainerCallback):
+        start = 0.0
+
+        def on_train_begin(self, *a: Any, **k: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_end(self, *a: Any, **k: Any) -> None:
+            phases.seconds["loop"] += time.perf_counter() - self.start
+
+    class TimedRLOOTrainer(RLOOTrainer):
+        def _generate_single_turn(self, *a: Any, **k: Any) -> Any:
+            return phases.wrap("generate", super()._generate_single_turn)(*a, **k)
+
+        def _calculate_rewards(self, *a: Any, **k: Any) -> Any:
+            return phases.wrap("score", super()._calculate_rewards)(*a, **k)
+
+        def _generate_and_score_completions(self, *a: Any, **k: Any) -> Any:
+            return phases.wrap("rollout", super()._generate_and_score_completions)(*a, **k)
+
+    return TimedRLOOTrainer(callbacks=[LoopClock()], **kwargs)
+
+
+def trl_args(root: Path, cfg: PPOConfig) -> Any:
+    """RLOOConfig doing coachlm's work: see the module docstring for each choice."""
+    from trl import RLOOConfig
+
+    micro = cfg.micro_batch_size
+    return RLOOConfig(
+        output_dir=str(root / "trl"), max_steps=cfg.optimizer_steps,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=cfg.mini_batch_size // micro,
+        steps_per_generation=cfg.episodes // micro, num_iterations=cfg.ppo_epochs,
+        num_generations=cfg.samples_per_prompt, max_completion_length=cfg.max_new_tokens,
+        temperature=1.0, top_k=0, top_p=1.0, min_p=None, repetition_penalty=1.0,
+        use_vllm=False, beta=cfg.kl_coef, epsilon=cfg.clip_eps, normalize_advantages=False,
+        reward_clip_range=None, mask_truncated_completions=False, shuffle_dataset=False,
+        learning_rate=cfg.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0, bf16=cfg.bf16,
+        fp16=False, use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed,
+        gradient_checkpointing=False, disable_dropout=True, logging_steps=cfg.optimizer_steps,
+        save_strategy="no", report_to="none", dataloader_num_workers=0,
+        dataloader_pin_memory=False, disable_tqdm=True, log_completions=False)
+
+
+def run_trl(root: Path, base: Path, ordered: list[Prompt], counter: CountingRubric,
+            cfg: PPOConfig) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    def rubric(prompts: list, completions: list, completion_ids: list, **_: Any) -> list[float]:
+        return counter.score([p[-1]["content"] for p in prompts],
+                             [c[-1]["content"] for c in completions], completion_ids)
+
+    tok = load_tokenizer(base)
+    model = load_model(base, dtype=torch.float32, tokenizer=tok)
+    peft_config = None if cfg.lora is None else LoraConfig(
+        task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
+        target_modules=list(LLAMA_TARGETS))
+    data = Dataset.from_dict({"prompt": [[{"role": m.role, "content": m.content} for m in p]
+                                         for p in ordered]})
+    phases = Phases()
+    with contextlib.redirect_stdout(sys.stderr):  # TRL prints its logs; keep stdout JSON
+        trainer = _timed_trl_trainer(
+            phases, model=model, reward_funcs=rubric, args=trl_args(root, cfg),
+            train_dataset=data, processing_class=tok, peft_config=peft_config)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        trainer.train()
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    s = phases.seconds
+    counts = counter.counts(cfg.ppo_epochs)
+    num_tokens = int(trainer.state.num_input_tokens_seen)
+    return {**counts, **_rates(counts["tokens"], seconds, cpu, s["loop"]),
+            "own_counts": {"num_tokens": num_tokens,
+                           "num_tokens_x_iterations": num_tokens * cfg.ppo_epochs},
+            "phases": _phases(seconds, generate=s["generate"],
+                              logprobs_ref=s["rollout"] - s["generate"] - s["score"],
+                              score=s["score"], update=s["loop"] - s["rollout"])}
+
+
+def world_setup(args: argparse.Namespace, root: Path, threads: int) -> tuple[Path, list[Prompt]]:
+    """(starting model directory, the world's RL prompts): a fresh preset Llama with a tokenizer
+    trained on the world's texts, optionally fine-tuned for `--sft-steps` on the world's
+    demonstrations so that, like a real RLHF start, it answers briefly and stops with EOS."""
+    from coachlm.data.io import write_records
+    from coachlm.trainers.loop import TrainConfig
+    from coachlm.trainers.sft import SFTConfig, sft
+    from coachlm.world import WorldConfig, make_splits
+
+    splits = make_splits(WorldConfig(seed=0, sft_demos=2000, train_prompts=args.world_prompts,
+                                     heldout_per_family=10, corpus_chars=0))
+    texts = [d.prompt[-1].content + "\n" + d.response.text for d in splits.sft]
+    tok = train_tokenizer(texts + [r.prompt[-1].content for r in splits.train], 2048)
+    base = save_pretrained(build_model(args.preset, tok, seed=args.seed), tok, root / "fresh")
+    if args.sft_steps:
+        write_records(root / "sft.jsonl", splits.sft)
+        train = TrainConfig(lr=1e-3, weight_decay=0.0, warmup_ratio=0.05,
+                            max_steps=args.sft_steps, batch_size=16, bf16=False, seed=args.seed,
+                            threads=threads, log_every=args.sft_steps)
+        _, base = sft(SFTConfig(model=base, data=(root / "sft.jsonl",), out=root / "sft",
+                                val_fraction=0.0, train=train))
+    return base, [r.prompt for r in splits.train]
+
+
+def _check_trl_prompt_ids(tok: Any, prompts: list[Prompt]) -> None:
+    """TRL renders conversational prompts with the tokenizer's chat template itself: make sure
+    it yields exactly coachlm's prompt ids, so that both sample from the same tokens."""
+    for p in prompts[:50]:
+        msgs = [{"role": m.role, "content": m.content} for m in p]
+        trl_ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                          return_dict=True)["input_ids"]
+        if list(trl_ids) != encode_prompt(tok, p):
+            raise SystemExit(f"TRL and coachlm tokenize the prompt {p[-1].content!r} differently")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="world-small")
+    p.add_argument("--sft-steps", type=int, default=0,
+                   help="fine-tune the fresh model on world demonstrations first (0: fresh)")
+    p.add_argument("--world-prompts", type=int, default=1000, help="world training prompts")
+    p.add_argument("--steps", type=int, default=8, help="rollouts")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per rollout")
+    p.add_argument("--samples", type=int, default=4, help="samples per prompt (num_generations)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--mini-batch-size", type=int, default=None,
+                   help="episodes per optimizer step (default: the whole rollout)")
+    p.add_argument("--micro-batch-size", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=1, help="passes over each rollout")
+    p.add_argument("--beta", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: autocast on both sides (coachlm's bf16, TRL's bf16=True)")
+    p.add_argument("--full-ft", action="store_true", help="train every weight (default: LoRA)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of each, alternating; median reported")
+    args = p.parse_args(argv)
+    args.mini_batch_size = args.mini_batch_size or args.prompts * args.samples
+    return args
+
+
+def _median(runs: list[dict]) -> dict:
+    """The last run's record, with medians (and every run's value) of the speeds."""
+    out = dict(runs[-1])
+    for key in ("tokens_per_s", "tokens_per_cpu_s", "loop_tokens_per_s"):
+        out[f"{key}_runs"] = [r[key] for r in runs]
+        out[key] = round(statistics.median(out[f"{key}_runs"]), 1)
+    return out
+
+
+def _setup(args: argparse.Namespace, cfg: PPOConfig, threads: int,
+           prompt_tokens: float) -> dict[str, Any]:
+    training = "full" if cfg.lora is None else f"lora r={cfg.lora.r} alpha={cfg.lora.alpha}"
+    return {"preset": args.preset, "sft_steps": args.sft_steps, "rollouts": cfg.steps,
+            "prompts_per_rollout": cfg.rollout_batch_size,
+            "samples_per_prompt": cfg.samples_per_prompt, "episodes": cfg.steps * cfg.episodes,
+            "max_new_tokens": cfg.max_new_tokens, "mini_batch_size": cfg.mini_batch_size,
+            "micro_batch_size": cfg.micro_batch_size, "epochs": cfg.ppo_epochs,
+            "optimizer_steps": cfg.optimizer_steps, "beta": cfg.kl_coef, "lr": cfg.lr,
+            "training": training, "precision": args.precision, "threads": threads,
+            "repeats": args.repeats, "mean_prompt_tokens": round(prompt_tokens, 1),
+            "torch": torch.__version__, "trl": __import__("trl").__version__}
+
+
+def main(argv: list[str]) -> dict:
+    args = parse(argv)
+    os.environ.setdefault("COACHLM_NO_PROGRESS", "1")
+    threads = set_threads(args.threads)
+    try:
+        cfg = ppo_config(args, threads)
+    except ValueError as e:
+        raise SystemExit(f"invalid sizes: {e}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        base, prompts = world_setup(args, root, threads)
+        tok = load_tokenizer(base)
+        _check_trl_prompt_ids(tok, prompts)
+        lengths = {p[-1].content: len(encode_prompt(tok, p)) for p in prompts}
+        # The prompts coachlm's seeded stream takes, in order: TRL reads them unshuffled.
+        ordered = [prompts[i] for i in PromptStream(len(prompts), cfg.seed).take(
+            cfg.steps * cfg.rollout_batch_size)]
+        runs: dict[str, list[dict]] = {"ours": [], "trl": []}
+        for _ in range(args.repeats):  # alternate, so that load from other processes hits both
+            runs["ours"].append(run_ours(root, base, prompts, CountingRubric(lengths), cfg))
+            runs["trl"].append(run_trl(root, base, ordered, CountingRubric(lengths), cfg))
+    ours, trl = _median(runs["ours"]), _median(runs["trl"])
+    prompt_tokens = sum(lengths[p[-1].content] for p in ordered) / len(ordered)
+    return {
+        "setup": _setup(args, cfg, threads, prompt_tokens),
+        "ours": ours, "trl": trl,
+        "speedup_tokens_per_s": round(ours["tokens_per_s"] / trl["tokens_per_s"], 2),
+        "speedup_tokens_per_cpu_s": round(ours["tokens_per_cpu_s"] / trl["tokens_per_cpu_s"], 2),
+        "speedup_loop_tokens_per_s": round(
+            ours["loop_tokens_per_s"] / trl["loop_tokens_per_s"], 2),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:]), indent=2))
