@@ -14,7 +14,7 @@ from coachlm.world import (DOC_SEPARATOR, FAMILIES, FILES, WorldConfig, build_wo
                            generate_corpus, make_splits, read_corpus, score)
 
 SMALL = WorldConfig(seed=7, sft_demos=200, train_prompts=100, heldout_per_family=20,
-                    corpus_chars=200_000)
+                    corpus_chars=200_000, careless_demos=0.0)
 
 
 def _records(path):
@@ -104,3 +104,27 @@ def test_world_is_pure_python():
             "print(sorted(m for m in ('torch', 'transformers', 'fastapi') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_careless_demonstrations_are_right_but_padded_and_change_nothing_else():
+    clean = make_splits(config.replace(SMALL, careless_demos=0.0))
+    mixed = make_splits(config.replace(SMALL, careless_demos=0.5))
+    assert [to_dict(r) for r in mixed.train] == [to_dict(r) for r in clean.train]
+    assert [to_dict(r) for r in mixed.heldout] == [to_dict(r) for r in clean.heldout]
+    sloppy = [(c, m) for c, m in zip(clean.sft, mixed.sft) if m.labeler == "careless"]
+    assert 0.4 < len(sloppy) / len(mixed.sft) < 0.6
+    for c, m in zip(clean.sft, mixed.sft):
+        assert m.prompt == c.prompt and m.meta == c.meta
+        if m.labeler != "careless":
+            assert m.response == c.response
+        else:
+            assert m.response.model == "world-careless"
+    for c, m in sloppy:
+        prompt = m.prompt[-1].content
+        ideal, padded = score(prompt, c.response.text), score(prompt, m.response.text)
+        # the content is still right; the padding costs conciseness (and form or content
+        # where it breaks the request: "only yes or no", "one sentence", "the word four times")
+        assert ideal.follows and (padded.parts["correct"] == 1.0 or m.meta["family"] == "style")
+        assert padded.total < ideal.total or m.meta["family"] == "email"
+    with pytest.raises(ValueError, match="careless_demos"):
+        WorldConfig(careless_demos=1.5)

@@ -1,7 +1,8 @@
 """The built-in world: a small, deterministic instruction world for running RLHF offline.
 
 A pretraining corpus in which instructions are not followed, five task families with
-checkable answers, SFT demonstrations, RL and held-out prompts, a hidden rubric that scores any
+checkable answers, SFT demonstrations (by default half of them by careless demonstrators who pad
+right answers with a stock pleasantry), RL and held-out prompts, a hidden rubric that scores any
 response, degraded responses, and simulated labelers that write the same feedback records as
 people do. Pure Python (no torch).
 

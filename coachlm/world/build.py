@@ -19,6 +19,7 @@ from pathlib import Path
 from coachlm import config
 from coachlm.data.schema import Demonstration, PromptRecord, Response, as_prompt, to_dict
 from coachlm.world.corpus import DOC_SEPARATOR, generate_corpus, write_corpus
+from coachlm.world.degrade import CARELESS_MODEL, careless
 from coachlm.world.tasks import (FAMILIES, IDEAL_MODEL, KINDS, WORLD_VERSION, Task, TaskSpace,
                                  heldout_cap, ideal_response, prompt_text, sample_task)
 
@@ -38,6 +39,11 @@ class WorldConfig:
     families: tuple[str, ...] = FAMILIES
     tasks: TaskSpace = field(default_factory=TaskSpace)
     created_at: str = "2025-01-01T00:00:00+00:00"  # stamped on records: builds are byte-identical
+    # Fraction of demonstrations written by careless demonstrators: right, but padded with a
+    # stock pleasantry past the family's word limit (`degrade.careless`), as real demonstrations
+    # are uneven. SFT imitates them; comparisons let RLHF do better than its demonstrators
+    # (Stiennon et al., 2020). 0: every demonstration is ideal.
+    careless_demos: float = 0.5
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.families if f not in FAMILIES]
@@ -46,6 +52,8 @@ class WorldConfig:
         if min(self.sft_demos, self.train_prompts, self.heldout_per_family,
                self.corpus_chars) < 0:
             raise ValueError("counts and corpus_chars must be >= 0")
+        if not 0.0 <= self.careless_demos <= 1.0:
+            raise ValueError(f"careless_demos must be in [0, 1], got {self.careless_demos}")
 
 
 @dataclass(frozen=True)
@@ -103,11 +111,15 @@ def make_splits(cfg: WorldConfig) -> WorldSplits:
     heldout = [PromptRecord(**_record_kw(t, prompt_text(t, rng), rng, cfg)) for t in held]
     fams = cfg.families
     sft = []
+    sloppy = random.Random(f"{cfg.seed}:careless")  # its own stream: 0 changes nothing else
     for i in range(cfg.sft_demos):
         task = _training_task(fams[i % len(fams)], reserved, cfg, rng)
         kw = _record_kw(task, prompt_text(task, rng), rng, cfg)
-        response = Response(ideal_response(task, rng), IDEAL_MODEL, WORLD_VERSION)
-        sft.append(Demonstration(**kw, response=response, labeler="world"))
+        text, labeler, model = ideal_response(task, rng), "world", IDEAL_MODEL
+        if sloppy.random() < cfg.careless_demos:
+            text, labeler, model = careless(task, text), "careless", CARELESS_MODEL
+        sft.append(Demonstration(**kw, response=Response(text, model, WORLD_VERSION),
+                                 labeler=labeler))
     train = []
     for i in range(cfg.train_prompts):
         task = _training_task(fams[i % len(fams)], reserved, cfg, rng)

@@ -94,6 +94,20 @@ def _verbose(task: Task | None, response: str, rng: random.Random) -> str:
     return response
 
 
+CARELESS_MODEL = "world-careless"
+CARELESS_PAD = {"email": "I hope you are well and that everything is going nicely for you.",
+                "other": _FILLER[0]}
+
+
+def careless(task: Task, response: str) -> str:
+    """How a careless demonstrator writes `response`: right, but with a stock pleasantry (after
+    an email's greeting, else at the end) that pushes it past the family's concise word limit."""
+    if task.family == "email":
+        first, _, rest = response.partition("\n")
+        return f"{first}\n{CARELESS_PAD['email']}\n{rest}"
+    return f"{response} {CARELESS_PAD['other']}"
+
+
 def _truncate(response: str, rng: random.Random) -> str:
     words = response.split(" ")
     if len(words) < 3:  # "No." -> "N": a cut-off short answer is no answer
