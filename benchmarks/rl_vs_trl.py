@@ -33,6 +33,15 @@ TRL-side choices, made to keep the comparison fair:
 - No checkpoints for TRL (`save_strategy="no"`); coachlm's timed call includes its final
   checkpoint, which cannot be turned off.
 
+How coachlm does the same work with less computation (see `trainers.ppo_steps`,
+`rollout.experience`, `rollout.sampling`): it samples with the LoRA update merged into the
+weights (one matmul per projection), runs a prompt's prefill once for all its samples, and in
+the no-grad passes and the update forwards length-sorted micro-batches trimmed to their own
+width, with each prompt computed once for all its samples in the micro-batch (prefix sharing,
+a 4-D mask). Logprobs are still recomputed after sampling, and the micro-batch of each pass
+still holds `--micro-batch-size` episodes. Prompt tokens count once per episode all the same
+(below), as TRL processes them: tokens/s compares work done, not FLOPs.
+
 Tokens are counted the same way for both, from the episodes each produced, by the shared reward
 function: generated = response tokens sampled (up to and including EOS); trained = prompt +
 response tokens of every episode, times the passes over it (epochs). coachlm's own
@@ -44,8 +53,9 @@ Speed is (generated + trained) tokens per wall-clock second and per CPU second o
 over the training call (`train_ppo`, `trainer.train()`; model loading excluded for both), and
 per second of the loop alone (coachlm's summary seconds; TRL from its on_train_begin to
 on_train_end). `--repeats N` alternates the runs and reports medians. `phases` splits each
-side's seconds into sampling, the no-grad logprob passes (policy and reference), scoring and the
-update; "other" is the rest (set-up, coachlm's final checkpoint, decoding, logging).
+side's seconds into sampling, the no-grad logprob passes (policy and reference; for coachlm also
+merging the adapter before sampling), scoring and the update; "other" is the rest (set-up,
+coachlm's final checkpoint, decoding, logging).
 TRL's logs go to stderr; stdout is the JSON alone.
 
 The starting model is the fresh preset (`--sft-steps 0`), which almost never samples EOS, so

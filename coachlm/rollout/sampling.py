@@ -10,6 +10,8 @@
 - The pad token is never sampled: a pad in a response could not be told from padding.
 - Rows are sorted by prompt length before batching, so that a batch holds similar lengths and
   little padding; results come back in the original order.
+- The n samples of a prompt share its prefill: each distinct prompt of a batch is run once and
+  its KV-cache rows copied to its samples.
 - `logprobs` are those of the sampled tokens under softmax(logits / temperature), before top-k /
   top-p filtering: exactly what `coachlm.models.logprobs.sequence_logprobs` recomputes. RLHF
   samples with top_k=0 and top_p=1 so that the two distributions agree.
@@ -143,6 +145,35 @@ def _static_cache(model: Any, max_len: int) -> Any:
         return None
 
 
+def _prefill(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             position_ids: torch.Tensor, max_len: int) -> tuple[torch.Tensor, Any]:
+    """(last-position logits (B, V), KV cache of B rows) of the left-padded prompts (B, P).
+
+    Rows with the same prompt (the n samples of one prompt) share one prefill: the distinct
+    prompts are run once and their cache rows copied to every row that asks for them (the
+    prompt's cost divided by n; in RL with 4 samples per prompt, ~20% of sampling time).
+    """
+    first: dict[tuple[int, ...], int] = {}  # prompt -> its index among the distinct ones
+    distinct: list[int] = []  # (G,) the first row of each distinct prompt
+    owner: list[int] = []  # (B,) each row's distinct prompt
+    for i, row in enumerate(input_ids.tolist()):
+        if tuple(row) not in first:
+            first[tuple(row)] = len(distinct)
+            distinct.append(i)
+        owner.append(first[tuple(row)])
+    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    rows = torch.tensor(distinct, dtype=torch.long, device=input_ids.device)  # (G,)
+    out = model(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
+                position_ids=position_ids[rows], past_key_values=_static_cache(model, max_len),
+                use_cache=True, **keep)
+    logits, cache = out.logits[:, -1], out.past_key_values  # (G, V)
+    if len(distinct) < len(owner):
+        rows = torch.tensor(owner, dtype=torch.long, device=logits.device)  # (B,)
+        cache.reorder_cache(rows)
+        logits = logits[rows]  # (B, V)
+    return logits, cache
+
+
 def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], cfg: SamplingConfig,
                     stops: torch.Tensor, pad_id: int,
                     generator: torch.Generator | None) -> Generation:
@@ -153,10 +184,7 @@ def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], cfg: SamplingC
     attention_mask = torch.cat([prompt_mask, prompt_mask.new_zeros(B, steps)], 1).to(device)
     input_ids = input_ids.to(device)  # attention_mask: (A, P + N), filled in as tokens come
     position_ids = position_ids_from_mask(attention_mask[:, :P])  # (B, P)
-    keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-    out = model(input_ids=input_ids, attention_mask=attention_mask[:, :P],
-                position_ids=position_ids, past_key_values=_static_cache(model, P + steps),
-                use_cache=True, **keep)
+    logits, cache = _prefill(model, input_ids, attention_mask[:, :P], position_ids, P + steps)
     tokens = torch.full((B, steps), pad_id, dtype=torch.long, device=device)  # (B, N)
     logprobs = torch.zeros(B, steps, dtype=torch.float32, device=device)  # (B, N)
     lengths = torch.full((B,), steps, dtype=torch.long, device=device)  # (B,)
@@ -164,14 +192,13 @@ def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], cfg: SamplingC
     active = torch.arange(B, device=device)  # (A,) batch rows still generating
     next_pos = position_ids[:, -1:] + 1  # (A, 1)
     for t in range(steps):
-        tok, lp = _sample_next(out.logits[:, -1].float(), cfg, pad_id, generator)  # (A,), (A,)
+        tok, lp = _sample_next(logits.float(), cfg, pad_id, generator)  # (A,), (A,)
         tokens[active, t], logprobs[active, t] = tok, lp
         stopped = torch.isin(tok, stops)  # (A,)
         lengths[active[stopped]] = t + 1
         done[active[stopped]] = True
         if bool(stopped.all()) or t == steps - 1:
             break
-        cache = out.past_key_values
         if bool(stopped.any()):
             # Drop finished rows from the batch and the KV cache: later steps cost only the
             # rows still generating. (Finished rows are already padded in `tokens`.)
@@ -182,6 +209,7 @@ def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], cfg: SamplingC
         attention_mask[:, P + t] = 1
         out = model(input_ids=tok.unsqueeze(-1), attention_mask=attention_mask[:, :P + t + 1],
                     position_ids=next_pos, past_key_values=cache, use_cache=True)
+        logits, cache = out.logits[:, -1], out.past_key_values  # (A, V)
         next_pos = next_pos + 1
     n = lengths.tolist()
     return Generation(

@@ -1,12 +1,18 @@
 """The numbered steps of one PPO/GRPO/RLOO iteration, as functions of an `Experience`.
 
-  1. generate   `rollout`: pure sampling (top_k 0, top_p 1) with the KV cache; then one no-grad
-                pass for the policy's logprobs and values and one, adapter off, for the reference.
+  1. generate   `rollout`: pure sampling (top_k 0, top_p 1) with the KV cache, the LoRA update
+                merged into the weights; then one no-grad pass for the policy's logprobs and
+                values and one, adapter off, for the reference, in the update's micro-batches.
   2. score      `score_responses`: reward, optional normalization, clipping, no-EOS penalty.
   3. KL-shape   `shape_rewards`: -beta * KL on every response token, score on the last (EOS).
   4. advantages `ppo_advantages` (GAE + whitening) or `group_relative_advantages` (GRPO/RLOO).
   5. update     `update`: epochs x shuffled mini-batches of clipped policy (+ value) loss.
-"""
+
+Speed (measured on world-small, `benchmarks/rl_vs_trl.py`): micro-batches are length-sorted and
+trimmed, and share prompts when a prompt has several samples (`rollout.experience`); peft's LoRA
+layers are swapped, for the length of a step, for plain modules computing the same function
+(`lora_view`: merged weights to sample, a fused update to train, the base layer for the
+reference), and put back untouched."""
 
 from __future__ import annotations
 
@@ -19,10 +25,11 @@ from torch import Tensor, nn
 
 from coachlm.data.schema import Prompt
 from coachlm.losses import ppo_clip, value_clip
-from coachlm.models.lora import adapter_disabled
+from coachlm.models.lora import PeftModel, lora_view
 from coachlm.rl_math import (explained_variance, gae, group_advantages, kl_shaped_rewards,
                              masked_mean, masked_whiten)
-from coachlm.rollout.experience import Experience, micro_batches, pack_rollout, policy_forward
+from coachlm.rollout.experience import (Experience, SharedPrompts, pack_rollout, policy_forward,
+                                        shared_prompts_supported, sorted_micro_batches)
 from coachlm.rollout.rewards import Reward
 from coachlm.rollout.sampling import Generation, SamplingConfig, generate
 from coachlm.trainers.loop import TrainConfig, lr_at
@@ -45,18 +52,23 @@ class ActorCritic(nn.Module):
         if self.value_head is not None:
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
+        # Whether micro-batches share prompts (`experience.share_prompts`): decided by the first
+        # rollout, from the samples per prompt and a check of the policy.
+        self.shares_prompts: bool | None = None
 
     @property
     def has_critic(self) -> bool:
         return self.value_head is not None or self.critic is not None
 
     def forward(self, sequences: Tensor, attention_mask: Tensor, action_mask: Tensor,
-                temperature: float, with_entropy: bool = False
+                temperature: float, with_entropy: bool = False,
+                shared: SharedPrompts | None = None
                 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """(logprobs, values, entropy), each (B, N): `policy_forward` plus the critic."""
+        """(logprobs, values, entropy), each (B, N): `policy_forward` plus the critic (which
+        always reads the padded rows)."""
         logprobs, values, entropy = policy_forward(self.policy, self.value_head, sequences,
                                                    attention_mask, action_mask, temperature,
-                                                   with_entropy=with_entropy)
+                                                   with_entropy=with_entropy, shared=shared)
         if self.critic is not None:
             values = self.critic(sequences, attention_mask, action_mask)
         return logprobs, values, entropy
@@ -64,10 +76,48 @@ class ActorCritic(nn.Module):
 
 def reference_context(ac: ActorCritic, ref_model: nn.Module | None) -> Any:
     """(model, context) computing the reference policy: the same weights with the LoRA adapter
-    off, or a separate frozen copy when fine-tuning every weight."""
+    off (its layers swapped for their base layers), or a separate frozen copy when fine-tuning
+    every weight."""
     if ref_model is not None:
         return ref_model, contextlib.nullcontext()
-    return ac.policy, adapter_disabled(ac.policy)
+    if not isinstance(ac.policy, PeftModel):
+        raise TypeError(f"the reference of a {type(ac.policy).__name__} policy without LoRA must "
+                        "be a separate frozen copy")
+    return ac.policy, lora_view(ac.policy, "base")
+
+
+def _decide_sharing(ac: ActorCritic, cfg: PPOConfig, pad_id: int) -> bool:
+    """Share prompts in the forward passes when a prompt has several samples and the policy
+    computes them right that way (checked once, on the first rollout)."""
+    if ac.shares_prompts is None:
+        ac.shares_prompts = (cfg.samples_per_prompt > 1
+                            and shared_prompts_supported(ac.policy, pad_id))
+    return ac.shares_prompts
+
+
+def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cfg: PPOConfig,
+               share: bool) -> Tensor:
+    """Fill exp.logprobs, exp.values and exp.ref_logprobs (no grad), micro-batch by
+    micro-batch, as the update will forward them. Returns the policy's entropy (B, N)."""
+    entropy = torch.zeros_like(exp.logprobs)  # (B, N)
+    rows_all = torch.arange(exp.sequences.shape[0])
+    batches = [(rows, *exp.micro_batch(rows, share)) for rows in
+               sorted_micro_batches(rows_all, exp, cfg.micro_batch_size, by_prompt=share)]
+    with lora_view(ac.policy, "fused"):  # as the update computes the policy
+        for rows, e, shared in batches:
+            n = e.action_mask.shape[1]
+            lp, v, ent = ac(e.sequences, e.attention_mask, e.action_mask, cfg.temperature,
+                            with_entropy=True, shared=shared)  # (b, n) each
+            exp.logprobs[rows, :n], entropy[rows, :n] = lp.float(), ent.float()
+            if exp.values is not None:
+                exp.values[rows, :n] = v.float()
+    ref, ref_ctx = reference_context(ac, ref_model)
+    with ref_ctx:
+        for rows, e, shared in batches:
+            lp = policy_forward(ref, None, e.sequences, e.attention_mask, e.action_mask,
+                                cfg.temperature, shared=shared)[0]  # (b, n)
+            exp.ref_logprobs[rows, :lp.shape[1]] = lp.float()
+    return entropy
 
 
 @torch.no_grad()
@@ -78,37 +128,28 @@ def rollout(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
 
     Returns (experience, generation, mean token entropy of the policy on its samples).
 
-    Logprobs are recomputed rather than taken from the sampler so that the first PPO epoch's
-    ratio is exactly 1 (the same kernels as the update; OpenRLHF does the same).
+    Logprobs are recomputed rather than taken from the sampler (which ran on merged weights)
+    so that the first PPO epoch's ratio is exactly 1: the same kernels as the update, on the
+    same micro-batches when a mini-batch is the whole rollout (OpenRLHF also recomputes).
     """
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                           top_k=0, top_p=1.0, n=cfg.samples_per_prompt,
                           batch_size=cfg.episodes, seed=seed)
-    gen = generate(ac.policy, tokenizer, prompt_ids, scfg)
+    with lora_view(ac.policy, "merged"):
+        gen = generate(ac.policy, tokenizer, prompt_ids, scfg)
     sequences, attention_mask, action_mask = pack_rollout(
         prompt_ids, gen.response_ids, gen.prompt_index, tokenizer.pad_token_id)
-    logprobs, values, entropy, ref_logprobs = [], [], [], []
-    chunks = micro_batches(len(gen.response_ids), cfg.micro_batch_size)
-    with autocast():
-        for rows in chunks:
-            args = (sequences[rows], attention_mask[rows], action_mask[rows], cfg.temperature)
-            lp, v, ent = ac(*args, with_entropy=True)
-            logprobs.append(lp)
-            values.append(v)
-            entropy.append(ent)
-        ref, ref_ctx = reference_context(ac, ref_model)
-        with ref_ctx:
-            for rows in chunks:
-                args = (sequences[rows], attention_mask[rows], action_mask[rows], cfg.temperature)
-                ref_logprobs.append(policy_forward(ref, None, *args)[0])
+    B, N = action_mask.shape
     exp = Experience(
         sequences=sequences, attention_mask=attention_mask, action_mask=action_mask,
         finished=torch.tensor(gen.finished, dtype=torch.bool),
         prompt_index=torch.tensor(gen.prompt_index, dtype=torch.long),
-        logprobs=torch.cat(logprobs).float(), ref_logprobs=torch.cat(ref_logprobs).float(),
-        values=torch.cat(values).float() if ac.has_critic else None)
-    mean_entropy = float(masked_mean(torch.cat(entropy), action_mask))
-    return exp, gen, mean_entropy
+        logprobs=torch.zeros(B, N), ref_logprobs=torch.zeros(B, N),
+        values=torch.zeros(B, N) if ac.has_critic else None, pad_id=tokenizer.pad_token_id)
+    share = _decide_sharing(ac, cfg, tokenizer.pad_token_id)
+    with autocast():
+        entropy = _recompute(ac, ref_model, exp, cfg, share)
+    return exp, gen, float(masked_mean(entropy, action_mask))
 
 
 @dataclass
@@ -167,11 +208,11 @@ def group_relative_advantages(exp: Experience, cfg: PPOConfig) -> None:
     exp.returns = sequence_rewards.unsqueeze(1) * mask  # (B, N), logged only
 
 
-def _micro_loss(ac: ActorCritic, e: Experience, cfg: PPOConfig,
+def _micro_loss(ac: ActorCritic, e: Experience, shared: SharedPrompts | None, cfg: PPOConfig,
                 n_tokens: Tensor) -> tuple[Tensor, dict[str, float]]:
     """Loss of one micro-batch, weighted so that the mini-batch is a token-level mean."""
-    logprobs, values, _ = ac(e.sequences, e.attention_mask, e.action_mask,
-                             cfg.temperature)  # (b, N)
+    logprobs, values, _ = ac(e.sequences, e.attention_mask, e.action_mask, cfg.temperature,
+                             shared=shared)  # (b, n)
     pg_loss, clipfrac, approx_kl = ppo_clip(logprobs, e.logprobs, e.advantages, e.action_mask,
                                             cfg.clip_eps)
     weight = e.action_mask.sum() / n_tokens
@@ -196,27 +237,32 @@ def update(ac: ActorCritic, optimizer: torch.optim.Optimizer, exp: Experience, c
     """
     generator = torch.Generator().manual_seed(seed)
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    share = bool(ac.shares_prompts)
     sums: dict[str, float] = {}
     n_updates = 0
     ac.train()
-    for _ in range(cfg.ppo_epochs):
-        order = torch.randperm(exp.sequences.shape[0], generator=generator)  # (B,)
-        for mini in order.split(cfg.mini_batch_size):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(opt_step, tcfg)
-            n_tokens = exp.action_mask[mini].sum().clamp(min=1)
-            for micro in mini.split(cfg.micro_batch_size):
-                with autocast():
-                    loss, stats = _micro_loss(ac, exp.select(micro), cfg, n_tokens)
-                loss.backward()
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-            max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            opt_step, n_updates = opt_step + 1, n_updates + 1
+    with lora_view(ac.policy, "fused"):
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(exp.sequences.shape[0], generator=generator)  # (B,)
+            for mini in order.split(cfg.mini_batch_size):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(opt_step, tcfg)
+                n_tokens = exp.action_mask[mini].sum().clamp(min=1)
+                # The mini-batch's rows, regrouped by length (and prompt) and trimmed: the
+                # loss is still the mini-batch's token mean.
+                for micro in sorted_micro_batches(mini, exp, cfg.micro_batch_size, share):
+                    with autocast():
+                        loss, stats = _micro_loss(ac, *exp.micro_batch(micro, share), cfg,
+                                                  n_tokens)
+                    loss.backward()
+                    for k, v in stats.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                opt_step, n_updates = opt_step + 1, n_updates + 1
     metrics = {k: v / n_updates for k, v in sums.items()}
     metrics["lr"] = lr_at(opt_step - 1, tcfg)
     return metrics, opt_step
