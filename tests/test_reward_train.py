@@ -16,6 +16,7 @@ from coachlm.config import ConfigError
 from coachlm.data.io import read_records, write_records
 from coachlm.data.reward_batches import Group, GroupBatches, build_groups, collate
 from coachlm.data.schema import Comparison, Message, Ranking, Response, Sample, as_prompt
+from coachlm.errors import CoachError
 from coachlm.eval.reward_eval import (RMEvalConfig, RMScoreConfig, ece, eval_pairs, run_rm_eval,
                                       run_rm_score)
 from coachlm.models.load import save_pretrained
@@ -270,3 +271,14 @@ def test_world_simulated_feedback_and_trl_files_train_out_of_the_box(tmp_path, t
     # Two labelers judged each of the 6 pairs (ties skipped), one ranking per prompt, 4 TRL pairs.
     assert records["comparisons"] + records.get("skipped_tie", 0) == 12 + 4
     assert records["rankings"] == 6 and result.summary["train_prompts"] == 6 + 4
+
+
+def test_split_keeps_every_group_of_a_prompt_on_one_side():
+    # a prompt with more responses than max_group_responses spans several groups
+    groups = [Group(prompt_ids=[1, p], response_ids=[[5], [6]], comparisons=[(0, 1, 0.0, False)])
+              for p in range(10) for _ in range(3)]
+    train, val = split_groups(groups, 0.3, seed=0)
+    assert len(val) == 9 and len(train) == 21  # 3 of 10 prompts held out, with all their groups
+    assert not {tuple(g.prompt_ids) for g in train} & {tuple(g.prompt_ids) for g in val}
+    with pytest.raises(CoachError, match="leaves no training prompts of 10"):
+        split_groups(groups, 0.95, seed=0)

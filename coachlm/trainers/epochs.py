@@ -1,5 +1,5 @@
-"""Training length given in epochs, shared by the trainers whose configs take `epochs` (DPO,
-reward models; SFT has the same rule inline)."""
+"""Training length given in epochs, shared by the trainers whose configs take `epochs` (SFT,
+DPO, reward models)."""
 
 from __future__ import annotations
 

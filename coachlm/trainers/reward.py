@@ -123,12 +123,16 @@ def read_groups(paths: Sequence[Path], tok: Any, cfg: RMConfig) -> tuple[list[Gr
 
 
 def split_groups(groups: list[Group], val_fraction: float, seed: int) -> tuple[list[Group], list[Group]]:
-    """A seeded random split by prompt, so no held-out prompt is trained on."""
-    order = np.random.default_rng(seed).permutation(len(groups))
-    n_val = math.ceil(len(groups) * val_fraction) if val_fraction > 0 else 0
-    if n_val >= len(groups):
-        raise CoachError(f"val_fraction {val_fraction} leaves no training prompts of {len(groups)}")
-    return [groups[i] for i in order[n_val:]], [groups[i] for i in order[:n_val]]
+    """A seeded random split by prompt, so no held-out prompt is trained on (a prompt with more
+    than `max_group_responses` responses spans several groups: they stay on one side)."""
+    prompts = list(dict.fromkeys(tuple(g.prompt_ids) for g in groups))
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    n_val = math.ceil(len(prompts) * val_fraction) if val_fraction > 0 else 0
+    if n_val >= len(prompts):
+        raise CoachError(f"val_fraction {val_fraction} leaves no training prompts of {len(prompts)}")
+    held = {prompts[i] for i in order[:n_val]}
+    return ([g for g in groups if tuple(g.prompt_ids) not in held],
+            [g for g in groups if tuple(g.prompt_ids) in held])
 
 
 # ------------------------------------------------------------------------------------ loss

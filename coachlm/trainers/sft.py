@@ -32,6 +32,7 @@ from coachlm.data.io import read_records
 from coachlm.errors import CoachError, DataError
 from coachlm.models.load import load_model, load_tokenizer, save_pretrained
 from coachlm.models.lora import LoRAConfig, apply_lora
+from coachlm.trainers.epochs import steps_for_epochs
 from coachlm.trainers.loop import TrainConfig, TrainResult, causal_lm_loss, train
 
 Example = tuple[list[int], list[int]]  # (input_ids, labels)
@@ -146,12 +147,7 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     tcfg = cfg.train
     batches = ExampleBatches(train_ex, tcfg.batch_size, tok.pad_token_id, seed=tcfg.seed,
                              bucket_batches=cfg.bucket_batches, pack=pack)
-    if cfg.epochs is not None:
-        steps = max(1, math.ceil(cfg.epochs * len(batches) / tcfg.grad_accum))
-        try:
-            tcfg = dataclasses.replace(tcfg, max_steps=steps)
-        except ValueError as e:
-            raise CoachError(f"epochs={cfg.epochs} gives {steps} steps: train: {e}") from None
+    tcfg = steps_for_epochs(tcfg, cfg.epochs, len(batches))
     cfg = dataclasses.replace(cfg, train=tcfg, pack=pack)
     cfg.out.mkdir(parents=True, exist_ok=True)
     config.save(cfg, cfg.out / "config.yaml")
