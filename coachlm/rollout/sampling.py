@@ -27,6 +27,7 @@ import torch
 
 from coachlm.errors import CoachError
 from coachlm.models.logprobs import accepts_logits_to_keep, position_ids_from_mask
+from coachlm.models.modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -249,22 +250,17 @@ def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], cf
                 else contextlib.nullcontext())
     result = Generation(prompt_index=rows, response_ids=[[]] * len(rows),
                         finished=[False] * len(rows), logprobs=[[]] * len(rows))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), autocast:
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start:start + cfg.batch_size]
-                batch = _generate_batch(model, [prompt_ids[rows[r]] for r in idx], cfg, stops,
-                                        tokenizer.pad_token_id, generator)
-                for j, r in enumerate(idx):
-                    result.response_ids[r] = batch.response_ids[j]
-                    result.finished[r] = batch.finished[j]
-                    result.logprobs[r] = batch.logprobs[j]
-                if on_batch is not None:
-                    on_batch(len(idx), batch.num_tokens)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode(), autocast:
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            batch = _generate_batch(model, [prompt_ids[rows[r]] for r in idx], cfg, stops,
+                                    tokenizer.pad_token_id, generator)
+            for j, r in enumerate(idx):
+                result.response_ids[r] = batch.response_ids[j]
+                result.finished[r] = batch.finished[j]
+                result.logprobs[r] = batch.logprobs[j]
+            if on_batch is not None:
+                on_batch(len(idx), batch.num_tokens)
     return result
 
 

@@ -25,6 +25,7 @@ from coachlm.data.pairs import Pair, PairBatch, PairBatches, collate, share_savi
 from coachlm.models.load import weights_hash
 from coachlm.models.logprobs import logprobs_from_logits
 from coachlm.models.lora import adapter_disabled
+from coachlm.models.modes import eval_mode
 
 # Prefix sharing pays only when prompts are a large part of each pair: its 4-D mask costs more
 # than position-id packing. Measured (world-small, fwd+bwd of 16-pair batches, 2 shared CPU
@@ -63,14 +64,9 @@ def head_matches(model: Any) -> bool:
     scale or soft-cap logits in their forward, which `sequence_logps` would miss)."""
     ids = torch.arange(3, 9)[None].to(next(model.parameters()).device)  # (1, 6)
     backbone, head = _parts(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ours = head(backbone(input_ids=ids, use_cache=False).last_hidden_state)  # (1, 6, V)
-            theirs = model(input_ids=ids, use_cache=False).logits
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        ours = head(backbone(input_ids=ids, use_cache=False).last_hidden_state)  # (1, 6, V)
+        theirs = model(input_ids=ids, use_cache=False).logits
     return torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
 
 
@@ -110,16 +106,12 @@ def compute_reference(model: Any, pairs: Sequence[Pair], pad_id: int, layout: st
     out = torch.zeros(len(pairs), 2)
     batches = PairBatches(pairs, batch_size, pad_id, layout, shuffle=False)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), \
-                (adapter_disabled(model) if adapter else nullcontext()):
-            for batch in batches.epoch_batches():
-                logps = sequence_logps(model, batch).float().cpu()  # (2B,)
-                out[batch.index] = logps.view(2, -1).T
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), \
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), \
+            (adapter_disabled(model) if adapter else nullcontext()):
+        for batch in batches.epoch_batches():
+            logps = sequence_logps(model, batch).float().cpu()  # (2B,)
+            out[batch.index] = logps.view(2, -1).T
     return out
 
 

@@ -33,6 +33,7 @@ from coachlm.config import to_dict
 from coachlm.data.chat import IGNORE_INDEX
 from coachlm.data.collate import TokenBatch
 from coachlm.errors import CoachError
+from coachlm.models.modes import eval_mode
 from coachlm.runlog import RunLog, progress
 from coachlm.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
@@ -272,14 +273,10 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 def evaluate(model: torch.nn.Module, eval_fn: EvalFn, bf16: bool) -> dict[str, float]:
     """Run `eval_fn` in eval mode, without gradients, under the training precision."""
-    was_training = model.training
-    model.eval()
     device_type = next(model.parameters()).device.type
-    try:
-        with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-            return {k: float(v) for k, v in eval_fn(model).items()}
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), \
+            torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        return {k: float(v) for k, v in eval_fn(model).items()}
 
 
 # Settings that fix the data order and the update: a resumed run must keep them.

@@ -32,6 +32,7 @@ from coachlm.data.io import read_records
 from coachlm.errors import CoachError, DataError
 from coachlm.models.load import load_model, load_tokenizer, save_pretrained
 from coachlm.models.lora import LoRAConfig, apply_lora
+from coachlm.models.modes import eval_mode
 from coachlm.trainers.epochs import steps_for_epochs
 from coachlm.trainers.loop import TrainConfig, TrainResult, causal_lm_loss, train
 
@@ -113,14 +114,9 @@ def packing_supported(model: torch.nn.Module) -> bool:
     a, b = torch.arange(3, 8), torch.arange(9, 13)  # (5,), (4,)
     input_ids = torch.cat([a, b])[None]  # (1, 9)
     position_ids = torch.cat([torch.arange(5), torch.arange(4)])[None]  # (1, 9)
-    was_training = model.training
-    model.eval()  # no dropout noise in the comparison
-    try:
-        with torch.no_grad():
-            out = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits  # (1, 9, V)
-            alone = [model(input_ids=x[None], use_cache=False).logits[0] for x in (a, b)]
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():  # no dropout noise in the comparison
+        out = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits  # (1, 9, V)
+        alone = [model(input_ids=x[None], use_cache=False).logits[0] for x in (a, b)]
     return torch.allclose(out[0], torch.cat(alone), atol=1e-4, rtol=1e-3)
 
 
