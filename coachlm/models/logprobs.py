@@ -45,6 +45,13 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def backbone_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(backbone, LM head) of a causal LM, through a peft wrapper (LoRA layers live inside), so
+    that the head can run on the few positions that predict response tokens."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.base_model, base.get_output_embeddings()
+
+
 def accepts_logits_to_keep(model: Any) -> bool:
     base = getattr(model, "get_base_model", lambda: model)()
     return "logits_to_keep" in inspect.signature(base.forward).parameters

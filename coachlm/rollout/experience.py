@@ -36,8 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from coachlm.data.layouts import PROBE, agrees_with_pad, lay_out
-from coachlm.models.logprobs import (accepts_logits_to_keep, logprobs_from_logits,
-                                     position_ids_from_mask)
+from coachlm.models.logprobs import (accepts_logits_to_keep, backbone_and_head,
+                                     logprobs_from_logits, position_ids_from_mask)
 from coachlm.rl_math import entropy_from_logits
 
 
@@ -175,18 +175,12 @@ def share_prompts(sequences: Tensor, attention_mask: Tensor, action_mask: Tensor
                          pred_cols=pred_cols, targets=targets, rows=seqs, cols=cols)
 
 
-def _backbone_and_head(model: Any) -> tuple[nn.Module, nn.Module]:
-    """(backbone, LM head) of a causal LM, through a peft wrapper (LoRA layers live inside)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.base_model, base.get_output_embeddings()
-
-
 def _shared_forward(model: Any, value_head: nn.Module | None, shared: SharedPrompts,
                     shape: tuple[int, int], temperature: float, with_entropy: bool
                     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """`policy_forward` on shared prompts: the backbone over the layout, the LM head (and value
     head) only at the M positions that predict response tokens."""
-    backbone, head = _backbone_and_head(model)
+    backbone, head = backbone_and_head(model)
     hidden = backbone(input_ids=shared.input_ids, position_ids=shared.position_ids,
                       attention_mask=shared.attention_mask, use_cache=False).last_hidden_state
     hidden = hidden[shared.pred_rows, shared.pred_cols]  # (M, d)

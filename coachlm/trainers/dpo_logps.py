@@ -23,7 +23,7 @@ from torch import Tensor
 from coachlm.data.layouts import PROBE, agrees_with_pad, resolve_layout
 from coachlm.data.pairs import Pair, PairBatch, PairBatches, collate, share_saving
 from coachlm.models.load import weights_hash
-from coachlm.models.logprobs import logprobs_from_logits
+from coachlm.models.logprobs import backbone_and_head, logprobs_from_logits
 from coachlm.models.lora import adapter_disabled
 from coachlm.models.modes import eval_mode
 
@@ -35,19 +35,13 @@ from coachlm.models.modes import eval_mode
 SHARE_MIN_SAVING = 0.3
 
 
-def _parts(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(backbone, LM head) of a causal LM, through a peft wrapper (LoRA layers live inside)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.base_model, base.get_output_embeddings()
-
-
 def sequence_logps(model: Any, batch: PairBatch) -> Tensor:
     """Summed log-probabilities of the 2B responses of `batch` (chosen first), (2B,) fp32.
 
     The backbone runs over the whole batch; the LM head only at the N predicting positions.
     """
     device = next(model.parameters()).device
-    backbone, head = _parts(model)
+    backbone, head = backbone_and_head(model)
     hidden = backbone(
         input_ids=batch.input_ids.to(device),
         position_ids=None if batch.position_ids is None else batch.position_ids.to(device),
@@ -63,7 +57,7 @@ def head_matches(model: Any) -> bool:
     """Whether backbone + LM head reproduce the model's own logits (false for models that
     scale or soft-cap logits in their forward, which `sequence_logps` would miss)."""
     ids = torch.arange(3, 9)[None].to(next(model.parameters()).device)  # (1, 6)
-    backbone, head = _parts(model)
+    backbone, head = backbone_and_head(model)
     with eval_mode(model), torch.no_grad():
         ours = head(backbone(input_ids=ids, use_cache=False).last_hidden_state)  # (1, 6, V)
         theirs = model(input_ids=ids, use_cache=False).logits
