@@ -83,7 +83,7 @@ def hh_data(root: Path) -> tuple[list[Comparison], Path]:
 def run_ours(args, root: Path, tcfg: TrainConfig, layout: str) -> dict:
     cfg = RMConfig(model=root / "base", data=(root / "train.jsonl",), out=root / f"ours-{layout}",
                    max_length=args.max_length, val_fraction=0.0, epochs=None, layout=layout,
-                   bucket_batches=args.bucket_batches, train=tcfg)
+                   bucket_batches=args.bucket_batches, normalize_max=args.normalize_max, train=tcfg)
     start = time.perf_counter()
     result, final = rm(cfg)
     return {"layout": result.summary["layout"], "tokens": result.tokens,
@@ -165,6 +165,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--bucket-batches", type=int, default=4)
+    p.add_argument("--normalize-max", type=int, default=None,
+                   help="coachlm: fit the normalization on ~this many responses (default: all)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--layouts", default="auto", help="coachlm layouts to time, comma-separated")
     p.add_argument("--threads", type=int, default=None)
@@ -211,6 +213,7 @@ def main(argv: list[str]) -> dict:
         "setup": {"data": args.data, "backbone": args.preset if args.data == "world" else "stories260K",
                   "steps": args.steps, "batch_size_pairs": args.batch_size, "lr": args.lr,
                   "precision": args.precision, "max_length": args.max_length, "threads": threads,
+                  "bucket_batches": args.bucket_batches, "normalize_max": args.normalize_max,
                   "repeats": args.repeats,
                   "train_pairs": len(train), "heldout_pairs": len(held),
                   "torch": torch.__version__, "trl": __import__("trl").__version__},

@@ -14,7 +14,8 @@ Steps (`rm`):
 Reference responses for the normalization: `normalize_on`, a file of Sample records from the
 policy that RL will start from (what Ziegler et al., 2019 normalize on), or by default the
 distinct responses of the training comparisons, which match that policy only insofar as the
-comparisons were made on its samples.
+comparisons were made on its samples. `normalize_max` fits on a seeded sample of whole prompts
+instead (`sample_groups`): scoring all ~3,400 training responses took 32 s of a 76 s HH-RLHF run.
 
 Layout ("auto"): prefix sharing ("share") when the model scores shared-prefix packs exactly
 like separate sequences (checked on the model itself), else right-padded rows ("pad"); see
@@ -74,6 +75,7 @@ class RMConfig:
     margin_scale: float = 0.0  # margin = margin_scale * record.margin; 0: no margin
     max_group_responses: int = 16
     normalize_on: Path | None = None  # Sample records of the reference policy
+    normalize_max: int | None = None  # fit on a seeded sample of ~this many responses; None: all
     skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=1e-4, weight_decay=0.0, warmup_ratio=0.05, max_steps=200, batch_size=32,
@@ -90,6 +92,8 @@ class RMConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.bucket_batches < 1 or self.max_group_responses < 2:
             raise ValueError("bucket_batches must be >= 1 and max_group_responses >= 2")
+        if self.normalize_max is not None and self.normalize_max < 2:
+            raise ValueError(f"normalize_max must be >= 2, got {self.normalize_max}")
         if self.ties == "davidson" and self.margin_scale:
             raise ValueError("margin_scale and ties=davidson do not combine: Davidson's tie "
                              "model has no margin term")
@@ -207,6 +211,22 @@ def reference_groups(cfg: RMConfig, tok: Any, train_groups: list[Group]) -> tupl
     return groups, {"source": "samples", "path": str(cfg.normalize_on)}
 
 
+def sample_groups(groups: list[Group], max_responses: int, seed: int) -> list[Group]:
+    """A seeded random sample of whole groups holding at least `max_responses` responses (all
+    groups when they hold fewer). Scoring every training response for the normalization took
+    ~40% of a short HH-RLHF run; a mean and std need far fewer: with n responses their
+    relative standard errors are ~1/sqrt(n) and ~1/sqrt(2n) (3% and 2% at n = 1,000)."""
+    if sum(len(g.response_ids) for g in groups) <= max_responses:
+        return groups
+    out, n = [], 0
+    for i in np.random.default_rng(seed).permutation(len(groups)):
+        out.append(groups[i])
+        n += len(groups[i].response_ids)
+        if n >= max_responses:
+            break
+    return out
+
+
 def fit_reference(model: RewardModel, groups: list[Group], pad_id: int, layout: str,
                   batch_size: int, bf16: bool) -> dict[str, float]:
     """Set model.gain/bias so the reference responses score mean 0, std 1; returns the stats."""
@@ -249,6 +269,8 @@ def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
                                   "skipped_examples": skipped[:5]})
     bf16 = use_bf16(tcfg, model.head.weight.device)
     ref, provenance = reference_groups(cfg, tok, train_g)
+    if cfg.normalize_max is not None:
+        ref = sample_groups(ref, cfg.normalize_max, tcfg.seed)
     stats = fit_reference(model, ref, tok.pad_token_id, layout, tcfg.batch_size, bf16)
     final = save_reward_model(model, tok, cfg.out / "final", {**provenance, **stats})
     return result, final
