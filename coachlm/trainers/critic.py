@@ -2,8 +2,10 @@
 
 InstructGPT initializes the value function from the reward model (Ouyang et al., 2022, sec. 3.5;
 also lm-human-preferences and Huang et al., 2023): before any update the critic's value of a
-partial response is the reward model's score of it, a far better start than a zero head,
-which makes the first returns pure Monte-Carlo. The price is a second trunk to forward and train.
+partial response is the reward model's score of it. The price is a second trunk to forward and
+train. Measured on the demo: the first values explain the returns worse than a constant
+(explained variance -4.3: the reward model never saw partial responses), recovering to 0.79 in
+40 iterations, for the same win rate as the cheaper zero-initialized shared head (77% vs 76%).
 """
 
 from __future__ import annotations
