@@ -127,22 +127,22 @@ def stratified(prompts: Sequence[PromptRecord], limit: int | None) -> list[Promp
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
-    """Evaluate `cfg.model` (and `cfg.against`); writes eval.json in `cfg.out` when given."""
-    from coachlm.data.io import read_prompts
+    """Evaluate `cfg.model` (and `cfg.against`); writes eval.json in `cfg.out` when given.
 
-    prompts = stratified(read_prompts(cfg.prompts), cfg.limit)
-    if not prompts:
-        raise CoachError(f"{cfg.prompts}: no prompts to evaluate")
-    if cfg.out is not None:
-        cfg.out.mkdir(parents=True, exist_ok=True)
+    The result is the model's report, with the other model's under "against" and the win rate."""
     name = cfg.name or Path(cfg.model).name
-    ours, result = _evaluate_one(cfg.model, name, prompts, cfg)
+    models = {name: cfg.model}
     if cfg.against is not None:
         other_name = cfg.against_name or Path(cfg.against).name
-        if other_name == name:
-            other_name += "-2"
-        theirs, other = _evaluate_one(cfg.against, other_name, prompts, cfg)
-        result = {**result, "against": other, "win_rate": win_rate(prompts, ours, theirs)}
+        models[other_name + "-2" if other_name == name else other_name] = cfg.against
+    if cfg.out is not None:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+    names = list(models)
+    report = compare_models(models, cfg, None, pairs=[tuple(names)] if len(names) == 2 else [])
+    result = {**report["models"][name], "greedy": cfg.greedy}
+    if len(names) == 2:
+        result = {**result, "against": report["models"][names[1]],
+                  "win_rate": report["win_rate"][f"{name}_over_{names[1]}"]}
     if cfg.out is not None:
         (cfg.out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -166,7 +166,7 @@ def compare_models(models: dict[str, str | Path], cfg: EvalConfig, out: Path | N
     responses, results = {}, {}
     for name, model_dir in models.items():
         responses[name], results[name] = _evaluate_one(Path(model_dir), name, prompts, cfg)
-    report: dict[str, Any] = {"n": len(prompts), "models": results, "win_rate": {
+    report: dict[str, Any] = {"n": len(prompts), "greedy": cfg.greedy, "models": results, "win_rate": {
         f"{a}_over_{b}": win_rate(prompts, responses[a], responses[b]) for a, b in pairs}}
     if kl is not None:
         report["kl"] = kl_to_reference(Path(models[kl[0]]), Path(models[kl[1]]),
@@ -182,7 +182,8 @@ def print_comparison(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     models = report["models"]
-    table = Table(title=f"Held-out evaluation ({report['n']} prompts, rubric, greedy)")
+    decoding = "greedy" if report.get("greedy", True) else "sampled"
+    table = Table(title=f"Held-out evaluation ({report['n']} prompts, rubric, {decoding})")
     table.add_column("family")
     for name in models:
         table.add_column(f"{name} IF", justify="right")
@@ -207,26 +208,10 @@ def print_comparison(report: dict[str, Any]) -> None:
 
 
 def print_report(result: dict[str, Any]) -> None:
-    """A table of the per-family numbers (and the win rate) on stdout."""
-    from rich.console import Console
-    from rich.table import Table
-
+    """`run_eval`'s result as `print_comparison`'s table (and the win rate) on stdout."""
     models = [result] + ([result["against"]] if "against" in result else [])
-    table = Table(title="Held-out evaluation (rubric)")
-    table.add_column("family")
-    for m in models:
-        name = m["name"]
-        table.add_column(f"{name} IF rate", justify="right")
-        table.add_column(f"{name} score", justify="right")
-    for fam in result["per_family"]:
-        cells = []
-        for m in models:
-            f = m["per_family"].get(fam, {"if_rate": 0.0, "score": 0.0})
-            cells += [f"{f['if_rate']:.1%}", f"{f['score']:.3f}"]
-        table.add_row(fam, *cells)
-    table.add_row("all", *[c for m in models for c in (f"{m['if_rate']:.1%}", f"{m['score']:.3f}")])
-    console = Console()
-    console.print(table)
+    report: dict[str, Any] = {"n": result["n"], "greedy": result.get("greedy", True),
+                              "models": {m["name"]: m for m in models}, "win_rate": {}}
     if "win_rate" in result:
-        console.print(f"win rate of {result['name']} over {result['against']['name']} "
-                      f"(rubric, ties count half): {result['win_rate']:.1%}")
+        report["win_rate"][f"{result['name']}_over_{result['against']['name']}"] = result["win_rate"]
+    print_comparison(report)
