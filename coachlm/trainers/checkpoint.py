@@ -110,3 +110,13 @@ def load_checkpoint(path: Path, model: torch.nn.Module,
     optimizer.load_state_dict(state.pop("optimizer"))
     set_rng_state(state.pop("rng"))
     return state
+
+
+def check_resume_settings(ckpt: Path, saved: Mapping[str, Any], cfg: Any, keys: tuple[str, ...],
+                          prefix: str = "") -> None:
+    """Refuse to resume from `ckpt` when a setting that fixes the data order or the update
+    (`keys` of `cfg`) differs from the one the checkpoint was saved with."""
+    for key in keys:
+        if saved[key] != getattr(cfg, key):
+            raise CoachError(f"cannot resume from {ckpt}: {prefix}{key} was {saved[key]!r}, now "
+                             f"{getattr(cfg, key)!r}; use the same value or a new output directory")

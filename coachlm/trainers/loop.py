@@ -35,7 +35,8 @@ from coachlm.data.collate import TokenBatch
 from coachlm.errors import CoachError
 from coachlm.models.modes import eval_mode
 from coachlm.runlog import RunLog, progress
-from coachlm.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from coachlm.trainers.checkpoint import (check_resume_settings, latest_checkpoint,
+                                         load_checkpoint, save_checkpoint)
 
 
 @dataclass(frozen=True)
@@ -289,11 +290,7 @@ def _restore(out_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
     if ckpt is None:
         return None
     state = load_checkpoint(ckpt, model, optimizer)
-    saved = state["train_config"]
-    for key in _RESUME_KEYS:
-        if saved[key] != getattr(cfg, key):
-            raise CoachError(f"cannot resume from {ckpt}: train.{key} was {saved[key]}, now "
-                             f"{getattr(cfg, key)}; use the same value or a new output directory")
+    check_resume_settings(ckpt, state["train_config"], cfg, _RESUME_KEYS, prefix="train.")
     batches.load_state_dict(state["data"])
     return state
 

@@ -40,7 +40,8 @@ from coachlm.rl_math import AdaptiveKLController, FixedKLController
 from coachlm.rollout.rewards import Reward
 from coachlm.rollout.sampling import decode_responses
 from coachlm.runlog import RunLog, progress
-from coachlm.trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from coachlm.trainers.checkpoint import (check_resume_settings, latest_checkpoint,
+                                         load_checkpoint, save_checkpoint)
 from coachlm.trainers.loop import (TrainConfig, make_optimizer, seed_everything, set_threads,
                                    use_bf16)
 from coachlm.trainers.ppo_config import PPOConfig, PPORunConfig
@@ -125,11 +126,7 @@ def _restore(out_dir: Path, ac: ActorCritic, optimizer: torch.optim.Optimizer,
     if ckpt is None:
         return _RunState()
     state = load_checkpoint(ckpt, ac, optimizer)
-    saved = state["ppo_config"]
-    for key in _RESUME_KEYS:
-        if saved[key] != getattr(cfg, key):
-            raise CoachError(f"cannot resume from {ckpt}: {key} was {saved[key]!r}, now "
-                             f"{getattr(cfg, key)!r}; use the same value or a new output directory")
+    check_resume_settings(ckpt, state["ppo_config"], cfg, _RESUME_KEYS)
     stream.load_state_dict(state["data"])
     kl_ctl.load_state_dict(state["kl_controller"])
     norm.gain, norm.bias, norm.fitted = state["reward_norm"]
