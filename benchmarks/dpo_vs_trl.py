@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from trl_common import trl_args
 from coachlm.data.io import write_records
 from coachlm.models.load import load_model, load_tokenizer, save_pretrained
 from coachlm.models.presets import build_model
@@ -88,15 +89,10 @@ def run_trl(args: argparse.Namespace, root: Path, pairs: list, tok, precompute: 
     data = Dataset.from_dict({"prompt_ids": [list(p.prompt_ids) for p in pairs],
                               "chosen_ids": [list(p.chosen_ids) for p in pairs],
                               "rejected_ids": [list(p.rejected_ids) for p in pairs]})
-    targs = TRLConfig(
-        output_dir=str(root / "trl"), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="cosine",
-        warmup_steps=args.warmup, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999,
-        adam_epsilon=1e-8, max_grad_norm=1.0, bf16=args.precision == "bf16", fp16=False,
-        use_cpu=not torch.cuda.is_available(), seed=0, data_seed=0, logging_steps=5,
-        save_strategy="no", report_to="none", max_length=None, beta=args.beta,
-        loss_type=["sigmoid"], precompute_ref_log_probs=precompute, gradient_checkpointing=False,
-        dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True)
+    targs = TRLConfig(**trl_args(
+        root, args.steps, args.batch_size, args.lr, args.precision, warmup_steps=args.warmup,
+        logging_steps=5, max_length=None, beta=args.beta, loss_type=["sigmoid"],
+        precompute_ref_log_probs=precompute))
     with contextlib.redirect_stdout(sys.stderr):  # TRL prints its logs; keep stdout JSON
         trainer = PreTokenizedDPOTrainer(model=model, args=targs, train_dataset=data,
                                          processing_class=tok)

@@ -33,14 +33,9 @@ TRL-side choices, made to keep the comparison fair:
 - No checkpoints for TRL (`save_strategy="no"`); coachlm's timed call includes its final
   checkpoint, which cannot be turned off.
 
-How coachlm does the same work with less computation (see `trainers.ppo_steps`,
-`rollout.experience`, `rollout.sampling`): it samples with the LoRA update merged into the
-weights (one matmul per projection), runs a prompt's prefill once for all its samples, and in
-the no-grad passes and the update forwards length-sorted micro-batches trimmed to their own
-width, with each prompt computed once for all its samples in the micro-batch (prefix sharing,
-a 4-D mask). Logprobs are still recomputed after sampling, and the micro-batch of each pass
-still holds `--micro-batch-size` episodes. Prompt tokens count once per episode all the same
-(below), as TRL processes them: tokens/s compares work done, not FLOPs.
+coachlm does the same work with less computation (merged-LoRA sampling, one prefill per prompt,
+length-sorted trimmed micro-batches with shared prompts: see `trainers.ppo_steps`); prompt tokens
+still count once per episode for both, so tokens/s compares work done, not FLOPs.
 
 Tokens are counted the same way for both, from the episodes each produced, by the shared reward
 function: generated = response tokens sampled (up to and including EOS); trained = prompt +
@@ -84,6 +79,7 @@ from unittest import mock
 
 import torch
 
+from trl_common import trl_args as common_trl_args
 from coachlm.data.chat import encode_prompt
 from coachlm.data.schema import Prompt
 from coachlm.models.load import load_model, load_tokenizer, save_pretrained
@@ -233,21 +229,17 @@ def trl_args(root: Path, cfg: PPOConfig) -> Any:
     from trl import RLOOConfig
 
     micro = cfg.micro_batch_size
-    return RLOOConfig(
-        output_dir=str(root / "trl"), max_steps=cfg.optimizer_steps,
-        per_device_train_batch_size=micro,
+    return RLOOConfig(**common_trl_args(
+        root, cfg.optimizer_steps, micro, cfg.lr, "bf16" if cfg.bf16 else "fp32",
         gradient_accumulation_steps=cfg.mini_batch_size // micro,
         steps_per_generation=cfg.episodes // micro, num_iterations=cfg.ppo_epochs,
         num_generations=cfg.samples_per_prompt, max_completion_length=cfg.max_new_tokens,
         temperature=1.0, top_k=0, top_p=1.0, min_p=None, repetition_penalty=1.0,
         use_vllm=False, beta=cfg.kl_coef, epsilon=cfg.clip_eps, normalize_advantages=False,
         reward_clip_range=None, mask_truncated_completions=False, shuffle_dataset=False,
-        learning_rate=cfg.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0, bf16=cfg.bf16,
-        fp16=False, use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed,
-        gradient_checkpointing=False, disable_dropout=True, logging_steps=cfg.optimizer_steps,
-        save_strategy="no", report_to="none", dataloader_num_workers=0,
-        dataloader_pin_memory=False, disable_tqdm=True, log_completions=False)
+        lr_scheduler_type="constant", warmup_steps=0, adam_beta2=0.95, seed=cfg.seed,
+        data_seed=cfg.seed, disable_dropout=True, logging_steps=cfg.optimizer_steps,
+        log_completions=False))
 
 
 def run_trl(root: Path, base: Path, ordered: list[Prompt], counter: CountingRubric,

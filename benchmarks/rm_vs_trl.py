@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from trl_common import trl_args
 from coachlm.data.io import read_records, write_records
 from coachlm.data.reward_batches import build_groups, truncate_group
 from coachlm.data.schema import Comparison
@@ -114,15 +115,9 @@ def run_trl(args, root: Path, records: list[Comparison], tok) -> dict:
     start = time.perf_counter()
     model = AutoModelForSequenceClassification.from_pretrained(str(root / "base"), num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
-    targs = RewardConfig(
-        output_dir=str(root / "trl"), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="cosine",
-        warmup_steps=args.warmup, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999,
-        adam_epsilon=1e-8, max_grad_norm=1.0, bf16=args.precision == "bf16", fp16=False,
-        use_cpu=not torch.cuda.is_available(), seed=0, data_seed=0, logging_steps=10,
-        save_strategy="no", report_to="none", max_length=None, gradient_checkpointing=False,
-        disable_dropout=True, dataloader_num_workers=0, dataloader_pin_memory=False,
-        disable_tqdm=True)
+    targs = RewardConfig(**trl_args(
+        root, args.steps, args.batch_size, args.lr, args.precision, warmup_steps=args.warmup,
+        logging_steps=10, max_length=None, disable_dropout=True))
     trainer = RewardTrainer(model=model, args=targs, processing_class=tok,
                             train_dataset=trl_dataset(records, tok, args.max_length))
     t0, cpu = time.perf_counter(), time.process_time()

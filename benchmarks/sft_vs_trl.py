@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from trl_common import trl_args
 from coachlm.data.chat import encode_example
 from coachlm.data.collate import ExampleBatches
 from coachlm.data.io import write_records
@@ -83,16 +84,11 @@ def run_trl(args: argparse.Namespace, root: Path, examples: list, tok) -> dict:
     data = Dataset.from_dict({
         "input_ids": [ids for ids, _ in examples],
         "completion_mask": [[0 if l == -100 else 1 for l in labels] for _, labels in examples]})
-    targs = TRLConfig(
-        output_dir=str(root / "trl"), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="cosine",
-        warmup_steps=args.warmup, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999,
-        adam_epsilon=1e-8, max_grad_norm=1.0, bf16=args.precision == "bf16", fp16=False,
-        use_cpu=not torch.cuda.is_available(), seed=0, data_seed=0, logging_steps=10,
-        save_strategy="no", report_to="none", max_length=args.max_length, packing=False,
-        padding_free=False, completion_only_loss=True, gradient_checkpointing=False,
-        dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
-        train_sampling_strategy="group_by_length" if args.trl_group_by_length else "random")
+    targs = TRLConfig(**trl_args(
+        root, args.steps, args.batch_size, args.lr, args.precision, warmup_steps=args.warmup,
+        logging_steps=10, max_length=args.max_length, packing=False, padding_free=False,
+        completion_only_loss=True,
+        train_sampling_strategy="group_by_length" if args.trl_group_by_length else "random"))
     trainer = SFTTrainer(model=model, args=targs, train_dataset=data, processing_class=tok)
     t0, cpu = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(sys.stderr):  # TRL prints its logs; keep stdout JSON
