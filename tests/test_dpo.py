@@ -30,11 +30,6 @@ def tok():
     return tiny_tokenizer()
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("COACHLM_NO_PROGRESS", "1")
-
-
 @pytest.fixture(scope="module")
 def base_dir(tok, tmp_path_factory):
     return save_pretrained(tiny_model(tok, seed=0), tok, tmp_path_factory.mktemp("base"))

@@ -24,11 +24,6 @@ def tok():
     return tiny_tokenizer()
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("COACHLM_NO_PROGRESS", "1")
-
-
 def test_schedule_matches_hand_computation():
     cos = TrainConfig(lr=1.0, warmup_steps=2, max_steps=10, min_lr_ratio=0.1, schedule="cosine")
     assert lr_at(0, cos) == pytest.approx(0.5)  # warm-up: (0 + 1) / 2

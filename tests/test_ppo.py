@@ -25,11 +25,6 @@ from models_fixtures import tokenizer
 PROMPTS = [(Message("user", f"What is {i} plus {i}?"),) for i in range(16)]
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("COACHLM_NO_PROGRESS", "1")
-
-
 def policy(lora: bool = True, eos_scale: float = 1.0):
     """The tiny Llama with its (tied) embeddings scaled up: a fresh world-tiny model has
     near-zero logits (init std 0.02, d = 32), so no LoRA adapter could move its nearly uniform

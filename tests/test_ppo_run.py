@@ -23,11 +23,6 @@ from models_fixtures import tokenizer
 PROMPTS = [(Message("user", f"What is {i} plus {i}?"),) for i in range(8)]
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("COACHLM_NO_PROGRESS", "1")
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo_run")

@@ -18,11 +18,6 @@ from coachlm.trainers.pretrain import PretrainConfig, pretrain, read_corpus, run
 from trainers_fixtures import tiny_texts
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("COACHLM_NO_PROGRESS", "1")
-
-
 def test_pack_documents_joins_with_separators_and_drops_the_tail():
     blocks = pack_documents([[5, 6], [7], [8, 9, 10]], seq_len=4, eos_id=2, bos_id=1)
     # stream: 1 5 6 2 | 1 7 2 1 | 8 9 10 2 -> 12 tokens, three blocks

@@ -41,11 +41,6 @@ def tok():
     return tokenizer()
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("COACHLM_NO_PROGRESS", "1")
-
-
 class FixedRewards:
     """A stand-in model whose scores are given: rm_loss is then a pure function to check."""
 

@@ -16,11 +16,6 @@ from models_fixtures import model as tiny_model
 from models_fixtures import tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("COACHLM_NO_PROGRESS", "1")
-
-
 def _setup(tmp_path):
     model_dir = save_pretrained(tiny_model(), tokenizer(), tmp_path / "sft" / "final")
     prompts = [

@@ -25,11 +25,6 @@ def tok():
     return tiny_tokenizer()
 
 
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    monkeypatch.setenv("COACHLM_NO_PROGRESS", "1")
-
-
 def _examples(tok, n=40):
     return [encode_example(tok, d.prompt, d.response.text + " so" * (i % 7))
             for i, d in enumerate(tiny_demos(n))]
