@@ -29,7 +29,7 @@ from coachlm import config
 from coachlm.data.io import read_prompts, read_records, write_records
 from coachlm.eval.kl import kl_to_reference
 from coachlm.eval.world_eval import EvalConfig, run_eval, stratified
-from coachlm.rollout.sample_cmd import SampleConfig, run_sample
+from coachlm.rollout.samples import SampleConfig, run_sample
 from coachlm.trainers.dpo import DPOConfig, dpo
 from coachlm.world import simulate_comparisons
 

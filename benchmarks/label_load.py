@@ -132,7 +132,7 @@ def bench(backend: str, labelers: int, per: int) -> dict:
         port = free_port()
         log = stack.enter_context(tempfile.TemporaryFile())
         server = subprocess.Popen(
-            [sys.executable, "-m", "coachlm.feedback.commands", "serve", "--store", url,
+            [sys.executable, "-m", "coachlm.cli", "label", "serve", "--store", url,
              "--port", str(port)], env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=log, stderr=subprocess.STDOUT)
         stack.callback(server.wait, 30)

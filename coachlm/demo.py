@@ -111,7 +111,7 @@ def _feedback(samples_path: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
 
 def _rm_and_ppo(cfg: DemoConfig, out: Path, settings: dict[str, Any], world: dict,
                 sft: dict) -> tuple[dict, dict, dict, dict]:
-    from coachlm.rollout.sample_cmd import SampleConfig, run_sample
+    from coachlm.rollout.samples import SampleConfig, run_sample
     from coachlm.trainers.ppo import run_ppo
     from coachlm.trainers.ppo_config import PPORunConfig
     from coachlm.trainers.reward import RMConfig, run_rm

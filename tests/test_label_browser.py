@@ -64,7 +64,7 @@ def server(tmp_path):
     _make_store(store)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "coachlm.feedback.commands", "serve", "--store",
+    proc = subprocess.Popen([sys.executable, "-m", "coachlm.cli", "label", "serve", "--store",
                              store, "--port", str(port)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from coachlm.data import schema
 from coachlm.feedback import accounts, assign, db, items, labels
-from coachlm.feedback.commands import label_app
+from coachlm.cli.label import label_app
 
 
 def test_import_users_tasks_export_stats(tmp_path):

@@ -202,7 +202,7 @@ def test_eval_against_rubric_skips_noise_free_ties():
 def test_cli_trains_by_default_and_has_eval(trained, tmp_path):
     import typer
 
-    from coachlm.trainers.reward_cmd import rm_app
+    from coachlm.cli.rm import rm_app
 
     app = typer.Typer()
     app.add_typer(rm_app, name="rm")

@@ -11,7 +11,7 @@ from coachlm.data.io import read_records, write_records
 from coachlm.data.schema import Demonstration, Message, PromptRecord, Response, Sample
 from coachlm.errors import CoachError
 from coachlm.models.load import save_pretrained, weights_hash
-from coachlm.rollout.sample_cmd import SampleConfig, model_name_for, run_sample
+from coachlm.rollout.samples import SampleConfig, model_name_for, run_sample
 from models_fixtures import model as tiny_model
 from models_fixtures import tokenizer
 

@@ -229,7 +229,7 @@ def test_admin_pages_import_tasks_export(app):
 
 
 def test_web_does_not_import_torch():
-    code = ("import sys; import coachlm.web.app, coachlm.feedback.commands; "
+    code = ("import sys; import coachlm.web.app, coachlm.cli.label; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -3,5 +3,5 @@ agreement and quality measures, Elo/Bradley-Terry ratings, and export to trainin
 
 Modules: `db` (open the store, migrations), `tables`, `accounts` (labelers, passwords, tokens,
 sessions), `items` (projects, prompts, tasks), `importer`, `assign`, `labels` (submission),
-`quality`, `export`, `agreement`, `ratings`, `commands` (the `coachlm label` CLI).
+`quality`, `export`, `agreement`, `ratings`, `summary` (the `coachlm label stats` figures).
 """

@@ -1,1 +1,1 @@
-"""Rollouts: batched KV-cache sampling (`sampling`) and `coachlm sample` (`sample_cmd`)."""
+"""Rollouts: batched KV-cache sampling (`sampling`) and N responses per prompt as Sample records (`samples`)."""

@@ -17,34 +17,17 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
-from rich.console import Console
-from typer.core import TyperGroup
 
-from coachlm import config as cfglib
-
-console = Console(stderr=True)
-
-
-class TrainByDefault(TyperGroup):
-    """A command group whose first command (`train`) runs when no command name is given."""
-
-    default = "train"
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = [self.default, *args]
-        return super().parse_args(ctx, args)
+from coachlm.cli.common import ConfigOpt, TrainByDefault, console
+from coachlm.cli.common import load as _load
 
 
 rm_app = typer.Typer(cls=TrainByDefault, no_args_is_help=True, add_completion=False,
                      help="Reward models: train (default), eval, score, normalize.")
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.")
 OverridesArg = typer.Argument(None, help="Dotted overrides, e.g. train.lr=5e-5 epochs=2.")
 ModelOpt = typer.Option(None, "--model", "-m", help="Model directory.")
-_load = cfglib.load_options  # defaults < --config YAML < named options < dotted overrides
 
 
 @rm_app.command()

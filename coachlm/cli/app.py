@@ -1,4 +1,4 @@
-"""The `coachlm` command line. Each command parses, builds a typed config, makes one library call.
+"""The root `coachlm` app and `main`. Each command parses, builds a typed config, makes one library call.
 
 Every command takes `--config FILE` (YAML) and trailing dotted overrides (`train.lr=3e-4`);
 its named options are shorthands for the most common keys. A user error (bad file, bad key,
@@ -13,26 +13,22 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from coachlm import config as cfglib
+from coachlm.cli.common import ConfigOpt, OverridesArg, console
+from coachlm.cli.common import load as _load
 from coachlm.errors import CoachError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="coachlm: teach language models human preferences (RLHF and RLAIF).")
-data_app = typer.Typer(no_args_is_help=True, help="Validate and convert feedback record files.")
-app.add_typer(data_app, name="data")
-console = Console(stderr=True)
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.", exists=False)
-OverridesArg = typer.Argument(None, help="Dotted overrides, e.g. train.max_steps=100 train.lr=3e-4.")
-_load = cfglib.load_options  # defaults < --config YAML < named options < dotted overrides
 
 
 def _mount_subapps() -> None:
-    """Sub-apps live beside the code they drive; mounting them here keeps `--help` complete."""
-    from coachlm.feedback.commands import label_app
-    from coachlm.trainers.reward_cmd import rm_app
+    """Sub-apps are mounted when `main` runs, so importing this module stays cheap."""
+    from coachlm.cli.data import data_app
+    from coachlm.cli.label import label_app
+    from coachlm.cli.rm import rm_app
+
+    app.add_typer(data_app, name="data", help="Validate and convert feedback record files.")
 
     app.add_typer(label_app, name="label", help="The labeling platform: serve, import, export.")
     app.add_typer(rm_app, name="rm", help="Reward model: train (default), eval, score, normalize.")
@@ -94,7 +90,7 @@ def sample(model: Optional[Path] = typer.Option(None, help="Model directory."),
            dtype: Optional[str] = typer.Option(None, help="fp32 or bf16."),
            config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Sample N responses per prompt, written as Sample records with provenance."""
-    from coachlm.rollout.sample_cmd import SampleConfig, run_sample
+    from coachlm.rollout.samples import SampleConfig, run_sample
 
     cfg = _load(SampleConfig, config, overrides, model=model, prompts=prompts, out=out, n=n,
                 max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -156,33 +152,6 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Direct
 
     cfg = _load(DemoConfig, config, overrides)
     run_demo(cfg, out)
-
-
-@data_app.command("validate")
-def data_validate(path: Path = typer.Argument(..., help="A record file or dataset directory."),
-                  kind: Optional[list[str]] = typer.Option(None, help="Accept only these record kinds.")) -> None:
-    """Read every record; print counts per kind, or the first error with file, line and field."""
-    from coachlm.data.io import validate
-
-    console.print_json(json.dumps(validate(path, set(kind) if kind else None)))
-
-
-@data_app.command("convert")
-def data_convert(src: Path = typer.Argument(..., help="Input (JSONL, Parquet, TRL, HH-RLHF, HF dataset)."),
-                 dst: Path = typer.Argument(..., help="Output: .jsonl, .jsonl.gz or .parquet."),
-                 kind: Optional[list[str]] = typer.Option(None, help="Accept only these record kinds."),
-                 skip_invalid: bool = typer.Option(False, help="Warn about and skip malformed records.")) -> None:
-    """Convert any supported format to canonical records."""
-    from coachlm.data.io import convert
-
-    skipped: list[str] = []
-
-    def warn(err: Exception) -> None:
-        skipped.append(str(err))
-        console.print(f"[yellow]skipped[/] {err}", highlight=False)
-
-    counts = convert(src, dst, set(kind) if kind else None, on_error=warn if skip_invalid else None)
-    console.print_json(json.dumps({"written": counts, "skipped": len(skipped), "out": str(dst)}))
 
 
 def main() -> None:

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from sqlalchemy import select
 from rich.console import Console
 from rich.table import Table
 
-from coachlm.feedback import accounts, importer, items, quality, ratings
+from coachlm.feedback import accounts, importer, items
 from coachlm.feedback.db import Store, StoreError, open_store
 from coachlm.feedback.export import ExportConfig, export_records, write_jsonl
+from coachlm.feedback.summary import project_summary
 from coachlm.feedback.tables import Labeler
 
 label_app = typer.Typer(help="The feedback platform: labeling web app, import/export, quality.",
@@ -160,27 +161,12 @@ def users_token(name: str, store: StoreOpt = "feedback.db") -> None:
     typer.echo(token)
 
 
-def stats_dict(s: Any, project: str, rounds: int) -> dict[str, Any]:
-    p = items.get_project(s, project)
-    st = items.project_stats(s, p)
-    q = quality.project_quality(s, p)
-    records = export_records(s, p, ExportConfig(kinds=("comparison", "ranking")))
-    board = ratings.leaderboard(ratings.matches_from_records(records), rounds=rounds)
-    clean = lambda x: None if isinstance(x, float) and x != x else x  # noqa: E731
-    return {"project": project, "stats": vars(st),
-            "agreement": [{k: clean(v) for k, v in vars(ka).items()} for ka in q.kinds],
-            "pairs": [{"a": a, "b": b, "kappa": clean(k), "items": n} for a, b, k, n in q.pairs],
-            "labelers": [{k: clean(v) for k, v in vars(lq).items()} for lq in q.labelers],
-            "first_shown_win_rate": clean(q.first_rate), "total_cost": q.total_cost,
-            "leaderboard": [vars(x) for x in board]}
-
-
 @label_app.command()
 def stats(project: ProjectOpt, store: StoreOpt = "feedback.db", as_json: Annotated[
           bool, typer.Option("--json", help="print JSON")] = False, rounds: int = 200) -> None:
     """Counts, agreement (alpha, kappa), labeler quality, and the model leaderboard."""
     with _store(store).read() as s:
-        d = stats_dict(s, project, rounds)
+        d = project_summary(s, project, rounds)
     if as_json:
         typer.echo(json.dumps(d, indent=2))
         return
@@ -194,7 +180,3 @@ def stats(project: ProjectOpt, store: StoreOpt = "feedback.db", as_json: Annotat
                 table.add_row(*(f(v) for v in row.values()))
             console.print(table)
     console.print(f"first-shown win rate {f(d['first_shown_win_rate'])} (0.5 = no position bias)")
-
-
-if __name__ == "__main__":  # `python -m coachlm.feedback.commands ...` (benchmarks, tests)
-    label_app()
