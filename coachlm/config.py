@@ -114,7 +114,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
             # A partial nested mapping changes only the keys it names: the rest keep this
             # field's own default (e.g. a trainer's tuned TrainConfig), not the class defaults.
-            value = _merge(to_dict(default), value)
+            value = merge(to_dict(default), value)
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -169,11 +169,12 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, nested mappings merged key by key."""
     out = dict(base)
     for k, v in extra.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(dict(out[k]), v)
+            out[k] = merge(dict(out[k]), v)
         else:
             out[k] = v
     return out
@@ -193,8 +194,8 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
-        data = _merge(data, loaded)
-    data = _merge(data, parse_overrides(overrides))
+        data = merge(data, loaded)
+    data = merge(data, parse_overrides(overrides))
     return from_dict(cls, data)
 
 

@@ -26,8 +26,10 @@ def _mount_subapps() -> None:
     """Sub-apps are mounted when `main` runs, so importing this module stays cheap."""
     from coachlm.cli.data import data_app
     from coachlm.cli.label import label_app
+    from coachlm.cli.pipeline import register
     from coachlm.cli.rm import rm_app
 
+    register(app)
     app.add_typer(data_app, name="data", help="Validate and convert feedback record files.")
 
     app.add_typer(label_app, name="label", help="The labeling platform: serve, import, export.")
@@ -142,16 +144,6 @@ def ppo(model: Optional[Path] = typer.Option(None, help="Starting policy (usuall
     cfg = _load(PPORunConfig, config, overrides, model=model, prompts=prompts, out=out,
                 reward=reward, **named)
     console.print(f"model: {run_ppo(cfg, resume=resume)}")
-
-
-@app.command()
-def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Directory for every stage."),
-         config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """The quickstart loop on the built-in world: world -> pretrain -> SFT -> sample -> simulated feedback -> reward model -> PPO -> eval (cached stages)."""
-    from coachlm.demo import DemoConfig, run_demo
-
-    cfg = _load(DemoConfig, config, overrides)
-    run_demo(cfg, out)
 
 
 def main() -> None:

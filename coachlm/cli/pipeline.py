@@ -1,0 +1,42 @@
+"""Pipeline commands: `run` (a pipeline file), `demo` (the shipped quickstart pipeline).
+
+Overrides name the stage first: `coachlm run p.yaml ppo.ppo.steps=20 eval.kl_samples=50`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from coachlm.cli.common import OverridesArg
+
+
+def run(pipeline: Path = typer.Argument(..., help="Pipeline file (YAML: stages with kind, config, inputs)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<file name>)."),
+        from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run this stage and everything downstream."),
+        overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Run a pipeline file: each stage cached by its whole config and inputs, resumed after a crash."""
+    from coachlm.eval.compare import print_comparison
+    from coachlm.pipeline import load_pipeline, run_pipeline
+
+    pipe = load_pipeline(pipeline, overrides or ())
+    records = run_pipeline(pipe, out or Path("runs") / pipeline.stem, from_stage=from_stage)
+    for rec in records.values():
+        if rec.get("kind") == "eval":
+            print_comparison(rec["result"])
+
+
+def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Directory for every stage."),
+         from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run this stage and everything downstream."),
+         overrides: Optional[list[str]] = OverridesArg) -> None:
+    """The quickstart loop on the built-in world (the shipped pipeline quickstart.yaml): world -> pretrain -> SFT -> sample -> simulated feedback -> reward model -> PPO -> eval (cached stages)."""
+    from coachlm.demo import run_demo
+
+    run_demo(out, overrides or (), from_stage=from_stage)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("demo")(demo)
