@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Mapping
 
 from coachlm import config as cfglib
 from coachlm.eval.compare import CompareConfig
 from coachlm.models.lora import LoRAConfig  # noqa: F401  (PPO/SFT configs name it)
+from coachlm.pipeline.label import LabelConfig
 from coachlm.pipeline.spec import Pipeline, PipelineError, StageSpec
 from coachlm.rollout.samples import SampleConfig
 from coachlm.trainers.dpo import DPOConfig
@@ -26,18 +27,6 @@ from coachlm.world.build import WorldConfig
 
 RL_KINDS = ("ppo", "grpo", "rloo")
 Upstream = Mapping[str, Any]  # input field -> the upstream stage's record (a list for lists)
-
-
-@dataclass(frozen=True)
-class LabelConfig:
-    """Simulated labelers (the world's rubric plus noise and per-labeler bias) rank each
-    prompt's samples, or compare every pair of them."""
-
-    samples: Path
-    out: Path
-    feedback: Literal["rankings", "comparisons"] = "rankings"
-    labelers: int = 3
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,20 +74,14 @@ def _sample(cfg: SampleConfig, d: Path, up: Upstream) -> dict[str, Any]:
 
     out = run_sample(cfg)
     summary = json.loads((d / "summary.json").read_text())
-    prompts = read_prompts(cfg.prompts)[: cfg.limit]
+    prompts = read_prompts(cfg.prompts)[cfg.offset:][: cfg.limit]
     return {"samples": str(out), "metrics": {**summary, "prompt_set": prompt_set_report(prompts)}}
 
 
 def _label(cfg: LabelConfig, d: Path, up: Upstream) -> dict[str, Any]:
-    from coachlm.data.io import read_records, write_records
-    from coachlm.world import simulate_comparisons, simulate_rankings
+    from coachlm.pipeline.label import run_label
 
-    samples = list(read_records(cfg.samples, kinds=["sample"]))
-    simulate = simulate_rankings if cfg.feedback == "rankings" else simulate_comparisons
-    records = simulate(samples, n_labelers=cfg.labelers, seed=cfg.seed)
-    path = cfg.out / f"{cfg.feedback}.jsonl"
-    write_records(path, records)
-    return {"data": str(path), "metrics": {"records": len(records)}}
+    return run_label(cfg)
 
 
 def _eval(cfg: CompareConfig, d: Path, up: Upstream) -> dict[str, Any]:

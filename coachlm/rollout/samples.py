@@ -32,7 +32,8 @@ class SampleConfig:
     top_p: float = 1.0
     batch_size: int = 32
     seed: int | None = 0
-    limit: int | None = None  # only the first `limit` prompts
+    limit: int | None = None  # only the first `limit` prompts (after `offset`)
+    offset: int = 0  # skip this many prompts first (fresh prompts for each round of a loop)
     model_name: str | None = None  # default: the model directory's name
     model_version: str | None = None  # default: a short hash of the weights
     dtype: Literal["fp32", "bf16"] = "fp32"  # bf16 loads the weights in bfloat16
@@ -40,6 +41,8 @@ class SampleConfig:
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.offset < 0:
+            raise ValueError(f"offset must be >= 0, got {self.offset}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
 
@@ -67,7 +70,7 @@ def run_sample(cfg: SampleConfig) -> Path:
     from coachlm.models.load import load_model, load_tokenizer, weights_hash
     from coachlm.rollout.sampling import SamplingConfig, decode_responses, generate
 
-    prompts = read_prompts(cfg.prompts)[: cfg.limit]
+    prompts = read_prompts(cfg.prompts)[cfg.offset:][: cfg.limit]
     if not prompts:
         raise CoachError(f"{cfg.prompts}: no prompts to sample from")
     tokenizer = load_tokenizer(cfg.model)
