@@ -37,6 +37,21 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Direct
     run_demo(out, overrides or (), from_stage=from_stage)
 
 
+def loop(pipeline: Path = typer.Argument(..., help="Pipeline file with a `loop:` section (e.g. coachlm/pipelines/loop.yaml)."),
+         rounds: int = typer.Option(3, "--rounds", "-n", help="Rounds to run (finished rounds are reused)."),
+         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<file name>)."),
+         store: Optional[str] = typer.Option(None, help="Feedback store URL or SQLite path (default RUN/feedback.db)."),
+         from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run this stage (e.g. r2/rm) and everything downstream."),
+         overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Rounds: sample the current policy, label through the store, update the reward model, train the next policy, evaluate, rate."""
+    from coachlm.pipeline import load_pipeline
+    from coachlm.pipeline.rounds import print_loop, run_loop
+
+    pipe = load_pipeline(pipeline, overrides or ())
+    print_loop(run_loop(pipe, out or Path("runs") / pipeline.stem, rounds, store, from_stage))
+
+
 def register(app: typer.Typer) -> None:
     app.command("run")(run)
     app.command("demo")(demo)
+    app.command("loop")(loop)

@@ -41,7 +41,7 @@ class CompareConfig:
     batch_size: int = 64
     dtype: Literal["bf16", "fp32"] = "fp32"
     seed: int = 0
-    test_fraction: float = 0.5
+    test_fraction: float | None = 0.5  # None: the prompts are a test set already, no split
     bootstrap: int = 1000  # resamples for the confidence intervals
     sampled: bool = False  # also a sampled win rate on the test half
     sample_temperature: float | None = None  # None: the policy's training temperature, else 1
@@ -54,7 +54,7 @@ class CompareConfig:
             if len(pair) != 2 or not set(pair) <= names:
                 raise ValueError(f"pairs and kl must name two of the models {sorted(names)}, "
                                  f"got {list(pair)}")
-        if not 0.0 < self.test_fraction < 1.0:
+        if self.test_fraction is not None and not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
 
 
@@ -119,13 +119,15 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         _, results[name] = _decode(cfg, name, prompts, cfg.greedy, cfg.temperature,
                                    cfg.max_new_tokens)
         totals[name] = [s.total for s in results[name]["scores"]]
-    dev, test = split_dev_test(prompts, cfg.test_fraction)
+    dev, test = (([], prompts) if cfg.test_fraction is None
+                 else split_dev_test(prompts, cfg.test_fraction))
     wins = _pair_wins(cfg, totals, range(len(prompts)))
     report: dict[str, Any] = {
         "n": len(prompts), "greedy": cfg.greedy, "max_new_tokens": cfg.max_new_tokens,
         "win_rate": {k: w["rate"] for k, w in wins.items()}, "wins": wins,
-        "splits": {"dev": _split(cfg, prompts, results, totals, dev),
-                   "test": _split(cfg, prompts, results, totals, test)},
+        "splits": {} if cfg.test_fraction is None else {
+            "dev": _split(cfg, prompts, results, totals, dev),
+            "test": _split(cfg, prompts, results, totals, test)},
         "flags": [f"{m} was trained against the rubric that judges it: its rubric numbers are "
                   f"not independent evidence" for m in cfg.trained_on_judge]}
     for res in results.values():

@@ -63,6 +63,6 @@ def split_dev_test(prompts: Sequence[P], test_fraction: float = 0.5) -> tuple[li
         by_family[str(p.meta.get("family", ""))].append(p)
     test_ids: set[str] = set()
     for group in by_family.values():
-        k = round(len(group) * test_fraction)
+        k = int(len(group) * test_fraction + 0.5)  # half up: one prompt goes to test
         test_ids |= {p.id for p in sorted(group, key=_rank)[:k]}
     return ([p for p in prompts if p.id not in test_ids], [p for p in prompts if p.id in test_ids])

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 from coachlm import config as cfglib
 from coachlm.eval.compare import CompareConfig
+from coachlm.eval.leaderboard import LeaderboardConfig
 from coachlm.models.lora import LoRAConfig  # noqa: F401  (PPO/SFT configs name it)
 from coachlm.pipeline.label import LabelConfig
 from coachlm.pipeline.spec import Pipeline, PipelineError, StageSpec
@@ -111,6 +112,16 @@ def _eval_resolve(data: dict[str, Any], up: Upstream) -> dict[str, Any]:
     return data
 
 
+def _leaderboard(cfg: LeaderboardConfig, d: Path, up: Upstream) -> dict[str, Any]:
+    """Players are named after the stage that made each model (`sft`, `r2/ppo`)."""
+    from coachlm.eval.leaderboard import run_leaderboard
+
+    names = [{f.split(".", 1)[1]: ref.rsplit(".", 1)[0] for f, ref in rec["input_refs"].items()
+              if f.startswith("models.")} for rec in up["evals"]]
+    result = run_leaderboard(cfg, names)
+    return {"report": str(d / "leaderboard.json"), **result}
+
+
 KINDS: dict[str, Kind] = {
     "world": Kind(WorldConfig, ("corpus", "sft", "prompts_train", "prompts_heldout", "prompts_dev",
                                 "prompts_test", "world"), _world, out=None),
@@ -123,6 +134,7 @@ KINDS: dict[str, Kind] = {
     **{algo: Kind(PPORunConfig, ("model",), _trainer("coachlm.trainers.ppo.run_ppo"),
                   defaults={"ppo": {"algo": algo}}) for algo in RL_KINDS},
     "eval": Kind(CompareConfig, ("report",), _eval, resolve=_eval_resolve),
+    "leaderboard": Kind(LeaderboardConfig, ("report",), _leaderboard),
 }
 
 

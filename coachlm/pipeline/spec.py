@@ -21,7 +21,7 @@ is one line naming the file and the key.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,6 +31,7 @@ from coachlm import config as cfglib
 from coachlm.errors import CoachError
 
 STAGE_KEYS = ("kind", "inputs", "config")
+TOP_KEYS = ("description", "stages", "loop")
 
 
 class PipelineError(CoachError):
@@ -63,6 +64,7 @@ class StageSpec:
 class Pipeline:
     path: Path
     stages: tuple[StageSpec, ...]  # in an order that runs every input first
+    loop: Mapping[str, Any] = field(default_factory=dict)  # `coachlm loop` settings (rounds.py)
 
     def stage(self, name: str) -> StageSpec:
         for s in self.stages:
@@ -112,7 +114,7 @@ def _parse_stage(path: Path, name: str, body: Any) -> StageSpec:
     return StageSpec(str(name), str(body.get("kind", name)), dict(config), inputs)
 
 
-def _order(path: Path, stages: dict[str, StageSpec]) -> tuple[StageSpec, ...]:
+def order(path: Path, stages: dict[str, StageSpec]) -> tuple[StageSpec, ...]:
     """Depth-first topological order (file order among independent stages); names a cycle."""
     done: dict[str, StageSpec] = {}
     visiting: list[str] = []
@@ -143,16 +145,23 @@ def parse_pipeline(path: Path, data: Any, overrides: Sequence[str] = ()) -> Pipe
     if not isinstance(data, Mapping) or not isinstance(data.get("stages"), Mapping):
         raise PipelineError(f"{path}: the top level must be a mapping with a 'stages' mapping")
     for key in data:
-        if key not in ("stages", "description"):
-            raise PipelineError(f"{path}: unknown key '{key}'{_hint(key, ['stages', 'description'])}")
+        if key not in TOP_KEYS:
+            raise PipelineError(f"{path}: unknown key '{key}'{_hint(key, TOP_KEYS)}")
     stages = {str(n): _parse_stage(path, n, b) for n, b in data["stages"].items()}
+    loop = dict(data.get("loop") or {})
     for stage, changes in cfglib.parse_overrides(overrides).items():
+        if stage == "loop" and "loop" not in stages and isinstance(changes, Mapping):
+            loop = cfglib.merge(loop, changes)
+            continue
         if stage not in stages or not isinstance(changes, Mapping):
             raise PipelineError(f"{path}: override '{stage}': overrides look like "
                                 f"STAGE.key=value, and STAGE must be one of {', '.join(stages)}")
         s = stages[stage]
         stages[stage] = StageSpec(s.name, s.kind, cfglib.merge(dict(s.config), changes), s.inputs)
-    pipe = Pipeline(path, _order(path, stages))
+    return checked(Pipeline(path, order(path, stages), loop))
+
+
+def checked(pipe: Pipeline) -> Pipeline:
     from coachlm.pipeline.kinds import check_stage
 
     for s in pipe.stages:
