@@ -79,6 +79,32 @@ def test_two_rounds_through_the_store_then_all_cached(tmp_path):
     assert {row["name"] for row in board["boards"]["rubric"]} == {"sft", "r1/ppo", "r2/ppo"}
     again = subprocess.run(loop_cmd(out, 2), capture_output=True, text=True, env=ENV, timeout=900)
     assert again.returncode == 0 and again.stderr.count("cached") == 15, again.stderr
+    check_report_in_chromium(out / "report.html", tmp_path / "report.png")
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def check_report_in_chromium(report: Path, screenshot: Path) -> None:
+    """The report opens in headless Chromium without console errors, plots and tables shown."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(report.as_uri())
+        assert page.locator("h2", has_text="Reward-hacking watch").count() == 1
+        assert page.locator("h2", has_text="Round 2").count() == 1
+        assert page.locator("img").count() >= 9  # win rates + 4 plots per round
+        assert all(page.evaluate("[...document.images].map(i => i.naturalWidth > 0)"))
+        assert page.locator("td", has_text="r2/ppo").count() >= 1  # the leaderboard
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    assert errors == [] and screenshot.stat().st_size > 10_000
 
 
 def _wait_for(pred, timeout: float = 600.0) -> None:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from coachlm.cli.common import OverridesArg
+from coachlm.cli.common import ConfigOpt, OverridesArg, console, load
 
 
 def run(pipeline: Path = typer.Argument(..., help="Pipeline file (YAML: stages with kind, config, inputs)."),
@@ -51,7 +51,19 @@ def loop(pipeline: Path = typer.Argument(..., help="Pipeline file with a `loop:`
     print_loop(run_loop(pipe, out or Path("runs") / pipeline.stem, rounds, store, from_stage))
 
 
+def report(run_dir: Path = typer.Argument(..., help="A run directory of `coachlm run`, `demo` or `loop`."),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file (default RUN_DIR/report.html)."),
+           rate: Optional[float] = typer.Option(None, help="Labeling rate in $ per hour for the cost figures (default 36: $0.10 per 10 s)."),
+           config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """One self-contained HTML report: rounds, win rates with CIs, leaderboard, labels, samples, reward-hacking watch."""
+    from coachlm.eval.report import ReportConfig, write_report
+
+    cfg = load(ReportConfig, config, overrides, run_dir=run_dir, out=out, rate_per_hour=rate)
+    console.print(f"report: {write_report(cfg)}")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("report")(report)
     app.command("run")(run)
     app.command("demo")(demo)
     app.command("loop")(loop)

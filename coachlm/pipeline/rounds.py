@@ -106,6 +106,7 @@ def run_loop(pipe: Pipeline, out: Path, rounds: int, store: str | None = None,
     """Run `rounds` rounds (cached, resumable); write and return loop.json: per round the
     test-set win rate over the starting policy with its interval, KL, labels by source; and
     the last round's leaderboard."""
+    from coachlm.eval.report import ReportConfig, write_report
     from coachlm.pipeline.run import run_pipeline
 
     out = Path(out)
@@ -125,6 +126,7 @@ def run_loop(pipe: Pipeline, out: Path, rounds: int, store: str | None = None,
                "stage_seconds": {n: r["seconds"] for n, r in records.items()}}
     summary["total_seconds"] = round(sum(summary["stage_seconds"].values()), 1)
     (out / "loop.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["report"] = str(write_report(ReportConfig(run_dir=out)))
     return summary
 
 
@@ -153,3 +155,4 @@ def print_loop(summary: dict[str, Any]) -> None:
                        f"{row['elo']:.0f} [{row['elo_lo']:.0f}, {row['elo_hi']:.0f}]",
                        str(row["matches"]))
         console.print(lb)
+    console.print(f"report: {summary['report']}")
