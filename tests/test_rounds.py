@@ -171,3 +171,70 @@ def _tasks(db: Path) -> list:
             return list(s.execute(text("select id from tasks")))
     except Exception:  # the loop may still be creating the schema
         return []
+
+
+@pytest.mark.slow
+def test_a_person_labels_a_round_in_chromium_and_the_loop_trains_on_those_labels(tmp_path):
+    """The loop posts round 1 and waits; a person signs in to the web app in Chromium and
+    ranks every task; the loop goes on, and the reward model's data is exactly those labels."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from feedback_support import free_port
+
+    from coachlm.feedback.accounts import create_labeler
+
+    db, out = tmp_path / "feedback.db", tmp_path / "loop"
+    open_store(str(db)).run(lambda s: create_labeler(s, "pat", password="pat-password"))
+    loop = subprocess.Popen(loop_cmd(out, 1, "--store", str(db), "feedback.workers=people",
+                                     "feedback.poll_s=0.5"), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    port = free_port()
+    web = subprocess.Popen([sys.executable, "-m", "coachlm.cli", "label", "serve", "--store",
+                            str(db), "--port", str(port)], env=ENV, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(lambda: len(_tasks(db)) == 6)
+        _wait_for(lambda: _up(url + "/login"), timeout=300)
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless"])
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.fill('input[name="name"]', "pat")
+            page.fill('input[name="password"]', "pat-password")
+            with page.expect_navigation():
+                page.click("#sign-in")
+            with page.expect_navigation():
+                page.click("button.start")
+            for _ in range(6):
+                for i, rank in enumerate(("2", "1", "3"), 1):
+                    page.select_option(f"#rank-{i}", rank)
+                page.focus("#task-form")
+                with page.expect_navigation():
+                    page.keyboard.press("Control+Enter")
+            browser.close()
+        assert loop.wait(timeout=900) == 0, loop.stderr.read()
+    finally:
+        for proc in (loop, web):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    stored = store_labels(db)
+    assert len(stored) == 6 and {x[3] for x in stored} == {"pat"}
+    trained = [json.loads(line) for line in
+               (out / "r1" / "feedback" / "rankings.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in trained) == sorted(x[1] for x in stored)
+    assert {(r["labeler"], r["source"]) for r in trained} == {("pat", "human")}
+    rm = json.loads((out / "r1" / "rm" / "stage.json").read_text())
+    assert rm["config"]["data"] == [str(out / "r1" / "feedback" / "rankings.jsonl")]
+    assert rm["metrics"]["records"]["rankings"] == 6
+
+
+def _up(url: str) -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        return True
+    except OSError:
+        return False
