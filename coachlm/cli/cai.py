@@ -1,10 +1,13 @@
 """`coachlm cai ...`: Constitutional AI (Bai et al., 2022).
 
-    coachlm cai label --samples samples.jsonl --out ai_prefs.jsonl --model runs/feedback/final
-    coachlm cai label --samples samples.jsonl --out ai_prefs.jsonl --endpoint http://127.0.0.1:8000/v1
+    coachlm cai constitution [FILE]                       # validate a constitution, list it
+    coachlm cai label --samples F --out F --model M       # RL-CAI: AI labels (or --endpoint URL)
+    coachlm cai revise --model M --prompts F --out DIR    # SL-CAI: critique and revise, n rounds
 
-`label` writes RL-CAI soft-labelled comparisons (source=ai, the principle id and P(a better) in
-meta) for every pair of samples of each prompt; a rerun resumes where the last one stopped.
+`label` writes soft-labelled comparisons (source=ai, the principle id and P(a better) in meta)
+for every pair of samples of each prompt; a rerun resumes where the last one stopped. Each
+command takes `--config FILE` (YAML) and trailing dotted overrides, like every coachlm command,
+and makes one library call.
 """
 
 from __future__ import annotations
@@ -19,7 +22,25 @@ from coachlm.cli.common import ConfigOpt, OverridesArg, console
 from coachlm.cli.common import load as _load
 
 cai_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                      help="Constitutional AI: AI feedback under written principles.")
+                      help="Constitutional AI: constitutions, AI labels, SL-CAI revisions.")
+
+
+@cai_app.command()
+def constitution(path: Optional[Path] = typer.Argument(None, help="Constitution YAML (default: the built-in one).")) -> None:
+    """Validate a constitution and list its principles (a bad file: one line, exit 2)."""
+    from rich.table import Table
+
+    from coachlm.constitution import load_constitution
+
+    c = load_constitution(path)
+    table = Table(title=f"{c.name}: {len(c.principles)} principles, "
+                        f"{len(c.critique_examples)} critique and "
+                        f"{len(c.comparison_examples)} comparison examples")
+    table.add_column("id")
+    table.add_column("comparison question")
+    for p in c.principles:
+        table.add_row(p.id, p.comparison_question)
+    console.print(table)
 
 
 @cai_app.command()
