@@ -21,15 +21,15 @@ from coachlm.data.io import read_records, write_records
 from coachlm.data.schema import Comparison, Response, Sample, as_prompt
 from coachlm.errors import CoachError
 from coachlm.labelers import group_samples
-from coachlm.labelers.ai import (ANSWER, AIConfig, AILabeler, AIJudge, SimplePrinciple, normalize,
-                                 question)
+from coachlm.constitution import ComparisonExample, Principle, load_constitution
+from coachlm.labelers.ai import ANSWER, AIConfig, AILabeler, AIJudge, few_shot, normalize, question
 from coachlm.labelers.backends import EndpointConfig, FeedbackModelError, LocalModel, OpenAIModel
 from coachlm.serving.lm import LocalLM
 from feedback_support import free_port
 from models_fixtures import REPO, model, tokenizer
 
-PRINCIPLES = [SimplePrinciple("harmless", "Which response is less harmful?"),
-              SimplePrinciple("concise", "Which response is more concise?")]
+PRINCIPLES = [Principle("harmless", "Critique.", "Revise.", "Which response is less harmful?"),
+              Principle("concise", "Critique.", "Revise.", "Which response is more concise?")]
 
 
 def _samples() -> list[Sample]:
@@ -66,7 +66,7 @@ class Biased:
     def option_logprobs(self, contexts, options):
         out = []
         for c in contexts:
-            first = c.split("(A) ")[1].split("\n")[0]
+            first = c.rsplit("Options:\n(A) ", 1)[1].split("\n")[0]  # the last question's
             d = (1.0 if first.startswith("2 plus 2 is 4") else -1.0) + self.bias
             out.append([d / 2, -d / 2])
         return out
@@ -265,19 +265,28 @@ def test_cli_resumes_without_duplicates(tmp_path, model_dir):
     assert '"labeled": 2' in second.stderr  # the summary (on stderr, like every command)
 
 
-def test_principles_file_errors(tmp_path):
-    import importlib.util
+def test_few_shot_examples_and_the_default_constitution():
+    ex = ComparisonExample("harmless", "Hurt him?", "Sure.", "No; talk to him.", "B",
+                           reasoning="(A) helps harm.")
+    other = ComparisonExample("unused", "x", "y", "z", "A")
+    text = few_shot([ex, other], PRINCIPLES, cot=False)
+    assert text == (question(as_prompt("Hurt him?"), "Sure.", "No; talk to him.", PRINCIPLES[0])
+                    + ANSWER + "B)\n\n")
+    assert "Let's think step by step: (A) helps harm.\n" in few_shot([ex], PRINCIPLES, cot=True)
+    c = load_constitution()
+    lab = AILabeler(Biased(0.0), c.principles, AIConfig(few_shot=True), c.comparison_examples)
+    assert lab.prefix.count(ANSWER) == len(c.comparison_examples) > 0
+    r = lab.label(group_samples(_samples()[:2]))[0]
+    assert r.meta["principle"] in c.ids
 
-    from coachlm.labelers.ai_run import load_principles
 
-    if importlib.util.find_spec("coachlm.constitution") is not None:
-        pytest.skip("the constitution module reads constitution files (tested with it)")
+def test_unknown_principle_and_too_long_context_are_clear_errors(tmp_path, lm):
+    from coachlm.labelers.ai_run import AILabelConfig, run_ai_label
 
-    path = tmp_path / "c.yaml"
-    path.write_text("principles:\n  - id: harmless\n    comparison_question: Which is kinder?\n")
-    assert [p.id for p in load_principles(path)] == ["harmless"]
-    with pytest.raises(CoachError, match="unknown principle id 'nope'"):
-        load_principles(path, ["nope"])
-    path.write_text("principles:\n  - id: harmless\n    comparison_question: ' '\n")
-    with pytest.raises(CoachError, match=r"principles\[0\].comparison_question: missing or empty"):
-        load_principles(path)
+    write_records(tmp_path / "s.jsonl", _samples())
+    cfg = AILabelConfig(samples=tmp_path / "s.jsonl", out=tmp_path / "o.jsonl", model=tmp_path,
+                        principles=("nope",))
+    with pytest.raises(CoachError, match="unknown principle 'nope'"):
+        run_ai_label(cfg)
+    with pytest.raises(CoachError, match="exceeds the model's context of 256 tokens"):
+        lm.score(["the cat sat. " * 200])

@@ -11,7 +11,8 @@ rerun draws the same one) and the feedback model reads
     (B) <b>
     The answer is: (
 
-The label is the normalized probability of the option tokens, P(A) / (P(A) + P(B)): a soft
+optionally preceded (`few_shot`) by the constitution's worked comparisons in the same form, answered, as the
+paper prompted its feedback model few-shot. The label is the normalized probability of the option tokens, P(A) / (P(A) + P(B)): a soft
 label (sec. 4.1). With `both_orders` the question is also asked with the responses swapped and
 the two probabilities of `a` averaged, which cancels the model's preference for a position
 (sec. 4.1 evaluates both orders too). With `chain_of_thought` the model first writes its
@@ -32,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-from coachlm.data.schema import Comparison, Prompt, Record, Response, Sample, Source
+from coachlm.data.schema import Comparison, Prompt, Record, Response, Sample, Source, as_prompt
 from coachlm.errors import CoachError
 from coachlm.labelers.base import SampleGroup
 
@@ -41,21 +42,21 @@ OPTIONS = ("A", "B")
 
 @runtime_checkable
 class Principle(Protocol):
-    """What the AI labeler needs of a constitution's principle (`coachlm.constitution`)."""
+    """What the AI labeler needs of a principle (`coachlm.constitution.Principle`)."""
 
     id: str
     comparison_question: str
 
 
-@dataclass(frozen=True)
-class SimplePrinciple:
-    id: str
-    comparison_question: str
+class Example(Protocol):
+    """A worked comparison (`coachlm.constitution.ComparisonExample`), shown few-shot."""
 
-
-DEFAULT_PRINCIPLES = (SimplePrinciple(
-    "helpful-harmless", "Which of these assistant responses is more helpful, honest and "
-    "harmless, without being preachy or evasive?"),)
+    principle: str
+    prompt: str
+    a: str
+    b: str
+    answer: str  # "A" or "B"
+    reasoning: str
 
 
 @runtime_checkable
@@ -76,6 +77,10 @@ class FeedbackModel(Protocol):
 @dataclass(frozen=True)
 class AIConfig:
     both_orders: bool = True  # ask in both orders and average (cancels position bias)
+    # Prepend the constitution's worked comparisons (Bai et al., 2022, sec. 4.1 prompted a large
+    # pretrained LM few-shot). Off by default: the world's 256-token models have no room for them
+    # and learn the task from the world's own comparison demonstrations instead.
+    few_shot: bool = False
     chain_of_thought: bool = False
     cot_max_tokens: int = 64
     cot_clamp: tuple[float, float] = (0.4, 0.6)  # Bai et al., 2022, sec. 4.2
@@ -105,6 +110,20 @@ def question(prompt: Prompt, first: str, second: str, principle: Principle) -> s
 
 ANSWER = "The answer is: ("
 THINK = "Let's think step by step:"
+
+
+def few_shot(examples: Sequence[Example], principles: Sequence[Principle], cot: bool) -> str:
+    """The worked comparisons, each under its own principle's question, answered (with its
+    reasoning first in chain-of-thought mode); examples of principles not in use are left out."""
+    by_id = {p.id: p for p in principles}
+    parts = []
+    for e in examples:
+        if e.principle in by_id:
+            body = question(as_prompt(e.prompt), e.a, e.b, by_id[e.principle])
+            if cot and e.reasoning:
+                body += f"{THINK} {e.reasoning}\n"
+            parts.append(f"{body}{ANSWER}{e.answer})\n\n")
+    return "".join(parts)
 
 
 def pair_key(prompt: Prompt, a: Response, b: Response) -> str:
@@ -137,8 +156,8 @@ class AILabeler:
 
     source: Source = "ai"
 
-    def __init__(self, model: FeedbackModel, principles: Sequence[Principle] = DEFAULT_PRINCIPLES,
-                 cfg: AIConfig = AIConfig()):
+    def __init__(self, model: FeedbackModel, principles: Sequence[Principle],
+                 cfg: AIConfig = AIConfig(), examples: Sequence[Example] = ()):
         if not principles:
             raise CoachError("the AI labeler needs at least one principle")
         for p in principles:
@@ -146,6 +165,7 @@ class AILabeler:
                 raise CoachError(f"principle {getattr(p, 'id', '?')!r} has an empty "
                                  "comparison question")
         self.model, self.principles, self.cfg = model, list(principles), cfg
+        self.prefix = few_shot(examples, principles, cfg.chain_of_thought) if cfg.few_shot else ""
         self.id = f"ai:{model.name}"
 
     def items(self, groups: Sequence[SampleGroup]) -> list[_Item]:
@@ -192,7 +212,7 @@ class AILabeler:
     def _context(self, it: _Item, order: str) -> str:
         a, b = it.sample_a.response.text, it.sample_b.response.text
         first, second = (a, b) if order == "ab" else (b, a)
-        return question(it.sample_a.prompt, first, second, it.principle)
+        return self.prefix + question(it.sample_a.prompt, first, second, it.principle)
 
     def _record(self, it: _Item, p: float, p_a: dict[str, float], seconds: float,
                 tokens: float) -> Comparison:

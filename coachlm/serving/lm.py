@@ -94,6 +94,11 @@ class LocalLM:
     @torch.no_grad()
     def _logprobs(self, rows: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """log p(. | prefix) at every position of each row: [(T_i, V)] in fp32."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        longest = max((len(r) for r in rows), default=0)
+        if context is not None and longest > context:
+            raise CoachError(f"a text of {longest} tokens exceeds the model's context of "
+                             f"{context} tokens")
         pad = self.tokenizer.pad_token_id
         out: list[torch.Tensor] = []
         device = next(self.model.parameters()).device
