@@ -2,7 +2,8 @@
 
     python benchmarks/labelers_speed.py [--pairs 64] [--model DIR] [--threads 1]
 
-Sources: the simulated labelers (`labelers.SimulatedLabelers`, comparisons), the AI labeler with
+Sources: the simulated labelers (`labelers.SimulatedLabelers`, comparisons; timed warm, after
+the once-per-process noise calibration), the AI labeler (default constitution) with
 its feedback model in process (`backends.LocalModel`), and the same AI labeler through
 `coachlm serve` on 127.0.0.1 (`backends.OpenAIModel`, completions with echo logprobs), each in
 both orders (two questions per label). The feedback model defaults to a freshly initialized
@@ -80,6 +81,7 @@ def main() -> None:
 
     import torch
 
+    from coachlm.constitution import load_constitution
     from coachlm.labelers import SimulatedConfig, SimulatedLabelers
     from coachlm.labelers.ai import AILabeler
     from coachlm.labelers.backends import EndpointConfig, LocalModel, OpenAIModel
@@ -88,14 +90,16 @@ def main() -> None:
     groups = _pairs(args.pairs)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or _model_dir(Path(tmp))
-        sim, t_sim = _timed(lambda: SimulatedLabelers(SimulatedConfig(kind="comparisons"))
-                            .label(groups))
-        local = AILabeler(LocalModel(model))
+        simulated = SimulatedLabelers(SimulatedConfig(kind="comparisons"))
+        simulated.label(groups[:2])  # once: the noise calibration is cached per process
+        sim, t_sim = _timed(lambda: simulated.label(groups))
+        principles = load_constitution().principles
+        local = AILabeler(LocalModel(model), principles)
         ai, t_local = _timed(lambda: local.label(groups))
         proc = _serve(model, args.port, args.threads)
         try:
             remote = AILabeler(OpenAIModel(EndpointConfig(
-                base_url=f"http://127.0.0.1:{args.port}/v1", concurrency=1)))
+                base_url=f"http://127.0.0.1:{args.port}/v1", concurrency=1)), principles)
             served, t_served = _timed(lambda: remote.label(groups))
         finally:
             proc.terminate()

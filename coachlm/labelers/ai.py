@@ -11,14 +11,16 @@ rerun draws the same one) and the feedback model reads
     (B) <b>
     The answer is: (
 
-optionally preceded (`few_shot`) by the constitution's worked comparisons in the same form, answered, as the
-paper prompted its feedback model few-shot. The label is the normalized probability of the option tokens, P(A) / (P(A) + P(B)): a soft
-label (sec. 4.1). With `both_orders` the question is also asked with the responses swapped and
-the two probabilities of `a` averaged, which cancels the model's preference for a position
-(sec. 4.1 evaluates both orders too). With `chain_of_thought` the model first writes its
-reasoning after "Let's think step by step:" (greedy), then the option probabilities are read
-after it; those are clamped to [0.4, 0.6] as in sec. 4.2, because chain-of-thought answers are
-nearly always confident and over-confident soft labels hurt the preference model.
+optionally preceded (`few_shot`) by the constitution's worked comparisons in the same form,
+answered, as the paper prompted its feedback model few-shot. The label is the normalized
+probability of the option tokens, P(A) / (P(A) + P(B)): a soft label (sec. 4.1). With
+`both_orders` the question is also asked with the responses swapped and the two probabilities
+of `a` averaged, which cancels the feedback model's preference for a position (LLM judges favour
+one position; swapping is the usual remedy: Zheng et al., 2023, "Judging LLM-as-a-judge").
+With `chain_of_thought` the model first writes its reasoning after "Let's think step by step:"
+(greedy), then the option probabilities are read after it, clamped to [0.4, 0.6]: the paper
+found chain-of-thought answers nearly always confident, and clamping them to 40-60% gave
+better-behaved preference models.
 
 Records: Comparison(source="ai", labeler="ai:<model>", choice = the likelier response,
 meta = {principle, probability (P(a better)), p_ab, p_ba, feedback_model, cost, tokens, ...}).
@@ -83,7 +85,7 @@ class AIConfig:
     few_shot: bool = False
     chain_of_thought: bool = False
     cot_max_tokens: int = 64
-    cot_clamp: tuple[float, float] = (0.4, 0.6)  # Bai et al., 2022, sec. 4.2
+    cot_clamp: tuple[float, float] = (0.4, 0.6)  # Bai et al., 2022 (chain-of-thought labels)
     seed: int = 0  # principle draw (per pair) and, with one order, which order is shown
     batch_size: int = 16  # pairs per call to the feedback model
     cost_per_1k_tokens: float = 0.0  # for meta.cost when the backend counts tokens

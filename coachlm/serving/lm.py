@@ -68,9 +68,9 @@ class LocalLM:
 
     @classmethod
     def load(cls, path: str | Path, name: str | None = None, dtype: str = "fp32") -> "LocalLM":
-        from coachlm.models.load import load_model, load_tokenizer
+        from coachlm.models.load import _check_dir, load_model, load_tokenizer
 
-        tok = load_tokenizer(path)
+        tok = load_tokenizer(_check_dir(path, "model"))
         model = load_model(path, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32,
                            tokenizer=tok)
         return cls(model, tok, name or Path(path).resolve().name)
