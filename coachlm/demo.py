@@ -39,7 +39,8 @@ def summarize(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def run_demo(out: Path, overrides: Sequence[str] = (), from_stage: str | None = None) -> dict[str, Any]:
+def run_demo(out: Path, overrides: Sequence[str] = (), from_stage: str | None = None
+             ) -> dict[str, Any]:
     """Run the quickstart pipeline; print the held-out table; return (and write) demo.json."""
     from coachlm.eval.compare import print_comparison
     from coachlm.eval.wins import fmt

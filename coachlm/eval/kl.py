@@ -2,7 +2,8 @@
 
 Responses are sampled from the policy at its sampling temperature T (1 unless given: the
 temperature PPO trained it at, since that is the distribution the KL penalty constrained), and
-both models' logprobs are computed at T, as the trainer computes them; the sequence-level KL is the mean of
+both models' logprobs are computed at T, as the trainer computes them; the sequence-level KL
+is the mean of
 log pi(y|x) - log pi_ref(y|x) over them (the k1 estimator, unbiased for the sequence-level KL;
 Schulman, 2020, "Approximating KL divergence"). This is the number a KL budget refers to.
 """

@@ -34,7 +34,8 @@ class LeaderboardConfig:
     seed: int = 0
 
 
-def read_players(evals: Sequence[Path], names: Sequence[Mapping[str, str]]) -> dict[str, list[Sample]]:
+def read_players(evals: Sequence[Path], names: Sequence[Mapping[str, str]]
+                 ) -> dict[str, list[Sample]]:
     """Each player's evaluation samples; `names[i]` maps eval i's model names to player names
     (a model seen in an earlier eval under the same player name is read once)."""
     from coachlm.data.io import read_records

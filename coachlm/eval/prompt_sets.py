@@ -41,6 +41,10 @@ def _text(p: PromptRecord) -> str:
     return p.prompt_text
 
 
+def _show(prompts: Sequence[PromptRecord], pairs: list[tuple[int, int]]) -> list[list[str]]:
+    return [[_text(prompts[a]), _text(prompts[b])] for a, b in pairs[:3]]
+
+
 def duplicates(prompts: Sequence[PromptRecord], threshold: float = 0.8) -> dict[str, Any]:
     """Prompts that repeat an earlier one exactly (after normalizing case, punctuation and
     spaces), and those that nearly do (MinHash Jaccard >= threshold), with a few examples."""
@@ -61,9 +65,8 @@ def duplicates(prompts: Sequence[PromptRecord], threshold: float = 0.8) -> dict[
         if hits:
             near.append((min(hits), i))
         lsh.insert(str(i), m)
-    show = lambda pairs: [[_text(prompts[a]), _text(prompts[b])] for a, b in pairs[:3]]  # noqa: E731
     return {"n": len(prompts), "exact_duplicates": len(exact), "near_duplicates": len(near),
-            "exact_examples": show(exact), "near_examples": show(near)}
+            "exact_examples": _show(prompts, exact), "near_examples": _show(prompts, near)}
 
 
 def overlap(reference: Sequence[PromptRecord], prompts: Sequence[PromptRecord],

@@ -97,16 +97,19 @@ def alarms(rounds: list[dict[str, Any]], cfg: ReportConfig) -> list[str]:
     for r in rounds:
         kl, train = r.get("kl"), r.get("train")
         if kl and kl.get("within_budget") is False:
-            out.append(f"round {r['round']}: KL {kl['kl']:.2f} nats is over the {kl['budget']:g} budget")
+            out.append(f"round {r['round']}: KL {kl['kl']:.2f} nats is over the "
+                       f"{kl['budget']:g} budget")
         if train:
             length = [x for x in train["curves"]["response_length"] if x is not None]
             k = max(len(length) // 5, 1)
             if length and sum(length[:k]) > 0:
                 a, b = sum(length[:k]) / k, sum(length[-k:]) / k
                 if abs(b - a) / a > cfg.length_drift:
-                    out.append(f"round {r['round']}: response length drifted {a:.1f} -> {b:.1f} tokens")
+                    out.append(f"round {r['round']}: response length drifted "
+                               f"{a:.1f} -> {b:.1f} tokens")
             w = train["watch"]
-            if len(w["step"]) >= 2 and w["rm"][-1] > w["rm"][0] and w["rubric"][-1] < w["rubric"][0] - 0.02:
+            rm_up = len(w["step"]) >= 2 and w["rm"][-1] > w["rm"][0]
+            if rm_up and w["rubric"][-1] < w["rubric"][0] - 0.02:
                 out.append(f"round {r['round']}: reward-model score rose ({w['rm'][0]:.2f} -> "
                            f"{w['rm'][-1]:.2f}) while the rubric fell ({w['rubric'][0]:.3f} -> "
                            f"{w['rubric'][-1]:.3f}): possible reward hacking")
@@ -160,7 +163,8 @@ def _labels(rounds: list[dict[str, Any]], cfg: ReportConfig) -> str:
                      f"{s['gold_accuracy_all']:.1%}", alpha, secs, money,
                      f"${s['n'] * (s['money_per_label'] or 0):.2f}"])
     return _table(["round", "labels", "by source", "accuracy vs rubric (gold)",
-                   "Krippendorff alpha", "seconds / label", f"money / label at ${cfg.rate_per_hour:g}/h",
+                   "Krippendorff alpha", "seconds / label",
+                   f"money / label at ${cfg.rate_per_hour:g}/h",
                    "round total"], rows)
 
 

@@ -30,7 +30,9 @@ class ReportConfig:
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def stages(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -57,7 +59,8 @@ def training(stage_dir: Path) -> dict[str, Any]:
                                                       "response_length")}
     by_step: dict[int, list[tuple[float, float]]] = defaultdict(list)
     for s in _jsonl(stage_dir / "samples.jsonl"):
-        by_step[s["step"]].append((s["reward_raw"], score(as_prompt(s["prompt"]), s["response"]).total))
+        judged = score(as_prompt(s["prompt"]), s["response"]).total
+        by_step[s["step"]].append((s["reward_raw"], judged))
     watch = {"step": sorted(by_step),
              "rm": [sum(a for a, _ in by_step[k]) / len(by_step[k]) for k in sorted(by_step)],
              "rubric": [sum(b for _, b in by_step[k]) / len(by_step[k]) for k in sorted(by_step)]}

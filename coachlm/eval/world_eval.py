@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from coachlm.data.schema import PromptRecord, Response, Sample
-from coachlm.errors import CoachError
 
 
 @dataclass(frozen=True)

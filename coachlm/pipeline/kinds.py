@@ -15,9 +15,8 @@ from typing import Any, Callable, Mapping
 from coachlm import config as cfglib
 from coachlm.eval.compare import CompareConfig
 from coachlm.eval.leaderboard import LeaderboardConfig
-from coachlm.models.lora import LoRAConfig  # noqa: F401  (PPO/SFT configs name it)
 from coachlm.pipeline.label import LabelConfig
-from coachlm.pipeline.spec import Pipeline, PipelineError, StageSpec
+from coachlm.pipeline.spec import Pipeline, PipelineError, StageSpec, hint
 from coachlm.rollout.samples import SampleConfig
 from coachlm.trainers.dpo import DPOConfig
 from coachlm.trainers.ppo_config import PPORunConfig
@@ -108,7 +107,8 @@ def _eval_resolve(data: dict[str, Any], up: Upstream) -> dict[str, Any]:
             if data.get(key) is None:
                 data[key] = value
     if "trained_on_judge" not in data:
-        data["trained_on_judge"] = [m for m, rec in rl.items() if rec["config"]["reward"] == "rubric"]
+        data["trained_on_judge"] = [m for m, rec in rl.items()
+                                    if rec["config"]["reward"] == "rubric"]
     return data
 
 
@@ -125,7 +125,8 @@ def _leaderboard(cfg: LeaderboardConfig, d: Path, up: Upstream) -> dict[str, Any
 KINDS: dict[str, Kind] = {
     "world": Kind(WorldConfig, ("corpus", "sft", "prompts_train", "prompts_heldout", "prompts_dev",
                                 "prompts_test", "world"), _world, out=None),
-    "pretrain": Kind(PretrainConfig, ("model",), _trainer("coachlm.trainers.pretrain.run_pretrain")),
+    "pretrain": Kind(PretrainConfig, ("model",),
+                     _trainer("coachlm.trainers.pretrain.run_pretrain")),
     "sft": Kind(SFTConfig, ("model",), _trainer("coachlm.trainers.sft.run_sft")),
     "sample": Kind(SampleConfig, ("samples",), _sample, out="samples.jsonl"),
     "label": Kind(LabelConfig, ("data",), _label),
@@ -168,10 +169,8 @@ def check_stage(pipe: Pipeline, spec: StageSpec) -> None:
     """Everything about one stage that can be checked before anything runs."""
     where = f"{pipe.path}: stages.{spec.name}"
     if spec.kind not in KINDS:
-        from coachlm.pipeline.spec import _hint
-
         raise PipelineError(f"{where}.kind: unknown stage kind '{spec.kind}'"
-                            f"{_hint(spec.kind, list(KINDS))}")
+                            f"{hint(spec.kind, list(KINDS))}")
     kind = KINDS[spec.kind]
     names = {f.name for f in fields(kind.config)}
     kinds = {s.name: s.kind for s in pipe.stages}

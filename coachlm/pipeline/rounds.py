@@ -36,7 +36,7 @@ class LoopConfig:
     rm_init: Literal["continue", "retrain"] = "continue"
     policy_init: Literal["previous", "sft"] = "previous"
     project: str = "round"  # store projects are <project>-1, <project>-2, ...
-    store: str | None = None  # the label stage's store (`coachlm loop --store`; default: RUN/feedback.db)
+    store: str | None = None  # the label stage's store (--store; default RUN/feedback.db)
     leaderboard_bootstrap: int = 200
 
     def __post_init__(self) -> None:

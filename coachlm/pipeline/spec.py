@@ -71,7 +71,7 @@ class Pipeline:
             if s.name == name:
                 return s
         raise PipelineError(f"{self.path}: no stage named '{name}'"
-                            f"{_hint(name, [s.name for s in self.stages])}")
+                            f"{hint(name, [s.name for s in self.stages])}")
 
     def downstream(self, name: str) -> set[str]:
         """`name` and every stage that reads from it, directly or not."""
@@ -82,7 +82,7 @@ class Pipeline:
         return out
 
 
-def _hint(key: str, valid: Sequence[str]) -> str:
+def hint(key: str, valid: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1)
     return f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(valid)})"
 
@@ -101,7 +101,7 @@ def _parse_stage(path: Path, name: str, body: Any) -> StageSpec:
         raise PipelineError(f"{path}: {where}: expected a mapping of {', '.join(STAGE_KEYS)}")
     for key in body:
         if key not in STAGE_KEYS:
-            raise PipelineError(f"{path}: unknown key '{where}.{key}'{_hint(key, STAGE_KEYS)}")
+            raise PipelineError(f"{path}: unknown key '{where}.{key}'{hint(key, STAGE_KEYS)}")
     inputs_raw = body.get("inputs") or {}
     config = body.get("config") or {}
     if not isinstance(inputs_raw, Mapping) or not isinstance(config, Mapping):
@@ -131,7 +131,7 @@ def order(path: Path, stages: dict[str, StageSpec]) -> tuple[StageSpec, ...]:
                 if ref.stage not in stages:
                     raise PipelineError(
                         f"{path}: stages.{name}.inputs.{field}: missing input: no stage named "
-                        f"'{ref.stage}'{_hint(ref.stage, list(stages))}")
+                        f"'{ref.stage}'{hint(ref.stage, list(stages))}")
                 visit(ref.stage)
         visiting.pop()
         done[name] = stages[name]
@@ -146,7 +146,7 @@ def parse_pipeline(path: Path, data: Any, overrides: Sequence[str] = ()) -> Pipe
         raise PipelineError(f"{path}: the top level must be a mapping with a 'stages' mapping")
     for key in data:
         if key not in TOP_KEYS:
-            raise PipelineError(f"{path}: unknown key '{key}'{_hint(key, TOP_KEYS)}")
+            raise PipelineError(f"{path}: unknown key '{key}'{hint(key, TOP_KEYS)}")
     stages = {str(n): _parse_stage(path, n, b) for n, b in data["stages"].items()}
     loop = dict(data.get("loop") or {})
     for stage, changes in cfglib.parse_overrides(overrides).items():
