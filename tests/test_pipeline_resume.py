@@ -17,7 +17,7 @@ from test_cli import ENV
 from coachlm.demo import quickstart_path
 from coachlm.pipeline import load_pipeline, run_pipeline
 
-SLOW_RM = ["rm.epochs=null", "rm.train.max_steps=24", "rm.train.checkpoint_every=4",
+SLOW_RM = ["rm.epochs=null", "rm.train.max_steps=60", "rm.train.checkpoint_every=4",
            "rm.train.batch_size=2"]
 
 
@@ -45,7 +45,9 @@ def test_kill_9_during_reward_model_training_resumes_to_the_same_model(tmp_path,
                             start_new_session=True)
     try:
         start = time.monotonic()
-        while not list((out / "rm" / "checkpoints").glob("step-*")):
+        # running.json: the forced re-run has cleared the old directory and started training
+        while not ((out / "rm" / "running.json").is_file()
+                   and list((out / "rm" / "checkpoints").glob("step-*"))):
             assert proc.poll() is None and time.monotonic() - start < 600
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)  # kill -9 mid-training
