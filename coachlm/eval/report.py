@@ -173,6 +173,9 @@ def _round_section(r: dict[str, Any]) -> str:
     if r.get("greedy"):
         a, b = r["key"].split("_over_")
         rows = [["greedy", fmt(r["greedy"])]]
+        test = r["eval"]["result"].get("splits", {}).get("test")
+        if test:
+            rows.append([f"greedy, test half ({test['n']} prompts)", fmt(test["wins"][r["key"]])])
         if r.get("sampled"):
             rows.append(["sampled (training temperature and length)", fmt(r["sampled"])])
         if r.get("kl"):
