@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coachlm.feedback import accounts, importer, items
-from coachlm.feedback.db import Store, StoreError, open_store
+from coachlm.feedback.db import NotFound, Store, StoreError, open_store
 from coachlm.feedback.export import ExportConfig, export_records, write_jsonl
 from coachlm.feedback.summary import project_summary
 from coachlm.feedback.tables import Labeler
@@ -67,7 +67,7 @@ def import_(files: Annotated[list[Path], typer.Argument(help="JSONL files of rec
     with st.write() as s:
         try:
             p = items.get_project(s, project)
-        except StoreError:
+        except NotFound:
             if not create:
                 raise
             p = items.create_project(s, project)
@@ -80,6 +80,20 @@ def import_(files: Annotated[list[Path], typer.Argument(help="JSONL files of rec
     console.print(f"imported {total.records} records into {project!r}: {total.prompts} new "
                   f"prompts, {total.responses} responses, {total.tasks + made} tasks, "
                   f"{total.labels} labels, {total.gold} gold items")
+
+
+@label_app.command()
+def project(project: ProjectOpt, store: StoreOpt = "feedback.db",
+            assignment_ttl: Annotated[Optional[int], typer.Option(
+                help="seconds a claimed item stays reserved for its labeler before it is "
+                     "offered to someone else (0: for ever)")] = None) -> None:
+    """Show or change a project's settings."""
+    with _store(store).write() as s:
+        p = items.get_project(s, project)
+        if assignment_ttl is not None:
+            items.set_assignment_ttl(p, assignment_ttl)
+        console.print(f"{p.name!r}: rating scale {p.rating_scale}, assignment TTL "
+                      f"{p.assignment_ttl_s} s")
 
 
 @label_app.command()

@@ -56,9 +56,7 @@ def create_project(s: Session, name: str, description: str = "", rating_scale: i
     if isinstance(rating_scale, bool) or not isinstance(rating_scale, int) or not (
             2 <= rating_scale <= MAX_SCALE):
         raise StoreError(f"rating_scale must be an integer from 2 to {MAX_SCALE}")
-    if isinstance(assignment_ttl_s, bool) or not isinstance(assignment_ttl_s, int) or not (
-            0 <= assignment_ttl_s <= 10**8):
-        raise StoreError("assignment_ttl_s must be a whole number of seconds >= 0 (0: never)")
+    _check_ttl(assignment_ttl_s)
     flags = [check_text(str(f), "a flag") for f in flags]
     project = Project(name=name, description=_check_long(description, "the description"),
                       rating_scale=rating_scale, flags=flags, assignment_ttl_s=assignment_ttl_s)
@@ -67,6 +65,17 @@ def create_project(s: Session, name: str, description: str = "", rating_scale: i
     if guidelines:
         add_guidelines(s, project, guidelines)
     return project
+
+
+def _check_ttl(ttl: int) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= 10**8:
+        raise StoreError("assignment_ttl_s must be a whole number of seconds >= 0 (0: never)")
+    return ttl
+
+
+def set_assignment_ttl(project: Project, ttl: int) -> None:
+    """How long a claimed item stays reserved for its labeler (0: for ever); see assign.py."""
+    project.assignment_ttl_s = _check_ttl(ttl)
 
 
 def get_project(s: Session, name: str) -> Project:

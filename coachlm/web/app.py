@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coachlm.errors import CoachError
 from coachlm.feedback.db import Conflict, NotFound, Store, StoreConfig, open_store
@@ -78,6 +79,12 @@ def _handlers(app: FastAPI) -> None:
     def _store(request: Request, exc: CoachError) -> Response:
         status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
         return _error(request, status, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)  # no such route, method not allowed
+    def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        response = _error(request, exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
     def _invalid(request: Request, exc: RequestValidationError) -> Response:
