@@ -46,12 +46,22 @@ def serve(store: StoreOpt = "feedback.db", host: str = "127.0.0.1", port: int = 
           secure_cookies: Annotated[Optional[bool], typer.Option(
               "--secure-cookies/--no-secure-cookies",
               help="default: Secure cookies when the request came over https")] = None,
-          access_log: bool = False) -> None:
+          access_log: bool = False,
+          workers: Annotated[int, typer.Option(
+              help="server processes (uvicorn workers); they share only the database")] = 1,
+          max_body_mb: Annotated[float, typer.Option(help="largest request body")] = 2.0,
+          max_upload_mb: Annotated[float, typer.Option(
+              help="largest import body (admins only)")] = 200.0) -> None:
     """Run the labeling web app (migrates the store first)."""
     from coachlm.web.app import WebConfig, serve as run  # the web app is only needed here
 
-    run(WebConfig(store=store, host=host, port=port, secure_cookies=secure_cookies,
-                  access_log=access_log))
+    try:
+        cfg = WebConfig(store=store, host=host, port=port, secure_cookies=secure_cookies,
+                        access_log=access_log, workers=workers, max_body_mb=max_body_mb,
+                        max_upload_mb=max_upload_mb)
+    except ValueError as e:
+        raise StoreError(str(e)) from None
+    run(cfg)
 
 
 @label_app.command("import")

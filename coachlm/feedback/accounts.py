@@ -30,7 +30,7 @@ from datetime import timedelta
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from coachlm.feedback.db import Store, StoreError
@@ -237,8 +237,11 @@ def issue_token(s: Session, name: str) -> str:
     return token
 
 
+_BY_TOKEN = select(Labeler).where(Labeler.token_hash == bindparam("hash"))
+
+
 def labeler_by_token(s: Session, token: str) -> Labeler | None:
-    lab = s.scalar(select(Labeler).where(Labeler.token_hash == token_hash(token)))
+    lab = s.scalar(_BY_TOKEN, {"hash": token_hash(token)})
     return lab if lab is not None and lab.active else None
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from coachlm.feedback.db import NotFound, StoreError
@@ -38,9 +38,25 @@ def _shown_order(task: Task, rng: random.Random) -> list[int]:
     return order
 
 
+# The statements of the claim path, built once: building a SQLAlchemy statement costs more
+# Python time than SQLite takes to run it. Values are bound per call.
+_TAKEN = select(Assignment.slot).where(Assignment.task_id == bindparam("task"),
+                                       Assignment.slot.is_not(None))
+_PENDING = select(Assignment).join(Task).where(
+    Assignment.labeler_id == bindparam("labeler"), Assignment.status == PENDING,
+    Task.project_id == bindparam("project")).order_by(Assignment.id).limit(1)
+_OPEN = (select(Task).where(
+    Task.project_id == bindparam("project"), Task.filled < Task.n_labels,
+    Task.id.not_in(select(Assignment.task_id).where(Assignment.labeler_id == bindparam("labeler"))))
+    .order_by(Task.id).limit(1))
+_OPEN_SKIP, _OPEN_WAIT = _OPEN.with_for_update(skip_locked=True), _OPEN.with_for_update()
+_STALE = (select(Assignment).join(Task).where(
+    Assignment.status == PENDING, Task.project_id == bindparam("project"),
+    Assignment.created_at < bindparam("cutoff")).with_for_update(of=Assignment, skip_locked=True))
+
+
 def _free_slot(s: Session, task: Task) -> int | None:
-    taken = set(s.scalars(select(Assignment.slot).where(Assignment.task_id == task.id,
-                                                        Assignment.slot.is_not(None))))
+    taken = set(s.scalars(_TAKEN, {"task": task.id}))
     return next((i for i in range(task.n_labels) if i not in taken), None)
 
 
@@ -71,9 +87,7 @@ def assign_tasks(s: Session, project: Project, labelers: Sequence[Labeler],
 
 
 def pending(s: Session, labeler: Labeler, project: Project) -> Assignment | None:
-    return s.scalar(select(Assignment).join(Task).where(
-        Assignment.labeler_id == labeler.id, Assignment.status == PENDING,
-        Task.project_id == project.id).order_by(Assignment.id).limit(1))
+    return s.scalar(_PENDING, {"labeler": labeler.id, "project": project.id})
 
 
 def claim(s: Session, labeler: Labeler, project: Project,
@@ -86,10 +100,8 @@ def claim(s: Session, labeler: Labeler, project: Project,
     SQLite: writers are serialized, so the first open task is simply free.
     """
     rng = rng or random.Random()
-    mine = select(Assignment.task_id).where(Assignment.labeler_id == labeler.id)
-    q = (select(Task).where(Task.project_id == project.id, Task.id.not_in(mine),
-                            Task.filled < Task.n_labels).order_by(Task.id).limit(1))
-    task = s.scalar(q.with_for_update(skip_locked=True)) or s.scalar(q.with_for_update())
+    ids = {"project": project.id, "labeler": labeler.id}
+    task = s.scalar(_OPEN_SKIP, ids) or s.scalar(_OPEN_WAIT, ids)
     if task is None:
         return None
     slot = _free_slot(s, task)
@@ -109,10 +121,8 @@ def expire(s: Session, project: Project) -> int:
     if not project.assignment_ttl_s:
         return 0
     now = utcnow()
-    stale = s.scalars(select(Assignment).join(Task).where(
-        Assignment.status == PENDING, Task.project_id == project.id,
-        Assignment.created_at < now - timedelta(seconds=project.assignment_ttl_s))
-        .with_for_update(of=Assignment, skip_locked=True)).all()
+    stale = s.scalars(_STALE, {"project": project.id, "cutoff": now - timedelta(
+        seconds=project.assignment_ttl_s)}).all()
     for a in stale:
         a.status, a.slot, a.done_at = EXPIRED, None, now
         a.task.filled = Task.filled - 1

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from coachlm.data import schema
@@ -78,8 +78,11 @@ def set_assignment_ttl(project: Project, ttl: int) -> None:
     project.assignment_ttl_s = _check_ttl(ttl)
 
 
+_BY_NAME = select(Project).where(Project.name == bindparam("name"))
+
+
 def get_project(s: Session, name: str) -> Project:
-    project = s.scalar(select(Project).where(Project.name == name))
+    project = s.scalar(_BY_NAME, {"name": name})
     if project is None:
         raise NotFound(f"no project named {name!r}")
     return project

@@ -24,14 +24,14 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from coachlm.data.schema import CHOICES
-from coachlm.feedback.assign import get_assignment, retake_slot
-from coachlm.feedback.db import Conflict, StoreError
-from coachlm.feedback.tables import (DONE, EXPIRED, SKIPPED, Assignment, Guideline, Label, Labeler,
-                                     Project, utcnow)
+from coachlm.feedback.assign import retake_slot
+from coachlm.feedback.db import Conflict, NotFound, StoreError
+from coachlm.feedback.tables import (DONE, EXPIRED, MAX_ID, SKIPPED, Assignment, Guideline, Label,
+                                     Labeler, Project, Task, utcnow)
 from coachlm.feedback.text import check_text
 
 SHOWN_CHOICES = {"first": 0, "second": 1}
@@ -140,6 +140,15 @@ def permute(kind: str, answer: dict[str, Any], order: Sequence[int]) -> dict[str
     return answer
 
 
+# Built once (statement construction costs more than running it); values bound per call.
+_BY_CLIENT_ID = select(Label).where(Label.client_id == bindparam("client_id"))
+_GUIDELINES = select(func.max(Guideline.version)).where(
+    Guideline.project_id == bindparam("project"))
+_LOCKED = (select(Assignment, Task, Project).join(Task, Assignment.task_id == Task.id)
+           .join(Project, Task.project_id == Project.id)
+           .where(Assignment.id == bindparam("id")).with_for_update(of=Assignment))
+
+
 def submit_label(s: Session, labeler: Labeler, assignment_id: int, client_id: str,
                  answer: Mapping[str, Any], time_spent_s: float | None = None) -> tuple[Label, bool]:
     """Store the answer (in shown terms) to one of `labeler`'s assignments.
@@ -153,13 +162,11 @@ def submit_label(s: Session, labeler: Labeler, assignment_id: int, client_id: st
         raise StoreError("client_id must be 8 to 64 printable characters")
     # Lock the assignment first (PostgreSQL: FOR UPDATE; SQLite: the write lock is already
     # held), then look for the client id, so that two racing retries serialize here.
-    a = get_assignment(s, labeler, assignment_id, lock=True)
-    task = a.task
-    project = s.get(Project, task.project_id)
+    a, task, project = _locked(s, labeler, assignment_id)
     canonical = lambda: check_answer(  # noqa: E731
         task.kind, from_shown(task.kind, answer, a.shown_order), len(task.response_ids),
         project.rating_scale, project.flags)
-    done = s.scalar(select(Label).where(Label.client_id == client_id))
+    done = s.scalar(_BY_CLIENT_ID, {"client_id": client_id})
     if done is not None:
         if done.assignment_id != a.id:
             raise Conflict("this client_id was already used for another assignment")
@@ -176,13 +183,23 @@ def submit_label(s: Session, labeler: Labeler, assignment_id: int, client_id: st
                        "labelers; the answer was not stored")
     label = Label(client_id=client_id, assignment_id=a.id, task_id=task.id, labeler_id=labeler.id,
                   answer=canonical(), time_spent_s=_seconds(time_spent_s),
-                  cost=labeler.cost_per_label, guideline_version=s.scalar(
-                      select(func.max(Guideline.version)).where(
-                          Guideline.project_id == project.id)))
+                  cost=labeler.cost_per_label,
+                  guideline_version=s.scalar(_GUIDELINES, {"project": project.id}))
     a.status, a.done_at = DONE, utcnow()
     s.add(label)
     s.flush()
     return label, True
+
+
+def _locked(s: Session, labeler: Labeler, assignment_id: int
+            ) -> tuple[Assignment, Task, Project]:
+    """The labeler's assignment with its task and project, in one query; the assignment row
+    is locked for this transaction (PostgreSQL FOR UPDATE; SQLite holds the write lock)."""
+    row = s.execute(_LOCKED, {"id": assignment_id}).one_or_none() \
+        if 1 <= assignment_id <= MAX_ID else None
+    if row is None or row[0].labeler_id != labeler.id:
+        raise NotFound(f"no assignment {assignment_id} for {labeler.name}")
+    return row[0], row[1], row[2]
 
 
 def _seconds(value: Any) -> float | None:

@@ -21,13 +21,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coachlm.data import schema
-from coachlm.feedback import accounts, assign, importer, items, labels, quality
+from coachlm.feedback import accounts, assign, importer, items, labels, quality, views
 from coachlm.feedback.db import StoreError
 from coachlm.feedback.tables import DEFAULT_TTL_S, MAX_ID, Labeler, Project
 from coachlm.feedback.text import check_tree
 from coachlm.web.admin import export_config, export_response
 from coachlm.web.deps import ApiAdmin, ApiUser, User, store
-from coachlm.web.labeler import task_view
 
 router = APIRouter(prefix="/api")
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -86,7 +85,7 @@ class LabelerIn(Body):
 
 
 def _assignment_json(s: Session, user: User, assignment_id: int) -> dict[str, Any]:
-    v = task_view(s, user, assignment_id)
+    v = views.assignment_view(s, user.id, assignment_id)
     return {"id": v.id, "kind": v.kind, "status": v.status, "project": v.project,
             "prompt": v.messages, "responses": v.texts, "rating_scale": v.scale,
             "flags": v.flags, "answer": v.answer}
