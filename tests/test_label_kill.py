@@ -19,13 +19,13 @@ from coachlm.feedback.tables import Label
 LABELERS = 6
 
 
-def _prepare(url: str) -> list[str]:
+def _prepare(url: str, prompts: int = 60) -> list[str]:
     st = db.open_store(url)
     with st.write() as s:
         p = items.create_project(s, "demo")
         importer.import_records(s, p, [
             schema.Sample(prompt=schema.as_prompt(f"q{i}"), response=schema.Response(f"r{i}.{j}"))
-            for i in range(60) for j in range(2)])
+            for i in range(prompts) for j in range(2)])
         items.create_tasks(s, p, items.TaskSpec("comparison", n_labels=3))
         tokens = []
         for k in range(LABELERS):
@@ -92,4 +92,28 @@ def test_kill_9_loses_no_acknowledged_label(store_url):  # noqa: F811
     with st.read() as s:
         assert set(s.scalars(select(Label.client_id))) == acked
         assert s.scalar(select(func.count()).select_from(Label)) == len(acked)
+    st.close()
+
+
+def test_two_worker_processes_share_one_sqlite_store(tmp_path):
+    """`--workers 2`: separate processes write one SQLite file (queued on the writer file
+    lock); every task still gets exactly its labels, none twice."""
+    url = str(tmp_path / "f.db")
+    tokens = _prepare(url, prompts=20)
+    acked: set[str] = set()
+    lock = threading.Lock()
+    with label_server(url, "--workers", "2") as (_, base):
+        threads = [threading.Thread(target=_labeler, args=(base, t, acked, {}, lock))
+                   for t in tokens]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+    st = db.open_store(url)
+    with st.read() as s:
+        per_task = s.execute(select(Label.task_id, func.count(),
+                                    func.count(func.distinct(Label.labeler_id)))
+                             .group_by(Label.task_id)).all()
+        assert set(s.scalars(select(Label.client_id))) == acked
+    assert len(per_task) == 20 and all(n == 3 and d == 3 for _, n, d in per_task)
     st.close()
