@@ -149,7 +149,8 @@ def bench(backend: str, labelers: int, per: int, workers: int = 1) -> dict:
         log = stack.enter_context(tempfile.TemporaryFile())
         server = subprocess.Popen(
             [sys.executable, "-m", "coachlm.cli", "label", "serve", "--store", url,
-             "--port", str(port), "--workers", str(workers)], env={**os.environ, "PYTHONPATH": str(ROOT)},
+             "--port", str(port), "--workers", str(workers)],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=log, stderr=subprocess.STDOUT)
         stack.callback(server.wait, 30)
         stack.callback(server.terminate)

@@ -19,7 +19,7 @@ from coachlm.cli.label import label_app
 from coachlm.data import schema
 from coachlm.feedback import accounts, db, importer, items
 from coachlm.feedback.tables import Assignment, Label, Labeler
-from coachlm.web.app import WebConfig, create_app
+from coachlm.web.app import create_app
 from test_web import app, csrf_of, login  # noqa: F401  (the `app` fixture)
 
 SURROGATE = '"bad \\ud800 text"'  # JSON for a string holding a lone surrogate
