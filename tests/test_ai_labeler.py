@@ -199,8 +199,8 @@ def bad_server():
     @app.post("/nologprobs/v1/completions")
     def nologprobs():
         return {"id": "x", "object": "text_completion", "created": 0, "model": "m",
-                "choices": [{"index": 0, "text": "hi", "finish_reason": "length",
-                             "logprobs": None}]}
+                "choices": [{"index": i, "text": "hi", "finish_reason": "length",
+                             "logprobs": None} for i in range(2)]}
 
     @app.post("/garbage/v1/completions")
     def garbage():
