@@ -206,6 +206,20 @@ def bad_server():
     def garbage():
         return PlainTextResponse("<html>oops</html>")
 
+    calls = {"flaky": 0}
+
+    @app.post("/flaky/v1/completions")
+    def flaky():
+        """503 on the first call (a transient error), then a scored echo of "ctx" + option."""
+        calls["flaky"] += 1
+        if calls["flaky"] == 1:
+            return PlainTextResponse("busy", status_code=503)
+        return {"id": "x", "object": "text_completion", "created": 0, "model": "m", "choices": [
+            {"index": i, "text": "ctx" + o, "finish_reason": "length",
+             "logprobs": {"tokens": ["ctx", o], "token_logprobs": [None, lp],
+                          "text_offset": [0, 3], "top_logprobs": None}}
+            for i, (o, lp) in enumerate((("A", -1.0), ("B", -2.0)))]}
+
     @app.post("/slow/v1/completions")
     def slow():
         time.sleep(3)
@@ -217,7 +231,7 @@ def bad_server():
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", calls
     server.should_exit = True
     thread.join(10)
 
@@ -226,11 +240,18 @@ def bad_server():
                                           ("garbage", "unusable answer"),
                                           ("slow", "timed out after 0.5 s")])
 def test_bad_endpoint_is_one_clear_error(bad_server, path, message):
-    m = OpenAIModel(EndpointConfig(base_url=f"{bad_server}/{path}/v1", model="m", timeout_s=0.5,
+    m = OpenAIModel(EndpointConfig(base_url=f"{bad_server[0]}/{path}/v1", model="m", timeout_s=0.5,
                                    max_retries=0))
     with pytest.raises(FeedbackModelError, match=message) as e:
         m.option_logprobs(["ctx"], ["A", "B"])
     assert "\n" not in str(e.value)
+
+
+def test_transient_errors_are_retried(bad_server):
+    url, calls = bad_server
+    m = OpenAIModel(EndpointConfig(base_url=f"{url}/flaky/v1", model="m", max_retries=2))
+    assert m.option_logprobs(["ctx"], ["A", "B"]) == [[-1.0, -2.0]]
+    assert calls["flaky"] == 2  # one 503, retried after a backoff, then the answer
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
