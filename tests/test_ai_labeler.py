@@ -22,7 +22,8 @@ from coachlm.data.schema import Comparison, Response, Sample, as_prompt
 from coachlm.errors import CoachError
 from coachlm.labelers import group_samples
 from coachlm.constitution import ComparisonExample, Principle, load_constitution
-from coachlm.labelers.ai import ANSWER, AIConfig, AILabeler, AIJudge, few_shot, normalize, question
+from coachlm.labelers.ai import (ANSWER, AIConfig, AILabeler, AIJudge, few_shot, normalize,
+                                 position_bias, question)
 from coachlm.labelers.backends import EndpointConfig, FeedbackModelError, LocalModel, OpenAIModel
 from coachlm.serving.lm import LocalLM
 from feedback_support import free_port
@@ -85,6 +86,9 @@ def test_soft_label_cancels_position_bias():
     assert both.choice == "a" and both.source == "ai" and both.shown_order is None
     one = AILabeler(Biased(bias=0.8), PRINCIPLES, AIConfig(both_orders=False, seed=1)).label(group)[0]
     assert one.shown_order in ("ab", "ba") and one.meta[f"p_{one.shown_order}"] is not None
+    assert position_bias([both]) == {"records": 1, "first_rate": 0.5, "flip_rate": 0.0}
+    strong = AILabeler(Biased(bias=3.0), PRINCIPLES).label(group)
+    assert position_bias(strong) == {"records": 1, "first_rate": 1.0, "flip_rate": 1.0}
     cot = AILabeler(Biased(bias=0.8), PRINCIPLES, AIConfig(chain_of_thought=True)).label(group)[0]
     assert cot.meta["p_ab"] == 0.6 and cot.meta["p_ba"] == pytest.approx(sigmoid(0.2))
     assert normalize([math.log(0.2), math.log(0.6)]) == pytest.approx([0.25, 0.75])
