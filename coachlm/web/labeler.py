@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coachlm.feedback import assign, items, labels
+from coachlm.feedback.db import StoreError
 from coachlm.feedback.tables import Assignment, Label, Labeler, Project, Response as ResponseRow
 from coachlm.web.deps import FormUser, SessionUser, User, render, store
 
@@ -112,7 +113,9 @@ def show(request: Request, assignment_id: int, user: SessionUser, m: str = "") -
 def _answer(kind: str, choice: str, strength: str, ranks: list[str], score: str,
             flags: list[str], critique: str, text: str) -> dict[str, Any]:
     if kind == "comparison":
-        return {"choice": choice, "margin": strength or None}
+        if choice in ("first", "second") and not strength:  # never a margin nobody chose
+            raise StoreError("choose how much better the response is (1, 2 or 3)")
+        return {"choice": choice, "margin": strength if choice in ("first", "second") else None}
     if kind == "ranking":
         return {"ranks": ranks}
     if kind == "rating":

@@ -1,5 +1,6 @@
 // coachlm label: timers, client-generated submission ids, keyboard shortcuts.
 // Served from this origin only (the Content-Security-Policy forbids inline and remote script).
+// Every page works without it; it only adds shortcuts, the strength rule and safe submits.
 "use strict";
 
 (function () {
@@ -17,7 +18,9 @@
   // A fresh id made here, once per page: resubmitting the same page (a double click, a retry
   // after a network error) sends the same id, and the server counts the label once.
   const cid = form.querySelector(".client-id");
-  if (cid && window.crypto && crypto.randomUUID) cid.value = crypto.randomUUID().replace(/-/g, "");
+  if (cid && window.crypto && crypto.randomUUID && !cid.dataset.keep) {
+    cid.value = crypto.randomUUID().replace(/-/g, "");
+  }
 
   let sent = false;
   form.addEventListener("submit", function (ev) {
@@ -28,24 +31,83 @@
     if (button) button.disabled = true;
   });
 
+  // The strength of a preference exists only for "left" or "right": required then, and
+  // disabled (so it is not sent) for a tie or "both bad". Nothing is pre-selected, so a
+  // recorded margin is always one the labeler chose.
+  const strengths = form.querySelectorAll('input[name="strength"]');
+  function syncStrength() {
+    const chosen = form.querySelector('input[name="choice"]:checked');
+    const decisive = chosen && (chosen.value === "first" || chosen.value === "second");
+    strengths.forEach(function (input, i) {
+      input.disabled = Boolean(chosen) && !decisive;
+      if (input.disabled) input.checked = false;
+      input.required = Boolean(decisive) && i === 0;
+    });
+    const group = document.getElementById("strength-group");
+    if (group) group.classList.toggle("off", Boolean(chosen) && !decisive);
+  }
+  form.addEventListener("change", syncStrength);
+  syncStrength();
+
   function pick(name, value) {
     const input = form.querySelector('input[name="' + name + '"][value="' + value + '"]');
-    if (input) input.checked = true;
+    if (input && !input.disabled) {
+      input.checked = true;
+      input.dispatchEvent(new Event("change", { bubbles: true }));
+    }
+  }
+
+  const sheet = document.getElementById("shortcuts");
+  function toggleSheet() {
+    if (!sheet) return;
+    if (sheet.open) sheet.close(); else sheet.showModal();
+  }
+  document.querySelectorAll("[data-opens=shortcuts]").forEach(function (b) {
+    b.addEventListener("click", toggleSheet);
+  });
+
+  // Where a key belongs to the browser: Enter on a link or a button follows or presses it,
+  // arrow keys move within a radio group, and text fields, selects and <summary> keep their keys.
+  function ownsEnter(el) {
+    return Boolean(el.closest("a, button, select, textarea, summary, dialog, " +
+                               "input:not([type=radio]):not([type=checkbox])"));
+  }
+  function ownsArrows(el) {
+    return Boolean(el.closest("input, select, textarea, button, a, summary, dialog"));
+  }
+  function typing(el) {
+    const tag = (el.tagName || "").toLowerCase();
+    return tag === "textarea" || tag === "select" ||
+      tag === "input" && !/^(radio|checkbox|submit|button|hidden)$/.test(el.type);
   }
 
   const kind = form.dataset.kind;
+  const choiceKeys = { ArrowLeft: "first", ArrowRight: "second", t: "tie", x: "both_bad" };
   document.addEventListener("keydown", function (ev) {
-    const tag = (ev.target.tagName || "").toLowerCase();
-    const typing = tag === "textarea" || tag === "input" && ev.target.type === "text" || tag === "select";
-    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); form.requestSubmit(); return; }
-    if (typing || ev.altKey || ev.ctrlKey || ev.metaKey) return;
-    if (ev.key === "g") { document.getElementById("guidelines-link").click(); return; }
+    const el = ev.target instanceof Element ? ev.target : document.body;
+    if (sheet && sheet.open) return;  // the dialog has the keys (Escape closes it)
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) {
+      if (form.contains(el) || el === document.body) { ev.preventDefault(); form.requestSubmit(); }
+      return;
+    }
+    if (ev.altKey || ev.ctrlKey || ev.metaKey || typing(el)) return;
+    if (ev.key === "?") { ev.preventDefault(); toggleSheet(); return; }
+    if (ev.key === "s") {
+      const skip = document.getElementById("skip-button");
+      if (skip) { ev.preventDefault(); skip.click(); }
+      return;
+    }
+    if (ev.key === "g") {
+      const panel = document.getElementById("guidelines-panel");
+      if (panel) { ev.preventDefault(); panel.open = !panel.open; }
+      return;
+    }
     if (kind === "comparison") {
-      const keys = { ArrowLeft: ["choice", "first"], ArrowRight: ["choice", "second"],
-                     t: ["choice", "tie"], x: ["choice", "both_bad"],
-                     "1": ["strength", "1"], "2": ["strength", "2"], "3": ["strength", "3"] };
-      if (keys[ev.key]) { ev.preventDefault(); pick(keys[ev.key][0], keys[ev.key][1]); }
-      else if (ev.key === "Enter") { ev.preventDefault(); form.requestSubmit(); }
+      const arrow = ev.key === "ArrowLeft" || ev.key === "ArrowRight";
+      if (arrow && ownsArrows(el)) return;
+      if (choiceKeys[ev.key]) { ev.preventDefault(); pick("choice", choiceKeys[ev.key]); }
+      else if (/^[1-3]$/.test(ev.key)) { ev.preventDefault(); pick("strength", ev.key); }
+      else if (ev.key === "Enter" && !ownsEnter(el)) { ev.preventDefault(); form.requestSubmit(); }
     } else if (kind === "rating" && /^[1-9]$/.test(ev.key)) {
       pick("score", ev.key);
     }
