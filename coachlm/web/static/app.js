@@ -22,13 +22,110 @@
     cid.value = crypto.randomUUID().replace(/-/g, "");
   }
 
-  let sent = false;
+  // Submits go through fetch so that a failure never leaves the page: on a network error or an
+  // expired session the answer stays on screen and in sessionStorage, and "Submit" again sends
+  // it with the same client id (the server counts it once even if the first try got through).
+  // Without fetch (or without this script) the form posts normally.
+  const draftKey = "coachlm-draft:" + location.pathname;
+  const live = document.getElementById("form-error") || makeErrorBox();
+  function makeErrorBox() {
+    const p = document.createElement("p");
+    p.id = "form-error"; p.className = "error"; p.setAttribute("role", "alert"); p.hidden = true;
+    form.parentNode.insertBefore(p, form);
+    return p;
+  }
+  function fields() {
+    const out = [];
+    new FormData(form).forEach(function (v, k) {
+      if (k !== "csrf" && k !== "elapsed_ms") out.push([k, String(v)]);
+    });
+    return out;
+  }
+  function saveDraft() {
+    try { sessionStorage.setItem(draftKey, JSON.stringify(fields())); } catch (e) { /* full */ }
+  }
+  function restoreDraft() {
+    let saved = null;
+    try { saved = JSON.parse(sessionStorage.getItem(draftKey) || "null"); } catch (e) { saved = null; }
+    if (!saved || !document.getElementById("submit")) return;
+    const ranks = saved.filter(function (kv) { return kv[0] === "ranks"; });
+    form.querySelectorAll('select[name="ranks"]').forEach(function (sel, i) {
+      if (ranks[i]) sel.value = ranks[i][1];
+    });
+    saved.forEach(function (kv) {
+      const k = kv[0], v = kv[1];
+      if (k === "client_id") { if (cid) cid.value = v; return; }
+      form.querySelectorAll('[name="' + k + '"]').forEach(function (el) {
+        if (el.type === "radio" || el.type === "checkbox") { if (el.value === v) el.checked = true; }
+        else if (el.tagName === "TEXTAREA") el.value = v;
+      });
+    });
+  }
+  restoreDraft();
+  form.addEventListener("input", saveDraft);
+  form.addEventListener("change", saveDraft);
+
+  function fail(message, session) {
+    live.hidden = false;
+    live.textContent = "";
+    live.append(message);
+    if (session) {
+      const a = document.createElement("a");
+      a.href = "/login?next=" + encodeURIComponent(location.pathname);
+      a.target = "_blank"; a.rel = "noopener"; a.textContent = " Sign in again in a new tab";
+      live.append(a, ", then press Submit here: your answer is kept.");
+    }
+    needFreshToken = needFreshToken || Boolean(session);
+    sending = false;
+    const button = document.getElementById("submit");
+    if (button) button.disabled = false;
+  }
+  function freshToken() {  // a new sign-in has a new CSRF token: read it from this page again
+    return fetch(location.pathname, { credentials: "same-origin" }).then(function (r) {
+      return r.text();
+    }).then(function (html) {
+      const doc = new DOMParser().parseFromString(html, "text/html");
+      const fresh = doc.querySelector('input[name="csrf"]');
+      if (fresh) form.querySelector('input[name="csrf"]').value = fresh.value;
+    });
+  }
+  function send() {
+    return fetch(form.action, { method: "POST", credentials: "same-origin",
+                               headers: { "X-Coachlm-Fetch": "1" },
+                               body: new URLSearchParams(new FormData(form)) });
+  }
+  let sending = false, needFreshToken = false;
   form.addEventListener("submit", function (ev) {
-    if (sent) { ev.preventDefault(); return; }
-    sent = true;
+    if (!window.fetch) return;
+    ev.preventDefault();
+    if (sending) return;
+    sending = true;
+    saveDraft();
     form.querySelector(".elapsed").value = String(Math.round(performance.now() - started));
     const button = document.getElementById("submit");
     if (button) button.disabled = true;
+    live.hidden = true;
+    (needFreshToken ? freshToken() : Promise.resolve()).then(send).then(function (r) {
+      if (r.redirected && new URL(r.url).pathname === "/login") {
+        fail("Not saved: your session has expired.", true);
+        return;
+      }
+      if (r.ok && (r.headers.get("content-type") || "").indexOf("application/json") >= 0) {
+        return r.json().then(function (j) {
+          try { sessionStorage.removeItem(draftKey); } catch (e) { /* ignore */ }
+          location.assign(j.next);
+        });
+      }
+      return r.text().then(function (html) {
+        const doc = new DOMParser().parseFromString(html, "text/html");
+        const msg = doc.querySelector("#error-message");
+        if (r.status === 403) needFreshToken = true;
+        fail("Not saved: " + (msg ? msg.textContent : "the server answered " + r.status) + ".");
+      });
+    }).catch(function () {
+      fail("Not saved: the server cannot be reached (network error). Your answer is kept; " +
+           "press Submit again to retry.");
+    });
   });
 
   // The strength of a preference exists only for "left" or "right": required then, and
