@@ -77,14 +77,15 @@ def as_dict(g: Guidance) -> dict[str, Any]:
 
 
 def changed_since_read(s: Session, labeler_id: int, project: Project) -> tuple[Guideline | None,
-                                                                              bool]:
-    """(the guidelines in force, whether this labeler has not read this version yet)."""
+                                                                              str]:
+    """(the guidelines in force, "" if this labeler has read this version, else "new" (never
+    read any) or "changed" (read an older version))."""
     g = items.guidelines(s, project)
     if g is None:
-        return None, False
+        return None, ""
     read = s.scalar(select(GuidelineRead.version).where(GuidelineRead.labeler_id == labeler_id,
                                                         GuidelineRead.project_id == project.id))
-    return g, read is None or read < g.version
+    return g, "new" if read is None else "changed" if read < g.version else ""
 
 
 def mark_read(s: Session, labeler_id: int, project: Project) -> None:

@@ -36,7 +36,7 @@ class TaskView:
     prev_id: int | None
     review_note: str
     guideline: Guideline | None
-    guideline_changed: bool
+    guideline_changed: str  # "", "new" or "changed" (since this labeler last read them)
     guide: guidance.Guidance
 
 

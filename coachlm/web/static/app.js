@@ -6,6 +6,9 @@
 (function () {
   const form = document.getElementById("task-form");
   if (!form) return;
+  // Back to a page kept in the browser's memory: reload it, so it shows what the server has
+  // now (e.g. "you have answered this item") rather than a stale, half-sent form.
+  window.addEventListener("pageshow", function (ev) { if (ev.persisted) location.reload(); });
   const started = performance.now();
   const timer = document.getElementById("timer");
   if (timer) {
