@@ -25,6 +25,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 def _mount_subapps() -> None:
     """Sub-apps are mounted when `main` runs, so importing this module stays cheap."""
     from coachlm.cli.data import data_app
+    import coachlm.cli.label_guidelines  # noqa: F401  (adds `label guidelines`)
     from coachlm.cli.label import label_app
     from coachlm.cli.rm import rm_app
 

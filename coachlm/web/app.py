@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 
 from coachlm.errors import CoachError
 from coachlm.feedback.db import Conflict, NotFound, Store, StoreConfig, open_store
-from coachlm.web import admin, api, auth, labeler
+from coachlm.web import admin, api, auth, dashboard, labeler, review
 from coachlm.web.deps import HERE, Forbidden, LoginRequired, render
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -91,7 +91,7 @@ def create_app(cfg: WebConfig = WebConfig(), store: Store | None = None) -> Fast
 
     _handlers(app)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for module in (auth, labeler, admin, api):
+    for module in (auth, labeler, admin, dashboard, review, api):
         app.include_router(module.router)
     return app
 
