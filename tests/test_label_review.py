@@ -193,3 +193,10 @@ def test_cli_label_guidelines(tmp_path):
     assert json.loads(shown.stdout[shown.stdout.index("{"):])["quota"] == 10
     bad = subprocess.run(cli + ["--anchor", "99=nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "anchor" in bad.stderr
+
+
+def test_position_bias_is_flagged_only_beyond_chance():
+    from coachlm.feedback.dashboard import biased
+
+    assert biased(14, 16)  # ann in docs/screenshots/dashboard.png
+    assert not biased(3, 3) and not biased(6, 10) and not biased(8, 16)

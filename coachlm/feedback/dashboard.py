@@ -6,7 +6,7 @@ model; and the most disputed items. Any view can be restricted to one source of 
 Thresholds: Krippendorff's alpha >= 0.667 is the lowest he accepts for tentative conclusions
 (Krippendorff, "Content Analysis", 2004, §11.4); position bias and speed are flagged where a
 labeler's behaviour cannot be explained by the items (first-shown share outside 0.35-0.65 on
-8+ labels; a median under 3 s per item is shorter than reading two answers).
+8+ decisive comparisons, beyond what a fair coin would give; a median under 3 s per item is shorter than reading two answers).
 """
 
 from __future__ import annotations
@@ -61,7 +61,24 @@ def _fmt(x: float, pct: bool = False) -> str:
     return f"{100 * x:.0f}%" if pct else f"{x:.3f}"
 
 
-def metrics(r: quality.QualityReport) -> list[Metric]:
+def _decisive(rows: Sequence[LabelRow]) -> dict[str, tuple[int, int]]:
+    """labeler -> (decisive comparisons won by the first-shown response, decisive comparisons)."""
+    out: dict[str, tuple[int, int]] = {}
+    for r in rows:
+        if r.kind == "comparison" and r.answer["choice"] in ("a", "b"):
+            k, n = out.get(r.labeler, (0, 0))
+            out[r.labeler] = (k + ("ab"[r.shown_order[0]] == r.answer["choice"]), n + 1)
+    return out
+
+
+def biased(k: int, n: int) -> bool:
+    """Outside the band on enough comparisons, and not chance: |k - n/2| beyond the two-sided
+    95% normal bound of a fair coin (sd sqrt(n)/2)."""
+    return (n >= MIN_DECISIVE and not BIAS_BAND[0] <= k / n <= BIAS_BAND[1]
+            and abs(k - n / 2) > 1.96 * math.sqrt(n) / 2)
+
+
+def metrics(r: quality.QualityReport, rows: Sequence[LabelRow] = ()) -> list[Metric]:
     out = [Metric(f"Agreement ({k.kind}, α)", _fmt(k.alpha), f"≥ {MIN_ALPHA}",
                   k.alpha == k.alpha and k.alpha < MIN_ALPHA,
                   f"{k.items} items with 2+ labels; below {MIN_ALPHA} labels agree too little "
@@ -70,12 +87,13 @@ def metrics(r: quality.QualityReport) -> list[Metric]:
                       f"{BIAS_BAND[0]:.0%}–{BIAS_BAND[1]:.0%}",
                       r.first_rate == r.first_rate and not BIAS_BAND[0] <= r.first_rate <= BIAS_BAND[1],
                       "50% means screen position does not sway the choice"))
+    decisive = _decisive(rows)
     for q in r.labelers:
-        decisive_ok = q.first_rate == q.first_rate and q.labels >= MIN_DECISIVE
-        if decisive_ok and not BIAS_BAND[0] <= q.first_rate <= BIAS_BAND[1]:
-            out.append(Metric(f"{q.name}: first shown wins", _fmt(q.first_rate, True),
+        k, n = decisive.get(q.name, (0, 0))
+        if biased(k, n):
+            out.append(Metric(f"{q.name}: first shown wins", f"{k}/{n}",
                               f"{BIAS_BAND[0]:.0%}–{BIAS_BAND[1]:.0%}", True,
-                              "this labeler mostly picks by position, not content"))
+                              "this labeler picks by screen position more than chance explains"))
         if q.median_time_s == q.median_time_s and q.median_time_s < MIN_SECONDS:
             out.append(Metric(f"{q.name}: median time per item", f"{q.median_time_s:.2f} s",
                               f"≥ {MIN_SECONDS:.0f} s", True,

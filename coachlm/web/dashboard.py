@@ -45,5 +45,5 @@ def dashboard(request: Request, project_id: int, user: ReviewerUser, source: str
         figs.append(charts.hbars("Mean rating per model (0 worst, 1 best)",
                                  [(m, v, f"{v:.2f} (n={n})") for m, v, n in models], 1.0))
     return render(request, "admin/dashboard.html", p=p, source=source, sources=dash.SOURCES,
-                  metrics=dash.metrics(report), prog=prog, figs=figs, models=models,
+                  metrics=dash.metrics(report, rows), prog=prog, figs=figs, models=models,
                   disputed=dash.disputed(rows), n_labels=len(rows))
