@@ -6,10 +6,11 @@ and as an admin (projects, a project, labelers, quality, ratings, dashboard, rev
 from __future__ import annotations
 
 import pytest
-from browser_support import chromium, needs_chromium, serve, sign_in
+from browser_support import needs_chromium, sign_in
+from browser_support import site as serve_site
 
 from coachlm.data import schema
-from coachlm.feedback import accounts, db, importer, items
+from coachlm.feedback import accounts, importer, items
 
 pytestmark = needs_chromium
 
@@ -38,30 +39,30 @@ AUDIT = """() => {
 }"""
 
 
+def _build(s) -> None:
+    p = items.create_project(s, "a-very-long-project-name-that-might-overflow-a-phone",
+                             guidelines="## Rules\n\n" + "Be careful. " * 40)
+    recs = [schema.Sample(prompt=schema.as_prompt(f"Question {i}?"), response=schema.Response(
+        f"answer {i}.{j} " + "averyveryverylongunbrokenword" * 8, f"model-{j}"))
+        for i in range(2) for j in range(3)]
+    importer.import_records(s, p, recs)
+    a, b = (schema.Response(f"answer 0.{j} " + "averyveryverylongunbrokenword" * 8,
+                            f"model-{j}") for j in range(2))
+    importer.import_records(s, p, [schema.Comparison(
+        prompt=schema.as_prompt("Question 0?"), a=a, b=b, choice=c, labeler=f"judge-{c}",
+        source="ai", time_spent_s=1.0) for c in ("a", "b")])
+    for kind in ("comparison", "ranking", "rating", "demonstration"):
+        items.create_tasks(s, p, items.TaskSpec(kind, n_labels=2, max_per_prompt=1))
+    accounts.create_labeler(s, "ann", "ann-password")
+    accounts.create_labeler(s, "root", "root-password", role="admin")
+    accounts.create_labeler(s, "rev", "rev-password", role="reviewer")
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("a11y") / "feedback.db")
-    st = db.open_store(path)
-    with st.write() as s:
-        p = items.create_project(s, "a-very-long-project-name-that-might-overflow-a-phone",
-                                 guidelines="## Rules\n\n" + "Be careful. " * 40)
-        recs = [schema.Sample(prompt=schema.as_prompt(f"Question {i}?"), response=schema.Response(
-            f"answer {i}.{j} " + "averyveryverylongunbrokenword" * 8, f"model-{j}"))
-            for i in range(2) for j in range(3)]
-        importer.import_records(s, p, recs)
-        a, b = (schema.Response(f"answer 0.{j} " + "averyveryverylongunbrokenword" * 8,
-                                f"model-{j}") for j in range(2))
-        importer.import_records(s, p, [schema.Comparison(
-            prompt=schema.as_prompt("Question 0?"), a=a, b=b, choice=c, labeler=f"judge-{c}",
-            source="ai", time_spent_s=1.0) for c in ("a", "b")])
-        for kind in ("comparison", "ranking", "rating", "demonstration"):
-            items.create_tasks(s, p, items.TaskSpec(kind, n_labels=2, max_per_prompt=1))
-        accounts.create_labeler(s, "ann", "ann-password")
-        accounts.create_labeler(s, "root", "root-password", role="admin")
-        accounts.create_labeler(s, "rev", "rev-password", role="reviewer")
-    with serve(path) as url, chromium() as browser:
+    with serve_site(path, _build) as (url, _, browser):
         yield url, browser
-    st.close()
 
 
 def _audit(page, where: str) -> list[str]:

@@ -14,11 +14,12 @@ import os
 from pathlib import Path
 
 import pytest
-from browser_support import chromium, needs_chromium, serve, sign_in
+from browser_support import needs_chromium, press, sign_in
+from browser_support import site as serve_site
 from sqlalchemy import delete, select
 
 from coachlm.data import schema
-from coachlm.feedback import accounts, db, importer, items
+from coachlm.feedback import accounts, importer, items
 from coachlm.feedback.tables import Assignment, Label, LabelRevision, Labeler, WebSession
 
 pytestmark = needs_chromium
@@ -33,26 +34,25 @@ def long_answer(i: int) -> str:
             f"    return x * {i}\n```\n\n{steps}\n\n### Summary\n\n- one\n- two\n")
 
 
+def _build(s) -> None:
+    docs = items.create_project(s, "docs", guidelines="## Rules\n\nPrefer *correct* answers.")
+    importer.import_records(s, docs, [schema.Sample(
+        prompt=schema.as_prompt(f"Question {i}: write a plan with code."),
+        response=schema.Response(long_answer(i * 2 + j), f"m{j}")) for i in range(3)
+        for j in range(2)])
+    items.create_tasks(s, docs, items.TaskSpec("comparison", n_labels=len(NAMES)))
+    rate = items.create_project(s, "rate")
+    importer.import_records(s, rate, [schema.Sample(prompt=schema.as_prompt("Say hi."),
+                                                    response=schema.Response("hi", "m"))])
+    items.create_tasks(s, rate, items.TaskSpec("rating", n_labels=len(NAMES)))
+    for name in NAMES:
+        accounts.create_labeler(s, name, f"{name}-password")
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("flow") / "feedback.db")
-    st = db.open_store(path)
-    with st.write() as s:
-        docs = items.create_project(s, "docs", guidelines="## Rules\n\nPrefer *correct* answers.")
-        importer.import_records(s, docs, [schema.Sample(
-            prompt=schema.as_prompt(f"Question {i}: write a plan with code."),
-            response=schema.Response(long_answer(i * 2 + j), f"m{j}")) for i in range(3)
-            for j in range(2)])
-        items.create_tasks(s, docs, items.TaskSpec("comparison", n_labels=len(NAMES)))
-        rate = items.create_project(s, "rate")
-        importer.import_records(s, rate, [schema.Sample(prompt=schema.as_prompt("Say hi."),
-                                                        response=schema.Response("hi", "m"))])
-        items.create_tasks(s, rate, items.TaskSpec("rating", n_labels=len(NAMES)))
-        for name in NAMES:
-            accounts.create_labeler(s, name, f"{name}-password")
-    with serve(path) as url, chromium() as browser:
-        yield url, st, browser
-    st.close()
+    with serve_site(str(tmp_path_factory.mktemp("flow") / "feedback.db"), _build) as found:
+        yield found
 
 
 def _page(site, name: str, viewport=DESKTOP, context=None):
@@ -110,10 +110,7 @@ def test_long_answers_render_markdown_with_the_vote_bar_on_screen(site, viewport
 def test_back_and_enter_says_already_saved(site):
     page = _page(site, "backer")
     _start(page, "docs")
-    page.keyboard.press("ArrowLeft")
-    page.keyboard.press("1")
-    with page.expect_navigation():
-        page.keyboard.press("Enter")
+    press(page, "ArrowLeft", "1", "Enter", navigates=True)
     page.go_back()
     page.wait_for_selector("#already")
     with page.expect_navigation():
@@ -127,14 +124,8 @@ def test_a_second_tab_gets_already_saved_not_an_error(site):
     _start(page, "docs")
     other = _page(site, "tabber", context=page.context)
     other.goto(page.url)
-    page.keyboard.press("ArrowLeft")
-    page.keyboard.press("3")
-    with page.expect_navigation():
-        page.keyboard.press("Enter")
-    other.keyboard.press("ArrowRight")
-    other.keyboard.press("1")
-    with other.expect_navigation():
-        other.keyboard.press("Enter")
+    press(page, "ArrowLeft", "3", "Enter", navigates=True)
+    press(other, "ArrowRight", "1", "Enter", navigates=True)
     assert other.is_visible("#already-saved") and "Error" not in other.title()
     (label,) = _labels(site[1], "tabber")
     assert label.answer["margin"] == 3.0  # the first tab's answer stands
@@ -143,10 +134,7 @@ def test_a_second_tab_gets_already_saved_not_an_error(site):
 def test_revise_own_label_keeps_the_replaced_answer(site):
     page = _page(site, "reviser")
     _start(page, "docs")
-    page.keyboard.press("ArrowLeft")
-    page.keyboard.press("1")
-    with page.expect_navigation():
-        page.keyboard.press("Enter")
+    press(page, "ArrowLeft", "1", "Enter", navigates=True)
     with page.expect_navigation():
         page.click("#prev-link")
     assert "change your answer" in page.inner_text("#already")
@@ -165,9 +153,7 @@ def test_network_error_keeps_the_answer_and_a_retry_counts_once(site):
     _start(page, "docs")
     page.route("**/a/*", lambda route: route.abort() if route.request.method == "POST"
                else route.continue_())
-    page.keyboard.press("ArrowRight")
-    page.keyboard.press("2")
-    page.keyboard.press("Enter")
+    press(page, "ArrowRight", "2", "Enter")
     page.wait_for_selector("#form-error:not([hidden])")
     assert "network" in page.inner_text("#form-error") and "/a/" in page.url
     cid = page.input_value(".client-id")

@@ -9,33 +9,33 @@ labeler never chose was recorded. Every test uses its own labeler, so they share
 from __future__ import annotations
 
 import pytest
-from browser_support import chromium, needs_chromium, serve, sign_in
+from browser_support import needs_chromium, press, sign_in
+from browser_support import site as serve_site
 from sqlalchemy import select
 
 from coachlm.data import schema
-from coachlm.feedback import accounts, db, importer, items
+from coachlm.feedback import accounts, importer, items
 from coachlm.feedback.tables import Assignment, Label
 
 pytestmark = needs_chromium
 LABELERS = ("skipper", "linker", "arrows", "strength", "keys", "tie")
 
 
+def _build(s) -> None:
+    p = items.create_project(s, "demo", guidelines="Prefer **correct** answers.")
+    recs = [schema.Sample(prompt=schema.as_prompt(f"Question {i}?"),
+                          response=schema.Response(f"answer {i}.{j}", f"m{j}"))
+            for i in range(4) for j in range(2)]
+    importer.import_records(s, p, recs)
+    items.create_tasks(s, p, items.TaskSpec("comparison", n_labels=len(LABELERS)))
+    for name in LABELERS:
+        accounts.create_labeler(s, name, f"{name}-password")
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("keys") / "feedback.db")
-    st = db.open_store(path)
-    with st.write() as s:
-        p = items.create_project(s, "demo", guidelines="Prefer **correct** answers.")
-        recs = [schema.Sample(prompt=schema.as_prompt(f"Question {i}?"),
-                              response=schema.Response(f"answer {i}.{j}", f"m{j}"))
-                for i in range(4) for j in range(2)]
-        importer.import_records(s, p, recs)
-        items.create_tasks(s, p, items.TaskSpec("comparison", n_labels=len(LABELERS)))
-        for name in LABELERS:
-            accounts.create_labeler(s, name, f"{name}-password")
-    with serve(path) as url, chromium() as browser:
-        yield url, st, browser
-    st.close()
+    with serve_site(str(tmp_path_factory.mktemp("keys") / "feedback.db"), _build) as found:
+        yield found
 
 
 def _start(site, name: str):
@@ -63,22 +63,18 @@ def _statuses(st, name: str) -> list[str]:
 
 def test_enter_on_skip_button_skips_instead_of_submitting(site):
     page = _start(site, "skipper")
-    page.keyboard.press("ArrowLeft")
-    page.keyboard.press("3")
+    press(page, "ArrowLeft", "3")
     page.focus("#skip-button")
-    with page.expect_navigation():
-        page.keyboard.press("Enter")
+    press(page, "Enter", navigates=True)
     assert _labels(site[1], "skipper") == []
     assert _statuses(site[1], "skipper")[0] == "skipped"
 
 
 def test_enter_on_queue_link_follows_the_link(site):
     page = _start(site, "linker")
-    page.keyboard.press("ArrowRight")
-    page.keyboard.press("2")
+    press(page, "ArrowRight", "2")
     page.focus("#nav-queue")
-    with page.expect_navigation():
-        page.keyboard.press("Enter")
+    press(page, "Enter", navigates=True)
     assert page.url.rstrip("/") == site[0]
     assert _labels(site[1], "linker") == []
 
