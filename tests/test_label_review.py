@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from coachlm.data import schema
@@ -200,3 +199,26 @@ def test_position_bias_is_flagged_only_beyond_chance():
 
     assert biased(14, 16)  # ann in docs/screenshots/dashboard.png
     assert not biased(3, 3) and not biased(6, 10) and not biased(8, 16)
+
+
+def test_admin_upload_takes_parquet_and_trl_jsonl(app, tmp_path):
+    from coachlm.data.io import write_records
+
+    with app.state.store.write() as s:
+        accounts.create_labeler(s, "root", "root-password", role="admin")
+    c, csrf = login(app, "root", "root-password")
+    gold = schema.Comparison(prompt=schema.as_prompt("gold?"), a=schema.Response("right"),
+                             b=schema.Response("wrong"), choice="a")
+    write_records(tmp_path / "gold.parquet", [gold])
+    r = c.post("/admin/p/1/import", data={"csrf": csrf, "gold": "true"},
+               files={"file": ("gold.parquet", (tmp_path / "gold.parquet").read_bytes())})
+    assert r.status_code == 200 and "imported-1" in str(r.url)
+    trl = json.dumps({"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."}) + "\n"
+    r = c.post("/admin/p/1/import", data={"csrf": csrf},
+               files={"file": ("prefs.jsonl", trl.encode())})
+    assert r.status_code == 200 and "imported-1" in str(r.url)
+    bad = c.post("/admin/p/1/import", data={"csrf": csrf},
+                 files={"file": ("broken.jsonl", b'{"kind": "comparison"}\n')})
+    assert bad.status_code == 400 and "broken.jsonl" in bad.text and "/tmp" not in bad.text
+    with app.state.store.read() as s:
+        assert s.scalar(select(Task).where(Task.gold.is_not(None))) is not None

@@ -5,6 +5,8 @@ dashboards also admit reviewers, read-only), and every form post the session's C
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -13,6 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coachlm.data import schema
+from coachlm.data.io import READ_SUFFIXES
+from coachlm.errors import CoachError
 from coachlm.feedback import accounts, assign, guidance, importer, items, quality, ratings
 from coachlm.feedback.dashboard import SOURCES, rows_for
 from coachlm.feedback.db import NotFound, StoreError
@@ -66,6 +70,20 @@ def project(request: Request, project_id: int, user: AdminUser, m: str = "") -> 
                   labelers=labelers, kinds=TASK_KINDS, note=m)
 
 
+def _upload_records(data: bytes, filename: str) -> list[schema.Record]:
+    """Records of an uploaded file in any format `coachlm data convert` reads (JSONL, JSON,
+    Parquet, TRL and HH-RLHF shapes), chosen by its name; errors name the uploaded file."""
+    name = Path(filename).name or "upload.jsonl"
+    suffix = next((x for x in READ_SUFFIXES if name.lower().endswith(x)), ".jsonl")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
+        try:
+            return list(importer.read_file(path))
+        except CoachError as e:
+            raise StoreError(str(e).replace(str(path), name)) from None
+
+
 @router.post("/p/{project_id}/import")
 def import_file(request: Request, project_id: int, user: FormAdmin,
                 file: Annotated[UploadFile, File()], gold: Annotated[bool, Form()] = False,
@@ -73,11 +91,7 @@ def import_file(request: Request, project_id: int, user: FormAdmin,
     data = file.file.read(MAX_UPLOAD + 1)
     if len(data) > MAX_UPLOAD:
         raise StoreError("the file is too large to upload; use `coachlm label import`")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise StoreError("the file is not UTF-8 text") from None
-    records = list(importer.parse_lines(text.splitlines(), file.filename or "<upload>"))
+    records = _upload_records(data, file.filename or "upload.jsonl")
     with store(request).write() as s:
         counts = importer.import_records(s, _project(s, project_id), records, gold, n_labels)
     return _back(project_id, f"imported-{counts.records}")
