@@ -1,6 +1,6 @@
 """Guard: every page of the labeling app, at a 390 px phone width, has zero unlabeled controls,
-no two controls with the same accessible name, one h1, and no horizontal overflow (issue 14,
-item 7). The pages are reached as a labeler (queue, each task kind, guidelines, an error page)
+no two controls with the same accessible name, one h1, text contrast of 4.5:1 and control borders
+of 3:1 (WCAG 2.1, 1.4.3 and 1.4.11), and no horizontal overflow (issue 14, item 7). The pages are reached as a labeler (queue, each task kind, guidelines, an error page)
 and as an admin (projects, a project, labelers, quality, ratings, dashboard, review pages)."""
 
 from __future__ import annotations
@@ -34,7 +34,32 @@ AUDIT = """() => {
   const named = controls.filter(el => !/^(radio|checkbox)$/.test(el.type) && el.tagName !== "A")
     .map(name);
   const dupes = named.filter((n, i) => n && named.indexOf(n) !== i);
-  return {unlabeled, dupes, h1: document.querySelectorAll("h1").length,
+  // WCAG 2.1 contrast: 4.5:1 for text (1.4.3), 3:1 for the borders of form controls (1.4.11).
+  const rgb = c => (c.match(/[\d.]+/g) || []).map(Number);
+  const lum = c => { const v = rgb(c).slice(0, 3).map(x => x / 255).map(x =>
+    x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4));
+    return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]; };
+  const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
+    return (x + 0.05) / (y + 0.05); };
+  function background(el) {
+    for (let e = el; e; e = e.parentElement) {
+      const c = getComputedStyle(e).backgroundColor, a = rgb(c)[3];
+      if (a === undefined || a > 0.5) return c;
+    }
+    return "rgb(255, 255, 255)";
+  }
+  const low = [];
+  for (const el of document.querySelectorAll("body *")) {
+    if (!visible(el) || el.closest("svg, [disabled], label:has(input:disabled)")) continue;
+    const own = Array.from(el.childNodes).some(n => n.nodeType === 3 && n.textContent.trim());
+    const st = getComputedStyle(el);
+    if (own && ratio(st.color, background(el)) < 4.5)
+      low.push(`text ${st.color} on ${background(el)}: ${text(el).slice(0, 40)}`);
+    if (/^(INPUT|SELECT|TEXTAREA)$/.test(el.tagName) && !/^(radio|checkbox)$/.test(el.type)
+        && ratio(st.borderTopColor, background(el.parentElement)) < 3)
+      low.push(`border ${st.borderTopColor} of ${el.name}`);
+  }
+  return {unlabeled, dupes, low: low.slice(0, 5), h1: document.querySelectorAll("h1").length,
           overflow: document.documentElement.scrollWidth - window.innerWidth};
 }"""
 
@@ -69,6 +94,7 @@ def _audit(page, where: str) -> list[str]:
     r = page.evaluate(AUDIT)
     problems = [f"{where}: unlabeled {u}" for u in r["unlabeled"]]
     problems += [f"{where}: two controls named {d!r}" for d in r["dupes"]]
+    problems += [f"{where}: low contrast {x}" for x in r["low"]]
     if r["h1"] != 1:
         problems.append(f"{where}: {r['h1']} h1 headings")
     if r["overflow"] > 0:
