@@ -105,6 +105,9 @@ def test_long_answers_render_markdown_with_the_vote_bar_on_screen(site, viewport
         page.evaluate("window.scrollTo(0, 0)")
         name = "long-answer-phone.png" if viewport is PHONE else "long-answer-desktop.png"
         page.screenshot(path=str(out / name))
+    page.click("#diff-panel summary")  # optional: the two answers' differing words marked
+    assert page.locator("#diff-panel ins").count() >= 1
+    assert page.locator("#diff-panel del").count() >= 1
 
 
 def test_back_and_enter_says_already_saved(site):
