@@ -222,3 +222,22 @@ def test_admin_upload_takes_parquet_and_trl_jsonl(app, tmp_path):
     assert bad.status_code == 400 and "broken.jsonl" in bad.text and "/tmp" not in bad.text
     with app.state.store.read() as s:
         assert s.scalar(select(Task).where(Task.gold.is_not(None))) is not None
+
+
+def test_browser_filters_flagged_ratings_and_skipped_items(app):
+    with app.state.store.write() as s:
+        p = s.get(Project, 1)
+        importer.import_records(s, p, [schema.Rating(
+            prompt=schema.as_prompt("Say hi"), response=schema.Response("hey", "base"), score=2,
+            scale=7, flags=("unhelpful",), labeler="judge-r", source="ai")])
+        bob = accounts.create_labeler(s, "bob", "bob-password")
+        a = flow.next_with_work(s, bob, p).assignment
+        flow.skip(s, bob, a.id, "I cannot judge this topic")
+        skipped_task = a.task_id
+    rev, _ = login(app, "rev", "rev-password")
+    flagged = re.findall(r'href="/review/t/(\d+)">', rev.get("/review/p/1?flagged=1").text)
+    assert len(flagged) == 1
+    with app.state.store.read() as s:
+        assert s.get(Task, int(flagged[0])).kind == "rating"
+    shown = re.findall(r'href="/review/t/(\d+)">', rev.get("/review/p/1?skipped=1").text)
+    assert shown == [str(skipped_task)]

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from coachlm.feedback import review
 from coachlm.feedback.dashboard import rows_for
 from coachlm.feedback.db import NotFound, StoreError
-from coachlm.feedback.tables import Label, LabelRevision, Labeler, Project, Task
+from coachlm.feedback.tables import (SKIPPED, Assignment, Label, LabelRevision, Labeler, Project,
+                                     Task)
 from coachlm.feedback.tables import Response as ResponseRow
 from coachlm.web.dashboard import check_source
 from coachlm.web.deps import Forbidden, FormUser, ReviewerUser, User, render, store
@@ -35,7 +36,7 @@ FormReviewer = Annotated[User, Depends(form_reviewer)]
 @router.get("/p/{project_id}")
 def browse(request: Request, project_id: int, user: ReviewerUser, kind: str = "",
            labeler: str = "", why: str = "", gold: str = "", source: str = "",
-           reviewed: str = "") -> Response:
+           reviewed: str = "", flagged: str = "", skipped: str = "") -> Response:
     check_source(source)
     with store(request).read() as s:
         p = s.get(Project, project_id)
@@ -49,6 +50,11 @@ def browse(request: Request, project_id: int, user: ReviewerUser, kind: str = ""
             rows = [r for r in rows if r.labeler == labeler]
         if gold:
             rows = [r for r in rows if (r.gold is not None) == (gold == "yes")]
+        if flagged:  # ratings that carry a flag (harmful, made-up facts, ...)
+            rows = [r for r in rows if r.kind == "rating" and r.answer.get("flags")]
+        if skipped:  # items some labeler skipped
+            gave_up = set(s.scalars(select(Assignment.task_id).where(Assignment.status == SKIPPED)))
+            rows = [r for r in rows if r.task_id in gave_up]
         queue = review.queue(s, rows)
     if why:
         queue = [q for q in queue if q.why == why]
@@ -56,7 +62,8 @@ def browse(request: Request, project_id: int, user: ReviewerUser, kind: str = ""
         queue = [q for q in queue if (q.reviewed >= q.labels) == (reviewed == "yes")]
     return render(request, "review/browse.html", p=p, queue=queue[:500], total=len(queue),
                   names=names, f={"kind": kind, "labeler": labeler, "why": why, "gold": gold,
-                                  "source": source, "reviewed": reviewed})
+                                  "source": source, "reviewed": reviewed, "flagged": flagged,
+                                  "skipped": skipped})
 
 
 def _item(s: Session, task_id: int) -> dict[str, Any]:
