@@ -35,7 +35,7 @@ AUDIT = """() => {
     .map(name);
   const dupes = named.filter((n, i) => n && named.indexOf(n) !== i);
   // WCAG 2.1 contrast: 4.5:1 for text (1.4.3), 3:1 for the borders of form controls (1.4.11).
-  const rgb = c => (c.match(/[\d.]+/g) || []).map(Number);
+  const rgb = c => (c.match(/[0-9.]+/g) || []).map(Number);
   const lum = c => { const v = rgb(c).slice(0, 3).map(x => x / 255).map(x =>
     x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4));
     return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]; };
