@@ -96,7 +96,7 @@ def test_script_in_a_response_renders_as_text(app):
             break
         cid = re.search(r'name="client_id" value="(\w+)"', r.text).group(1)
         c.post(f"/a/{aid}", data={"csrf": csrf, "client_id": cid, "choice": "tie"})
-    assert "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt;" in r.text
+    assert "&lt;script&gt;alert(" in r.text and "&lt;/script&gt;" in r.text  # markdown escapes it
     assert "<script>alert" not in r.text and "<img src=x" not in r.text
     assert "script-src 'self'" in r.headers["content-security-policy"]
 

@@ -26,6 +26,7 @@ def _mount_subapps() -> None:
     """Sub-apps are mounted when `main` runs, so importing this module stays cheap."""
     from coachlm.cli.cai import cai_app
     from coachlm.cli.data import data_app
+    import coachlm.cli.label_guidelines  # noqa: F401  (adds `label guidelines`)
     from coachlm.cli.label import label_app
     from coachlm.cli.rm import rm_app
     from coachlm.cli.serve import serve

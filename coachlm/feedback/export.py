@@ -29,6 +29,7 @@ from coachlm.data import schema
 from coachlm.feedback import agreement as ag
 from coachlm.feedback.db import StoreError
 from coachlm.feedback.quality import LabelRow, gold_correct, load_labels
+from coachlm.feedback.review import apply_reviews
 from coachlm.feedback.tables import TASK_KINDS, Project, Prompt, Response
 from coachlm.feedback.text import scrub
 
@@ -83,6 +84,8 @@ def to_record(r: LabelRow, project: Project, prompt: schema.Prompt,
             "guidelines_version": r.guideline_version}
     if agreement is not None:
         meta["agreement"] = round(agreement, 4)
+    if r.review:  # a reviewer's verdict: the audit trail travels with the record
+        meta["review"] = r.review
     common = dict(id=r.client_id, prompt=prompt, labeler=r.labeler, source=r.source,
                   created_at=r.created_at.isoformat(timespec="seconds") + "+00:00",
                   time_spent_s=r.time_spent_s)
@@ -105,7 +108,7 @@ def to_record(r: LabelRow, project: Project, prompt: schema.Prompt,
 
 def export_records(s: Session, project: Project, cfg: ExportConfig = ExportConfig()
                    ) -> list[schema.Record]:
-    rows, agreement = _filter(load_labels(s, project), cfg)
+    rows, agreement = _filter(apply_reviews(s, load_labels(s, project)), cfg)
     rows = [dataclasses.replace(r, answer=scrub(r.answer), labeler=scrub(r.labeler)) for r in rows]
     prompts = {p.id: schema.as_prompt(scrub(p.messages))
                for p in s.scalars(select(Prompt).where(Prompt.project_id == project.id))}

@@ -58,6 +58,7 @@ class Project(Base):
     # Seconds a claimed assignment stays reserved for its labeler (0: for ever).
     assignment_ttl_s: Mapped[int] = mapped_column(default=DEFAULT_TTL_S,
                                                   server_default=text(str(DEFAULT_TTL_S)))
+    guidance: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))  # see guidance.py
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -137,6 +138,7 @@ class Assignment(Base):
     shown_order: Mapped[list[Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     done_at: Mapped[datetime | None]
+    skip_reason: Mapped[str | None] = mapped_column(String(200))
     task: Mapped[Task] = relationship()
     labeler: Mapped[Labeler] = relationship()
 
@@ -179,3 +181,43 @@ class SignInThrottle(Base):
     failures: Mapped[int] = mapped_column(default=0)
     last_at: Mapped[datetime] = mapped_column(index=True)
     blocked_until: Mapped[datetime]
+
+
+class LabelRevision(Base):
+    """An answer a labeler replaced by revising their label: kept for audit, never exported."""
+
+    __tablename__ = "label_revisions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id", ondelete="CASCADE"), index=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    answer: Mapped[dict[str, Any]]
+    time_spent_s: Mapped[float | None]
+    created_at: Mapped[datetime]  # when the replaced answer had been given
+    superseded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Review(Base):
+    """A reviewer's verdict on a label: accept, reject (with a note the labeler sees), correct
+    (`answer` replaces the label's in the export), or adjudicate (`answer` is the item's final
+    answer: it alone is exported for the task). Labels under review are no longer revisable."""
+
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id", ondelete="CASCADE"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"))
+    verdict: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str] = mapped_column(Text, default="")
+    answer: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GuidelineRead(Base):
+    """The latest guidelines version a labeler has seen in a project ("changed since you read")."""
+
+    __tablename__ = "guideline_reads"
+    __table_args__ = (UniqueConstraint("labeler_id", "project_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    version: Mapped[int]
+    read_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from coachlm.errors import CoachError
 from coachlm.feedback.db import Conflict, NotFound, Store, StoreConfig, open_store
 from coachlm.feedback.throttle import ThrottleConfig
-from coachlm.web import admin, api, auth, labeler
+from coachlm.web import admin, api, auth, dashboard, labeler, review
 from coachlm.web.body import BodyLimit
 from coachlm.web.deps import HERE, Forbidden, LoginRequired, admin_from_headers, render
 
@@ -115,7 +115,7 @@ def create_app(cfg: WebConfig = WebConfig(), store: Store | None = None) -> Fast
 
     _handlers(app)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for module in (auth, labeler, admin, api):
+    for module in (auth, labeler, admin, dashboard, review, api):
         app.include_router(module.router)
     return app
 

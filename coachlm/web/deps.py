@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse
 
 from coachlm.feedback import accounts
 from coachlm.feedback.db import Store
+from coachlm.web import diff, markdown
 
 SESSION_COOKIE = "coachlm_session"
 LOGIN_CSRF_COOKIE = "coachlm_login_csrf"
@@ -27,6 +28,8 @@ HERE = Path(__file__).parent
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                           autoescape=True,  # all model and user text is untrusted
                           trim_blocks=True, lstrip_blocks=True)
+_env.filters.update(md=markdown.render, words=markdown.words)  # allow-listed markdown
+_env.globals.update(word_diff=diff.word_diff)
 
 
 class LoginRequired(Exception):
