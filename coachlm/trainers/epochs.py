@@ -7,7 +7,7 @@ import dataclasses
 import math
 
 from coachlm.errors import CoachError
-from coachlm.trainers.loop import TrainConfig
+from coachlm.engine.config import TrainConfig
 
 
 def steps_for_epochs(train: TrainConfig, epochs: float | None, batches_per_epoch: int) -> TrainConfig:

@@ -40,7 +40,7 @@ from coachlm.rl_math import AdaptiveKLController, FixedKLController
 from coachlm.rollout.rewards import Reward
 from coachlm.rollout.sampling import decode_responses
 from coachlm.runlog import RunLog, progress
-from coachlm.trainers.checkpoint import (check_resume_settings, latest_checkpoint,
+from coachlm.engine.checkpoint import (check_resume_settings, latest_checkpoint,
                                          load_checkpoint, save_checkpoint)
 from coachlm.trainers.loop import (TrainConfig, make_optimizer, seed_everything, set_threads,
                                    use_bf16)

@@ -32,7 +32,7 @@ from coachlm.rollout.experience import (Experience, SharedPrompts, pack_rollout,
                                         shared_prompts_supported, sorted_micro_batches)
 from coachlm.rollout.rewards import Reward
 from coachlm.rollout.sampling import Generation, SamplingConfig, generate
-from coachlm.trainers.loop import TrainConfig, lr_at
+from coachlm.engine.config import TrainConfig, lr_at
 from coachlm.trainers.ppo_config import PPOConfig
 
 
