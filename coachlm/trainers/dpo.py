@@ -250,7 +250,7 @@ def dpo(cfg: DPOConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     batches = PairBatches(train_pairs, tcfg.batch_size, tok.pad_token_id, layout, seed=tcfg.seed,
                           bucket_batches=cfg.bucket_batches,
                           ref_logps=None if ref is None else ref[:len(train_pairs)])
-    tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches))
+    tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches), engine.world_size)
     cfg = dataclasses.replace(cfg, train=tcfg, layout=layout)
     if engine.is_main:
         cfg.out.mkdir(parents=True, exist_ok=True)

@@ -258,7 +258,7 @@ def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     layout = choose_layout(cfg.layout, model, tok.pad_token_id)
     batches = GroupBatches(train_g, cfg.train.batch_size, tok.pad_token_id, layout,
                            seed=cfg.train.seed, bucket_batches=cfg.bucket_batches)
-    tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches))
+    tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches), engine.world_size)
     cfg = dataclasses.replace(cfg, train=tcfg, layout=layout)
     if engine.is_main:
         cfg.out.mkdir(parents=True, exist_ok=True)

@@ -149,7 +149,7 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     tcfg = cfg.train
     batches = ExampleBatches(train_ex, tcfg.batch_size, tok.pad_token_id, seed=tcfg.seed,
                              bucket_batches=cfg.bucket_batches, pack=pack)
-    tcfg = steps_for_epochs(tcfg, cfg.epochs, len(batches))
+    tcfg = steps_for_epochs(tcfg, cfg.epochs, len(batches), engine.world_size)
     cfg = dataclasses.replace(cfg, train=tcfg, pack=pack)
     if engine.is_main:
         cfg.out.mkdir(parents=True, exist_ok=True)
