@@ -90,6 +90,8 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 
 def assert_same_run(one: Path, two: Path, key: str = "loss") -> None:
     assert losses(two, key) == pytest.approx(losses(one, key), rel=1e-5)
+    # Adam is blind to a constant gradient scale; the gradient norm is not.
+    assert losses(two, "grad_norm") == pytest.approx(losses(one, "grad_norm"), rel=1e-4)
     w1, w2 = weights(one), weights(two)
     assert w1.keys() == w2.keys()
     for name in w1:
@@ -183,10 +185,12 @@ def test_ppo_two_processes_equal_one(files, tmp_path, algo):
                 "ppo.device=cpu", "ppo.lr=1e-3"]
     launch(args(tmp_path / "two"))
     run_cli(args(tmp_path / "one"))
-    for key in ("kl", "kl_coef", "reward", "reward_raw", "response_length", "policy_loss"):
+    for key in ("kl", "kl_coef", "reward", "reward_raw", "response_length", "policy_loss",
+                "value_loss", "grad_norm", "entropy"):
         assert losses(tmp_path / "two", key) == pytest.approx(losses(tmp_path / "one", key),
                                                               rel=1e-4, abs=1e-6), key
     w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], **WEIGHTS, msg=name)
     assert len(list((tmp_path / "two" / "checkpoints").iterdir())) == 1
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
