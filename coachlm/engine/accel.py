@@ -183,16 +183,44 @@ class Engine:
                 optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
         """(wrapped loss module, wrapped optimizer): `wrapped(batch)` runs `loss_fn(model, batch)`
         under the distributed wrapper and the precision's autocast."""
-        if self.accelerator.distributed_type.value == "DEEPSPEED":
-            # DeepSpeed owns the gradients (partitioned under ZeRO) and cannot scale them after
-            # the backward by the step's global item count, which exact accumulation needs.
-            raise CoachError("DeepSpeed is not supported by the training engine yet (see the "
-                             "README, 'Several GPUs'): use DDP or FSDP")
-        return self.accelerator.prepare(_LossModule(model, loss_fn), optimizer)
+        wrapped, opt = self.accelerator.prepare(_LossModule(model, loss_fn), optimizer)
+        self._wrapped = wrapped
+        return wrapped, opt
 
     def release(self, wrapped: nn.Module) -> None:
-        """Drop accelerate's references to a finished run's wrapper and optimizer."""
-        self.accelerator.free_memory()
+        """Drop accelerate's references to a finished run's wrapper and optimizer (a sharded
+        run keeps its wrapper, which `full_params` needs to save the final weights)."""
+        if not self.sharded:
+            self._wrapped = None
+            self.accelerator.free_memory()
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP or DeepSpeed: parameters, gradients or optimizer states live in shards."""
+        return self.distributed_type in ("FSDP", "DEEPSPEED")
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.distributed_type == "DEEPSPEED"
+
+    def full_params(self) -> Any:
+        """A context in which the model's own parameters are whole on every process, for work
+        outside the wrapper's forward (sampling, the reference policy, evaluation, saving):
+        FSDP's summon_full_params, ZeRO-3's GatheredParameters; nothing otherwise. Untested
+        here (no GPUs): see the README, 'Several GPUs'."""
+        wrapped = getattr(self, "_wrapped", None)
+        if wrapped is None or not self.sharded:
+            return contextlib.nullcontext()
+        if self.deepspeed:
+            import deepspeed
+
+            module = wrapped.module if hasattr(wrapped, "module") else wrapped
+            return deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if isinstance(wrapped, FullyShardedDataParallel):
+            return FullyShardedDataParallel.summon_full_params(wrapped, writeback=False)
+        return contextlib.nullcontext()  # FSDP2 (fully_shard) gathers in the module's forward
 
     def no_sync(self, wrapped: nn.Module, sync: bool) -> Any:
         """No gradient all-reduce for this backward unless `sync` (the step's last micro-batch)."""

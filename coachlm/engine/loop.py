@@ -133,6 +133,8 @@ def update(t: Trainee, micro_batches: Sequence[Any], lr: float,
     eng = t.engine
     for group in t.optimizer.param_groups:
         group["lr"] = lr
+    if eng.deepspeed:
+        return _update_deepspeed(t, micro_batches, lr)
     count, tokens, loss_sum, sums = 0, 0, 0.0, {}
     for i, batch in enumerate(micro_batches):
         with eng.no_sync(t.wrapped, sync=i == len(micro_batches) - 1):
@@ -143,10 +145,7 @@ def update(t: Trainee, micro_batches: Sequence[Any], lr: float,
         loss_sum += float(out.loss_sum.detach())
         for k, v in out.metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v)
-    if eng.world_size > 1:
-        totals = eng.sum([count, tokens, loss_sum, *sums.values()])
-        count, tokens, loss_sum = int(totals[0]), int(totals[1]), totals[2]
-        sums = dict(zip(sums, totals[3:]))
+    count, tokens, loss_sum, sums = _global(eng, count, tokens, loss_sum, sums)
     grads = [p.grad for p in t.params if p.grad is not None]
     if count > 0 and grads:
         # The wrapper averaged over processes; N / count turns that into the global item mean.
@@ -155,10 +154,45 @@ def update(t: Trainee, micro_batches: Sequence[Any], lr: float,
                                    else float("inf"))
     t.optimizer.step()
     t.optimizer.zero_grad(set_to_none=True)
+    return _metrics(count, loss_sum, sums, lr, grad_norm), tokens
+
+
+def _global(eng: Engine, count: int, tokens: int, loss_sum: float,
+            sums: dict[str, float]) -> tuple[int, int, float, dict[str, float]]:
+    """Item count, tokens, loss and metric sums added over all processes."""
+    if eng.world_size == 1:
+        return count, tokens, loss_sum, sums
+    totals = eng.sum([count, tokens, loss_sum, *sums.values()])
+    return int(totals[0]), int(totals[1]), totals[2], dict(zip(sums, totals[3:]))
+
+
+def _metrics(count: int, loss_sum: float, sums: Mapping[str, float], lr: float,
+             grad_norm: float) -> dict[str, float]:
     n = max(count, 1)
-    metrics = {"loss": loss_sum / n, **{k: v / n for k, v in sums.items()},
-               "lr": lr, "grad_norm": grad_norm}
-    return metrics, tokens
+    return {"loss": loss_sum / n, **{k: v / n for k, v in sums.items()},
+            "lr": lr, "grad_norm": grad_norm}
+
+
+def _update_deepspeed(t: Trainee, micro_batches: Sequence[Any], lr: float
+                      ) -> tuple[dict[str, float], int]:
+    """`update` under DeepSpeed, which steps inside its backward and keeps the gradients
+    (partitioned, under ZeRO) to itself: the global item count must scale the loss *before*
+    the backward, so a step is one micro-batch per process, its count added over processes
+    between the forward and the backward. Clipping is DeepSpeed's (`gradient_clipping` in its
+    config). Untested here (no GPUs, no deepspeed): see the README, 'Several GPUs'."""
+    if len(micro_batches) != 1:
+        raise CoachError("under DeepSpeed a step takes one micro-batch per process: set "
+                         "grad_accum to 1 (PPO: micro_batch_size = mini_batch_size / processes)")
+    eng = t.engine
+    with eng.autocast():
+        out = t.wrapped(eng.to_device(micro_batches[0]))
+    loss = float(out.loss_sum.detach())
+    count, tokens, loss_sum, sums = _global(eng, out.count, out.tokens, loss,
+                                            {k: float(v) for k, v in out.metrics.items()})
+    # DeepSpeed averages the gradients over processes: N / count gives the global item mean.
+    eng.backward(out.loss_sum * (eng.world_size / max(count, 1)))
+    norm = t.wrapped.get_global_grad_norm() if hasattr(t.wrapped, "get_global_grad_norm") else None
+    return _metrics(count, loss_sum, sums, lr, float("nan") if norm is None else float(norm)), tokens
 
 
 def my_micro_batches(batches: BatchSource, grad_accum: int, engine: Engine) -> list[Any]:
@@ -177,7 +211,7 @@ def my_micro_batches(batches: BatchSource, grad_accum: int, engine: Engine) -> l
 def evaluate(model: nn.Module, eval_fn: EvalFn, engine: Engine) -> dict[str, float]:
     """Run `eval_fn` in eval mode, without gradients, under the training precision (every
     process runs the whole evaluation on the unwrapped model)."""
-    with eval_mode(model), torch.no_grad(), engine.autocast():
+    with engine.full_params(), eval_mode(model), torch.no_grad(), engine.autocast():
         return {k: float(v) for k, v in eval_fn(model).items()}
 
 
@@ -208,19 +242,15 @@ def checkpoint(engine: Engine, out_dir: Path, step: int, model: nn.Module,
                optimizer: torch.optim.Optimizer, state: Mapping[str, Any], keep: int) -> None:
     """Write checkpoint `step` once (the main process; the others' states are the same) and
     let every process continue only when it is complete."""
-    if sharded(engine):
+    if engine.sharded:
         return  # refused up front when asked for (`check_checkpointing`)
     if engine.is_main:
         save_checkpoint(out_dir, step, model, optimizer, state, keep)
     engine.barrier()
 
 
-def sharded(engine: Engine) -> bool:
-    return engine.distributed_type in ("FSDP", "DEEPSPEED")
-
-
 def check_checkpointing(engine: Engine, every: int) -> None:
-    if every and sharded(engine):
+    if every and engine.sharded:
         raise CoachError("checkpoints are not written under FSDP/DeepSpeed yet (their weights "
                          "and optimizer states are sharded): set checkpoint_every: 0")
 

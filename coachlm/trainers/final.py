@@ -12,7 +12,8 @@ from coachlm.models.load import save_pretrained
 def save_final(engine: Engine, model: Any, tokenizer: Any, out: Path) -> Path:
     """The main process saves (HF format; LoRA merged, adapter in `adapter/`); every process
     returns once the files are complete."""
-    if engine.is_main:
-        save_pretrained(model, tokenizer, out)
+    with engine.full_params():  # FSDP / ZeRO-3: the whole weights, on every process
+        if engine.is_main:
+            save_pretrained(model, tokenizer, out)
     engine.barrier()
     return out

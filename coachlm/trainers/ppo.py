@@ -186,9 +186,10 @@ def _iteration(t: Trainee, ref_model: nn.Module | None, tokenizer: Any,
     sub_ids = [prompt_ids[batch[i]] for i in mine]
     # 1. generate (pure sampling, seeded streams per iteration and row so a resumed or sharded
     # run repeats them)
-    exp, gen, entropy = rollout(ac, ref_model, tokenizer, sub_ids, cfg,
-                                seed=cfg.seed * 1_000_003 + run.step, autocast=eng.autocast,
-                                row_offset=mine.start * cfg.samples_per_prompt)
+    with eng.full_params():  # FSDP / ZeRO-3: sample and score with the whole weights
+        exp, gen, entropy = rollout(ac, ref_model, tokenizer, sub_ids, cfg,
+                                    seed=cfg.seed * 1_000_003 + run.step, autocast=eng.autocast,
+                                    row_offset=mine.start * cfg.samples_per_prompt)
     texts = decode_responses(tokenizer, gen)
     # 2. score
     raw, exp.scores = score_responses(reward, sub_prompts, texts, gen, cfg, norm)

@@ -12,6 +12,7 @@ whitened over the global batch and the KL controller sees the global mean KL (Hu
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import fields, replace
 from typing import Any
 
@@ -52,7 +53,9 @@ def ppo_update(t: Trainee, exp: Experience, cfg: PPOConfig, tcfg: TrainConfig, o
     sums: dict[str, float] = {}
     n_updates = 0
     ac.train()
-    with lora_view(ac.policy, "fused"):
+    # Sharded parameters exist whole only inside the wrapper's forward: there, peft's own LoRA
+    # layers (the same function as the fused view, slower) must run.
+    with contextlib.nullcontext() if eng.sharded else lora_view(ac.policy, "fused"):
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(exp.sequences.shape[0], generator=generator)  # (B,)
             for mini in order.split(cfg.mini_batch_size):
