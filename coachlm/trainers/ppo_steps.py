@@ -32,7 +32,8 @@ from coachlm.rl_math import (explained_variance, gae, group_advantages, kl_shape
 from coachlm.rollout.experience import (Experience, SharedPrompts, pack_rollout, policy_forward,
                                         shared_prompts_supported, sorted_micro_batches)
 from coachlm.rollout.rewards import Reward
-from coachlm.rollout.sampling import Generation, SamplingConfig, generate
+from coachlm.rollout.generators import BuiltinGenerator, Generator
+from coachlm.rollout.sampling import Generation, SamplingConfig
 from coachlm.trainers.ppo_config import PPOConfig
 
 
@@ -123,10 +124,13 @@ def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cf
 @torch.no_grad()
 def rollout(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
             prompt_ids: Sequence[Sequence[int]], cfg: PPOConfig, seed: int,
-            autocast: Callable[[], Any], row_offset: int = 0) -> tuple[Experience, Generation, float]:
+            autocast: Callable[[], Any], row_offset: int = 0,
+            generator: Generator | None = None) -> tuple[Experience, Generation, float]:
     """# 1. generate: sample, then recompute logprobs / values / reference logprobs.
 
     Returns (experience, generation, mean token entropy of the policy on its samples).
+    `generator`: the sampling engine (`rollout.generators`); None: the built-in sampler on the
+    policy's merged weights.
 
     Logprobs are recomputed rather than taken from the sampler (which ran on merged weights)
     so that the first PPO epoch's ratio is exactly 1: the same kernels as the update, on the
@@ -136,7 +140,8 @@ def rollout(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
                           top_k=0, top_p=1.0, n=cfg.samples_per_prompt,
                           batch_size=cfg.episodes, seed=seed)
     with lora_view(ac.policy, "merged"):
-        gen = generate(ac.policy, tokenizer, prompt_ids, scfg, row_offset=row_offset)
+        sample = generator or BuiltinGenerator(ac.policy, tokenizer)
+        gen = sample(prompt_ids, scfg, row_offset=row_offset)
     sequences, attention_mask, action_mask = pack_rollout(
         prompt_ids, gen.response_ids, gen.prompt_index, tokenizer.pad_token_id)
     B, N = action_mask.shape
