@@ -15,7 +15,7 @@ Steps (`dpo`), and `nll_weight` adds RPO's NLL term on the chosen response (Pang
      reference weights), so no reference model is in memory while training; or, with LoRA and
      `reference: adapter`, recomputed each step by the same weights with the adapter disabled.
      Both give the same loss (tested);
-  4. train with the shared loop (`loop.train`) on `pair_loss`, chosen and rejected sharing one
+  4. train with the one engine (`engine.loop.train`) on `pair_loss`, chosen and rejected sharing one
      batch in the layout `choose_layout` picks (`coachlm.data.pairs`);
   5. save the final model to `out/final` (HF format; with LoRA merged, adapter in `adapter/`).
 

@@ -100,7 +100,7 @@ def _hidden_size(model: nn.Module) -> int:
 
 
 def _optim_config(cfg: PPOConfig) -> TrainConfig:
-    """The shared loop's optimizer settings; one 'step' is one mini-batch update."""
+    """The engine's optimizer settings; one 'step' is one mini-batch update."""
     return TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
                        max_steps=cfg.optimizer_steps, batch_size=cfg.mini_batch_size,
                        max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16, seed=cfg.seed,

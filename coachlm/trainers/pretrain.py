@@ -3,7 +3,7 @@
 The corpus is a text file of documents separated by blank lines (what the built-in world's
 `corpus.txt` holds). A world tokenizer is trained on it unless one is given, documents are packed
 into blocks of `seq_len` tokens (`coachlm.data.collate.pack_documents`), a held-out fraction of
-documents measures validation loss and perplexity, and the shared loop trains.
+documents measures validation loss and perplexity, and the engine (`coachlm.engine`) trains.
 
 Outputs under `out`: `config.yaml`, `tokenizer/` (the tokenizer used, so a resumed run reuses it),
 `metrics.jsonl`, `summary.json`, `checkpoints/`, and the final model in `final/` (HF format).

@@ -6,7 +6,7 @@ Steps (`rm`):
      judgement of a prompt shares one batch and each response is forwarded once;
   2. split off held-out prompts (or read `val_data`), truncate to `max_length`;
   3. build the model: backbone + scalar head (`models.reward`), optionally LoRA;
-  4. train with the shared loop on `rm_loss`: Bradley-Terry per comparison (optional margin,
+  4. train with the engine (`coachlm.engine`) on `rm_loss`: Bradley-Terry per comparison (optional margin,
      Touvron et al., 2023), the K-wise ranking loss per ranking (Ouyang et al., 2022, eq. 1),
      ties skipped or modelled (Davidson, 1970), each record counting once;
   5. fit the normalization (mean 0 / std 1 on reference responses) and save to `out/final`.

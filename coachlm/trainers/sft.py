@@ -5,7 +5,7 @@ Each demonstration becomes (input_ids, labels) through the model's own chat temp
 token-level mean of the response tokens and their closing EOS, which teaches the model to answer
 and to stop (Ouyang et al., 2022, InstructGPT, section 3.5). A micro-batch's examples are
 packed into rows with restarting position ids, each example attending only to itself, or
-right-padded (`coachlm.data.collate`); the shared loop trains, optionally through LoRA adapters
+right-padded (`coachlm.data.collate`); the engine (`coachlm.engine`) trains, optionally through LoRA adapters
 (Hu et al., 2021).
 
 Inputs: Demonstration records, or anything `coachlm.data.io.read_records` maps to them (TRL
