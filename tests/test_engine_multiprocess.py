@@ -171,7 +171,7 @@ def test_dpo_two_processes_equal_one(files, tmp_path):
     assert len(list((tmp_path / "two").glob("ref_logps-*.pt"))) == 1
 
 
-@pytest.mark.parametrize("algo", ["ppo"])
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_ppo_two_processes_equal_one(files, tmp_path, algo):
     """Rollouts sharded (2 prompts x 2 samples per process), advantages whitened over the
     global batch, the adaptive KL controller on the global mean KL, reward normalization fitted
