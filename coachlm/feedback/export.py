@@ -7,10 +7,14 @@ its remaining labels that agree with its most common label must reach `min_agree
 Every record keeps its provenance: labeler, source, time spent, the order the responses were
 shown in, and in `meta` the project, task id, the guidelines version in force, whether the
 item is gold and its agreement.
+
+Text that could not be encoded (a lone surrogate stored before input was checked) is written
+as U+FFFD, so one bad label never breaks a whole export.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import defaultdict
@@ -26,6 +30,7 @@ from coachlm.feedback import agreement as ag
 from coachlm.feedback.db import StoreError
 from coachlm.feedback.quality import LabelRow, gold_correct, load_labels
 from coachlm.feedback.tables import TASK_KINDS, Project, Prompt, Response
+from coachlm.feedback.text import scrub
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ def _filter(rows: list[LabelRow], cfg: ExportConfig) -> tuple[list[LabelRow], di
 
 
 def _response(row: Response) -> schema.Response:
-    return schema.Response(row.text, row.model, row.model_version)
+    return schema.Response(*scrub((row.text, row.model, row.model_version)))
 
 
 def to_record(r: LabelRow, project: Project, prompt: schema.Prompt,
@@ -101,7 +106,8 @@ def to_record(r: LabelRow, project: Project, prompt: schema.Prompt,
 def export_records(s: Session, project: Project, cfg: ExportConfig = ExportConfig()
                    ) -> list[schema.Record]:
     rows, agreement = _filter(load_labels(s, project), cfg)
-    prompts = {p.id: schema.as_prompt(p.messages)
+    rows = [dataclasses.replace(r, answer=scrub(r.answer), labeler=scrub(r.labeler)) for r in rows]
+    prompts = {p.id: schema.as_prompt(scrub(p.messages))
                for p in s.scalars(select(Prompt).where(Prompt.project_id == project.id))}
     responses = {r.id: _response(r) for r in s.scalars(
         select(Response).join(Prompt).where(Prompt.project_id == project.id))}

@@ -74,7 +74,7 @@ def import_file(request: Request, project_id: int, user: FormAdmin,
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise StoreError("the file is not UTF-8 text") from None
-    records = list(importer.parse_lines(text.splitlines(), file.filename or "<upload>"))
+    records = list(importer.parse_text(text, file.filename or "<upload>"))
     with store(request).write() as s:
         counts = importer.import_records(s, _project(s, project_id), records, gold, n_labels)
     return _back(project_id, f"imported-{counts.records}")
@@ -169,8 +169,9 @@ def labelers(request: Request, user: AdminUser) -> Response:
 def create_labeler(request: Request, user: FormAdmin, name: Annotated[str, Form()],
                    password: Annotated[str, Form()], role: Annotated[str, Form()] = "labeler",
                    cost_per_label: Annotated[float, Form()] = 0.0) -> Response:
+    hashed = accounts.hashed(password)  # slow: before the write transaction
     with store(request).write() as s:
-        accounts.create_labeler(s, name, password, role, cost_per_label)
+        accounts.create_labeler(s, name, hashed, role, cost_per_label)
     return RedirectResponse("/admin/labelers", status_code=303)
 
 
@@ -179,13 +180,14 @@ def update_labeler(request: Request, labeler_id: int, user: FormAdmin,
                    role: Annotated[str, Form()], cost_per_label: Annotated[float, Form()],
                    active: Annotated[bool, Form()] = False,
                    password: Annotated[str, Form()] = "") -> Response:
+    hashed = accounts.hashed(password or None)  # slow: before the write transaction
     with store(request).write() as s:
         lab = s.get(Labeler, labeler_id)
         if lab is None:
             raise NotFound(f"no labeler {labeler_id}")
         if lab.id == user.id and (role != "admin" or not active):
             raise StoreError("you cannot remove your own admin role or deactivate yourself")
-        accounts.update_labeler(s, lab.name, password=password or None, role=role,
+        accounts.update_labeler(s, lab.name, password=hashed, role=role,
                                 cost_per_label=cost_per_label, active=active)
     return RedirectResponse("/admin/labelers", status_code=303)
 
