@@ -2,6 +2,7 @@
 
     coachlm cai constitution [FILE]                       # validate a constitution, list it
     coachlm cai revise --model M --prompts F --out DIR    # SL-CAI: critique and revise, n rounds
+    coachlm cai demos --world DIR --out F -n 2000         # the world's critique/revision demos
 
 Each command takes `--config FILE` (YAML) and trailing dotted overrides, like every coachlm
 command, and makes one library call.
@@ -14,7 +15,8 @@ from typing import Optional
 
 import typer
 
-from coachlm.cli.common import console
+from coachlm.cli.common import ConfigOpt, OverridesArg, console
+from coachlm.cli.common import load as _load
 
 cai_app = typer.Typer(no_args_is_help=True, add_completion=False,
                       help="Constitutional AI: constitutions, SL-CAI revisions.")
@@ -36,3 +38,36 @@ def constitution(path: Optional[Path] = typer.Argument(None, help="Constitution 
     for p in c.principles:
         table.add_row(p.id, p.comparison_question)
     console.print(table)
+
+
+@cai_app.command()
+def revise(model: Optional[Path] = typer.Option(None, "--model", "-m", help="The model that answers, critiques and revises."),
+           prompts: Optional[Path] = typer.Option(None, help="Prompt records (red-team prompts)."),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (revisions.jsonl, summary.json)."),
+           constitution: Optional[Path] = typer.Option(None, help="Constitution YAML (default: the built-in one)."),
+           rounds: Optional[int] = typer.Option(None, help="Critique-revision rounds per prompt."),
+           limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
+           config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """SL-CAI: answer each prompt, then critique and revise under random principles; writes
+    the final revisions as Demonstration records (trace in meta) for `coachlm sft`. Resumes."""
+    from coachlm.constitution.revise import ReviseConfig, run_revise
+
+    cfg = _load(ReviseConfig, config, overrides, model=model, prompts=prompts, out=out,
+                constitution=constitution, rounds=rounds, limit=limit)
+    console.print(f"revisions: {run_revise(cfg)}")
+
+
+@cai_app.command()
+def demos(world: Path = typer.Option(..., help="A world directory built with red_team_prompts and lookalike_prompts."),
+          out: Path = typer.Option(..., "--out", "-o", help="Output JSONL of Demonstration records."),
+          n: int = typer.Option(2000, "-n", help="Critique demonstrations (as many revisions again)."),
+          constitution: Optional[Path] = typer.Option(None, help="Constitution YAML (default: the built-in one)."),
+          seed: int = typer.Option(0, help="Random seed.")) -> None:
+    """The world's critique and revision demonstrations under a constitution, so that a small
+    world model learns to act as its own feedback model (SFT data)."""
+    from coachlm.constitution import load_constitution
+    from coachlm.constitution.world_demos import feedback_demos
+    from coachlm.data.io import write_records
+
+    count = write_records(out, feedback_demos(world, load_constitution(constitution), n, seed))
+    console.print(f"{count} demonstrations: {out}")
