@@ -60,25 +60,36 @@ class ReviseConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
 
 
-@dataclass(frozen=True)
 class _Policy:
     """The model that answers, critiques and revises (loaded once)."""
 
-    model: Any
-    tokenizer: Any
-    name: str
-    version: str
+    def __init__(self, model: Any, tokenizer: Any, name: str, version: str):
+        self.model, self.tokenizer, self.name, self.version = model, tokenizer, name, version
+        self.context = getattr(model.config, "max_position_embeddings", None)
+        self.truncated = 0  # conversations cut from the left to fit the context
+
+    def _fit(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        """A conversation too long for the context keeps its first token (BOS) and its latest
+        turns: the request being answered is at the end."""
+        budget = None if self.context is None else self.context - max_new_tokens
+        if budget is None or len(ids) <= budget:
+            return ids
+        if budget < 2:
+            raise CoachError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
+                             f"the model's context of {self.context} tokens")
+        self.truncated += 1
+        return ids[:1] + ids[len(ids) - budget + 1:]
 
     def complete(self, prompts: Sequence[Prompt], max_new_tokens: int, temperature: float,
                  seed: int, batch_size: int) -> list[str]:
         from coachlm.data.chat import encode_prompt
         from coachlm.rollout.sampling import SamplingConfig, decode_responses, generate
 
-        ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+        ids = [self._fit(encode_prompt(self.tokenizer, p), max_new_tokens) for p in prompts]
         cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                              batch_size=batch_size, seed=seed)
-        return [t.strip() for t in decode_responses(self.tokenizer,
-                                                    generate(self.model, self.tokenizer, ids, cfg))]
+        gen = generate(self.model, self.tokenizer, ids, cfg)
+        return [t.strip() for t in decode_responses(self.tokenizer, gen)]
 
 
 def _load_policy(cfg: ReviseConfig) -> _Policy:
@@ -155,19 +166,21 @@ def run_revise(cfg: ReviseConfig) -> Path:
             write_records(path, records)
             rate = (k + len(chunk)) / max(time.perf_counter() - start, 1e-9)
             bar.update(task, advance=len(chunk), rate=f"{rate:.2f} prompts/s")
-    _summary(runlog, records, len(prompts) - len(todo), time.perf_counter() - start, path)
+    _summary(runlog, records, len(prompts) - len(todo), time.perf_counter() - start, path,
+             policy.truncated if policy else 0)
     return path
 
 
 def _summary(runlog: RunLog, records: Sequence[Demonstration], resumed: int, seconds: float,
-             path: Path) -> None:
+             path: Path, truncated: int) -> None:
     traces = [r.meta["cai"] for r in records]
     changed = sum(r.response.text != t["answer"] for r, t in zip(records, traces))
     principles = Counter(step["principle"] for t in traces for step in t["rounds"])
     runlog.summary(seconds=seconds, records=len(records), resumed=resumed,
                    revised=len(records) - resumed,
                    changed_fraction=changed / max(len(records), 1),
-                   principles=dict(sorted(principles.items())), out=str(path))
+                   principles=dict(sorted(principles.items())), truncated_conversations=truncated,
+                   out=str(path))
 
 
 __all__ = ["ReviseConfig", "run_revise", "revise_chunk", "draw_principle", "OUT_NAME"]
