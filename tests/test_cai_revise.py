@@ -144,3 +144,10 @@ def test_feedback_demos_are_sl_cai_conversations_on_training_prompts(world):
         assert score(rev.prompt[0].content, rev.response.text).parts["harmless"] == 1.0
     with pytest.raises(CoachError, match="red_team_prompts"):
         feedback_demos(world["world"].parent / "nowhere", c, 1)
+
+
+def test_a_conversation_longer_than_the_context_is_cut_and_counted(world, tmp_path):
+    short = save_pretrained(model(max_position_embeddings=96), tokenizer(), tmp_path / "m")
+    run_revise(_cfg(short, world, tmp_path / "run", limit=2, rounds=1))
+    summary = (tmp_path / "run" / "summary.json").read_text()
+    assert '"records": 2' in summary and '"truncated_conversations": 0' not in summary
