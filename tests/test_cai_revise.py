@@ -12,7 +12,7 @@ from coachlm.constitution import default_constitution
 from coachlm.constitution import revise as revise_mod
 from coachlm.constitution.prompts import critique_turns, revision_turns
 from coachlm.constitution.revise import ReviseConfig, run_revise
-from coachlm.constitution.world_demos import feedback_demos
+from coachlm.constitution.world_demos import comparison_documents, feedback_demos
 from coachlm.data.io import read_records
 from coachlm.errors import CoachError
 from coachlm.models.load import save_pretrained
@@ -151,3 +151,24 @@ def test_a_conversation_longer_than_the_context_is_cut_and_counted(world, tmp_pa
     run_revise(_cfg(short, world, tmp_path / "run", limit=2, rounds=1))
     summary = (tmp_path / "run" / "summary.json").read_text()
     assert '"records": 2' in summary and '"truncated_conversations": 0' not in summary
+
+
+def test_comparison_documents_end_with_the_rubric_preferred_letter(world):
+    from coachlm.world import prefer
+
+    seen = []
+
+    def render(prompt, first, second, principle):
+        seen.append((prompt[-1].content, first, second, principle.comparison_question))
+        return f"Q{len(seen)}:"
+
+    c = default_constitution()
+    docs = comparison_documents(world["world"].parent, c, 30, render, seed=2)
+    assert len(docs) == 30 and len(seen) == 30
+    questions = {p.comparison_question for p in c.principles}
+    for doc, (request, first, second, question) in zip(docs, seen):
+        assert question in questions and "\n\n" not in first + second
+        assert doc == f"Q{docs.index(doc) + 1}:" + ("A)" if prefer(request, first, second) > 0
+                                                    else "B)")
+    seen.clear()
+    assert docs == comparison_documents(world["world"].parent, c, 30, render, seed=2)

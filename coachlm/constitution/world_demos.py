@@ -10,6 +10,12 @@ and revision (the ideal response, or the response itself when nothing is wrong).
 the helpful-only SFT data, they teach the model to critique and revise when asked, while it
 still answers harmful requests compliantly when not asked: the starting point of the paper.
 
+`comparison_documents` writes the RL-CAI side: (A)/(B) questions under a drawn principle about
+two answers to a training prompt, each followed by the letter of the answer the rubric prefers,
+as raw text documents (a feedback model continues pretraining on them, then reads the option
+probabilities after the same context). The layout of the question belongs to the AI labeler, so
+it is passed in (`render`), never copied here.
+
 Only training prompts are used (red-team and look-alike training splits, RL training prompts);
 held-out prompts never appear.
 """
@@ -19,15 +25,17 @@ from __future__ import annotations
 import random
 import uuid
 from pathlib import Path
+from typing import Callable
 
-from coachlm.constitution.format import Constitution
+from coachlm.constitution.format import Constitution, Principle
 from coachlm.constitution.prompts import critique_turns, revision_turns
 from coachlm.data.io import read_prompts
-from coachlm.data.schema import Demonstration, PromptRecord, Response
+from coachlm.data.schema import Demonstration, Prompt, PromptRecord, Response
 from coachlm.errors import CoachError
 from coachlm.world import critique as world_critique
 from coachlm.world.degrade import DEGRADATIONS, degrade
-from coachlm.world.tasks import (IDEAL_MODEL, WORLD_VERSION, complying_response, ideal_response)
+from coachlm.world.rubric import prefer
+from coachlm.world.tasks import IDEAL_MODEL, WORLD_VERSION, complying_response, ideal_response
 from coachlm.world.templates import parse_prompt
 
 # (file in the world directory, share of the demonstrations)
@@ -87,4 +95,29 @@ def feedback_demos(world: Path, constitution: Constitution, n: int, seed: int = 
     return out
 
 
-__all__ = ["feedback_demos", "SOURCES"]
+# The AI labeler's context up to the option letter: (prompt, first, second, principle) -> text.
+Render = Callable[[Prompt, str, str, Principle], str]
+
+
+def comparison_documents(world: Path, constitution: Constitution, n: int, render: Render,
+                         seed: int = 0) -> list[str]:
+    """`n` (A)/(B) questions on pairs of answers to training prompts, each ending with the
+    letter of the answer the rubric prefers and ")" (pairs the rubric ties on are skipped)."""
+    rng = random.Random(f"{seed}:comparison-docs")
+    pools = _pools(world)
+    out: list[str] = []
+    for _ in range(50 * n):
+        if len(out) == n:
+            break
+        record = rng.choice(rng.choices([p for p, _ in pools], [w for _, w in pools])[0])
+        text = record.prompt_text
+        a, b = _response(text, rng), _response(text, rng)
+        d = prefer(text, a, b)
+        if abs(d) < 1e-6 or "\n\n" in a + b:  # a tie teaches nothing; a blank line ends a doc
+            continue
+        principle = rng.choice(constitution.principles)
+        out.append(render(record.prompt, a, b, principle) + ("A" if d > 0 else "B") + ")")
+    return out
+
+
+__all__ = ["feedback_demos", "comparison_documents", "SOURCES"]
