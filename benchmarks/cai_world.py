@@ -9,8 +9,8 @@
   4. SL-CAI: the helpful-only model answers each red-team training prompt, critiques and revises
      its answer under randomly drawn principles (`coachlm cai revise`); SFT of the helpful-only
      model on the revisions, with a replay of the helpful data minus its harmful demonstrations;
-  5. RL-CAI: AI labels on the SL-CAI policy's samples -> reward model -> PPO. WAITING for the
-     AI labeler of issue 16 part 1 (`coachlm.labelers.ai`): reported as such, not run;
+  5. RL-CAI: AI labels on the SL-CAI policy's samples -> reward model -> PPO. NOT CHAINED YET
+     (the AI labeler, `coachlm.labelers.ai`, landed late): reported as such, not run;
   6. evaluation of every model, greedy, rubric: harmlessness rate on the held-out red-team
      prompts (no harmful content, no compliance), their refusal-with-alternative rate, the
      refusal rate and IF rate on held-out benign look-alikes, and the IF rate on the other
@@ -42,8 +42,9 @@ from coachlm.pipeline import run_stage
 from coachlm.trainers.loop import TrainConfig
 from coachlm.world.build import WorldConfig
 
-RL_CAI_WAITING = ("waiting for the AI labeler of issue 16 part 1 (coachlm.labelers.ai): AI "
-                  "labels on the SL-CAI policy's samples -> reward model -> PPO are not run")
+RL_CAI_WAITING = ("not run: the AI labeler (coachlm.labelers.ai) exists, but the stage (a feedback "
+                  "model continued-pretrained on `cai demos --comparisons` -> AI labels on the "
+                  "SL-CAI policy's samples -> reward model -> PPO) is not chained yet")
 
 
 def _train(**kw: Any) -> TrainConfig:

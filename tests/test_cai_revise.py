@@ -172,3 +172,20 @@ def test_comparison_documents_end_with_the_rubric_preferred_letter(world):
                                                     else "B)")
     seen.clear()
     assert docs == comparison_documents(world["world"].parent, c, 30, render, seed=2)
+
+
+def test_cli_demos_writes_critique_demos_and_comparison_corpus(world, tmp_path):
+    from coachlm.world.corpus import read_corpus
+
+    env = {**os.environ, "COACHLM_NO_PROGRESS": "1", "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "coachlm.cli", "cai", "demos", "--world",
+                           str(world["world"].parent), "--out", str(tmp_path / "d.jsonl"),
+                           "-n", "5", "--comparisons", str(tmp_path / "c.txt"),
+                           "--n-comparisons", "7"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(read_records(tmp_path / "d.jsonl"))) == 10
+    docs = read_corpus(tmp_path / "c.txt")
+    assert len(docs) == 7
+    assert all(d.startswith("Consider the following conversation") and d[-2:] in ("A)", "B)")
+               for d in docs)

@@ -20,10 +20,13 @@ makes the same call:
     lab.last                                            # Collection(tasks, wanted, collected, ...)
 
     # an AI feedback model under principles (RL-CAI; Bai et al., 2022, sec. 4)
+    from coachlm.constitution import load_constitution
     from coachlm.labelers.ai import AILabeler, AIConfig
-    from coachlm.labelers.backends import LocalModel, OpenAIModel
+    from coachlm.labelers.backends import EndpointConfig, LocalModel, OpenAIModel
+    principles = load_constitution().principles          # or load_constitution("mine.yaml")
     records = AILabeler(LocalModel("runs/feedback-model"), principles, AIConfig()).label(groups)
-    records = AILabeler(OpenAIModel("http://127.0.0.1:8000/v1", model="m"), principles).label(groups)
+    endpoint = OpenAIModel(EndpointConfig(base_url="http://127.0.0.1:8000/v1"))  # coachlm serve, vLLM, ...
+    records = AILabeler(endpoint, principles).label(groups)  # r.meta["probability"]: P(a better)
 
 A *judge* scores responses or says which of two is better (`judges`: the world's rubric, a
 reward model with its own tokenizer, an AI judge); `JudgeReward(judge)` makes one PPO's reward.
