@@ -39,7 +39,7 @@ from typing import Any
 from coachlm import config
 from coachlm.constitution.revise import ReviseConfig
 from coachlm.pipeline import run_stage
-from coachlm.trainers.loop import TrainConfig
+from coachlm.engine.config import TrainConfig
 from coachlm.world.build import WorldConfig
 
 RL_CAI_WAITING = ("not run: the AI labeler (coachlm.labelers.ai) exists, but the stage (a feedback "

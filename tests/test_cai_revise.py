@@ -85,7 +85,7 @@ def test_a_crash_resumes_without_duplicates(model_dir, world, tmp_path, monkeypa
 
 
 def test_sft_trains_on_revisions_as_they_are(model_dir, world, tmp_path):
-    from coachlm.trainers.loop import TrainConfig
+    from coachlm.engine.config import TrainConfig
     from coachlm.trainers.sft import SFTConfig, run_sft
 
     path = run_revise(_cfg(model_dir, world, tmp_path / "run", limit=4, rounds=1))
