@@ -42,7 +42,7 @@ from coachlm.pipeline import run_stage
 from coachlm.engine.config import TrainConfig
 from coachlm.world.build import WorldConfig
 
-RL_CAI_WAITING = ("not run: the AI labeler (coachlm.labelers.ai) exists, but the stage (a feedback "
+RL_CAI_NOT_RUN = ("not run: the AI labeler (coachlm.labelers.ai) exists, but the stage (a feedback "
                   "model continued-pretrained on `cai demos --comparisons` -> AI labels on the "
                   "SL-CAI policy's samples -> reward model -> PPO) is not chained yet")
 
@@ -198,7 +198,7 @@ def main(argv: list[str]) -> dict:
     revise_summary = json.loads((out / "revise" / "summary.json").read_text())
     res = {"models": {"helpful_only_sft": ev["result"]["rates"]["sft"],
                       "sl_cai": ev["result"]["rates"]["sl_cai"]},
-           "rl_cai": RL_CAI_WAITING, "win_rate": ev["result"]["win_rate"],
+           "rl_cai": RL_CAI_NOT_RUN, "win_rate": ev["result"]["win_rate"],
            "per_family_if": ev["result"]["per_family_if"],
            "revise": {k: revise_summary[k] for k in ("records", "changed_fraction", "seconds")},
            "config": settings}
