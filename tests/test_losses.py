@@ -18,7 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coachlm.losses import bradley_terry, bradley_terry_tie, dpo, ipo, nll, ppo_clip, ranking, value_clip
+from coachlm.losses import (bradley_terry, bradley_terry_tie, dpo, ipo, kl_penalty, nll, ppo_clip, ranking,
+                            value_clip)
 
 
 def close(actual, expected, atol=1e-6):
@@ -325,6 +326,35 @@ def test_ppo_clip_on_policy_is_minus_mean_advantage():
     close(loss, -(1.0 + 3.0) / 2)
     close(clipfrac, 0.0)
     close(approx_kl, 0.0)
+
+
+def test_ppo_clip_sequence_aggregation_by_hand():
+    # On policy (rho = 1) the loss is -A per token; row 0 has 2 tokens, row 1 has 1.
+    logprobs = torch.tensor([[-0.5, -2.0], [-1.0, -1.0]])
+    advantages = torch.tensor([[1.0, 3.0], [6.0, 0.0]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    token, _, _ = ppo_clip(logprobs, logprobs, advantages, mask, aggregation="token")
+    sequence, _, _ = ppo_clip(logprobs, logprobs, advantages, mask, aggregation="sequence")
+    close(token, -(1.0 + 3.0 + 6.0) / 3)
+    close(sequence, -((1.0 + 3.0) / 2 + 6.0) / 2)
+
+
+def test_kl_penalty_by_hand():
+    half, quarter = math.log(0.5), math.log(0.25)
+    logprobs = torch.tensor([[half, 0.0], [half, quarter]], requires_grad=True)
+    ref = torch.tensor([[quarter, 0.0], [half, half]])
+    mask = torch.tensor([[1, 0], [1, 1]])
+    # k3 = r - 1 - log r, r = ref / pi: tok (0.5 -> 0.25) r = 0.5: log 2 - 0.5;
+    # tok (0.5 -> 0.5) r = 1: 0; tok (0.25 -> 0.5) r = 2: 1 - log 2
+    k_a, k_c = math.log(2) - 0.5, 1 - math.log(2)
+    loss, kl = kl_penalty(logprobs, ref, mask, beta=0.05, aggregation="sequence")
+    close(kl, (k_a + (0.0 + k_c) / 2) / 2)  # the mean of the two sequences' means
+    close(loss, 0.05 * (k_a + k_c / 2) / 2)
+    _, kl_token = kl_penalty(logprobs, ref, mask, beta=0.05, aggregation="token")
+    close(kl_token, (k_a + 0.0 + k_c) / 3)  # = 1/6
+    loss.backward()
+    # d k3 / d logp = 1 - r; each sequence weighs 1/2, a token of row 1 another 1/2
+    close(logprobs.grad, [[0.05 * (1 - 0.5) / 2, 0.0], [0.0, 0.05 * (1 - 2.0) / 4]])
 
 
 def test_value_clip_by_hand():

@@ -250,3 +250,91 @@ def test_resume_rejects_changed_settings(tmp_path):
         train_ppo(policy(), tokenizer(), PROMPTS, LowIds(),
                   config.replace(cfg, steps=2, rollout_batch_size=8, mini_batch_size=8), tmp_path,
                   resume=True)
+
+
+# ------------------------------------------------------------------------------- GRPO's KL
+
+
+def _tied_group(kls):
+    """A GRPO group of 4 one-token responses, all scored 1, whose k1 KLs are `kls`."""
+    from coachlm.rollout.experience import Experience
+
+    B = len(kls)
+    exp = Experience(sequences=torch.zeros(B, 2, dtype=torch.long),
+                     attention_mask=torch.ones(B, 2, dtype=torch.long),
+                     action_mask=torch.ones(B, 1, dtype=torch.bool),
+                     finished=torch.ones(B, dtype=torch.bool), prompt_index=torch.zeros(B).long(),
+                     logprobs=torch.tensor(kls).view(B, 1) - 1.0,
+                     ref_logprobs=torch.full((B, 1), -1.0))
+    exp.scores = torch.ones(B)
+    return exp
+
+
+def test_grpo_advantages_ignore_the_kl():
+    # Issue 13, by hand: beta 0.05, scores (1, 1, 1, 1), per-sequence KLs (0.5, 1, 1.5, 2).
+    # Folded into the reward before the std division, the KL alone gave advantages
+    # -0.05 * (KL - 1.25) / (0.05 * std(KL) + 1e-4) = (+1.16, +0.39, -0.39, -1.16) (std(KL) =
+    # 0.6455), more than an informative group (1, 0, 1, 0) gets (+-0.87). DeepSeekMath eq. 3:
+    # the scores alone.
+    from coachlm.rl_math import group_advantages
+    from coachlm.trainers.ppo_steps import group_relative_advantages
+
+    kls = [0.5, 1.0, 1.5, 2.0]
+    folded = group_advantages(1 - 0.05 * torch.tensor(kls), 4, "grpo")
+    assert torch.allclose(folded, torch.tensor([1.158, 0.386, -0.386, -1.158]), atol=1e-3)
+    assert torch.allclose(group_advantages(torch.tensor([1.0, 0, 1, 0]), 4, "grpo").abs(),
+                          torch.full((4,), 0.866), atol=1e-3)
+    for scale_std in (True, False):
+        cfg = small(algo="grpo", samples_per_prompt=4, rollout_batch_size=2, mini_batch_size=8,
+                    scale_std=scale_std)
+        exp = _tied_group(kls)
+        shape_rewards(exp, 0.05, cfg)
+        group_relative_advantages(exp, cfg)
+        assert torch.equal(exp.advantages, torch.zeros(4, 1))
+        # the KL is measured (k3, for the logs and the controller), not put in the reward
+        d = -torch.tensor(kls)  # log ref - log pi
+        assert torch.allclose(exp.kl.squeeze(1), torch.expm1(d) - d)
+        assert torch.equal(exp.rewards.squeeze(1), exp.scores)
+
+
+def test_rloo_keeps_the_kl_in_the_reward_at_weight_beta():
+    # RLOO (Ahmadian et al., 2024) is unscaled: the KL's weight in the advantage stays beta.
+    from coachlm.trainers.ppo_steps import group_relative_advantages
+
+    cfg = small(algo="rloo", samples_per_prompt=4, rollout_batch_size=2, mini_batch_size=8)
+    exp = _tied_group([0.5, 1.0, 1.5, 2.0])
+    shape_rewards(exp, 0.05, cfg)
+    group_relative_advantages(exp, cfg)
+    # r_i = 1 - 0.05 * KL_i; A_i = r_i - mean of the other three = (4/3) * (r_i - mean r)
+    expected = -0.05 * (torch.tensor([0.5, 1.0, 1.5, 2.0]) - 1.25) * 4 / 3
+    assert torch.allclose(exp.advantages.squeeze(1), expected, atol=1e-6)
+
+
+def test_kl_estimator_defaults_and_checks():
+    assert small().kl_kind == "k1" and small().aggregation == "token"
+    grpo = small(algo="grpo", samples_per_prompt=2)
+    assert grpo.kl_kind == "k3" and grpo.aggregation == "sequence" and grpo.scale_std
+    with pytest.raises(ConfigError, match="needs kl_estimator k3"):
+        config.from_dict(PPOConfig, {"algo": "grpo", "samples_per_prompt": 2, "kl_estimator": "k1"})
+    with pytest.warns(UserWarning, match="biased"):
+        small(kl_estimator="k3")
+
+
+def test_grpo_update_with_tied_scores_pulls_toward_the_reference(tmp_path):
+    # Every response scores the same: the advantages are 0 and the only force is the KL term,
+    # so the policy's KL to the reference shrinks from a perturbed start.
+    torch.manual_seed(0)
+    model = policy()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    # From a KL of about 0.2 nats, 10 steps bring it to about 0.04 (seed 0); a larger start or
+    # lr makes the k3 gradient (1 - ref / pi per token) too noisy for 16 samples.
+    cfg = small(algo="grpo", steps=10, rollout_batch_size=4, samples_per_prompt=4,
+                mini_batch_size=16, micro_batch_size=8, ppo_epochs=2, kl_coef=1.0, lr=0.01)
+    train_ppo(model, tokenizer(), PROMPTS, lambda p, t, ids: torch.ones(len(t)), cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(abs(r["policy_loss"]) < 1e-6 for r in rows) and rows[0]["kl_loss"] > 0
+    kls = [r["kl"] for r in rows]
+    assert max(kls[-3:]) < 0.5 * kls[0], kls

@@ -185,7 +185,8 @@ def _iteration(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
         group_relative_advantages(exp, cfg)
     # 5. update
     metrics, run.opt_step = update(ac, optimizer, exp, cfg, tcfg, run.opt_step,
-                                   seed=cfg.seed * 7_919 + run.step, autocast=autocast)
+                                   seed=cfg.seed * 7_919 + run.step, autocast=autocast,
+                                   kl_coef=kl_ctl.value)
     metrics.update(rollout_metrics(exp, raw, entropy), kl_coef=kl_ctl.value)
     kl_ctl.update(metrics["kl"], cfg.episodes)
     run.generated += int(exp.response_lengths.sum())

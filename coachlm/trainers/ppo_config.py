@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,9 +30,14 @@ class PPOConfig:
     ppo_epochs: int = 4
     max_new_tokens: int = 32
     temperature: float = 1.0
-    # KL penalty to the reference policy: beta * KL per token (Ziegler et al., 2019).
+    # KL penalty to the reference policy, beta = kl_coef. PPO and RLOO subtract beta * KL from
+    # the reward (per token, Ziegler et al., 2019; per sequence, Ahmadian et al., 2024); GRPO
+    # adds beta * KL to the loss instead (Shao et al., 2024, DeepSeekMath eq. 3).
     kl_coef: float = 0.05
-    kl_estimator: Literal["k1", "k3"] = "k1"
+    # None: k1 for PPO/RLOO (in the reward: k3 there gives a biased gradient, hence a warning),
+    # k3 for GRPO (the loss term of DeepSeekMath eq. 4, which needs k3: k1's gradient in a loss
+    # is zero in expectation).
+    kl_estimator: Literal["k1", "k3"] | None = None
     kl_target: float | None = None  # set: adaptive controller, per-sequence KL target (nats)
     kl_horizon: float = 10000.0
     gamma: float = 1.0
@@ -44,6 +50,13 @@ class PPOConfig:
     # reward-model directory as the reward; a second trunk to forward and train).
     critic: Literal["shared", "reward_model"] = "shared"
     whiten_advantages: bool = True  # PPO only: group advantages are already relative
+    # GRPO only: divide the group-centred scores by the group's std (DeepSeekMath, the default);
+    # False is Dr. GRPO (Liu et al., 2025), which finds the division biases toward easy prompts.
+    scale_std: bool = True
+    # How per-token losses become one number (`rl_math.aggregate`): "sequence" (1/G sum_i
+    # 1/|o_i| sum_t, DeepSeekMath eq. 3) or "token" (a mean over all tokens). None: "sequence"
+    # for GRPO, "token" for PPO and RLOO (Huang et al., 2023).
+    loss_aggregation: Literal["token", "sequence"] | None = None
     # Scale the score to mean 0 / std 1 on the first rollout, which the reference policy samples
     # (a fresh LoRA adapter changes nothing): Ziegler et al., 2019, sec. 2.2. Off for a reward
     # model, whose `score` is already normalized so.
@@ -90,6 +103,14 @@ class PPOConfig:
         if self.algo in ("grpo", "rloo") and self.samples_per_prompt < 2:
             raise ValueError(f"algo {self.algo} compares responses to the same prompt: "
                              f"samples_per_prompt must be >= 2, got {self.samples_per_prompt}")
+        if self.algo == "grpo" and self.kl_estimator == "k1":
+            raise ValueError("algo grpo puts the KL in the loss, which needs kl_estimator k3 "
+                             "(DeepSeekMath eq. 4): k1's gradient there is zero in expectation")
+        if self.algo != "grpo" and self.kl_estimator == "k3":
+            # A reward -beta * k3 gives the policy gradient E_pi[grad log pi * k3] =
+            # grad KL(pi || ref) + E_ref[grad log pi]: biased (k3 = k1 + ref / pi - 1).
+            warnings.warn(f"kl_estimator k3 in the reward of algo {self.algo} gives a biased "
+                          "gradient of the KL; k1 is unbiased there", UserWarning, stacklevel=3)
         checks = [
             (self.temperature > 0, "temperature must be > 0 (RL samples; 0 would be greedy)"),
             (self.kl_coef >= 0, "kl_coef must be >= 0"),
@@ -107,6 +128,16 @@ class PPOConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @property
+    def kl_kind(self) -> Literal["k1", "k3"]:
+        """The KL estimator in effect (see `kl_estimator`)."""
+        return self.kl_estimator or ("k3" if self.algo == "grpo" else "k1")
+
+    @property
+    def aggregation(self) -> Literal["token", "sequence"]:
+        """The loss aggregation in effect (see `loss_aggregation`)."""
+        return self.loss_aggregation or ("sequence" if self.algo == "grpo" else "token")
 
     @property
     def episodes(self) -> int:

@@ -24,10 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from coachlm.data.schema import Prompt
-from coachlm.losses import ppo_clip, value_clip
+from coachlm.losses import kl_penalty, ppo_clip, value_clip
 from coachlm.models.lora import PeftModel, lora_view
-from coachlm.rl_math import (explained_variance, gae, group_advantages, kl_shaped_rewards,
-                             masked_mean, masked_whiten)
+from coachlm.rl_math import (aggregation_weight, explained_variance, gae, group_advantages,
+                             kl_shaped_rewards, masked_mean, masked_whiten)
 from coachlm.rollout.experience import (Experience, SharedPrompts, pack_rollout, policy_forward,
                                         shared_prompts_supported, sorted_micro_batches)
 from coachlm.rollout.rewards import Reward
@@ -185,9 +185,12 @@ def score_responses(reward: Reward, prompts: Sequence[Prompt], texts: Sequence[s
 
 
 def shape_rewards(exp: Experience, kl_coef: float, cfg: PPOConfig) -> None:
-    """# 3. KL-shape: per-token -beta * KL, plus the score on the last response token."""
+    """# 3. KL-shape: per-token -beta * KL, plus the score on the last response token. GRPO
+    keeps its KL out of the reward (it is a loss term, `_micro_loss`): the score alone, and the
+    KL measured for the logs and the KL controller."""
+    beta = 0.0 if cfg.algo == "grpo" else kl_coef
     exp.rewards, exp.kl = kl_shaped_rewards(exp.scores, exp.logprobs, exp.ref_logprobs,
-                                            exp.action_mask, kl_coef, cfg.kl_estimator)
+                                            exp.action_mask, beta, cfg.kl_kind)
 
 
 def ppo_advantages(exp: Experience, cfg: PPOConfig) -> None:
@@ -198,27 +201,39 @@ def ppo_advantages(exp: Experience, cfg: PPOConfig) -> None:
 
 
 def group_relative_advantages(exp: Experience, cfg: PPOConfig) -> None:
-    """# 4. GRPO / RLOO: one sequence reward (score - beta * sum of token KL, as in RLOO,
-    Ahmadian et al., 2024, sec. 3), a baseline from the other samples of the same prompt, and
-    the sequence's advantage on each of its tokens. Rows are prompt-major, so groups are runs."""
-    sequence_rewards = exp.rewards.sum(dim=1)  # (B,) = score - beta * sum_t KL_t
-    advantages = group_advantages(sequence_rewards, cfg.samples_per_prompt, cfg.algo)  # (B,)
+    """# 4. GRPO / RLOO: a baseline from the other samples of the same prompt, and the
+    sequence's advantage on each of its tokens. Rows are prompt-major, so groups are runs.
+
+    RLOO's sequence reward is score - beta * sum of token KL (Ahmadian et al., 2024, sec. 3);
+    its advantages are not rescaled, so the KL keeps its weight beta. GRPO's advantages come
+    from the scores alone (Shao et al., 2024, eq. 3): `exp.rewards` holds no KL for GRPO, whose
+    KL is a loss term, since dividing a KL-shaped reward by the group's std would weigh the KL
+    by beta / std (unbounded when the scores tie)."""
+    sequence_rewards = exp.rewards.sum(dim=1)  # (B,) GRPO: the score; RLOO: score - beta * KL
+    advantages = group_advantages(sequence_rewards, cfg.samples_per_prompt, cfg.algo,
+                                  scale_std=cfg.scale_std)  # (B,)
     mask = exp.action_mask.float()
     exp.advantages = advantages.unsqueeze(1) * mask  # (B, N)
     exp.returns = sequence_rewards.unsqueeze(1) * mask  # (B, N), logged only
 
 
 def _micro_loss(ac: ActorCritic, e: Experience, shared: SharedPrompts | None, cfg: PPOConfig,
-                n_tokens: Tensor) -> tuple[Tensor, dict[str, float]]:
-    """Loss of one micro-batch, weighted so that the mini-batch is a token-level mean."""
+                mini_weight: Tensor, kl_coef: float) -> tuple[Tensor, dict[str, float]]:
+    """Loss of one micro-batch, weighted so that the mini-batch's loss is its `aggregate`
+    (`mini_weight`: the mini-batch's `aggregation_weight`)."""
     logprobs, values, _ = ac(e.sequences, e.attention_mask, e.action_mask, cfg.temperature,
                              shared=shared)  # (b, n)
     pg_loss, clipfrac, approx_kl = ppo_clip(logprobs, e.logprobs, e.advantages, e.action_mask,
-                                            cfg.clip_eps)
-    weight = e.action_mask.sum() / n_tokens
+                                            cfg.clip_eps, cfg.aggregation)
+    weight = aggregation_weight(e.action_mask, cfg.aggregation) / mini_weight
     loss = pg_loss
     stats = {"policy_loss": float(pg_loss.detach()), "clipfrac": float(clipfrac),
              "approx_kl": float(approx_kl)}
+    if cfg.algo == "grpo":  # DeepSeekMath eq. 3: + beta * KL(pi_theta || pi_ref), in the loss
+        kl_loss, kl = kl_penalty(logprobs, e.ref_logprobs, e.action_mask, kl_coef,
+                                 cfg.aggregation)
+        loss = loss + kl_loss
+        stats.update(kl_loss=float(kl_loss.detach()), policy_kl=float(kl))
     if values is not None:
         vf_loss, vf_clipfrac = value_clip(values, e.values, e.returns, e.action_mask,
                                           cfg.value_clip_eps)
@@ -230,8 +245,9 @@ def _micro_loss(ac: ActorCritic, e: Experience, shared: SharedPrompts | None, cf
 
 def update(ac: ActorCritic, optimizer: torch.optim.Optimizer, exp: Experience, cfg: PPOConfig,
            tcfg: TrainConfig, opt_step: int, seed: int,
-           autocast: Callable[[], Any]) -> tuple[dict[str, float], int]:
+           autocast: Callable[[], Any], kl_coef: float = 0.0) -> tuple[dict[str, float], int]:
     """# 5. update: `ppo_epochs` passes over shuffled mini-batches, one optimizer step each.
+    `kl_coef`: beta of GRPO's KL loss term (unused by PPO and RLOO, whose KL is in the reward).
 
     Returns (metrics averaged over optimizer steps, the new optimizer step count).
     """
@@ -247,13 +263,14 @@ def update(ac: ActorCritic, optimizer: torch.optim.Optimizer, exp: Experience, c
             for mini in order.split(cfg.mini_batch_size):
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(opt_step, tcfg)
-                n_tokens = exp.action_mask[mini].sum().clamp(min=1)
+                mini_weight = aggregation_weight(exp.action_mask[mini],
+                                                 cfg.aggregation).clamp(min=1)
                 # The mini-batch's rows, regrouped by length (and prompt) and trimmed: the
-                # loss is still the mini-batch's token mean.
+                # loss is still the mini-batch's token (or sequence) mean.
                 for micro in sorted_micro_batches(mini, exp, cfg.micro_batch_size, share):
                     with autocast():
                         loss, stats = _micro_loss(ac, *exp.micro_batch(micro, share), cfg,
-                                                  n_tokens)
+                                                  mini_weight, kl_coef)
                     loss.backward()
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + v
