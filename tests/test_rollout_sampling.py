@@ -208,3 +208,45 @@ def test_lora_policy_samples_and_its_reference_is_the_base():
     with adapter_disabled(policy):
         assert generate(policy, tok, prompts, cfg).response_ids == base.response_ids
     assert len(generate(policy, tok, prompts, cfg).response_ids) == 2
+
+
+def _untied_llama_with_zero_pad_row():
+    """A Llama whose head is untied from its embedding and whose pad embedding row is zero
+    (`padding_idx`): a left-padded row's pad keys are exactly zero, so a static cache that
+    inferred its write column from non-zero key slots of row 0 (transformers 4.x without
+    `cache_position`) would write the decoded tokens at the wrong column."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=64, tie_word_embeddings=False,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(20.0)  # logits of order 1, decisive greedy
+        model.get_input_embeddings().weight[tok.pad_token_id].zero_()
+    assert model.get_input_embeddings().padding_idx == tok.pad_token_id
+    return model
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_left_padded_rows_equal_unpadded_decoding_with_a_zero_pad_row(temperature):
+    tok, model = tokenizer(), _untied_llama_with_zero_pad_row()
+    prompts = random_prompts([2, 11, 5, 8], len(tok), seed=7)
+    cfg = SamplingConfig(max_new_tokens=12, temperature=temperature, batch_size=4)
+    batched = generate(model, tok, prompts, cfg)
+    assert batched.response_ids[0] and not all(batched.finished)
+    for i, p in enumerate(prompts):
+        # Greedy rows must be the tokens of the row decoded alone; sampled rows (whose
+        # uniform draws depend on the batch) the logprobs a padding-free forward gives them.
+        alone = generate(model, tok, [p], cfg)
+        if temperature == 0:
+            assert batched.response_ids[i] == alone.response_ids[0]
+        ids = torch.tensor([p + batched.response_ids[i]])
+        resp = torch.tensor([[0] * len(p) + [1] * len(batched.response_ids[i])])
+        with torch.no_grad():
+            ref = sequence_logprobs(model, ids, torch.ones_like(ids), resp, temperature or 1.0)
+        assert batched.logprobs[i] == pytest.approx(ref[0, len(p):].tolist(), abs=1e-4)

@@ -52,9 +52,38 @@ def backbone_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
     return base.base_model, base.get_output_embeddings()
 
 
-def accepts_logits_to_keep(model: Any) -> bool:
+def _forward_parameters(model: Any) -> Any:
     base = getattr(model, "get_base_model", lambda: model)()
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return inspect.signature(base.forward).parameters
+
+
+def accepts_logits_to_keep(model: Any) -> bool:
+    return "logits_to_keep" in _forward_parameters(model)
+
+
+def cache_arguments(model: Any, cache: Any, start: int, length: int,
+                    device: torch.device) -> dict[str, Any]:
+    """The KV-cache keyword arguments of a forward that writes `length` positions from column
+    `start` of `cache`, in the installed transformers' terms.
+
+    The cache goes under the name the model's forward takes: `cache` in transformers >= 5.x
+    (where `past_key_values` is a deprecated alias that warns), `past_key_values` before.
+    `cache_position` is passed where the forward takes it (transformers 4.x): without it a
+    static cache infers the write column from the non-zero key slots of batch row 0, the most
+    left-padded row, and a zero pad-embedding row (`padding_idx`, an untied head) makes that
+    count wrong. Newer caches keep their own write counter and take no position.
+    """
+    params = _forward_parameters(model)
+    args: dict[str, Any] = {"cache" if "cache" in params else "past_key_values": cache}
+    if "cache_position" in params:
+        args["cache_position"] = torch.arange(start, start + length, device=device)
+    return args
+
+
+def returned_cache(out: Any) -> Any:
+    """The KV cache a forward returned (`cache` in transformers >= 5.x, else `past_key_values`)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,

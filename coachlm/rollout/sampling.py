@@ -6,7 +6,9 @@
 - Each row stops at its first stop token (EOS by default); the stop token is kept in the
   response, nothing after it is generated: finished rows leave the batch and the KV cache, so
   later steps cost only the rows still running, and the loop ends when all rows have stopped.
-- The KV cache is preallocated (transformers' StaticCache) rather than grown by concatenation.
+- The KV cache is preallocated (transformers' StaticCache) rather than grown by concatenation;
+  each forward says which cache columns it writes (`cache_position`, where the installed
+  transformers takes it), never leaving it to be inferred from the cache's contents.
 - The pad token is never sampled: a pad in a response could not be told from padding.
 - Rows are sorted by prompt length before batching, so that a batch holds similar lengths and
   little padding; results come back in the original order.
@@ -26,7 +28,8 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from coachlm.errors import CoachError
-from coachlm.models.logprobs import accepts_logits_to_keep, position_ids_from_mask
+from coachlm.models.logprobs import (accepts_logits_to_keep, cache_arguments,
+                                     position_ids_from_mask, returned_cache)
 from coachlm.models.modes import eval_mode
 
 
@@ -164,10 +167,11 @@ def _prefill(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         owner.append(first[tuple(row)])
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     rows = torch.tensor(distinct, dtype=torch.long, device=input_ids.device)  # (G,)
+    cache = cache_arguments(model, _static_cache(model, max_len), 0, input_ids.shape[1],
+                            input_ids.device)
     out = model(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
-                position_ids=position_ids[rows], past_key_values=_static_cache(model, max_len),
-                use_cache=True, **keep)
-    logits, cache = out.logits[:, -1], out.past_key_values  # (G, V)
+                position_ids=position_ids[rows], use_cache=True, **cache, **keep)
+    logits, cache = out.logits[:, -1], returned_cache(out)  # (G, V)
     if len(distinct) < len(owner):
         rows = torch.tensor(owner, dtype=torch.long, device=logits.device)  # (B,)
         cache.reorder_cache(rows)
@@ -209,8 +213,9 @@ def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], cfg: SamplingC
             attention_mask, next_pos = attention_mask[rows], next_pos[rows]
         attention_mask[:, P + t] = 1
         out = model(input_ids=tok.unsqueeze(-1), attention_mask=attention_mask[:, :P + t + 1],
-                    position_ids=next_pos, past_key_values=cache, use_cache=True)
-        logits, cache = out.logits[:, -1], out.past_key_values  # (A, V)
+                    position_ids=next_pos, use_cache=True,
+                    **cache_arguments(model, cache, P + t, 1, device))
+        logits, cache = out.logits[:, -1], returned_cache(out)  # (A, V)
         next_pos = next_pos + 1
     n = lengths.tolist()
     return Generation(
