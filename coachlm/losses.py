@@ -239,9 +239,15 @@ def kl_penalty(
 
 
 def value_clip(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_eps: float = 0.2
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+    aggregation: Literal["token", "sequence"] = "token",
 ) -> tuple[Tensor, Tensor]:
-    """Clipped value loss 0.5 * max((V - R)^2, (V_clip - R)^2), masked mean.
+    """Clipped value loss 0.5 * max((V - R)^2, (V_clip - R)^2), reduced by ``rl_math.aggregate``
+    (a token mean by default), as the policy loss is.
 
     V_clip = V_old + clip(V - V_old, -eps, eps): the critic may not move further than eps from
     the rollout-time values, mirroring the policy clip. From OpenAI baselines ppo2 and
@@ -253,7 +259,7 @@ def value_clip(
     values_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)  # (B, T)
     loss_unclipped = (values - returns) ** 2
     loss_clipped = (values_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+    loss = 0.5 * aggregate(torch.maximum(loss_unclipped, loss_clipped), mask, aggregation)
     with torch.no_grad():
         clipfrac = masked_mean((loss_clipped > loss_unclipped).to(values.dtype), mask)
     return loss, clipfrac

@@ -338,3 +338,33 @@ def test_grpo_update_with_tied_scores_pulls_toward_the_reference(tmp_path):
     assert all(abs(r["policy_loss"]) < 1e-6 for r in rows) and rows[0]["kl_loss"] > 0
     kls = [r["kl"] for r in rows]
     assert max(kls[-3:]) < 0.5 * kls[0], kls
+
+
+def test_rollout_logprobs_leave_out_the_pad_token_as_sampling_does():
+    # The sampler never emits the pad token; the logprobs (policy and reference) must be those
+    # of that distribution, not of a softmax in which a likely pad token takes mass.
+    tok = tokenizer()
+    model = policy()
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight  # tied: the pad's output row as well
+        emb[tok.pad_token_id] = 8.0 * emb[tok.eos_token_id]  # as scaling EOS makes it likely
+    ac = ActorCritic(model, None)
+    from coachlm.data.chat import encode_prompt
+
+    ids = [encode_prompt(tok, p) for p in PROMPTS[:4]]
+    exp, gen, _ = rollout(ac, None, tok, ids, small(rollout_batch_size=4, mini_batch_size=4),
+                          seed=0, autocast=lambda: torch.autocast("cpu", enabled=False))
+    N = exp.action_mask.shape[1]
+    with torch.no_grad():
+        logits = model(input_ids=exp.sequences, attention_mask=exp.attention_mask,
+                       position_ids=(exp.attention_mask.cumsum(-1) - 1).clamp(min=0)
+                       ).logits[:, -(N + 1):-1]  # (B, N, V)
+    p_pad = logits.softmax(-1)[..., tok.pad_token_id][exp.action_mask]
+    assert float(p_pad.mean()) > 0.05, "the test needs a likely pad token"
+    logits[..., tok.pad_token_id] = float("-inf")
+    expected = logits.log_softmax(-1).gather(-1, exp.sequences[:, -N:, None]).squeeze(-1)
+    expected = torch.where(exp.action_mask, expected, torch.zeros_like(expected))
+    assert torch.allclose(exp.logprobs, expected, atol=1e-5)
+    assert torch.allclose(exp.ref_logprobs, expected, atol=1e-5)  # a fresh adapter: pi = ref
+    for b, lp in enumerate(gen.logprobs):
+        assert torch.allclose(torch.tensor(lp), expected[b, :len(lp)], atol=1e-5)

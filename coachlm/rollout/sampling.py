@@ -14,8 +14,9 @@
   little padding; results come back in the original order.
 - The n samples of a prompt share its prefill: each distinct prompt of a batch is run once and
   its KV-cache rows copied to its samples.
-- `logprobs` are those of the sampled tokens under softmax(logits / temperature), before top-k /
-  top-p filtering: exactly what `coachlm.models.logprobs.sequence_logprobs` recomputes. RLHF
+- `logprobs` are those of the sampled tokens under softmax(logits / temperature) without the pad
+  token, before top-k / top-p filtering: exactly what `coachlm.models.logprobs.sequence_logprobs`
+  (with `banned` = the pad id) and the RL forward passes recompute. RLHF
   samples with top_k=0 and top_p=1 so that the two distributions agree.
 """
 
@@ -28,7 +29,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from coachlm.errors import CoachError
-from coachlm.models.logprobs import (accepts_logits_to_keep, cache_arguments,
+from coachlm.models.logprobs import (accepts_logits_to_keep, ban, cache_arguments,
                                      position_ids_from_mask, returned_cache)
 from coachlm.models.modes import eval_mode
 
@@ -109,10 +110,8 @@ def _sample_next(logits: torch.Tensor, cfg: SamplingConfig, pad_id: int | None,
                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Next tokens (B,) and their logprobs (B,) from last-position logits (B, V) in fp32."""
     temperature = cfg.temperature if cfg.temperature > 0 else 1.0
-    logprobs = (logits / temperature).log_softmax(dim=-1)  # (B, V)
-    masked = logits.clone()
-    if pad_id is not None:
-        masked[:, pad_id] = float("-inf")
+    masked = ban(logits, pad_id)  # (B, V): the pad token is never sampled, nor scored
+    logprobs = (masked / temperature).log_softmax(dim=-1)  # (B, V)
     if cfg.temperature == 0:
         tokens = masked.argmax(dim=-1)  # (B,)
     else:

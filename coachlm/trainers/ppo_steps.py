@@ -62,13 +62,14 @@ class ActorCritic(nn.Module):
 
     def forward(self, sequences: Tensor, attention_mask: Tensor, action_mask: Tensor,
                 temperature: float, with_entropy: bool = False,
-                shared: SharedPrompts | None = None
+                shared: SharedPrompts | None = None, pad_id: int | None = None
                 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """(logprobs, values, entropy), each (B, N): `policy_forward` plus the critic (which
         always reads the padded rows)."""
         logprobs, values, entropy = policy_forward(self.policy, self.value_head, sequences,
                                                    attention_mask, action_mask, temperature,
-                                                   with_entropy=with_entropy, shared=shared)
+                                                   with_entropy=with_entropy, shared=shared,
+                                                   pad_id=pad_id)
         if self.critic is not None:
             values = self.critic(sequences, attention_mask, action_mask)
         return logprobs, values, entropy
@@ -107,7 +108,7 @@ def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cf
         for rows, e, shared in batches:
             n = e.action_mask.shape[1]
             lp, v, ent = ac(e.sequences, e.attention_mask, e.action_mask, cfg.temperature,
-                            with_entropy=True, shared=shared)  # (b, n) each
+                            with_entropy=True, shared=shared, pad_id=e.pad_id)  # (b, n) each
             exp.logprobs[rows, :n], entropy[rows, :n] = lp.float(), ent.float()
             if exp.values is not None:
                 exp.values[rows, :n] = v.float()
@@ -115,7 +116,7 @@ def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cf
     with ref_ctx:
         for rows, e, shared in batches:
             lp = policy_forward(ref, None, e.sequences, e.attention_mask, e.action_mask,
-                                cfg.temperature, shared=shared)[0]  # (b, n)
+                                cfg.temperature, shared=shared, pad_id=e.pad_id)[0]  # (b, n)
             exp.ref_logprobs[rows, :lp.shape[1]] = lp.float()
     return entropy
 
@@ -222,7 +223,7 @@ def _micro_loss(ac: ActorCritic, e: Experience, shared: SharedPrompts | None, cf
     """Loss of one micro-batch, weighted so that the mini-batch's loss is its `aggregate`
     (`mini_weight`: the mini-batch's `aggregation_weight`)."""
     logprobs, values, _ = ac(e.sequences, e.attention_mask, e.action_mask, cfg.temperature,
-                             shared=shared)  # (b, n)
+                             shared=shared, pad_id=e.pad_id)  # (b, n)
     pg_loss, clipfrac, approx_kl = ppo_clip(logprobs, e.logprobs, e.advantages, e.action_mask,
                                             cfg.clip_eps, cfg.aggregation)
     weight = aggregation_weight(e.action_mask, cfg.aggregation) / mini_weight
@@ -236,7 +237,7 @@ def _micro_loss(ac: ActorCritic, e: Experience, shared: SharedPrompts | None, cf
         stats.update(kl_loss=float(kl_loss.detach()), policy_kl=float(kl))
     if values is not None:
         vf_loss, vf_clipfrac = value_clip(values, e.values, e.returns, e.action_mask,
-                                          cfg.value_clip_eps)
+                                          cfg.value_clip_eps, cfg.aggregation)
         loss = loss + cfg.vf_coef * vf_loss
         stats.update(value_loss=float(vf_loss.detach()), value_clipfrac=float(vf_clipfrac))
     w = float(weight)
