@@ -368,3 +368,25 @@ def test_rollout_logprobs_leave_out_the_pad_token_as_sampling_does():
     assert torch.allclose(exp.ref_logprobs, expected, atol=1e-5)  # a fresh adapter: pi = ref
     for b, lp in enumerate(gen.logprobs):
         assert torch.allclose(torch.tensor(lp), expected[b, :len(lp)], atol=1e-5)
+
+
+def test_lora_dropout_is_rejected_and_the_no_grad_passes_run_in_eval_mode():
+    with pytest.raises(ConfigError, match="lora.dropout must be 0"):
+        config.from_dict(PPOConfig, {"lora": {"r": 2, "dropout": 0.1}})
+    # A library caller's model with LoRA dropout, left in train mode (as the update leaves it):
+    # the recomputed logprobs are still the sampler's (eval mode), not dropout-noisy ones.
+    model = apply_lora(policy(lora=False), LoRAConfig(r=8, alpha=16.0, dropout=0.5))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    ac = ActorCritic(model, 32)
+    ac.train()
+    from coachlm.data.chat import encode_prompt
+
+    ids = [encode_prompt(tokenizer(), p) for p in PROMPTS[:4]]
+    exp, gen, _ = rollout(ac, None, tokenizer(), ids, small(rollout_batch_size=4, mini_batch_size=4),
+                          seed=0, autocast=lambda: torch.autocast("cpu", enabled=False))
+    for b, lp in enumerate(gen.logprobs):
+        assert torch.allclose(exp.logprobs[b, :len(lp)], torch.tensor(lp), atol=1e-4)
+    assert ac.training  # its mode is restored

@@ -103,6 +103,11 @@ class PPOConfig:
         if self.algo in ("grpo", "rloo") and self.samples_per_prompt < 2:
             raise ValueError(f"algo {self.algo} compares responses to the same prompt: "
                              f"samples_per_prompt must be >= 2, got {self.samples_per_prompt}")
+        if self.lora is not None and self.lora.dropout > 0:
+            # Huang et al., 2023: dropout off in RL. With it, the rollout's logprobs and the KL
+            # to the reference are noisy, and the first epoch's ratio is not 1.
+            raise ValueError(f"lora.dropout must be 0 for RL (dropout makes the old logprobs and "
+                             f"the KL penalty noisy), got {self.lora.dropout}")
         if self.algo == "grpo" and self.kl_estimator == "k1":
             raise ValueError("algo grpo puts the KL in the loss, which needs kl_estimator k3 "
                              "(DeepSeekMath eq. 4): k1's gradient there is zero in expectation")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from coachlm.data.schema import Prompt
 from coachlm.losses import kl_penalty, ppo_clip, value_clip
 from coachlm.models.lora import PeftModel, lora_view
+from coachlm.models.modes import eval_mode
 from coachlm.rl_math import (aggregation_weight, explained_variance, gae, group_advantages,
                              kl_shaped_rewards, masked_mean, masked_whiten)
 from coachlm.rollout.experience import (Experience, SharedPrompts, pack_rollout, policy_forward,
@@ -104,7 +105,9 @@ def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cf
     rows_all = torch.arange(exp.sequences.shape[0])
     batches = [(rows, *exp.micro_batch(rows, share)) for rows in
                sorted_micro_batches(rows_all, exp, cfg.micro_batch_size, by_prompt=share)]
-    with lora_view(ac.policy, "fused"):  # as the update computes the policy
+    # Eval mode: a dropout left in the model (the update leaves it in train mode) must not
+    # make the old logprobs, values and the KL to the reference noisy.
+    with eval_mode(ac), lora_view(ac.policy, "fused"):  # as the update computes the policy
         for rows, e, shared in batches:
             n = e.action_mask.shape[1]
             lp, v, ent = ac(e.sequences, e.attention_mask, e.action_mask, cfg.temperature,
@@ -113,7 +116,7 @@ def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cf
             if exp.values is not None:
                 exp.values[rows, :n] = v.float()
     ref, ref_ctx = reference_context(ac, ref_model)
-    with ref_ctx:
+    with eval_mode(ref), ref_ctx:
         for rows, e, shared in batches:
             lp = policy_forward(ref, None, e.sequences, e.attention_mask, e.action_mask,
                                 cfg.temperature, shared=shared, pad_id=e.pad_id)[0]  # (b, n)
