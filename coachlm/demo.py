@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from coachlm import config as cfglib
 from coachlm.models.lora import LoRAConfig
@@ -30,6 +30,8 @@ from coachlm.world.build import WorldConfig
 @dataclass(frozen=True)
 class DemoConfig:
     """The built-in-world loop. Stage settings nest: `pretrain.max_steps=400`, `ppo.steps=20`."""
+
+    DEFAULT_YIELDS: ClassVar[dict[str, tuple[str, str]]] = {"rm_epochs": ("rm", "max_steps")}
 
     world: WorldConfig = field(default_factory=WorldConfig)
     preset: str = "world-small"
@@ -57,7 +59,7 @@ class DemoConfig:
     rm: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=5e-4, weight_decay=0.0, warmup_ratio=0.05, batch_size=16, checkpoint_every=50,
         threads=1, log_every=10))
-    rm_epochs: float = 1.0
+    rm_epochs: float | None = 1.0  # None: rm.max_steps; a given rm.max_steps wins over it
     # PPO with LoRA r=2 against the reward model; the adaptive controller (Ziegler et al., 2019)
     # steers the per-response KL to SFT toward kl_target, with a short horizon because the run
     # is short (1,280 episodes). lr 1e-3: LoRA wants ~10x the full-fine-tuning rate.

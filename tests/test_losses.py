@@ -4,7 +4,9 @@ TRL computes its DPO and reward losses inline in ``DPOTrainer._compute_loss`` an
 ``RewardTrainer.compute_loss``; no standalone function exposes them. The oracle helpers below
 call those methods on a trainer built with ``object.__new__`` and a stub model that returns
 fixed per-token log-probs / rewards, so TRL's own loss code runs on our numbers. They depend on
-TRL internals and skip (not fail) if those internals change.
+TRL internals: they skip when TRL is not installed, and FAIL when it is but its internals
+changed, so that the oracle comparison can never silently stop running (then update the
+helpers to the new TRL, or pin it in the dev extra).
 """
 
 import math
@@ -60,6 +62,12 @@ def _bare_trainer(cls, **attrs):
     return trainer
 
 
+def trl_version() -> str:
+    import trl
+
+    return trl.__version__
+
+
 def trl_reward_loss(chosen, rejected, margin=None):
     """TRL RewardTrainer.compute_loss on fixed rewards (B,): a scalar mean loss."""
     pytest.importorskip("trl")
@@ -74,7 +82,8 @@ def trl_reward_loss(chosen, rejected, margin=None):
     try:
         return trainer.compute_loss(lambda **_: SimpleNamespace(logits=logits), inputs)
     except (AttributeError, KeyError, TypeError) as err:
-        pytest.skip(f"TRL RewardTrainer internals changed: {err!r}")
+        pytest.fail(f"TRL {trl_version()} RewardTrainer internals changed (update this "
+                    f"oracle): {err!r}")
 
 
 def trl_dpo_loss(loss_type, beta, chosen_tok, rejected_tok, mask, ref_chosen, ref_rejected, label_smoothing=0.0):
@@ -110,7 +119,32 @@ def trl_dpo_loss(loss_type, beta, chosen_tok, rejected_tok, mask, ref_chosen, re
     try:
         return trainer._compute_loss(lambda **_: outputs, inputs, False)
     except (AttributeError, KeyError, TypeError) as err:
-        pytest.skip(f"TRL DPOTrainer internals changed: {err!r}")
+        pytest.fail(f"TRL {trl_version()} DPOTrainer internals changed (update this "
+                    f"oracle): {err!r}")
+
+
+@pytest.mark.parametrize("which", ["reward", "dpo"])
+def test_trl_oracles_fail_rather_than_skip_when_trl_internals_change(monkeypatch, which):
+    pytest.importorskip("trl")
+    from trl.trainer.dpo_trainer import DPOTrainer
+    from trl.trainer.reward_trainer import RewardTrainer
+
+    def changed(self, *args, **kwargs):
+        raise AttributeError("'Trainer' object has no attribute 'renamed'")
+
+    monkeypatch.setattr(RewardTrainer, "compute_loss", changed)
+    monkeypatch.setattr(DPOTrainer, "_compute_loss", changed)
+    outcome = None
+    try:  # catch everything: a skip (an outcome, not an Exception) must show up here too
+        if which == "reward":
+            trl_reward_loss(torch.tensor([1.0]), torch.tensor([0.0]))
+        else:
+            trl_dpo_loss("sigmoid", 0.1, CHOSEN_TOK, REJECTED_TOK, DPO_MASK, REF_CHOSEN,
+                         REF_REJECTED)
+    except BaseException as e:  # noqa: BLE001
+        outcome = e
+    assert isinstance(outcome, pytest.fail.Exception), repr(outcome)
+    assert "internals changed" in str(outcome)
 
 
 # Two pairs of 3-token completions; the second chosen response has only 2 real tokens.

@@ -390,3 +390,10 @@ def test_lora_dropout_is_rejected_and_the_no_grad_passes_run_in_eval_mode():
     for b, lp in enumerate(gen.logprobs):
         assert torch.allclose(exp.logprobs[b, :len(lp)], torch.tensor(lp), atol=1e-4)
     assert ac.training  # its mode is restored
+
+
+def test_long_prompts_are_cut_from_the_left_and_counted(tmp_path):
+    long = (Message("user", " ".join(["What is 2 plus 2?"] * 100)),)
+    cfg = small(steps=1, rollout_batch_size=4, mini_batch_size=4)
+    result = train_ppo(policy(), tokenizer(), [long] + PROMPTS[:3], LowIds(), cfg, tmp_path)
+    assert result.summary["truncated_prompts"] == 1

@@ -148,11 +148,20 @@ def test_bf16_autocast_keeps_the_model_and_its_mode():
     assert model.training and next(model.parameters()).dtype == torch.float32
 
 
-def test_decode_drops_special_tokens():
+def test_decode_drops_the_stop_token_and_keeps_specials_inside_the_response():
     tok = tokenizer()
-    ids = tok("the cat sat", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    gen = sampling.Generation(prompt_index=[0], response_ids=[ids], finished=[True])
-    assert decode_responses(tok, gen) == ["the cat sat"]
+    words = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    ids = words("the cat sat") + [tok.eos_token_id]
+    inner = words("the cat") + [tok.bos_token_id] + words("sat") + [tok.eos_token_id]
+    cut = words("the cat") + [tok.bos_token_id]  # unfinished: no stop token to drop
+    gen = sampling.Generation(prompt_index=[0, 0, 0], response_ids=[ids, inner, cut],
+                              finished=[True, True, False])
+    plain, marked, unfinished = decode_responses(tok, gen)
+    assert plain == "the cat sat"
+    # A special token mid-response is visible to the rewards that read the text.
+    assert tok.bos_token in marked and marked != plain
+    assert unfinished.endswith(tok.bos_token)
+    assert tok(marked, add_special_tokens=False)["input_ids"] == inner[:-1]
 
 
 def test_user_errors():
@@ -253,3 +262,33 @@ def test_left_padded_rows_equal_unpadded_decoding_with_a_zero_pad_row(temperatur
             ref = sequence_logprobs(model, ids, torch.ones_like(ids), resp, temperature or 1.0,
                                     banned=tok.pad_token_id)
         assert batched.logprobs[i] == pytest.approx(ref[0, len(p):].tolist(), abs=1e-4)
+
+
+def test_fit_prompts_cuts_from_the_left_and_keeps_bos():
+    tok, model = tokenizer(), tiny_model()
+    bos = tok.bos_token_id
+    long, short = [bos, 10, 11, 12, 13, 14], [10, 11]
+    fitted, cut = sampling.fit_prompts(model, tok, [long, short, [20, 21, 22, 23, 24]], 8,
+                                       max_prompt_length=4)
+    assert fitted == [[bos, 12, 13, 14], [10, 11], [21, 22, 23, 24]] and cut == 2
+    # None: what the context leaves after max_new_tokens; then sampling works
+    context = model.config.max_position_embeddings
+    fitted, cut = sampling.fit_prompts(model, tok, [[bos] + [5] * 2 * context], 10)
+    assert cut == 1 and len(fitted[0]) == context - 10 and fitted[0][0] == bos
+    gen = generate(model, tok, fitted, SamplingConfig(max_new_tokens=10))
+    assert len(gen.response_ids[0]) >= 1
+
+
+def test_sampling_and_lora_raise_no_deprecation_warnings():
+    # The current transformers API (`cache`, not `past_key_values`) and peft's wrapping without
+    # its `is_gradient_checkpointing` warning: a run prints no deprecation noise.
+    import warnings
+
+    from coachlm.models.lora import LoRAConfig, apply_lora
+
+    tok = tokenizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        model = apply_lora(tiny_model(), LoRAConfig(r=2))
+        generate(model, tok, random_prompts([3, 6], len(tok)), SamplingConfig(max_new_tokens=4))

@@ -232,7 +232,35 @@ def _check_prompts(model: Any, prompt_ids: Sequence[Sequence[int]], cfg: Samplin
     longest = max((len(p) for p in prompt_ids), default=0)
     if context is not None and longest + cfg.max_new_tokens > context:
         raise CoachError(f"a prompt of {longest} tokens plus max_new_tokens={cfg.max_new_tokens} "
-                         f"exceeds the model's context of {context} tokens")
+                         f"exceeds the model's context of {context} tokens (cut prompts from "
+                         f"the left with max_prompt_length)")
+
+
+def fit_prompts(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]],
+                max_new_tokens: int, max_prompt_length: int | None = None
+                ) -> tuple[list[list[int]], int]:
+    """Prompts cut from the left to `max_prompt_length` tokens (None: what the model's context
+    leaves after `max_new_tokens`; no cut when the model states no context), keeping a leading
+    BOS. The end of a prompt (the latest turn, the request) is what the response answers; a long
+    transcript's oldest turns go first. Returns (prompts, how many were cut)."""
+    limit = max_prompt_length
+    if limit is None:
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if context is None:
+            return [list(p) for p in prompt_ids], 0
+        limit = context - max_new_tokens
+    if limit < 2:
+        raise CoachError(f"no room for a prompt: max_prompt_length {limit} (the model's context "
+                         f"minus max_new_tokens={max_new_tokens}) must be >= 2")
+    bos = getattr(tokenizer, "bos_token_id", None)
+    out, cut = [], 0
+    for p in prompt_ids:
+        p = list(p)
+        if len(p) > limit:
+            head = p[:1] if bos is not None and p[0] == bos else []
+            p, cut = head + p[len(p) - (limit - len(head)):], cut + 1
+        out.append(p)
+    return out, cut
 
 
 def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], cfg: SamplingConfig,
@@ -269,5 +297,14 @@ def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], cf
 
 
 def decode_responses(tokenizer: Any, gen: Generation) -> list[str]:
-    """Response texts, without special tokens (so without the final EOS)."""
-    return tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
+    """Response texts without their final stop token, but with any special token *inside* the
+    response kept as its text (e.g. a BOS or a chat-turn marker mid-response).
+
+    Rewards, labelers and judges read these texts: with special tokens stripped, a policy could
+    emit them mid-response unseen by any reward. The texts are scored rather than the ids
+    because every reward (rubric, rules, a reward model with its own tokenizer and chat
+    template, an AI judge) reads text; a reward model's tokenizer maps a special token's text
+    back to the token.
+    """
+    ids = [r[:-1] if done else r for r, done in zip(gen.response_ids, gen.finished)]
+    return tokenizer.batch_decode(ids, skip_special_tokens=False)

@@ -38,8 +38,8 @@ from coachlm.errors import CoachError
 from coachlm.models.lora import trainable_fraction
 from coachlm.rl_math import AdaptiveKLController, FixedKLController
 from coachlm.rollout.rewards import Reward
-from coachlm.rollout.sampling import decode_responses
-from coachlm.runlog import RunLog, progress
+from coachlm.rollout.sampling import decode_responses, fit_prompts
+from coachlm.runlog import RunLog, progress, warn
 from coachlm.trainers.checkpoint import (check_resume_settings, latest_checkpoint,
                                          load_checkpoint, save_checkpoint)
 from coachlm.trainers.loop import (TrainConfig, make_optimizer, seed_everything, set_threads,
@@ -237,7 +237,11 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
     seed_everything(cfg.seed)
     ac, ref_model, tcfg, optimizer, bf16, autocast = _setup(model, cfg, critic)
     lora = ref_model is None
-    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    prompt_ids, truncated = fit_prompts(model, tokenizer,
+                                        [encode_prompt(tokenizer, p) for p in prompts],
+                                        cfg.max_new_tokens, cfg.max_prompt_length)
+    if truncated:
+        warn(f"{truncated} of {len(prompts)} prompts cut from the left to fit (max_prompt_length)")
     stream, kl_ctl, norm = PromptStream(len(prompts), cfg.seed), _kl_controller(cfg), RewardNorm()
     run = _restore(out_dir, ac, optimizer, stream, kl_ctl, norm, cfg) if resume else _RunState()
     log = RunLog(out_dir, resume=resume, from_step=run.step)
@@ -268,6 +272,7 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
     summary = log.summary(
         steps=run.step, tokens=run.generated + run.trained, seconds=run.seconds,
         generated_tokens=run.generated, trained_tokens=run.trained, algo=cfg.algo, lora=lora,
+        truncated_prompts=truncated,
         trainable_fraction=round(trainable_fraction(ac), 6),
         trainable_params=sum(p.numel() for p in ac.parameters() if p.requires_grad),
         total_params=sum(p.numel() for p in ac.parameters()), threads=threads, bf16=bf16)
@@ -289,13 +294,17 @@ def build_reward(spec: str, tokenizer: Any) -> Reward:
 
 def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
     """Train per `cfg`; returns the final policy directory (`cfg.out / "final"`)."""
+    from coachlm.data.invalid import InvalidRecords
     from coachlm.data.io import read_prompts
     from coachlm.models.load import load_model, load_tokenizer, save_pretrained
     from coachlm.models.lora import apply_lora
     from coachlm.trainers.critic import build_critic
 
     tok = load_tokenizer(cfg.model)
-    prompts = [r.prompt for r in read_prompts(cfg.prompts)]
+    invalid = InvalidRecords(cfg.skip_invalid)
+    with invalid.strict_hint():
+        prompts = [r.prompt for r in read_prompts(cfg.prompts, on_error=invalid.on_error)]
+    invalid.warn()
     reward = build_reward(cfg.reward, tok)
     model = load_model(cfg.model, dtype=torch.float32, tokenizer=tok)
     if cfg.ppo.lora is not None:

@@ -29,6 +29,9 @@ class PPOConfig:
     micro_batch_size: int = 8  # episodes per forward/backward pass
     ppo_epochs: int = 4
     max_new_tokens: int = 32
+    # Longer prompts lose their oldest tokens (`sampling.fit_prompts`), counted in summary.json.
+    # None: as many as the model's context leaves after max_new_tokens.
+    max_prompt_length: int | None = None
     temperature: float = 1.0
     # KL penalty to the reference policy, beta = kl_coef. PPO and RLOO subtract beta * KL from
     # the reward (per token, Ziegler et al., 2019; per sequence, Ahmadian et al., 2024); GRPO
@@ -121,6 +124,8 @@ class PPOConfig:
             (self.kl_coef >= 0, "kl_coef must be >= 0"),
             (self.kl_target is None or self.kl_target > 0, "kl_target must be > 0 or null"),
             (self.kl_horizon > 0, "kl_horizon must be > 0"),
+            (self.max_prompt_length is None or self.max_prompt_length >= 2,
+             "max_prompt_length must be >= 2 or null"),
             (0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must be in [0, 1]"),
             (self.clip_eps > 0 and self.value_clip_eps > 0, "clip_eps, value_clip_eps must be > 0"),
             (self.vf_coef >= 0, "vf_coef must be >= 0"),
@@ -164,4 +169,5 @@ class PPORunConfig:
     prompts: Path
     out: Path
     reward: str = "rubric"
+    skip_invalid: bool = False  # skip (and count) malformed prompt records instead of stopping
     ppo: PPOConfig = field(default_factory=PPOConfig)

@@ -28,12 +28,11 @@ Outputs under `out`: config.yaml, metrics.jsonl, summary.json, checkpoints/, fin
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,9 +40,12 @@ from torch import Tensor
 
 from coachlm import config
 from coachlm.data.io import PREFERENCE_KINDS, read_records
+from coachlm.data.invalid import InvalidRecords
+from coachlm.data.split import held_out
 from coachlm.data.reward_batches import (Group, GroupBatches, RewardBatch, build_groups,
                                          scoring_groups, share_saving, truncate_group)
-from coachlm.errors import CoachError, DataError
+from coachlm.errors import DataError
+from coachlm.runlog import warn
 from coachlm.losses import bradley_terry, bradley_terry_tie, ranking
 from coachlm.models.load import load_tokenizer
 from coachlm.models.lora import LoRAConfig
@@ -58,7 +60,10 @@ from coachlm.trainers.loop import LossOut, TrainConfig, TrainResult, train, use_
 class RMConfig:
     """Reward-model settings. `train.batch_size` counts prompts (groups of judgements);
     `epochs` (1 by default: reward models overfit after one, Ouyang et al., 2022, sec. C.2)
-    replaces `train.max_steps` when set."""
+    replaces `train.max_steps` when set. A `train.max_steps` given without `epochs` wins over
+    the default epoch (`config.from_dict`'s DEFAULT_YIELDS); given both, the config is refused."""
+
+    DEFAULT_YIELDS: ClassVar[dict[str, tuple[str, str]]] = {"epochs": ("train", "max_steps")}
 
     model: Path
     data: tuple[Path, ...]
@@ -104,39 +109,39 @@ class RMConfig:
 
 def read_groups(paths: Sequence[Path], tok: Any, cfg: RMConfig) -> tuple[list[Group], Counter, list[str]]:
     """Preference records of `paths` as truncated groups; (groups, counts, skipped errors)."""
-    skipped: list[str] = []
-    on_error = (lambda e: skipped.append(str(e))) if cfg.skip_invalid else None
+    invalid = InvalidRecords(cfg.skip_invalid)
 
     def records():
         for path in paths:
-            yield from read_records(path, kinds=PREFERENCE_KINDS, on_error=on_error)
+            yield from read_records(path, kinds=PREFERENCE_KINDS, on_error=invalid.on_error)
 
-    groups, counts = build_groups(records(), tok, ties=cfg.ties == "davidson",
-                                  margin_scale=cfg.margin_scale,
-                                  max_responses=cfg.max_group_responses)
+    with invalid.strict_hint():
+        groups, counts = build_groups(records(), tok, ties=cfg.ties == "davidson",
+                                      margin_scale=cfg.margin_scale,
+                                      max_responses=cfg.max_group_responses)
+    invalid.warn()
     if not groups:
         raise DataError(", ".join(map(str, paths)), None, None,
                         f"no usable preferences (counts: {dict(counts)})")
-    cut = 0
+    cut = identical = 0
     for i, g in enumerate(groups):
         groups[i], c = truncate_group(g, cfg.max_length)
         cut += c
+        identical += len(g.comparisons) - len(groups[i].comparisons)
     counts["truncated_responses"] = cut
-    counts["skipped_invalid"] = len(skipped)
-    return groups, counts, skipped
+    counts["skipped_identical"] += identical
+    counts["skipped_invalid"] = invalid.count
+    return groups, counts, invalid.first()
 
 
-def split_groups(groups: list[Group], val_fraction: float, seed: int) -> tuple[list[Group], list[Group]]:
-    """A seeded random split by prompt, so no held-out prompt is trained on (a prompt with more
-    than `max_group_responses` responses spans several groups: they stay on one side)."""
-    prompts = list(dict.fromkeys(tuple(g.prompt_ids) for g in groups))
-    order = np.random.default_rng(seed).permutation(len(prompts))
-    n_val = math.ceil(len(prompts) * val_fraction) if val_fraction > 0 else 0
-    if n_val >= len(prompts):
-        raise CoachError(f"val_fraction {val_fraction} leaves no training prompts of {len(prompts)}")
-    held = {prompts[i] for i in order[:n_val]}
-    return ([g for g in groups if tuple(g.prompt_ids) not in held],
-            [g for g in groups if tuple(g.prompt_ids) in held])
+def split_groups(groups: list[Group], val_fraction: float, seed: int
+                 ) -> tuple[list[Group], list[Group], str | None]:
+    """A seeded random split by full prompt (`data.split.held_out`), so no held-out prompt is
+    trained on (a prompt with more than `max_group_responses` responses spans several groups:
+    they stay on one side). Returns (train, val, note: why there is no validation split)."""
+    held, note = held_out([g.key for g in groups], val_fraction, seed)
+    return ([g for g, h in zip(groups, held) if not h], [g for g, h in zip(groups, held) if h],
+            note)
 
 
 # ------------------------------------------------------------------------------------ loss
@@ -244,18 +249,22 @@ def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     """`run_rm`, also returning the loop's TrainResult (metrics, tokens/s)."""
     tok = load_tokenizer(cfg.model)
     groups, counts, skipped = read_groups(cfg.data, tok, cfg)
+    val_note = None
     if cfg.val_data:
         train_g = groups
         val_g, val_counts, _ = read_groups(cfg.val_data, tok, cfg)
         counts.update({f"val_{k}": v for k, v in val_counts.items()})
     else:
-        train_g, val_g = split_groups(groups, cfg.val_fraction, cfg.train.seed)
+        train_g, val_g, val_note = split_groups(groups, cfg.val_fraction, cfg.train.seed)
+        if val_note:
+            warn(val_note)
     model = build_reward_model(cfg.model, tok, cfg.lora, seed=cfg.train.seed)
     layout = choose_layout(cfg.layout, model, tok.pad_token_id)
     batches = GroupBatches(train_g, cfg.train.batch_size, tok.pad_token_id, layout,
                            seed=cfg.train.seed, bucket_batches=cfg.bucket_batches)
     tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches))
-    cfg = dataclasses.replace(cfg, train=tcfg, layout=layout)
+    # config.yaml records the resolved length (epochs folded into max_steps): reloadable as is.
+    cfg = dataclasses.replace(cfg, train=tcfg, layout=layout, epochs=None)
     cfg.out.mkdir(parents=True, exist_ok=True)
     config.save(cfg, cfg.out / "config.yaml")
     loss_fn = partial(rm_loss, ties=cfg.ties, tie_log_nu=cfg.tie_log_nu)
@@ -266,6 +275,7 @@ def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
                    extra_summary={"train_prompts": len(train_g), "val_prompts": len(val_g),
                                   "layout": layout, "share_saving": round(share_saving(train_g), 4),
                                   "batches_per_epoch": len(batches), "records": dict(counts),
+                                  "validation": val_note or "held out",
                                   "skipped_examples": skipped[:5]})
     bf16 = use_bf16(tcfg, model.head.weight.device)
     ref, provenance = reference_groups(cfg, tok, train_g)
