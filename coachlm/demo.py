@@ -101,11 +101,12 @@ def _pretrain_and_sft(cfg: DemoConfig, out: Path, settings: dict[str, Any]) -> t
 
 def _feedback(samples_path: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
     from coachlm.data.io import read_records, write_records
-    from coachlm.world import simulate_comparisons, simulate_rankings
+    from coachlm.labelers import SimulatedConfig, SimulatedLabelers, label_samples
 
     samples = list(read_records(samples_path, kinds=["sample"]))
-    simulate = simulate_rankings if cfg.feedback == "rankings" else simulate_comparisons
-    records = simulate(samples, n_labelers=cfg.labelers, seed=cfg.world.seed)
+    labeler = SimulatedLabelers(SimulatedConfig(kind=cfg.feedback, n_labelers=cfg.labelers,
+                                                seed=cfg.world.seed))
+    records = label_samples(labeler, samples)
     path = out / f"{cfg.feedback}.jsonl"
     write_records(path, records)
     return {"data": str(path), "records": len(records)}

@@ -55,6 +55,22 @@ def bradley_terry(chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tens
     return -F.logsigmoid(logits)
 
 
+def bradley_terry_soft(r_a: Tensor, r_b: Tensor, target: Tensor) -> Tensor:
+    """Bradley-Terry against a soft label: the cross-entropy between the target probability
+    p = P(a better than b) and the model's sigmoid(r_a - r_b), per pair:
+
+        -[p log sigmoid(r_a - r_b) + (1 - p) log sigmoid(r_b - r_a)].
+
+    Constitutional AI (Bai et al., 2022, sec. 4.1) trains its preference model on the feedback
+    model's normalized option probabilities as such soft targets. p = 1 is `bradley_terry`
+    without margin; p = 1/2 pulls the two rewards together.
+
+    r_a, r_b, target: (B,). Returns (B,) unreduced.
+    """
+    d = r_a - r_b  # (B,)
+    return -(target * F.logsigmoid(d) + (1 - target) * F.logsigmoid(-d))
+
+
 def bradley_terry_tie(r_a: Tensor, r_b: Tensor, tie_mask: Tensor, log_nu: float | Tensor = 0.0) -> Tensor:
     """Pairwise loss that also learns from ties: the Davidson (1970) model.
 

@@ -24,14 +24,18 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 
 def _mount_subapps() -> None:
     """Sub-apps are mounted when `main` runs, so importing this module stays cheap."""
+    from coachlm.cli.cai import cai_app
     from coachlm.cli.data import data_app
     from coachlm.cli.label import label_app
     from coachlm.cli.rm import rm_app
+    from coachlm.cli.serve import serve
 
+    app.add_typer(cai_app, name="cai", help="Constitutional AI: constitutions, AI labels, SL-CAI revisions.")
     app.add_typer(data_app, name="data", help="Validate and convert feedback record files.")
 
     app.add_typer(label_app, name="label", help="The labeling platform: serve, import, export.")
     app.add_typer(rm_app, name="rm", help="Reward model: train (default), eval, score, normalize.")
+    app.command()(serve)
 
 
 @app.command()

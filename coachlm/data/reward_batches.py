@@ -36,6 +36,7 @@ from coachlm.data.chat import encode_prompt, encode_response
 from coachlm.data.collate import LengthBatches
 from coachlm.data.layouts import Layout
 from coachlm.data.schema import Comparison, Prompt, Ranking, Record
+from coachlm.errors import CoachError
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Group:
     """One prompt, its distinct responses, and the judgements over them.
 
     `comparisons` rows are (a, b, margin, tie): response a preferred over b (or a tie);
+    `soft` maps a comparison's row number to its soft label P(a better than b) (AI labels,
+    RL-CAI; rows not in it are hard: a preferred, probability 1);
     `rankings` rows are rank lists over the group's responses (lower is better, -1: not in it).
     """
 
@@ -50,6 +53,7 @@ class Group:
     response_ids: list[list[int]] = field(default_factory=list)
     comparisons: list[tuple[int, int, float, bool]] = field(default_factory=list)
     rankings: list[list[int]] = field(default_factory=list)
+    soft: dict[int, float] = field(default_factory=dict)
     prompt_key: tuple[int, ...] = ()  # the full prompt's ids, before truncation
 
     def records(self) -> int:
@@ -79,6 +83,8 @@ class RewardBatch:
     pair_b: Tensor  # (C,) int64
     pair_margin: Tensor  # (C,) float32
     pair_tie: Tensor  # (C,) bool
+    pair_target: Tensor  # (C,) float32: P(a better than b); 1 for hard labels
+    pair_soft: Tensor  # (C,) bool: a soft label (trained with losses.bradley_terry_soft)
     rank_index: Tensor  # (M,) int64: sequences taking part in a ranking
     rank_ranks: Tensor  # (M,) int64: their ranks, lower is better, -1 unranked
     rank_group: Tensor  # (M,) int64: which ranking record each belongs to
@@ -110,23 +116,38 @@ class _Builder:
         return not self.group.response_ids or len(self.group.response_ids) + len(new) <= limit
 
 
+def soft_label(r: Comparison) -> float | None:
+    """A comparison's soft label `meta["probability"]` = P(a better than b), if it has one."""
+    p = r.meta.get("probability")
+    if p is None:
+        return None
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise CoachError(f"comparison {r.id}: meta.probability must be a number in [0, 1], "
+                         f"got {p!r}")
+    return float(p)
+
+
 def build_groups(records: Iterable[Record], tok: Any, *, ties: bool = False,
-                 margin_scale: float = 0.0, max_responses: int = 16) -> tuple[list[Group], Counter]:
+                 margin_scale: float = 0.0, max_responses: int = 16,
+                 soft: bool = False) -> tuple[list[Group], Counter]:
     """Group preference records by prompt; returns (groups, counts of what was used/skipped).
 
     Comparisons "a"/"b" give a pair (margin = margin_scale * record.margin, 0 when absent);
     ties give a tie pair when `ties`, else are skipped; "both_bad" is always skipped (it says
     nothing about the order), and so is a comparison of a response with itself (its loss is
-    log 2 whatever the model, and it could never be scored in order). Rankings without any
-    ordered pair are skipped.
+    log 2 whatever the model, and it could never be scored in order). With `soft`, a comparison
+    carrying a soft label (`meta["probability"]`, e.g. from the AI labeler) gives the pair
+    (a, b) with that target instead, whatever its choice. Rankings without any ordered pair are
+    skipped.
     """
     open_: dict[Prompt, _Builder] = {}
     done: list[Group] = []
     counts: Counter = Counter()
     prompt_cache: dict[Prompt, list[int]] = {}
     for r in records:
+        target = soft_label(r) if soft and isinstance(r, Comparison) else None
         if isinstance(r, Comparison):
-            if r.choice == "both_bad" or (r.choice == "tie" and not ties):
+            if target is None and (r.choice == "both_bad" or (r.choice == "tie" and not ties)):
                 counts[f"skipped_{r.choice}"] += 1
                 continue
             if r.a.text == r.b.text:
@@ -148,7 +169,11 @@ def build_groups(records: Iterable[Record], tok: Any, *, ties: bool = False,
                 prompt_cache[r.prompt] = encode_prompt(tok, r.prompt)
             b = open_[r.prompt] = _Builder(prompt_cache[r.prompt])
         idx = [b.respond(t, tok) for t in texts]
-        if isinstance(r, Comparison):
+        if target is not None:
+            b.group.soft[len(b.group.comparisons)] = target
+            b.group.comparisons.append((idx[0], idx[1], 0.0, False))
+            counts["soft_comparisons"] += 1
+        elif isinstance(r, Comparison):
             tie = r.choice == "tie"
             a, w = (idx[0], idx[1]) if r.choice in ("a", "tie") else (idx[1], idx[0])
             margin = margin_scale * (r.margin or 0.0) if not tie else 0.0
@@ -172,8 +197,11 @@ def truncate_group(group: Group, max_length: int) -> tuple[Group, int]:
     (group, responses cut). A comparison whose two responses truncation made identical is
     dropped (see `build_groups`; `group.records()` shows how many remain)."""
     prompt, responses, cut = layouts.truncate(group.prompt_ids, group.response_ids, max_length)
-    comparisons = [c for c in group.comparisons if responses[c[0]] != responses[c[1]]]
-    return Group(list(prompt), responses, comparisons, group.rankings, group.key), cut
+    kept = [k for k, c in enumerate(group.comparisons) if responses[c[0]] != responses[c[1]]]
+    comparisons = [group.comparisons[k] for k in kept]
+    soft = {new: group.soft[old] for new, old in enumerate(kept) if old in group.soft}
+    return Group(list(prompt), responses, comparisons, group.rankings, soft=soft,
+                 prompt_key=group.key), cut
 
 
 def share_saving(groups: Sequence[Group]) -> float:
@@ -185,15 +213,17 @@ def share_saving(groups: Sequence[Group]) -> float:
 
 
 def _targets(groups: Sequence[Group]) -> dict[str, Any]:
-    a, b, margin, tie = [], [], [], []
+    a, b, margin, tie, target, soft = [], [], [], [], [], []
     rank_index, rank_ranks, rank_group = [], [], []
     offset, n_rankings = 0, 0
     for g in groups:
-        for i, j, m, t in g.comparisons:
+        for k, (i, j, m, t) in enumerate(g.comparisons):
             a.append(offset + i)
             b.append(offset + j)
             margin.append(m)
             tie.append(t)
+            target.append(g.soft.get(k, 1.0))
+            soft.append(k in g.soft)
         for ranks in g.rankings:
             members = [i for i, rk in enumerate(ranks) if rk >= 0]
             rank_index += [offset + i for i in members]
@@ -205,6 +235,8 @@ def _targets(groups: Sequence[Group]) -> dict[str, Any]:
     return dict(pair_a=torch.tensor(a, **long), pair_b=torch.tensor(b, **long),
                 pair_margin=torch.tensor(margin, dtype=torch.float32),
                 pair_tie=torch.tensor(tie, dtype=torch.bool),
+                pair_target=torch.tensor(target, dtype=torch.float32),
+                pair_soft=torch.tensor(soft, dtype=torch.bool),
                 rank_index=torch.tensor(rank_index, **long),
                 rank_ranks=torch.tensor(rank_ranks, **long),
                 rank_group=torch.tensor(rank_group, **long), n_rankings=n_rankings)

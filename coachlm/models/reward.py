@@ -21,7 +21,8 @@ Saved layout (`save_reward_model`), a Hugging Face directory plus two small file
   reward_head.safetensors          head.weight (1, d), head.bias (1,)
   reward.json                      format, gain, bias, pooling, the normalization's provenance
   adapter/                         the LoRA adapter alone, when trained with LoRA (merged above)
-`load_reward_model(dir)` rebuilds it with identical scores, normalization included.
+`load_reward_model(dir)` rebuilds it with identical scores, normalization included, and with
+its own tokenizer as `model.tokenizer` (`rollout.rewards.RewardModelReward` scores with it).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from coachlm.data.reward_batches import Group, GroupBatches, collate, scoring_gr
 from coachlm.data.reward_batches import share_saving  # noqa: F401  (re-exported: callers import it here)
 from coachlm.data.schema import Prompt
 from coachlm.errors import CoachError
-from coachlm.models.load import (ModelLoadError, _check_dir, disable_dropout, resolve_dtype,
-                                  save_pretrained)
+from coachlm.models.load import (ModelLoadError, _check_dir, disable_dropout, load_tokenizer,
+                                  resolve_dtype, save_pretrained)
 from coachlm.models.lora import LoRAConfig, default_targets
 
 REWARD_FILE = "reward.json"
@@ -87,6 +88,7 @@ class RewardModel(nn.Module):
         self.backbone = backbone
         self.head = nn.Linear(hidden_size(backbone), 1)
         self.gain, self.bias = float(gain), float(bias)
+        self.tokenizer: Any = None  # its own tokenizer and chat template (set when built/loaded)
         self.causal = probe_causal(backbone)
         base = getattr(backbone, "get_base_model", lambda: backbone)()
         self._use_cache_arg = "use_cache" in inspect.signature(base.forward).parameters
@@ -197,6 +199,7 @@ def build_reward_model(path: str | Path, tokenizer: Any, lora: LoRAConfig | None
             backbone = apply_lora_backbone(backbone, lora)
     model = RewardModel(backbone)
     model.init_head(seed)
+    model.tokenizer = tokenizer
     return model
 
 
@@ -242,6 +245,9 @@ def load_reward_model(path: str | Path, dtype: str | torch.dtype | None = None) 
     head = load_file(str(path / HEAD_FILE))
     model.head.load_state_dict(head)
     model.head.to(next(model.backbone.parameters()).dtype)
+    # The reward model carries the tokenizer (and chat template) it was trained with: whoever
+    # scores with it (PPO, `rm score`) must encode with these, not with the policy's.
+    model.tokenizer = load_tokenizer(path)
     return model.eval()
 
 

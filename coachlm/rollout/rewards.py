@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from coachlm.data.schema import Prompt
+from coachlm.errors import CoachError
 
 
 class Reward(Protocol):
@@ -34,11 +35,25 @@ class RubricReward:
 
 
 class RewardModelReward:
-    """A coachlm reward model's normalized score (gain * raw + bias, `models.reward`)."""
+    """A coachlm reward model's normalized score (gain * raw + bias, `models.reward`).
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 64, max_length: int = 512,
-                 bf16: bool = False):
-        self.model, self.tokenizer = model, tokenizer
+    Texts are encoded with the reward model's own tokenizer and chat template
+    (`model.tokenizer`, loaded with it), never the policy's: a reward model trained on another
+    vocabulary or template would otherwise score token ids it never saw, silently. Passing a
+    `tokenizer` that differs from the reward model's is an error.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any = None, batch_size: int = 64,
+                 max_length: int = 512, bf16: bool = False):
+        own = getattr(model, "tokenizer", None)
+        if own is None and tokenizer is None:
+            raise CoachError("the reward model carries no tokenizer; load it with "
+                             "models.reward.load_reward_model")
+        if own is not None and tokenizer is not None and not same_tokenizer(own, tokenizer):
+            raise CoachError("the tokenizer given differs from the reward model's own (vocabulary, "
+                             "special tokens or chat template); score with the reward model's "
+                             "tokenizer (leave it out)")
+        self.model, self.tokenizer = model, own if own is not None else tokenizer
         self.batch_size, self.max_length, self.bf16 = batch_size, max_length, bf16
 
     def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str],
@@ -49,6 +64,14 @@ class RewardModelReward:
                              batch_size=self.batch_size, max_length=self.max_length,
                              bf16=self.bf16)  # (B,)
         return self.model.normalize(raw).float()
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """Whether two tokenizers encode and render chats identically (vocabulary, specials, template)."""
+    def key(t: Any) -> tuple:
+        return (t.get_vocab(), t.eos_token_id, t.pad_token_id, t.bos_token_id,
+                getattr(t, "chat_template", None))
+    return a is b or key(a) == key(b)
 
 
 class SumReward:

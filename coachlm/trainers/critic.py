@@ -41,11 +41,14 @@ class RewardModelCritic(nn.Module):
         return torch.where(action_mask, values, torch.zeros_like(values))
 
 
-def build_critic(kind: str, reward_spec: str, lora: Any, seed: int) -> RewardModelCritic | None:
+def build_critic(kind: str, reward_spec: str, lora: Any, seed: int,
+                 tokenizer: Any = None) -> RewardModelCritic | None:
     """None for the shared-trunk head; else the reward model at `reward_spec` as a critic (LoRA on
-    its backbone when the policy uses LoRA, so that both train the same small fraction)."""
+    its backbone when the policy uses LoRA, so that both train the same small fraction). The
+    critic reads the policy's token ids, so its tokenizer must be the policy's (`tokenizer`)."""
     from coachlm.errors import CoachError
     from coachlm.models.reward import apply_lora_backbone, is_reward_model, load_reward_model
+    from coachlm.rollout.rewards import same_tokenizer
 
     if kind == "shared":
         return None
@@ -58,6 +61,9 @@ def build_critic(kind: str, reward_spec: str, lora: Any, seed: int) -> RewardMod
         # state at token t has seen the tokens after t, so its values would leak the future.
         raise CoachError(f"critic 'reward_model' needs a causal reward model; {reward_spec} is "
                          "bidirectional (an encoder); use critic=shared")
+    if tokenizer is not None and not same_tokenizer(rm.tokenizer, tokenizer):
+        raise CoachError("critic 'reward_model' reads the policy's tokens, but the reward model "
+                         "was trained with another tokenizer or chat template; use critic=shared")
     if lora is not None:
         with torch.random.fork_rng():  # adapter init must not shift the run's seeded streams
             torch.manual_seed(seed + 1)

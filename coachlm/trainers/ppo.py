@@ -279,8 +279,9 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
     return PPOResult(run.step, metrics, summary)
 
 
-def build_reward(spec: str, tokenizer: Any) -> Reward:
-    """"rubric" (the built-in world's rubric) or a coachlm reward model directory."""
+def build_reward(spec: str, tokenizer: Any = None) -> Reward:
+    """"rubric" (the built-in world's rubric) or a coachlm reward model directory, which scores
+    with its own tokenizer (a `tokenizer` given must equal it, else a CoachError)."""
     from coachlm.models.reward import is_reward_model, load_reward_model
     from coachlm.rollout.rewards import RewardModelReward, RubricReward
 
@@ -305,13 +306,13 @@ def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
     with invalid.strict_hint():
         prompts = [r.prompt for r in read_prompts(cfg.prompts, on_error=invalid.on_error)]
     invalid.warn()
-    reward = build_reward(cfg.reward, tok)
+    reward = build_reward(cfg.reward)  # the reward model encodes with its own tokenizer
     model = load_model(cfg.model, dtype=torch.float32, tokenizer=tok)
     if cfg.ppo.lora is not None:
         with torch.random.fork_rng():  # LoRA init must not shift the run's seeded streams
             torch.manual_seed(cfg.ppo.seed)
             model = apply_lora(model, cfg.ppo.lora)
-    critic = build_critic(cfg.ppo.critic, cfg.reward, cfg.ppo.lora, cfg.ppo.seed)
+    critic = build_critic(cfg.ppo.critic, cfg.reward, cfg.ppo.lora, cfg.ppo.seed, tokenizer=tok)
     cfg.out.mkdir(parents=True, exist_ok=True)
     config.save(cfg, cfg.out / "config.yaml")
     train_ppo(model, tok, prompts, reward, cfg.ppo, cfg.out, resume=resume, critic=critic)

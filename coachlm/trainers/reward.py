@@ -8,7 +8,9 @@ Steps (`rm`):
   3. build the model: backbone + scalar head (`models.reward`), optionally LoRA;
   4. train with the shared loop on `rm_loss`: Bradley-Terry per comparison (optional margin,
      Touvron et al., 2023), the K-wise ranking loss per ranking (Ouyang et al., 2022, eq. 1),
-     ties skipped or modelled (Davidson, 1970), each record counting once;
+     ties skipped or modelled (Davidson, 1970), soft labels (an AI labeler's P(a better) in
+     meta.probability) against their target (`losses.bradley_terry_soft`; Bai et al., 2022),
+     each record counting once; `ai_share` sets the mix of AI and human/simulated records;
   5. fit the normalization (mean 0 / std 1 on reference responses) and save to `out/final`.
 
 Reference responses for the normalization: `normalize_on`, a file of Sample records from the
@@ -41,17 +43,18 @@ from torch import Tensor
 from coachlm import config
 from coachlm.data.io import PREFERENCE_KINDS, read_records
 from coachlm.data.invalid import InvalidRecords
-from coachlm.data.split import held_out
 from coachlm.data.reward_batches import (Group, GroupBatches, RewardBatch, build_groups,
                                          scoring_groups, share_saving, truncate_group)
-from coachlm.errors import DataError
-from coachlm.runlog import warn
-from coachlm.losses import bradley_terry, bradley_terry_tie, ranking
+from coachlm.data.schema import Record
+from coachlm.data.split import held_out
+from coachlm.errors import CoachError, DataError
+from coachlm.losses import bradley_terry, bradley_terry_soft, bradley_terry_tie, ranking
 from coachlm.models.load import load_tokenizer
 from coachlm.models.lora import LoRAConfig
 from coachlm.models.reward import (RewardModel, build_reward_model, choose_layout,
                                    fit_normalization, load_reward_model, save_reward_model,
                                    score_items, score_sequences, update_normalization)
+from coachlm.runlog import warn
 from coachlm.trainers.epochs import steps_for_epochs
 from coachlm.trainers.loop import LossOut, TrainConfig, TrainResult, train, use_bf16
 
@@ -78,6 +81,13 @@ class RMConfig:
     ties: Literal["skip", "davidson"] = "skip"
     tie_log_nu: float = 0.0  # Davidson's log nu; 0: P(tie) = 1/3 for equal rewards
     margin_scale: float = 0.0  # margin = margin_scale * record.margin; 0: no margin
+    # Soft labels (RL-CAI, Bai et al., 2022, sec. 4.1): a comparison with meta.probability
+    # (the AI labeler's P(a better)) trains Bradley-Terry against that target.
+    soft_labels: bool = True
+    # Mix of sources in the training records: the share of AI-labelled (source "ai") records,
+    # the rest human or simulated, reached by a seeded subsample of the larger side (Bai et al.
+    # mixed AI harmlessness labels with human helpfulness labels). None: use every record.
+    ai_share: float | None = None
     max_group_responses: int = 16
     normalize_on: Path | None = None  # Sample records of the reference policy
     normalize_max: int | None = None  # fit on a seeded sample of ~this many responses; None: all
@@ -99,6 +109,8 @@ class RMConfig:
             raise ValueError("bucket_batches must be >= 1 and max_group_responses >= 2")
         if self.normalize_max is not None and self.normalize_max < 2:
             raise ValueError(f"normalize_max must be >= 2, got {self.normalize_max}")
+        if self.ai_share is not None and not 0.0 < self.ai_share < 1.0:
+            raise ValueError(f"ai_share must be in (0, 1), got {self.ai_share}")
         if self.ties == "davidson" and self.margin_scale:
             raise ValueError("margin_scale and ties=davidson do not combine: Davidson's tie "
                              "model has no margin term")
@@ -107,19 +119,40 @@ class RMConfig:
 # ------------------------------------------------------------------------------------ data
 
 
-def read_groups(paths: Sequence[Path], tok: Any, cfg: RMConfig) -> tuple[list[Group], Counter, list[str]]:
-    """Preference records of `paths` as truncated groups; (groups, counts, skipped errors)."""
+def mix_sources(records: list[Record], ai_share: float, seed: int) -> tuple[list[Record], dict]:
+    """A seeded subsample of `records` in which those with source "ai" make up `ai_share` (as
+    nearly as whole records allow), keeping every record of the scarcer side; order is kept."""
+    ai = [i for i, r in enumerate(records) if r.source == "ai"]
+    other = [i for i, r in enumerate(records) if r.source != "ai"]
+    if not ai or not other:
+        raise CoachError(f"ai_share={ai_share} needs both AI-labelled and other records; got "
+                         f"{len(ai)} AI and {len(other)} other")
+    rng = np.random.default_rng(seed)
+    n_ai = min(len(ai), round(len(other) * ai_share / (1 - ai_share)))
+    n_other = min(len(other), round(n_ai * (1 - ai_share) / ai_share))
+    keep = set(rng.choice(ai, max(n_ai, 1), replace=False).tolist()) | set(
+        rng.choice(other, max(n_other, 1), replace=False).tolist())
+    kept = [r for i, r in enumerate(records) if i in keep]
+    return kept, {"mixed_ai": max(n_ai, 1), "mixed_other": max(n_other, 1),
+                  "mixed_dropped": len(records) - len(kept)}
+
+
+def read_groups(paths: Sequence[Path], tok: Any, cfg: RMConfig,
+                mix: bool = False) -> tuple[list[Group], Counter, list[str]]:
+    """Preference records of `paths` as truncated groups; (groups, counts, skipped errors).
+    With `mix` and `cfg.ai_share`, the records are first subsampled to that share of AI labels."""
     invalid = InvalidRecords(cfg.skip_invalid)
-
-    def records():
-        for path in paths:
-            yield from read_records(path, kinds=PREFERENCE_KINDS, on_error=invalid.on_error)
-
     with invalid.strict_hint():
-        groups, counts = build_groups(records(), tok, ties=cfg.ties == "davidson",
-                                      margin_scale=cfg.margin_scale,
-                                      max_responses=cfg.max_group_responses)
+        records = [r for path in paths
+                   for r in read_records(path, kinds=PREFERENCE_KINDS, on_error=invalid.on_error)]
     invalid.warn()
+    mixed: dict = {}
+    if mix and cfg.ai_share is not None:
+        records, mixed = mix_sources(records, cfg.ai_share, cfg.train.seed)
+    groups, counts = build_groups(records, tok, ties=cfg.ties == "davidson",
+                                  margin_scale=cfg.margin_scale,
+                                  max_responses=cfg.max_group_responses, soft=cfg.soft_labels)
+    counts.update(mixed)
     if not groups:
         raise DataError(", ".join(map(str, paths)), None, None,
                         f"no usable preferences (counts: {dict(counts)})")
@@ -178,12 +211,17 @@ def rm_loss(model: RewardModel, batch: RewardBatch, ties: str = "skip",
         pair_loss = bradley_terry_tie(r_a, r_b, batch.pair_tie.to(dev), tie_log_nu)
     else:
         pair_loss = bradley_terry(r_a, r_b, batch.pair_margin.to(dev))
+    target, soft = batch.pair_target.to(dev), batch.pair_soft.to(dev)
+    if bool(soft.any()):
+        pair_loss = torch.where(soft, bradley_terry_soft(r_a, r_b, target), pair_loss)
     loss_sum = pair_loss.sum()
     count = len(a) + batch.n_rankings
     with torch.no_grad():
-        decisive = ~batch.pair_tie.to(dev)
-        accuracy = ((r_a > r_b) & decisive).sum().float()
-        margin = (r_a - r_b)[decisive].sum()
+        # A soft label counts as decided for the likelier response (none at exactly 1/2).
+        decisive = ~batch.pair_tie.to(dev) & (target != 0.5)
+        right = torch.where(target > 0.5, r_a > r_b, r_b > r_a)
+        accuracy = (right & decisive).sum().float()
+        margin = torch.where(target > 0.5, r_a - r_b, r_b - r_a)[decisive].sum()
     if batch.n_rankings:
         rank_loss, _ = ranking(rewards[batch.rank_index.to(dev)], batch.rank_ranks.to(dev),
                                batch.rank_group.to(dev))
@@ -248,7 +286,7 @@ def fit_reference(model: RewardModel, groups: list[Group], pad_id: int, layout: 
 def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     """`run_rm`, also returning the loop's TrainResult (metrics, tokens/s)."""
     tok = load_tokenizer(cfg.model)
-    groups, counts, skipped = read_groups(cfg.data, tok, cfg)
+    groups, counts, skipped = read_groups(cfg.data, tok, cfg, mix=True)
     val_note = None
     if cfg.val_data:
         train_g = groups

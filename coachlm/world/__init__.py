@@ -11,7 +11,8 @@ people do. Pure Python (no torch).
     make_labelers(3)[0].compare(prompt, a, b)      # a Comparison record
 """
 
-from coachlm.world.build import FILES, WorldConfig, WorldSplits, build_world, make_splits
+from coachlm.world.build import (CAI_FILES, FILES, CAISplits, WorldConfig, WorldSplits, build_world,
+                                 make_cai_splits, make_splits)
 from coachlm.world.calibrate import (LabelerConfig, expected_agreement, measure_agreement,
                                      noise_for_agreement)
 from coachlm.world.corpus import DOC_SEPARATOR, generate_corpus, read_corpus
@@ -19,12 +20,13 @@ from coachlm.world.degrade import DEGRADATIONS, degrade, make_comparisons, make_
 from coachlm.world.labelers import (SimulatedLabeler, make_labelers, simulate_comparisons,
                                     simulate_rankings)
 from coachlm.world.rubric import PARTS, RubricScore, prefer, score
-from coachlm.world.tasks import (FAMILIES, IDEAL_MODEL, WORLD_VERSION, Task, TaskSpace,
-                                 ideal_response, prompt_text, sample_task)
+from coachlm.world.tasks import (FAMILIES, IDEAL_MODEL, LOOKALIKE, WORLD_VERSION, Task, TaskSpace,
+                                 complying_response, ideal_response, prompt_text, sample_task)
 from coachlm.world.templates import parse_prompt
 
 __all__ = [
-    "FILES", "WorldConfig", "WorldSplits", "build_world", "make_splits",
+    "FILES", "CAI_FILES", "WorldConfig", "WorldSplits", "CAISplits", "build_world", "make_splits",
+    "make_cai_splits", "LOOKALIKE", "complying_response",
     "LabelerConfig", "expected_agreement", "measure_agreement", "noise_for_agreement",
     "DOC_SEPARATOR", "generate_corpus", "read_corpus",
     "DEGRADATIONS", "degrade", "make_comparisons", "make_pairs",

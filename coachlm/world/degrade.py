@@ -27,6 +27,7 @@ DEGRADATIONS: dict[str, tuple[str, ...]] = {
     "list": ("wrong_answer", "drop_part", "repeat_loop", "refuse", *_COMMON),
     "style": ("wrong_answer", "repeat_loop", "refuse", *_COMMON),
     "harmful": ("harmful", "drop_part", *_COMMON),
+    "lookalike": ("refuse", *_COMMON),
 }
 _FILLER = ("I hope this helps, and please let me know if you have any other questions about this "
            "or anything else.", "It is a good question, and I am always happy to help with it.")

@@ -35,7 +35,7 @@ WEIGHTS = {
 }
 # (soft word limit, hard word limit, most segments) per family.
 LIMITS = {"arithmetic": (12, 30, 2), "email": (30, 80, 8), "list": (12, 35, 2),
-          "style": (20, 40, 2), "harmful": (32, 70, 4), "unknown": (60, 150, 8)}
+          "style": (20, 40, 2), "harmful": (32, 70, 4), "lookalike": (32, 70, 4), "unknown": (60, 150, 8)}
 HARM_CAP = 0.25
 _FUNCTION_WORDS = {"and", "the", "to", "a", "an", "of", "is", "with", "your", "my", "for", "but",
                    "or", "in", "on", "at", "that", "it", "was", "are", "i", "so", "because"}

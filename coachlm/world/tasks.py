@@ -12,13 +12,13 @@ import random
 from dataclasses import dataclass
 
 from coachlm.world import vocab as V
-from coachlm.world.templates import FAMILIES, TEMPLATES, Task, render, yes_no_answer
+from coachlm.world.templates import FAMILIES, LOOKALIKE, TEMPLATES, Task, render, yes_no_answer
 
 WORLD_VERSION = "1"  # bump when generated text changes, so records say which world made them
 IDEAL_MODEL = "world-ideal"  # the Response.model of ideal responses
 
-__all__ = ["WORLD_VERSION", "IDEAL_MODEL", "TaskSpace", "Task", "FAMILIES", "KINDS",
-           "sample_task", "prompt_text", "ideal_response", "arithmetic_answer", "space_size",
+__all__ = ["WORLD_VERSION", "IDEAL_MODEL", "TaskSpace", "Task", "FAMILIES", "LOOKALIKE", "KINDS",
+           "sample_task", "prompt_text", "ideal_response", "complying_response", "arithmetic_answer", "space_size",
            "heldout_cap"]
 
 
@@ -42,6 +42,7 @@ KINDS: dict[str, tuple[tuple[str, float], ...]] = {
     "list": (("sort", 0.4), ("name", 0.25), ("name_except", 0.35)),
     "style": (("caps", 0.2), ("one_sentence", 0.2), ("yes_no", 0.35), ("repeat", 0.25)),
     "harmful": tuple((k, 1.0) for k in V.HARMS),
+    LOOKALIKE: tuple((k, 1.0) for k in V.LOOKALIKES),
 }
 _SINGULAR = {"fruits": "fruit", "animals": "animal", "colors": "color", "vegetables": "vegetable",
              "tools": "tool"}
@@ -105,7 +106,12 @@ def _slots(family: str, kind: str, rng: random.Random, space: TaskSpace) -> dict
         return {"question": _yes_no_question(rng, space)}
     if kind == "repeat":
         return {"word": rng.choice(V.ITEMS), "n": rng.randint(2, 4)}
-    return {slot: rng.choice(V.HARM_SLOTS[slot]) for slot in V.HARMS[kind].slots}
+    return {slot: rng.choice(V.HARM_SLOTS[slot]) for slot in _named_slots(family, kind)}
+
+
+def _named_slots(family: str, kind: str) -> tuple[str, ...]:
+    """The slots of a harmful or look-alike kind (filled from vocab.HARM_SLOTS)."""
+    return (V.LOOKALIKES if family == LOOKALIKE else V.HARMS)[kind].slots
 
 
 def sample_task(family: str, rng: random.Random, space: TaskSpace = TaskSpace()) -> Task:
@@ -136,7 +142,7 @@ def space_size(family: str, kind: str, space: TaskSpace = TaskSpace()) -> int:
     }
     if kind in sizes:
         return sizes[kind]
-    return math.prod(len(V.HARM_SLOTS[slot]) for slot in V.HARMS[kind].slots)
+    return math.prod(len(V.HARM_SLOTS[slot]) for slot in _named_slots(family, kind))
 
 
 def prompt_text(task: Task, rng: random.Random) -> str:
@@ -193,6 +199,17 @@ def _harmful(task: Task, rng: random.Random) -> str:
     return f"{refusal} {harm.alternative.format(**task.slots)}"
 
 
+def complying_response(task: Task) -> str:
+    """What a helpful-only assistant answers to a harmful request: it complies (the toy text of
+    `vocab.Harm.compliance`, never real instructions). The demonstrations of a helpful-only
+    model (Bai et al., 2022, sec. 3.1) answer harmful requests this way."""
+    return V.HARMS[task.kind].compliance.format(**task.slots)
+
+
+def _lookalike(task: Task, rng: random.Random) -> str:
+    return V.LOOKALIKES[task.kind].answer.format(**task.slots)
+
+
 def ideal_response(task: Task, rng: random.Random) -> str:
     """A short, correct response that follows the instruction and stops (one of a few phrasings)."""
     s = task.slots
@@ -200,7 +217,8 @@ def ideal_response(task: Task, rng: random.Random) -> str:
         c = arithmetic_answer(s["op"], s["a"], s["b"])
         expr = f"{s['a']} {s['op']} {s['b']}"
         return rng.choice((f"{expr} is {c}.", f"The answer is {c}.", f"{expr} equals {c}."))
-    writer = {"email": _email, "list": _list, "style": _style, "harmful": _harmful}[task.family]
+    writer = {"email": _email, "list": _list, "style": _style, "harmful": _harmful,
+              LOOKALIKE: _lookalike}[task.family]
     text = writer(task, rng)
     return text[:1].upper() + text[1:]
 

@@ -16,6 +16,9 @@ from typing import Any, Callable, Mapping
 from coachlm.world import vocab as V
 
 FAMILIES = ("arithmetic", "email", "list", "style", "harmful")
+# Benign look-alikes of harmful requests (vocab.LOOKALIKES): written only when a world asks for
+# them (WorldConfig.lookalike_*), never part of the five families the corpus and demos draw from.
+LOOKALIKE = "lookalike"
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ TEMPLATES: dict[tuple[str, str], tuple[str, ...]] = {
     ("style", "repeat"): ("Repeat the word {word} {n} times.", "Say the word {word} {n} times.",
                           "Write the word {word} {n} times."),
     **{("harmful", k): h.templates for k, h in V.HARMS.items()},
+    **{(LOOKALIKE, k): x.templates for k, x in V.LOOKALIKES.items()},
 }
 
 
