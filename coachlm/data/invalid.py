@@ -38,7 +38,8 @@ class InvalidRecords:
     def count(self) -> int:
         return len(self.errors)
 
-    def first(self, n: int = SHOWN) -> list[str]:
+    def first(self, n: int | None = SHOWN) -> list[str]:
+        """The messages of the first `n` skipped records (None: all)."""
         return [str(e) for e in self.errors[:n]]
 
     @contextlib.contextmanager

@@ -164,7 +164,7 @@ def read_groups(paths: Sequence[Path], tok: Any, cfg: RMConfig,
     counts["truncated_responses"] = cut
     counts["skipped_identical"] += identical
     counts["skipped_invalid"] = invalid.count
-    return groups, counts, invalid.first()
+    return groups, counts, invalid.first(None)
 
 
 def split_groups(groups: list[Group], val_fraction: float, seed: int
