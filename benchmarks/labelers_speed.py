@@ -45,7 +45,9 @@ def _model_dir(root: Path) -> Path:
     from coachlm.world import generate_corpus
 
     tok = train_tokenizer(generate_corpus(300_000, seed=0), vocab_size=2048)
-    save_pretrained(build_model({"preset": "world-small"}, tok, seed=0), tok, root / "fm")
+    # 512 positions: the default constitution's questions with two world responses run past 256.
+    model = build_model({"preset": "world-small", "max_position_embeddings": 512}, tok, seed=0)
+    save_pretrained(model, tok, root / "fm")
     return root / "fm"
 
 

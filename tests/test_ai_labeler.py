@@ -22,7 +22,8 @@ from coachlm.data.schema import Comparison, Response, Sample, as_prompt
 from coachlm.errors import CoachError
 from coachlm.labelers import group_samples
 from coachlm.constitution import ComparisonExample, Principle, load_constitution
-from coachlm.labelers.ai import ANSWER, AIConfig, AILabeler, AIJudge, few_shot, normalize, question
+from coachlm.labelers.ai import (ANSWER, AIConfig, AILabeler, AIJudge, few_shot, normalize,
+                                 position_bias, question)
 from coachlm.labelers.backends import EndpointConfig, FeedbackModelError, LocalModel, OpenAIModel
 from coachlm.serving.lm import LocalLM
 from feedback_support import free_port
@@ -85,6 +86,9 @@ def test_soft_label_cancels_position_bias():
     assert both.choice == "a" and both.source == "ai" and both.shown_order is None
     one = AILabeler(Biased(bias=0.8), PRINCIPLES, AIConfig(both_orders=False, seed=1)).label(group)[0]
     assert one.shown_order in ("ab", "ba") and one.meta[f"p_{one.shown_order}"] is not None
+    assert position_bias([both]) == {"records": 1, "first_rate": 0.5, "flip_rate": 0.0}
+    strong = AILabeler(Biased(bias=3.0), PRINCIPLES).label(group)
+    assert position_bias(strong) == {"records": 1, "first_rate": 1.0, "flip_rate": 1.0}
     cot = AILabeler(Biased(bias=0.8), PRINCIPLES, AIConfig(chain_of_thought=True)).label(group)[0]
     assert cot.meta["p_ab"] == 0.6 and cot.meta["p_ba"] == pytest.approx(sigmoid(0.2))
     assert normalize([math.log(0.2), math.log(0.6)]) == pytest.approx([0.25, 0.75])
@@ -199,12 +203,26 @@ def bad_server():
     @app.post("/nologprobs/v1/completions")
     def nologprobs():
         return {"id": "x", "object": "text_completion", "created": 0, "model": "m",
-                "choices": [{"index": 0, "text": "hi", "finish_reason": "length",
-                             "logprobs": None}]}
+                "choices": [{"index": i, "text": "hi", "finish_reason": "length",
+                             "logprobs": None} for i in range(2)]}
 
     @app.post("/garbage/v1/completions")
     def garbage():
         return PlainTextResponse("<html>oops</html>")
+
+    calls = {"flaky": 0}
+
+    @app.post("/flaky/v1/completions")
+    def flaky():
+        """503 on the first call (a transient error), then a scored echo of "ctx" + option."""
+        calls["flaky"] += 1
+        if calls["flaky"] == 1:
+            return PlainTextResponse("busy", status_code=503)
+        return {"id": "x", "object": "text_completion", "created": 0, "model": "m", "choices": [
+            {"index": i, "text": "ctx" + o, "finish_reason": "length",
+             "logprobs": {"tokens": ["ctx", o], "token_logprobs": [None, lp],
+                          "text_offset": [0, 3], "top_logprobs": None}}
+            for i, (o, lp) in enumerate((("A", -1.0), ("B", -2.0)))]}
 
     @app.post("/slow/v1/completions")
     def slow():
@@ -217,7 +235,7 @@ def bad_server():
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", calls
     server.should_exit = True
     thread.join(10)
 
@@ -226,11 +244,18 @@ def bad_server():
                                           ("garbage", "unusable answer"),
                                           ("slow", "timed out after 0.5 s")])
 def test_bad_endpoint_is_one_clear_error(bad_server, path, message):
-    m = OpenAIModel(EndpointConfig(base_url=f"{bad_server}/{path}/v1", model="m", timeout_s=0.5,
+    m = OpenAIModel(EndpointConfig(base_url=f"{bad_server[0]}/{path}/v1", model="m", timeout_s=0.5,
                                    max_retries=0))
     with pytest.raises(FeedbackModelError, match=message) as e:
         m.option_logprobs(["ctx"], ["A", "B"])
     assert "\n" not in str(e.value)
+
+
+def test_transient_errors_are_retried(bad_server):
+    url, calls = bad_server
+    m = OpenAIModel(EndpointConfig(base_url=f"{url}/flaky/v1", model="m", max_retries=2))
+    assert m.option_logprobs(["ctx"], ["A", "B"]) == [[-1.0, -2.0]]
+    assert calls["flaky"] == 2  # one 503, retried after a backoff, then the answer
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

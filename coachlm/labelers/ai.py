@@ -233,6 +233,20 @@ class AILabeler:
                           meta=meta)
 
 
+def position_bias(records: Sequence[Comparison]) -> dict[str, float | int]:
+    """How much the feedback model's answer depends on the order shown, from AI records asked
+    in both orders: `first_rate`, the share of single-order answers (two per record) that
+    prefer whichever response was shown first (0.5 when unbiased); `flip_rate`, the share of
+    records whose preferred response changes with the order (what swapping cancels)."""
+    both = [r for r in records if r.meta.get("p_ab") is not None and r.meta.get("p_ba") is not None]
+    if not both:
+        return {"records": 0, "first_rate": float("nan"), "flip_rate": float("nan")}
+    first = sum((r.meta["p_ab"] > 0.5) + (r.meta["p_ba"] < 0.5) for r in both)
+    flips = sum((r.meta["p_ab"] > 0.5) != (r.meta["p_ba"] > 0.5) for r in both)
+    return {"records": len(both), "first_rate": first / (2 * len(both)),
+            "flip_rate": flips / len(both)}
+
+
 class AIJudge:
     """The AI labeler as a judge: `prefer(prompt, a, b)` is its soft label P(a better)."""
 

@@ -5,7 +5,7 @@
 `OpenAIModel(base_url, model)`: vLLM, llama.cpp's server, a hosted API or `coachlm serve`,
 through the `openai` client, in one of two modes:
   - "completions" (default): `/v1/completions` with `echo=True, max_tokens=0, logprobs=0`
-    scores `context + option` exactly (the log-likelihood request of lm-evaluation-harness);
+    scores `context + option` for every option in one request, exactly (the log-likelihood request of lm-evaluation-harness);
     the option's logprob is read with the same rule as in process
     (`serving.lm.continuation_logprob`), so both paths give the same numbers;
   - "chat": `/v1/chat/completions` with `logprobs=True, top_logprobs=k` and one output token;
@@ -117,23 +117,35 @@ class OpenAIModel:
 
     # ------------------------------------------------------------------------ completions
 
-    def _score(self, context: str, option: str) -> float:
+    def _score(self, context: str, options: Sequence[str]) -> list[float]:
+        """log P(option | context) for each option: one request scoring every context + option."""
+        texts = [context + o for o in options]
+        out = self._call(self.client.completions.create, prompt=texts, max_tokens=0, echo=True,
+                         logprobs=0, temperature=0.0)
+        choices = sorted(getattr(out, "choices", None) or [], key=lambda c: c.index)
+        if isinstance(out, (str, bytes)) or len(choices) != len(texts):
+            _choice(out, self.cfg.base_url)  # a body that is not a completion: say so
+            raise FeedbackModelError(f"feedback endpoint {self.cfg.base_url} returned "
+                                     f"{len(choices)} choices for {len(texts)} prompts")
+        self.tokens_used += getattr(getattr(out, "usage", None), "total_tokens", 0) or 0
+        return [self._continuation(c, len(context), len(t)) for c, t in zip(choices, texts)]
+
+    def _continuation(self, choice: Any, context_len: int, text_len: int) -> float:
         from coachlm.serving.lm import Token, continuation_logprob
 
-        text = context + option
-        out = self._call(self.client.completions.create, prompt=text, max_tokens=0, echo=True,
-                         logprobs=0, temperature=0.0)
-        lp = _fields(_logprobs(out, self.cfg.base_url, "with echo"), self.cfg.base_url,
-                     "tokens", "token_logprobs", "text_offset")
+        lp = getattr(choice, "logprobs", None)
+        if lp is None:
+            raise FeedbackModelError(f"feedback endpoint {self.cfg.base_url} returned no "
+                                     "logprobs (does it support logprobs with echo?)")
+        lp = _fields(lp, self.cfg.base_url, "tokens", "token_logprobs", "text_offset")
         toks, lps, offs = lp["tokens"], lp["token_logprobs"], lp["text_offset"]
         if not (len(toks) == len(lps) == len(offs)) or not toks:
             raise FeedbackModelError(f"feedback endpoint {self.cfg.base_url} returned "
                                      "mismatched logprobs (tokens, token_logprobs, text_offset)")
-        self.tokens_used += getattr(getattr(out, "usage", None), "total_tokens", 0) or 0
         try:
             tokens = [Token(str(t), int(o), None if v is None else float(v))
                       for t, v, o in zip(toks, lps, offs)]
-            return continuation_logprob(tokens, len(context), len(text))
+            return continuation_logprob(tokens, context_len, text_len)
         except (TypeError, ValueError) as e:
             raise FeedbackModelError(f"feedback endpoint {self.cfg.base_url} returned "
                                      f"malformed logprobs: {e}") from None
@@ -161,9 +173,7 @@ class OpenAIModel:
     def option_logprobs(self, contexts: Sequence[str], options: Sequence[str]) -> list[list[float]]:
         if self.cfg.mode == "chat":
             return self._map(lambda c: self._chat_options(c, options), contexts)
-        flat = self._map(lambda co: self._score(*co), [(c, o) for c in contexts for o in options])
-        k = len(options)
-        return [flat[i:i + k] for i in range(0, len(flat), k)]
+        return self._map(lambda c: self._score(c, options), contexts)
 
     def generate(self, contexts: Sequence[str], max_tokens: int) -> list[str]:
         def one(context: str) -> str:
