@@ -313,3 +313,11 @@ def test_identical_responses_form_no_comparison(tok):
 
     g = Group([1, 7], [[8, 9, 2], [8, 9, 3]], [(0, 1, 0.0, False)], [])
     assert truncate_group(g, 4)[0].comparisons == []
+
+
+def test_eval_pairs_leave_out_identical_responses():
+    prompt = (Message("user", "Say hi."),)
+    records = [Comparison(prompt=prompt, a=Response("hi"), b=Response("hi"), choice="a"),
+               Comparison(prompt=prompt, a=Response("hi there"), b=Response("go"), choice="a")]
+    pairs, counts = eval_pairs(records, "labels")
+    assert len(pairs) == 1 and counts["skipped_identical"] == 1
