@@ -16,6 +16,7 @@ OverridesArg = typer.Argument(None, help="Dotted overrides, e.g. train.max_steps
 SkipInvalidOpt = typer.Option(False, "--skip-invalid",
                               help="Skip malformed records with a warning (count and first few "
                                    "file:line) instead of stopping at the first.")
+DeviceOpt = typer.Option(None, "--device", help="auto (CUDA when visible), cpu or cuda.")
 load = cfglib.load_options  # defaults < --config YAML < named options < dotted overrides
 
 
