@@ -116,6 +116,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
             # field's own default (e.g. a trainer's tuned TrainConfig), not the class defaults.
             value = merge(to_dict(default), value)
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    _yield_defaults(cls, data, kwargs, prefix)
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -124,6 +125,25 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:  # __post_init__ validation
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def _yield_defaults(cls: type, data: Mapping[str, Any], kwargs: dict[str, Any],
+                    prefix: str) -> None:
+    """A setting the user gave wins over a default that would replace it.
+
+    `cls.DEFAULT_YIELDS` maps a field (e.g. "epochs", default 1) to the nested key it replaces
+    when set (("train", "max_steps")): given only the nested key, the field becomes None; given
+    both, the conflict is an error naming both keys.
+    """
+    for name, (section, key) in getattr(cls, "DEFAULT_YIELDS", {}).items():
+        nested = data.get(section)
+        if not (isinstance(nested, Mapping) and key in nested):
+            continue
+        if name not in data:
+            kwargs[name] = None
+        elif data[name] is not None:
+            raise ConfigError(f"both '{prefix}{name}' and '{prefix}{section}.{key}' are set, and "
+                              f"{name} replaces {key}: set one of them (or {name}=null)")
 
 
 def _default(f: dataclasses.Field) -> Any:

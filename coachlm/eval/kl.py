@@ -34,17 +34,21 @@ def _batch(seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: in
 @torch.no_grad()
 def kl_to_reference(policy_dir: Path, ref_dir: Path, prompts: Sequence[PromptRecord],
                     max_new_tokens: int, seed: int = 0, batch_size: int = 64,
-                    temperature: float = 1.0) -> dict[str, float]:
-    """Sequence-level KL(policy || reference) in nats, with its standard error."""
+                    temperature: float = 1.0, max_prompt_length: int | None = None
+                    ) -> dict[str, float]:
+    """Sequence-level KL(policy || reference) in nats, with its standard error, on samples drawn
+    at `temperature`. Prompts longer than `max_prompt_length` (None: what the context leaves)
+    lose their oldest tokens."""
     from coachlm.data.chat import encode_prompt
     from coachlm.models.load import load_model, load_tokenizer
     from coachlm.models.logprobs import sequence_logprobs
-    from coachlm.rollout.sampling import SamplingConfig, generate
+    from coachlm.rollout.sampling import SamplingConfig, fit_prompts, generate
 
     tok = load_tokenizer(policy_dir)
     policy = load_model(policy_dir, tokenizer=tok).eval()
     ref = load_model(ref_dir, tokenizer=tok).eval()
-    ids = [encode_prompt(tok, p.prompt) for p in prompts]
+    ids, _ = fit_prompts(policy, tok, [encode_prompt(tok, p.prompt) for p in prompts],
+                         max_new_tokens, max_prompt_length)
     scfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                           batch_size=batch_size, seed=seed)
     gen = generate(policy, tok, ids, scfg)
