@@ -6,6 +6,7 @@ with and the peak in between. Run it with the stage settings of interest, e.g. t
 
     python benchmarks/memory_stages.py --pretrain-steps 20 --sft-steps 20
     MALLOC_ARENA_MAX=2 python benchmarks/memory_stages.py ...   # glibc arenas capped
+    python benchmarks/memory_stages.py --mmap-threshold 1048576   # see coachlm.memory
 """
 
 from __future__ import annotations
@@ -67,8 +68,13 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--sft-steps", type=int, default=20)
     p.add_argument("--sft-batch-size", type=int, default=32)  # the demo's
     p.add_argument("--trim", action="store_true", help="malloc_trim(0) between stages")
+    p.add_argument("--mmap-threshold", type=int, default=0,
+                   help="coachlm.memory.fix_mmap_threshold(BYTES) first (0: glibc's default)")
     args = p.parse_args(argv)
     os.environ.setdefault("COACHLM_NO_PROGRESS", "1")
+    if args.mmap_threshold:
+        from coachlm.memory import fix_mmap_threshold
+        fix_mmap_threshold(args.mmap_threshold)
     mon = RSSMonitor()
     with mon.stage("import"):
         from coachlm.trainers.loop import TrainConfig
