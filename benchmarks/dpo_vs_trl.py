@@ -41,7 +41,8 @@ from coachlm.models.load import load_model, load_tokenizer, save_pretrained
 from coachlm.models.presets import build_model, preset_vocab_size
 from coachlm.models.tokenizer import train_tokenizer
 from coachlm.trainers.dpo import DPOConfig, dpo, read_pairs
-from coachlm.trainers.loop import TrainConfig, set_threads
+from coachlm.engine.accel import set_threads
+from coachlm.engine.config import TrainConfig
 
 
 def _final(rows: list[dict], keys: dict[str, str]) -> dict[str, float]:

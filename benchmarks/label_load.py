@@ -6,9 +6,10 @@ labels (3,000 slots, so that no labeler runs out of tasks it has not seen), then
 submits a label with a client-generated id; 10% of submissions are sent twice (a client retry)
 to exercise idempotency. Afterwards it checks that exactly 2,000 labels are stored, with no
 duplicate client id, no labeler twice on a task and no task over its 3 labels, and prints
-p50/p99 submit latency and labels/s as JSON.
+p50/p99 submit latency and labels/s as JSON, with the CPU seconds the server processes used
+per label (a figure that depends less on what else the machine is running than labels/s).
 
-    python benchmarks/label_load.py [--backend sqlite|postgresql|both]
+    python benchmarks/label_load.py [--backend sqlite|postgresql|both] [--workers N]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +124,21 @@ def verify(url: str) -> dict[str, int]:
             "labeler_twice_on_a_task": len(pairs), "tasks_over_3_labels": len(over)}
 
 
-def bench(backend: str, labelers: int, per: int) -> dict:
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by the server and its worker processes."""
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def bench(backend: str, labelers: int, per: int, workers: int = 1) -> dict:
     with ExitStack() as stack:
         if backend == "postgresql":
             url = new_database(stack.enter_context(postgres_server(fsync=True)))
@@ -133,7 +149,8 @@ def bench(backend: str, labelers: int, per: int) -> dict:
         log = stack.enter_context(tempfile.TemporaryFile())
         server = subprocess.Popen(
             [sys.executable, "-m", "coachlm.cli", "label", "serve", "--store", url,
-             "--port", str(port)], env={**os.environ, "PYTHONPATH": str(ROOT)},
+             "--port", str(port), "--workers", str(workers)],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=log, stderr=subprocess.STDOUT)
         stack.callback(server.wait, 30)
         stack.callback(server.terminate)
@@ -148,8 +165,10 @@ def bench(backend: str, labelers: int, per: int) -> dict:
                     raise RuntimeError(log.read().decode()[-4000:]) from None
                 time.sleep(0.1)
         stats = {"transport_retries": 0}
+        cpu0 = server_cpu_s(server.pid)
         try:
             latencies, submitted, wall = asyncio.run(run_load(base, tokens, per, stats))
+            cpu = server_cpu_s(server.pid) - cpu0
         except httpx.HTTPError:
             log.seek(0)
             print(log.read().decode()[-6000:], file=sys.stderr)  # the server's traceback
@@ -158,7 +177,9 @@ def bench(backend: str, labelers: int, per: int) -> dict:
     ms = np.array(latencies) * 1000
     ok = (checks["labels_stored"] == labelers * per == submitted
           and not any(v for k, v in checks.items() if k != "labels_stored"))
-    return {"backend": backend, "labelers": labelers, "submissions_each": per,
+    return {"backend": backend, "workers": workers, "labelers": labelers,
+            "submissions_each": per, "machine_load_1min": round(os.getloadavg()[0], 2),
+            "server_cpu_ms_per_label": round(cpu / max(submitted, 1) * 1000, 2),
             "submits_sent": len(latencies), "labels_submitted": submitted, **stats, **checks,
             "ok": ok,
             "p50_submit_ms": round(float(np.percentile(ms, 50)), 1),
@@ -171,9 +192,10 @@ def main() -> None:
     ap.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     ap.add_argument("--labelers", type=int, default=50)
     ap.add_argument("--submissions", type=int, default=40)
+    ap.add_argument("--workers", type=int, default=1, help="server processes")
     args = ap.parse_args()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    results = [bench(b, args.labelers, args.submissions) for b in backends]
+    results = [bench(b, args.labelers, args.submissions, args.workers) for b in backends]
     print(json.dumps(results, indent=2))
     sys.exit(0 if all(r["ok"] for r in results) else 1)
 

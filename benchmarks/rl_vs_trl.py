@@ -95,7 +95,7 @@ from coachlm.models.presets import build_model, preset_vocab_size
 from coachlm.models.tokenizer import train_tokenizer
 from coachlm.trainers import ppo as ppo_module
 from coachlm.trainers import ppo_steps
-from coachlm.trainers.loop import set_threads
+from coachlm.engine.accel import set_threads
 from coachlm.trainers.ppo import PromptStream, train_ppo
 from coachlm.trainers.ppo_config import PPOConfig
 
@@ -289,7 +289,7 @@ def world_setup(args: argparse.Namespace, root: Path, threads: int) -> tuple[Pat
     trained on the world's texts, optionally fine-tuned for `--sft-steps` on the world's
     demonstrations so that, like a real RLHF start, it answers briefly and stops with EOS."""
     from coachlm.data.io import write_records
-    from coachlm.trainers.loop import TrainConfig
+    from coachlm.engine.config import TrainConfig
     from coachlm.trainers.sft import SFTConfig, sft
     from coachlm.world import WorldConfig, make_splits
 

@@ -35,7 +35,8 @@ from coachlm.eval.reward_eval import RMEvalConfig, run_rm_eval
 from coachlm.models.load import load_model, load_tokenizer, save_pretrained
 from coachlm.models.presets import build_model
 from coachlm.models.tokenizer import train_tokenizer
-from coachlm.trainers.loop import TrainConfig, set_threads
+from coachlm.engine.accel import set_threads
+from coachlm.engine.config import TrainConfig
 from coachlm.trainers.reward import RMConfig, rm
 
 REPO = Path(__file__).resolve().parents[1]

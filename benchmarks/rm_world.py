@@ -26,7 +26,8 @@ from pathlib import Path
 
 from coachlm.data.io import write_records
 from coachlm.eval.reward_eval import RMEvalConfig, run_rm_eval
-from coachlm.trainers.loop import TrainConfig, set_threads
+from coachlm.engine.accel import set_threads
+from coachlm.engine.config import TrainConfig
 from coachlm.trainers.reward import RMConfig, rm
 from coachlm.world import make_labelers, make_pairs, parse_prompt
 

@@ -43,7 +43,8 @@ from coachlm.data.schema import Demonstration, Message, Response
 from coachlm.models.load import load_model, save_pretrained
 from coachlm.models.presets import build_model, count_parameters, preset_vocab_size
 from coachlm.models.tokenizer import train_tokenizer
-from coachlm.trainers.loop import TrainConfig, set_threads
+from coachlm.engine.accel import set_threads
+from coachlm.engine.config import TrainConfig
 from coachlm.trainers.sft import SFTConfig, response_loss, sft
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from coachlm import config as cfglib
 from coachlm.models.lora import LoRAConfig
 from coachlm.pipeline import console, run_stage
-from coachlm.trainers.loop import TrainConfig
+from coachlm.engine.config import TrainConfig
 from coachlm.trainers.ppo_config import PPOConfig
 from coachlm.world.build import WorldConfig
 

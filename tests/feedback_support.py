@@ -106,3 +106,32 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "feedback.db")
     return new_database(request.getfixturevalue("pg_admin_url"))
+
+
+@contextmanager
+def label_server(store: str, *args: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`coachlm label serve` on a free loopback port: (process, base URL), stopped at the end."""
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "coachlm.cli", "label", "serve", "--store",
+                             store, "--port", str(port), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/login", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(proc.stdout.read().decode()[-4000:]) from None
+                time.sleep(0.1)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(20)

@@ -11,7 +11,7 @@ import pytest
 from coachlm.config import ConfigError, load_options
 from coachlm.errors import CoachError
 from coachlm.trainers.epochs import steps_for_epochs
-from coachlm.trainers.loop import TrainConfig
+from coachlm.engine.config import TrainConfig
 
 
 @dataclass(frozen=True)

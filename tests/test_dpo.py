@@ -21,7 +21,7 @@ from coachlm.models.load import load_model, save_pretrained
 from coachlm.models.lora import LoRAConfig
 from coachlm.trainers.dpo import DPOConfig, dpo, pair_loss, read_pairs
 from coachlm.trainers.dpo_logps import sequence_logps
-from coachlm.trainers.loop import TrainConfig
+from coachlm.engine.config import TrainConfig
 from trainers_fixtures import WORDS, tiny_model, tiny_tokenizer
 
 

@@ -39,7 +39,8 @@ def _uid() -> str:
 
 def test_migrations_match_models(store_url):  # noqa: F811
     st = db.open_store(store_url)
-    assert db.current_revision(st.engine) == db.head_revision() == "0001"
+    head = db.head_revision()
+    assert db.current_revision(st.engine) == head == "0003"
     with st.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == []
@@ -54,7 +55,7 @@ def test_migrations_match_models(store_url):  # noqa: F811
         command.downgrade(cfg, "base")
     assert db.current_revision(st.engine) is None
     db.upgrade(st.engine)
-    assert db.current_revision(st.engine) == "0001"
+    assert db.current_revision(st.engine) == head
     st.close()
 
 
@@ -254,7 +255,9 @@ def test_passwords_tokens_and_sessions(tmp_path):
     st = db.open_store(str(tmp_path / "f.db"))
     with st.write() as s:
         lab = accounts.create_labeler(s, "ann", "correct horse")
-        assert lab.password_hash.startswith("scrypt$") and "correct" not in lab.password_hash
+        # argon2id with OWASP's parameters (m=19 MiB, t=2, p=1).
+        assert lab.password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+        assert "correct" not in lab.password_hash
         assert accounts.authenticate(s, "ann", "correct horse").id == lab.id
         assert accounts.authenticate(s, "ann", "wrong horse") is None
         assert accounts.authenticate(s, "nobody", "correct horse") is None
@@ -269,6 +272,54 @@ def test_passwords_tokens_and_sessions(tmp_path):
         accounts.update_labeler(s, "ann", active=False)
         assert accounts.session_for(s, cookie) is None
         assert accounts.labeler_by_token(s, token) is None
+        # Reactivating does not revive the old API token (deactivation revoked it).
+        accounts.update_labeler(s, "ann", active=True)
+        assert accounts.labeler_by_token(s, token) is None
+        # A password reset ends every session of that labeler.
+        cookie, _ = accounts.create_session(s, lab)
+        accounts.update_labeler(s, "ann", password="a new password")
+        assert accounts.session_for(s, cookie) is None
+        assert accounts.authenticate(s, "ann", "a new password").id == lab.id
+    st.close()
+
+
+def _legacy_scrypt(password: str) -> str:
+    import base64
+    import hashlib
+
+    salt = b"0123456789abcdef"
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    return (f"scrypt$16384$8$1${base64.b64encode(salt).decode()}$"
+            f"{base64.b64encode(digest).decode()}")
+
+
+def test_legacy_scrypt_hash_is_rehashed_at_sign_in(tmp_path):
+    st = db.open_store(str(tmp_path / "f.db"))
+    with st.write() as s:
+        accounts.create_labeler(s, "old", None).password_hash = _legacy_scrypt("old password")
+    assert accounts.sign_in(st, "old", "wrong password") is None
+    with st.read() as s:  # a failed sign-in changes nothing
+        assert accounts.get_labeler(s, "old").password_hash.startswith("scrypt$")
+    token, lab = accounts.sign_in(st, "old", "old password")
+    with st.read() as s:
+        stored = accounts.get_labeler(s, "old").password_hash
+        assert stored.startswith("$argon2id$") and not accounts.needs_rehash(stored)
+        assert accounts.session_for(s, token)[1].name == "old"
+    assert accounts.sign_in(st, "old", "old password") is not None  # the new hash verifies
+    st.close()
+
+
+def test_last_admin_cannot_be_demoted_or_deactivated(tmp_path):
+    st = db.open_store(str(tmp_path / "f.db"))
+    with st.write() as s:
+        accounts.create_labeler(s, "root", "root-password", role="admin")
+        for change in ({"role": "labeler"}, {"active": False}):
+            with pytest.raises(db.StoreError, match="only active admin"):
+                accounts.update_labeler(s, "root", **change)
+        accounts.create_labeler(s, "second", "second-password", role="admin")
+        accounts.update_labeler(s, "root", role="reviewer")  # another admin remains
+        with pytest.raises(db.StoreError, match="only active admin"):
+            accounts.update_labeler(s, "second", active=False)
     st.close()
 
 

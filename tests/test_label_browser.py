@@ -12,23 +12,18 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from feedback_support import free_port
+from browser_support import ARGS, CHROMIUM, needs_chromium, serve
 
 from coachlm.data import schema
 from coachlm.feedback import accounts, db, importer, items
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 EVIL = "<script>window.__pwned = 1; alert('pwned')</script>"
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
+pytestmark = needs_chromium
 
 
 def _make_store(path: str) -> None:
@@ -62,25 +57,8 @@ def _make_store(path: str) -> None:
 def server(tmp_path):
     store = str(tmp_path / "feedback.db")
     _make_store(store)
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "coachlm.cli", "label", "serve", "--store",
-                             store, "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            try:
-                urllib.request.urlopen(url + "/login", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(proc.stdout.read().decode())
-                time.sleep(0.1)
+    with serve(store) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _label_one(page) -> str:

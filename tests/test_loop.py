@@ -13,9 +13,12 @@ from coachlm.config import ConfigError
 from coachlm.errors import CoachError
 from coachlm.data.chat import encode_example
 from coachlm.data.collate import pad_examples
-from coachlm.trainers.checkpoint import list_checkpoints
-from coachlm.trainers.loop import (TrainConfig, causal_lm_loss, lr_at, make_optimizer,
-                                   optimizer_step, train, use_bf16)
+from coachlm.engine.accel import Engine, fast_bf16
+from coachlm.engine.checkpoint import list_checkpoints
+from coachlm.engine.config import TrainConfig, lr_at
+from coachlm.engine import loop
+from coachlm.engine.loop import make_optimizer, prepare, train
+from coachlm.trainers.lm_loss import causal_lm_loss
 from trainers_fixtures import ListSource, tiny_demos, tiny_model, tiny_tokenizer
 
 
@@ -104,8 +107,9 @@ def test_accumulated_gradient_is_the_big_batch_token_mean(tok):
     model = tiny_model(tok, seed=0)
     before = [p.detach().clone() for p in model.parameters()]
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)
-    source = ListSource([pad_examples(ex[:3], tok.pad_token_id), pad_examples(ex[3:], tok.pad_token_id)])
-    optimizer_step(model, sgd, source, causal_lm_loss, cfg, 0)
+    micro = [pad_examples(ex[:3], tok.pad_token_id), pad_examples(ex[3:], tok.pad_token_id)]
+    loop.update(prepare(Engine.from_config(cfg), model, causal_lm_loss, sgd), micro, lr_at(0, cfg),
+                cfg.max_grad_norm)
     update = [b - p.detach() for b, p in zip(before, model.parameters())]
 
     ref = tiny_model(tok, seed=0)
@@ -145,10 +149,10 @@ def test_metrics_summary_and_checkpoints_written(tok, tmp_path):
 
 
 def test_bf16_auto_is_resolved():
-    cpu = torch.device("cpu")
-    assert use_bf16(TrainConfig(bf16=True), cpu) is True
-    assert use_bf16(TrainConfig(bf16=False), cpu) is False
-    assert use_bf16(TrainConfig(), cpu) == bool(torch.cpu._is_amx_tile_supported())
+    assert Engine("cpu", bf16=True).precision == "bf16"
+    assert Engine("cpu", bf16=False).precision == "no"
+    assert Engine("cpu").bf16 == fast_bf16(torch.device("cpu")) \
+        == bool(torch.cpu._is_amx_tile_supported())
 
 
 def test_bf16_autocast_trains(tok, tmp_path):

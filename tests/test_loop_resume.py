@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from coachlm.trainers.checkpoint import list_checkpoints
+from coachlm.engine.checkpoint import list_checkpoints
 from trainers_fixtures import resume_run
 
 TESTS = Path(__file__).parent

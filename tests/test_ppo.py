@@ -14,7 +14,7 @@ from coachlm.data.schema import Message
 from coachlm.models.lora import LoRAConfig, apply_lora
 from coachlm.rollout.experience import pack_rollout
 from coachlm.rollout.sampling import Generation
-from coachlm.trainers.checkpoint import trainable_state
+from coachlm.engine.checkpoint import trainable_state
 from coachlm.trainers.ppo import PromptStream, train_ppo
 from coachlm.trainers.ppo_config import PPOConfig
 from coachlm.trainers.ppo_steps import (ActorCritic, RewardNorm, ppo_advantages, rollout,

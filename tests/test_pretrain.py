@@ -13,7 +13,7 @@ from coachlm.config import ConfigError
 from coachlm.data.collate import PackedBatches, pack_documents
 from coachlm.errors import DataError
 from coachlm.models.load import load_model, load_tokenizer
-from coachlm.trainers.loop import TrainConfig
+from coachlm.engine.config import TrainConfig
 from coachlm.trainers.pretrain import PretrainConfig, pretrain, read_corpus, run_pretrain
 from trainers_fixtures import tiny_texts
 

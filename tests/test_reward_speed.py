@@ -14,7 +14,7 @@ from coachlm.data import layouts
 from coachlm.data.io import write_records
 from coachlm.data.reward_batches import Group
 from coachlm.models.load import save_pretrained
-from coachlm.trainers.loop import TrainConfig
+from coachlm.engine.config import TrainConfig
 from coachlm.trainers.reward import RMConfig, rm, sample_groups
 from models_fixtures import model as tiny_lm
 from models_fixtures import tokenizer

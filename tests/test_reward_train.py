@@ -21,7 +21,7 @@ from coachlm.eval.reward_eval import (RMEvalConfig, RMScoreConfig, ece, eval_pai
                                       run_rm_score)
 from coachlm.models.load import save_pretrained
 from coachlm.models.reward import load_reward_model, score_sequences
-from coachlm.trainers.loop import TrainConfig
+from coachlm.engine.config import TrainConfig
 from coachlm.trainers.reward import (NormalizeConfig, RMConfig, read_groups, rm, rm_loss,
                                      run_normalize, split_groups)
 from models_fixtures import SHARED_DATA

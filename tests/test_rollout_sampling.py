@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -117,7 +118,8 @@ def test_filter_top_k_and_top_p_hand_computed():
 
 def test_inverse_cdf_draws_follow_the_distribution():
     probs = torch.tensor([0.0, 0.1, 0.0, 0.2, 0.7, 0.0]).expand(20000, 6)
-    draws = sampling._inverse_cdf(probs, torch.Generator().manual_seed(0))
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    draws = sampling._inverse_cdf(probs, u)
     freq = torch.bincount(draws, minlength=6).double() / len(draws)
     assert freq[[0, 2, 5]].sum() == 0  # zero-probability tokens are never drawn
     # binomial standard deviation <= 0.0033 at n = 20000: allow 4 of them
@@ -130,9 +132,10 @@ def test_pad_is_never_sampled_and_logprobs_use_the_temperature():
     for temperature in (0.0, 1.0):
         cfg = SamplingConfig(temperature=temperature)
         for _ in range(20):
-            tok, lp = sampling._sample_next(logits, cfg, pad_id=0, generator=g)
+            u = torch.rand(1, generator=g, dtype=torch.float64)
+            tok, lp = sampling._sample_next(logits, cfg, pad_id=0, u=u)
             assert tok.item() != 0
-    tok, lp = sampling._sample_next(logits, SamplingConfig(temperature=0.0), pad_id=0, generator=g)
+    tok, lp = sampling._sample_next(logits, SamplingConfig(temperature=0.0), pad_id=0, u=None)
     assert tok.item() == 2  # greedy over the non-pad tokens
     assert lp.item() == pytest.approx(math.log(3.0) - math.log(math.exp(10) + 1 + 3), abs=1e-5)
 
@@ -208,3 +211,17 @@ def test_lora_policy_samples_and_its_reference_is_the_base():
     with adapter_disabled(policy):
         assert generate(policy, tok, prompts, cfg).response_ids == base.response_ids
     assert len(generate(policy, tok, prompts, cfg).response_ids) == 2
+
+
+def test_a_row_samples_the_same_whatever_its_batch():
+    """Each row draws from its own stream (row_uniforms): sampling a shard of the rows with
+    their row numbers gives what sampling all of them gives (how PPO shards rollouts)."""
+    tok, model = tokenizer(), tiny_model()
+    prompts = random_prompts([3, 5, 4, 6], len(tok))
+    cfg = SamplingConfig(max_new_tokens=6, temperature=1.0, n=2, seed=7, batch_size=8)
+    whole = generate(model, tok, prompts, cfg)
+    halves = [generate(model, tok, prompts[:2], cfg),
+              generate(model, tok, prompts[2:], cfg, row_offset=4)]
+    assert whole.response_ids == halves[0].response_ids + halves[1].response_ids
+    small = generate(model, tok, prompts, dataclasses.replace(cfg, batch_size=3))
+    assert small.response_ids == whole.response_ids

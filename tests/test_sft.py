@@ -15,7 +15,8 @@ from coachlm.data.collate import ExampleBatches, pack_examples, pad_examples
 from coachlm.data.io import write_records
 from coachlm.models.load import load_model, save_pretrained
 from coachlm.models.lora import LoRAConfig
-from coachlm.trainers.loop import TrainConfig, causal_lm_loss
+from coachlm.engine.config import TrainConfig
+from coachlm.trainers.lm_loss import causal_lm_loss
 from coachlm.trainers.sft import SFTConfig, packing_supported, run_sft, sft
 from trainers_fixtures import tiny_demos, tiny_model, tiny_tokenizer
 

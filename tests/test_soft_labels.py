@@ -15,7 +15,7 @@ from coachlm.data.schema import Comparison, Response, as_prompt
 from coachlm.errors import CoachError
 from coachlm.losses import bradley_terry, bradley_terry_soft
 from coachlm.models.load import save_pretrained
-from coachlm.trainers.loop import TrainConfig
+from coachlm.engine.config import TrainConfig
 from coachlm.trainers.reward import RMConfig, mix_sources, rm, rm_loss
 from models_fixtures import model as tiny_lm
 from models_fixtures import tokenizer

@@ -65,8 +65,10 @@ def resume_run(out_dir, kill_at: int | None = None, resume: bool = False, lora: 
 
     from coachlm.data.chat import encode_example
     from coachlm.data.collate import ExampleBatches
-    from coachlm.trainers.checkpoint import trainable_state
-    from coachlm.trainers.loop import TrainConfig, causal_lm_loss, train
+    from coachlm.engine.checkpoint import trainable_state
+    from coachlm.engine.config import TrainConfig
+    from coachlm.engine.loop import train
+    from coachlm.trainers.lm_loss import causal_lm_loss
 
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=0)

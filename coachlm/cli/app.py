@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from coachlm.cli.common import ConfigOpt, OverridesArg, console
+from coachlm.cli.common import ConfigOpt, DeviceOpt, OverridesArg, console
 from coachlm.cli.common import load as _load
 from coachlm.errors import CoachError
 
@@ -26,6 +26,7 @@ def _mount_subapps() -> None:
     """Sub-apps are mounted when `main` runs, so importing this module stays cheap."""
     from coachlm.cli.cai import cai_app
     from coachlm.cli.data import data_app
+    import coachlm.cli.label_guidelines  # noqa: F401  (adds `label guidelines`)
     from coachlm.cli.label import label_app
     from coachlm.cli.rm import rm_app
     from coachlm.cli.serve import serve
@@ -56,11 +57,13 @@ def pretrain(corpus: Optional[Path] = typer.Option(None, help="Text corpus (docu
              out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
              preset: Optional[str] = typer.Option(None, help="Model preset (world-tiny, world-small)."),
              resume: bool = typer.Option(False, help="Resume from the last checkpoint in --out."),
+             device: Optional[str] = DeviceOpt,
              config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Pretrain a causal LM from scratch on a corpus (next-token loss, packed sequences)."""
     from coachlm.trainers.pretrain import PretrainConfig, run_pretrain
 
-    cfg = _load(PretrainConfig, config, overrides, corpus=corpus, out=out, preset=preset)
+    cfg = _load(PretrainConfig, config, overrides, corpus=corpus, out=out, preset=preset,
+                **{"train.device": device})
     console.print(f"model: {run_pretrain(cfg, resume=resume)}")
 
 
@@ -69,11 +72,13 @@ def sft(model: Optional[Path] = typer.Option(None, help="Starting model director
         data: Optional[Path] = typer.Option(None, help="Demonstrations (JSONL/Parquet/HF dataset)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
         resume: bool = typer.Option(False, help="Resume from the last checkpoint in --out."),
+        device: Optional[str] = DeviceOpt,
         config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Supervised fine-tuning on demonstrations (loss on response tokens only)."""
     from coachlm.trainers.sft import SFTConfig, run_sft
 
-    cfg = _load(SFTConfig, config, overrides, model=model, data=data, out=out)
+    cfg = _load(SFTConfig, config, overrides, model=model, data=data, out=out,
+                **{"train.device": device})
     console.print(f"model: {run_sft(cfg, resume=resume)}")
 
 
@@ -123,11 +128,13 @@ def dpo(model: Optional[Path] = typer.Option(None, help="Starting policy (usuall
         loss: Optional[str] = typer.Option(None, help="sigmoid (DPO) or ipo."),
         beta: Optional[float] = typer.Option(None, help="KL strength beta."),
         resume: bool = typer.Option(False, help="Resume from the last checkpoint in --out."),
+        device: Optional[str] = DeviceOpt,
         config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Direct Preference Optimization (DPO, IPO, conservative DPO) from preference records."""
     from coachlm.trainers.dpo import DPOConfig, run_dpo
 
-    cfg = _load(DPOConfig, config, overrides, model=model, data=data, out=out, loss=loss, beta=beta)
+    cfg = _load(DPOConfig, config, overrides, model=model, data=data, out=out, loss=loss, beta=beta,
+                **{"train.device": device})
     console.print(f"model: {run_dpo(cfg, resume=resume)}")
 
 
@@ -138,11 +145,12 @@ def ppo(model: Optional[Path] = typer.Option(None, help="Starting policy (usuall
         reward: Optional[str] = typer.Option(None, help="'rubric' or a reward-model directory."),
         algo: Optional[str] = typer.Option(None, help="ppo, grpo or rloo."),
         resume: bool = typer.Option(False, help="Resume from the last checkpoint in --out."),
+        device: Optional[str] = DeviceOpt,
         config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """RL against a reward with a per-token KL penalty (PPO with a critic, or GRPO/RLOO), LoRA by default."""
     from coachlm.trainers.ppo import PPORunConfig, run_ppo
 
-    named = {"ppo.algo": algo}
+    named = {"ppo.algo": algo, "ppo.device": device}
     cfg = _load(PPORunConfig, config, overrides, model=model, prompts=prompts, out=out,
                 reward=reward, **named)
     console.print(f"model: {run_ppo(cfg, resume=resume)}")

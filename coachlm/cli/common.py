@@ -13,6 +13,7 @@ console = Console(stderr=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.", exists=False)
 OverridesArg = typer.Argument(None, help="Dotted overrides, e.g. train.max_steps=100 train.lr=3e-4.")
+DeviceOpt = typer.Option(None, "--device", help="auto (CUDA when visible), cpu or cuda.")
 load = cfglib.load_options  # defaults < --config YAML < named options < dotted overrides
 
 

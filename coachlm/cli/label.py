@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coachlm.feedback import accounts, importer, items
-from coachlm.feedback.db import Store, StoreError, open_store
+from coachlm.feedback.db import NotFound, Store, StoreError, open_store
 from coachlm.feedback.export import ExportConfig, export_records, write_jsonl
 from coachlm.feedback.summary import project_summary
 from coachlm.feedback.tables import Labeler
@@ -46,12 +46,22 @@ def serve(store: StoreOpt = "feedback.db", host: str = "127.0.0.1", port: int = 
           secure_cookies: Annotated[Optional[bool], typer.Option(
               "--secure-cookies/--no-secure-cookies",
               help="default: Secure cookies when the request came over https")] = None,
-          access_log: bool = False) -> None:
+          access_log: bool = False,
+          workers: Annotated[int, typer.Option(
+              help="server processes (uvicorn workers); they share only the database")] = 1,
+          max_body_mb: Annotated[float, typer.Option(help="largest request body")] = 2.0,
+          max_upload_mb: Annotated[float, typer.Option(
+              help="largest import body (admins only)")] = 200.0) -> None:
     """Run the labeling web app (migrates the store first)."""
     from coachlm.web.app import WebConfig, serve as run  # the web app is only needed here
 
-    run(WebConfig(store=store, host=host, port=port, secure_cookies=secure_cookies,
-                  access_log=access_log))
+    try:
+        cfg = WebConfig(store=store, host=host, port=port, secure_cookies=secure_cookies,
+                        access_log=access_log, workers=workers, max_body_mb=max_body_mb,
+                        max_upload_mb=max_upload_mb)
+    except ValueError as e:
+        raise StoreError(str(e)) from None
+    run(cfg)
 
 
 @label_app.command("import")
@@ -67,7 +77,7 @@ def import_(files: Annotated[list[Path], typer.Argument(help="JSONL files of rec
     with st.write() as s:
         try:
             p = items.get_project(s, project)
-        except StoreError:
+        except NotFound:
             if not create:
                 raise
             p = items.create_project(s, project)
@@ -80,6 +90,20 @@ def import_(files: Annotated[list[Path], typer.Argument(help="JSONL files of rec
     console.print(f"imported {total.records} records into {project!r}: {total.prompts} new "
                   f"prompts, {total.responses} responses, {total.tasks + made} tasks, "
                   f"{total.labels} labels, {total.gold} gold items")
+
+
+@label_app.command()
+def project(project: ProjectOpt, store: StoreOpt = "feedback.db",
+            assignment_ttl: Annotated[Optional[int], typer.Option(
+                help="seconds a claimed item stays reserved for its labeler before it is "
+                     "offered to someone else (0: for ever)")] = None) -> None:
+    """Show or change a project's settings."""
+    with _store(store).write() as s:
+        p = items.get_project(s, project)
+        if assignment_ttl is not None:
+            items.set_assignment_ttl(p, assignment_ttl)
+        console.print(f"{p.name!r}: rating scale {p.rating_scale}, assignment TTL "
+                      f"{p.assignment_ttl_s} s")
 
 
 @label_app.command()

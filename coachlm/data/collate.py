@@ -161,6 +161,10 @@ class _Resumable:
         self.position += 1
         return idx
 
+    def skip_batch(self) -> None:
+        """Advance past the next batch without building it (another process takes it)."""
+        self._next_indices()
+
     def __len__(self) -> int:
         """Batches per epoch."""
         return len(self._order)

@@ -10,20 +10,26 @@ Two ways, both safe under concurrency because the database enforces the rules it
 
 Each assignment fixes a random order in which the task's responses are shown (blind, with no
 model names), so that position bias can be measured and averaged out.
+
+Expiry: a pending assignment older than its project's `assignment_ttl_s` loses its slot
+(status "expired") when someone next claims work in that project, so an absent labeler cannot
+hold items for ever. A late answer to an expired assignment is still kept if the task has a
+free slot at that moment (`retake_slot`); otherwise it is refused with a Conflict.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from coachlm.feedback.db import NotFound, StoreError
-from coachlm.feedback.tables import (DONE, PENDING, SKIPPED, Assignment, Labeler, Project, Task,
-                                     utcnow)
+from coachlm.feedback.tables import (DONE, EXPIRED, MAX_ID, PENDING, SKIPPED, Assignment, Labeler,
+                                     Project, Task, utcnow)
 
 
 def _shown_order(task: Task, rng: random.Random) -> list[int]:
@@ -32,9 +38,25 @@ def _shown_order(task: Task, rng: random.Random) -> list[int]:
     return order
 
 
+# The statements of the claim path, built once: building a SQLAlchemy statement costs more
+# Python time than SQLite takes to run it. Values are bound per call.
+_TAKEN = select(Assignment.slot).where(Assignment.task_id == bindparam("task"),
+                                       Assignment.slot.is_not(None))
+_PENDING = select(Assignment).join(Task).where(
+    Assignment.labeler_id == bindparam("labeler"), Assignment.status == PENDING,
+    Task.project_id == bindparam("project")).order_by(Assignment.id).limit(1)
+_OPEN = (select(Task).where(
+    Task.project_id == bindparam("project"), Task.filled < Task.n_labels,
+    Task.id.not_in(select(Assignment.task_id).where(Assignment.labeler_id == bindparam("labeler"))))
+    .order_by(Task.id).limit(1))
+_OPEN_SKIP, _OPEN_WAIT = _OPEN.with_for_update(skip_locked=True), _OPEN.with_for_update()
+_STALE = (select(Assignment).join(Task).where(
+    Assignment.status == PENDING, Task.project_id == bindparam("project"),
+    Assignment.created_at < bindparam("cutoff")).with_for_update(of=Assignment, skip_locked=True))
+
+
 def _free_slot(s: Session, task: Task) -> int | None:
-    taken = set(s.scalars(select(Assignment.slot).where(Assignment.task_id == task.id,
-                                                        Assignment.slot.is_not(None))))
+    taken = set(s.scalars(_TAKEN, {"task": task.id}))
     return next((i for i in range(task.n_labels) if i not in taken), None)
 
 
@@ -65,9 +87,7 @@ def assign_tasks(s: Session, project: Project, labelers: Sequence[Labeler],
 
 
 def pending(s: Session, labeler: Labeler, project: Project) -> Assignment | None:
-    return s.scalar(select(Assignment).join(Task).where(
-        Assignment.labeler_id == labeler.id, Assignment.status == PENDING,
-        Task.project_id == project.id).order_by(Assignment.id).limit(1))
+    return s.scalar(_PENDING, {"labeler": labeler.id, "project": project.id})
 
 
 def claim(s: Session, labeler: Labeler, project: Project,
@@ -80,10 +100,8 @@ def claim(s: Session, labeler: Labeler, project: Project,
     SQLite: writers are serialized, so the first open task is simply free.
     """
     rng = rng or random.Random()
-    mine = select(Assignment.task_id).where(Assignment.labeler_id == labeler.id)
-    q = (select(Task).where(Task.project_id == project.id, Task.id.not_in(mine),
-                            Task.filled < Task.n_labels).order_by(Task.id).limit(1))
-    task = s.scalar(q.with_for_update(skip_locked=True)) or s.scalar(q.with_for_update())
+    ids = {"project": project.id, "labeler": labeler.id}
+    task = s.scalar(_OPEN_SKIP, ids) or s.scalar(_OPEN_WAIT, ids)
     if task is None:
         return None
     slot = _free_slot(s, task)
@@ -97,14 +115,53 @@ def claim(s: Session, labeler: Labeler, project: Project,
     return a
 
 
-def next_assignment(s: Session, labeler: Labeler, project: Project) -> Assignment | None:
-    """The labeler's oldest pending assignment in `project`, else a newly claimed one."""
-    return pending(s, labeler, project) or claim(s, labeler, project)
+def expire(s: Session, project: Project) -> int:
+    """Free the slots of the project's pending assignments older than its TTL; how many.
+    PostgreSQL: rows another transaction holds (a submit in progress) are skipped."""
+    if not project.assignment_ttl_s:
+        return 0
+    now = utcnow()
+    stale = s.scalars(_STALE, {"project": project.id, "cutoff": now - timedelta(
+        seconds=project.assignment_ttl_s)}).all()
+    for a in stale:
+        a.status, a.slot, a.done_at = EXPIRED, None, now
+        a.task.filled = Task.filled - 1
+    s.flush()
+    return len(stale)
 
 
-def get_assignment(s: Session, labeler: Labeler, assignment_id: int) -> Assignment:
-    """One of `labeler`'s own assignments; anyone else's is reported as not found."""
-    a = s.get(Assignment, assignment_id)
+def retake_slot(s: Session, a: Assignment) -> bool:
+    """Give an expired assignment a free slot of its task again (False: the task is full)."""
+    task = s.scalar(select(Task).where(Task.id == a.task_id).with_for_update())
+    slot = _free_slot(s, task)
+    if slot is None:
+        return False
+    a.slot, a.status = slot, PENDING
+    task.filled = Task.filled + 1
+    s.flush()
+    return True
+
+
+def next_assignment(s: Session, labeler: Labeler, project: Project | None) -> Assignment | None:
+    """The labeler's oldest pending assignment in `project`, else a newly claimed one (after
+    expiring stale assignments, whose slots are then free to claim)."""
+    if project is None:
+        raise NotFound("no such project")
+    found = pending(s, labeler, project)
+    if found is None:
+        expire(s, project)
+        found = claim(s, labeler, project)
+    return found
+
+
+def get_assignment(s: Session, labeler: Labeler, assignment_id: int,
+                   lock: bool = False) -> Assignment:
+    """One of `labeler`'s own assignments; anyone else's is reported as not found.
+    `lock`: lock its row for this transaction (PostgreSQL FOR UPDATE)."""
+    if not 1 <= assignment_id <= MAX_ID:
+        raise NotFound(f"no assignment {assignment_id} for {labeler.name}")
+    q = select(Assignment).where(Assignment.id == assignment_id)
+    a = s.scalar(q.with_for_update() if lock else q)
     if a is None or a.labeler_id != labeler.id:
         raise NotFound(f"no assignment {assignment_id} for {labeler.name}")
     return a

@@ -7,13 +7,17 @@ fsync (`durable=False`; the next durable commit syncs it too); foreign keys are 
 unless asked for; write transactions start with BEGIN IMMEDIATE so that two writers queue
 instead of both reading and then failing to upgrade their lock ("database is locked"). Within
 one process, writers also queue on a lock, which is fairer and faster than SQLite's sleeping
-busy handler; other processes still wait on the busy timeout. PostgreSQL needs none of this:
+busy handler; several processes (server workers) queue on an advisory file lock beside the
+database in the same way. `run` on SQLite goes through group commit (`group_commit.py`): the
+small writes that arrive together share one commit and one fsync. PostgreSQL needs none of this:
 row locks (`with_for_update`) and unique constraints make the same operations safe there, and
 `durable=False` turns off `synchronous_commit` for that one transaction.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -29,6 +33,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from coachlm.errors import CoachError
+from coachlm.feedback.group_commit import GroupCommit
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 T = TypeVar("T")
@@ -90,6 +95,41 @@ def _sqlite_engine(url: str, cfg: StoreConfig) -> Engine:
     return engine
 
 
+class WriterLock:
+    """Serializes SQLite writers: a thread lock within the process, and an advisory lock
+    (flock) on `<database>-writer.lock` across processes, so that writers queue in order
+    instead of polling SQLite's busy handler."""
+
+    def __init__(self, database: str | None):
+        self._thread = threading.Lock()
+        self._path = f"{database}-writer.lock" if database and database != ":memory:" else None
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._thread.acquire()
+        if self._path:
+            try:
+                if self._fd is None:
+                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._thread.release()
+                raise
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread.release()
+
+    def locked(self) -> bool:
+        return self._thread.locked()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class Store:
     """An engine plus two session factories: `read()` and `write()` (which commits on success)."""
 
@@ -108,7 +148,8 @@ class Store:
         self._write = {durable: sessionmaker(self.engine.execution_options(
             coachlm_write="durable" if durable else "fast"), expire_on_commit=False)
             for durable in (True, False)}
-        self._lock = threading.Lock() if self.is_sqlite else nullcontext()
+        self._lock = WriterLock(self.engine.url.database) if self.is_sqlite else nullcontext()
+        self._group = GroupCommit(self) if self.is_sqlite else None
         if cfg.migrate:
             upgrade(self.engine)
 
@@ -133,9 +174,13 @@ class Store:
 
     def run(self, fn: Callable[[Session], T], retries: int = 5, durable: bool = True) -> T:
         """`fn(session)` in a write transaction, retried when a concurrent writer made it fail
-        (a unique constraint hit by a racing claim, a deadlock, a lock timeout)."""
+        (a unique constraint hit by a racing claim, a deadlock, a lock timeout). On SQLite the
+        writes of concurrent callers are committed together (group commit); each caller
+        returns only after the commit that holds its write."""
         for attempt in range(retries + 1):
             try:
+                if self._group is not None:
+                    return self._group.run(fn, durable)
                 with self.write(durable) as s:
                     return fn(s)
             except (IntegrityError, DBAPIError) as e:
@@ -144,6 +189,10 @@ class Store:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
+        if isinstance(self._lock, WriterLock):
+            self._lock.close()
         self.engine.dispose()
 
 

@@ -7,10 +7,14 @@ its remaining labels that agree with its most common label must reach `min_agree
 Every record keeps its provenance: labeler, source, time spent, the order the responses were
 shown in, and in `meta` the project, task id, the guidelines version in force, whether the
 item is gold and its agreement.
+
+Text that could not be encoded (a lone surrogate stored before input was checked) is written
+as U+FFFD, so one bad label never breaks a whole export.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import defaultdict
@@ -25,7 +29,9 @@ from coachlm.data import schema
 from coachlm.feedback import agreement as ag
 from coachlm.feedback.db import StoreError
 from coachlm.feedback.quality import LabelRow, gold_correct, load_labels
+from coachlm.feedback.review import apply_reviews
 from coachlm.feedback.tables import TASK_KINDS, Project, Prompt, Response
+from coachlm.feedback.text import scrub
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ def _filter(rows: list[LabelRow], cfg: ExportConfig) -> tuple[list[LabelRow], di
 
 
 def _response(row: Response) -> schema.Response:
-    return schema.Response(row.text, row.model, row.model_version)
+    return schema.Response(*scrub((row.text, row.model, row.model_version)))
 
 
 def to_record(r: LabelRow, project: Project, prompt: schema.Prompt,
@@ -78,6 +84,8 @@ def to_record(r: LabelRow, project: Project, prompt: schema.Prompt,
             "guidelines_version": r.guideline_version}
     if agreement is not None:
         meta["agreement"] = round(agreement, 4)
+    if r.review:  # a reviewer's verdict: the audit trail travels with the record
+        meta["review"] = r.review
     common = dict(id=r.client_id, prompt=prompt, labeler=r.labeler, source=r.source,
                   created_at=r.created_at.isoformat(timespec="seconds") + "+00:00",
                   time_spent_s=r.time_spent_s)
@@ -100,8 +108,9 @@ def to_record(r: LabelRow, project: Project, prompt: schema.Prompt,
 
 def export_records(s: Session, project: Project, cfg: ExportConfig = ExportConfig()
                    ) -> list[schema.Record]:
-    rows, agreement = _filter(load_labels(s, project), cfg)
-    prompts = {p.id: schema.as_prompt(p.messages)
+    rows, agreement = _filter(apply_reviews(s, load_labels(s, project)), cfg)
+    rows = [dataclasses.replace(r, answer=scrub(r.answer), labeler=scrub(r.labeler)) for r in rows]
+    prompts = {p.id: schema.as_prompt(scrub(p.messages))
                for p in s.scalars(select(Prompt).where(Prompt.project_id == project.id))}
     responses = {r.id: _response(r) for r in s.scalars(
         select(Response).join(Prompt).where(Prompt.project_id == project.id))}

@@ -7,10 +7,14 @@
   a label by the record's labeler (e.g. an AI labeler, RLAIF), outside the task's human slots.
 
 Re-importing a file adds nothing: rows are keyed by content and labels by the record id.
+Importing an export of one project into another project of the same store keeps its labels:
+a record id already used by a label of another project gets a derived id in this one.
+Every string of every record is checked for text that cannot be stored (`text.check_tree`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,6 +29,7 @@ from coachlm.errors import DataError
 from coachlm.feedback.items import add_prompt, add_response, add_task, labeler_for_record
 from coachlm.feedback.labels import check_answer, permute
 from coachlm.feedback.tables import DONE, Assignment, Label, Project, Task
+from coachlm.feedback.text import check_tree
 
 
 @dataclass
@@ -49,6 +54,12 @@ def parse_lines(lines: Iterable[str], where: str = "<upload>") -> Iterator[schem
             raise DataError(where, i, None, f"not valid JSON: {e.msg}") from None
         except schema.SchemaError as e:
             raise DataError(where, i, e.field, e.message) from None
+
+
+def parse_text(text: str, where: str = "<upload>") -> Iterator[schema.Record]:
+    """Records from a whole JSONL text. Lines end at "\n" only: `str.splitlines` would also
+    split at U+2028, U+0085 and other characters that JSON strings may hold unescaped."""
+    return parse_lines(text.split("\n"), where)
 
 
 def read_file(path: str | Path) -> Iterator[schema.Record]:
@@ -78,9 +89,20 @@ def _answer(record: schema.Record) -> tuple[str, dict[str, Any], list[schema.Res
                       "critique": record.critique}, [record.response]
 
 
+def _client_id(s: Session, task: Task, record_id: str) -> str | None:
+    """The client id of this record's label in the task's project (None: already imported)."""
+    derived = f"p{task.project_id}-" + hashlib.sha256(record_id.encode()).hexdigest()[:40]
+    taken = dict(s.execute(select(Label.client_id, Task.project_id).join(
+        Task, Label.task_id == Task.id).where(Label.client_id.in_([record_id, derived]))).all())
+    if task.project_id in taken.values():
+        return None
+    return derived if record_id in taken or len(record_id) > 64 else record_id
+
+
 def _label(s: Session, task: Task, record: schema.Record, answer: dict[str, Any],
            order: list[int]) -> int:
-    if s.scalar(select(Label.id).where(Label.client_id == record.id)) is not None:
+    client_id = _client_id(s, task, record.id)
+    if client_id is None:
         return 0
     lab = labeler_for_record(s, record)
     if s.scalar(select(Assignment.id).where(Assignment.task_id == task.id,
@@ -94,7 +116,7 @@ def _label(s: Session, task: Task, record: schema.Record, answer: dict[str, Any]
                    done_at=created)
     s.add(a)
     s.flush()
-    s.add(Label(client_id=record.id, assignment_id=a.id, task_id=task.id, labeler_id=lab.id,
+    s.add(Label(client_id=client_id, assignment_id=a.id, task_id=task.id, labeler_id=lab.id,
                 answer=answer, time_spent_s=record.time_spent_s, cost=0.0,
                 **({"created_at": created} if created else {})))
     return 1
@@ -114,6 +136,7 @@ def import_records(s: Session, project: Project, records: Iterable[schema.Record
     counts = ImportCounts()
     for record in records:
         counts.records += 1
+        check_tree(schema.to_dict(record), f"record {counts.records}")
         kind_name = schema.KIND_OF[type(record)]
         counts.by_kind[kind_name] = counts.by_kind.get(kind_name, 0) + 1
         prompt, created = add_prompt(s, project, record.prompt, dict(record.meta))

@@ -16,34 +16,50 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from coachlm.data import schema
 from coachlm.feedback.accounts import create_labeler
-from coachlm.feedback.db import StoreError
+from coachlm.feedback.db import NotFound, StoreError
 from coachlm.feedback.labels import check_answer
-from coachlm.feedback.tables import (PENDING, TASK_KINDS, Assignment, Guideline, Label, Labeler,
-                                     Project, Prompt, Response, Task)
+from coachlm.feedback.tables import (DEFAULT_TTL_S, PENDING, TASK_KINDS, Assignment, Guideline,
+                                     Label, Labeler, Project, Prompt, Response, Task)
+from coachlm.feedback.text import check_text
 
 DEFAULT_FLAGS = ("harmful", "fails_instruction", "made_up_facts", "unhelpful", "too_long")
+MAX_SCALE = 100  # a rating scale is drawn as one button per point
+MAX_LABELS = 100  # labels wanted per task
+MAX_TEXT = 1_000_000  # guidelines, descriptions
 
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def _check_long(text: str, where: str) -> str:
+    if len(text) > MAX_TEXT:
+        raise StoreError(f"{where} is longer than {MAX_TEXT:,} characters")
+    return check_text(text, where)
+
+
 def create_project(s: Session, name: str, description: str = "", rating_scale: int = 7,
-                   flags: Iterable[str] = DEFAULT_FLAGS, guidelines: str = "") -> Project:
-    name = name.strip()
+                   flags: Iterable[str] = DEFAULT_FLAGS, guidelines: str = "",
+                   assignment_ttl_s: int = DEFAULT_TTL_S) -> Project:
+    """A new project. `assignment_ttl_s`: how long a claimed item stays reserved for its
+    labeler before it is offered to someone else (0: for ever)."""
+    name = check_text(name.strip(), "a project name")
     if not name or len(name) > 100:
         raise StoreError("a project name must be 1 to 100 characters")
     if s.scalar(select(Project).where(Project.name == name)) is not None:
         raise StoreError(f"project {name!r} already exists")
-    if rating_scale < 2:
-        raise StoreError("rating_scale must be at least 2")
-    project = Project(name=name, description=description, rating_scale=rating_scale,
-                      flags=list(flags))
+    if isinstance(rating_scale, bool) or not isinstance(rating_scale, int) or not (
+            2 <= rating_scale <= MAX_SCALE):
+        raise StoreError(f"rating_scale must be an integer from 2 to {MAX_SCALE}")
+    _check_ttl(assignment_ttl_s)
+    flags = [check_text(str(f), "a flag") for f in flags]
+    project = Project(name=name, description=_check_long(description, "the description"),
+                      rating_scale=rating_scale, flags=flags, assignment_ttl_s=assignment_ttl_s)
     s.add(project)
     s.flush()
     if guidelines:
@@ -51,17 +67,32 @@ def create_project(s: Session, name: str, description: str = "", rating_scale: i
     return project
 
 
+def _check_ttl(ttl: int) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= 10**8:
+        raise StoreError("assignment_ttl_s must be a whole number of seconds >= 0 (0: never)")
+    return ttl
+
+
+def set_assignment_ttl(project: Project, ttl: int) -> None:
+    """How long a claimed item stays reserved for its labeler (0: for ever); see assign.py."""
+    project.assignment_ttl_s = _check_ttl(ttl)
+
+
+_BY_NAME = select(Project).where(Project.name == bindparam("name"))
+
+
 def get_project(s: Session, name: str) -> Project:
-    project = s.scalar(select(Project).where(Project.name == name))
+    project = s.scalar(_BY_NAME, {"name": name})
     if project is None:
-        raise StoreError(f"no project named {name!r}")
+        raise NotFound(f"no project named {name!r}")
     return project
 
 
 def add_guidelines(s: Session, project: Project, text: str) -> Guideline:
     """A new version of the project's guidelines (earlier versions are kept)."""
     last = s.scalar(select(func.max(Guideline.version)).where(Guideline.project_id == project.id))
-    g = Guideline(project_id=project.id, version=(last or 0) + 1, text=text)
+    g = Guideline(project_id=project.id, version=(last or 0) + 1,
+                  text=_check_long(text, "the guidelines"))
     s.add(g)
     s.flush()
     return g
@@ -110,8 +141,8 @@ def add_task(s: Session, project: Project, kind: str, prompt: Prompt, response_i
     """(task, created). An existing task with the same responses is returned as is."""
     if kind not in TASK_KINDS:
         raise StoreError(f"task kind must be one of {TASK_KINDS}, got {kind!r}")
-    if n_labels < 1:
-        raise StoreError("n_labels must be at least 1")
+    if not 1 <= n_labels <= MAX_LABELS:
+        raise StoreError(f"n_labels must be from 1 to {MAX_LABELS}")
     key = _task_key(kind, prompt.id, response_ids)
     task = s.scalar(select(Task).where(Task.project_id == project.id, Task.key == key))
     if task is not None:
@@ -134,6 +165,16 @@ class TaskSpec:
     edit: bool = True  # demonstrations: start from the prompt's first response as a draft
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise StoreError(f"task kind must be one of {TASK_KINDS}, got {self.kind!r}")
+        if not 1 <= self.n_labels <= MAX_LABELS:
+            raise StoreError(f"n_labels must be from 1 to {MAX_LABELS}")
+        if self.k == 1 or self.k < 0:
+            raise StoreError("k (responses per ranking) must be 0 (all) or at least 2")
+        if self.max_per_prompt < 0:
+            raise StoreError("max_per_prompt must be 0 (all pairs) or more")
+
 
 def _groups(spec: TaskSpec, prompt: Prompt, rng: random.Random) -> list[list[int]]:
     ids = [r.id for r in prompt.responses]
@@ -150,8 +191,6 @@ def _groups(spec: TaskSpec, prompt: Prompt, rng: random.Random) -> list[list[int
 
 def create_tasks(s: Session, project: Project, spec: TaskSpec) -> int:
     """Make `spec.kind` tasks over all the project's prompts; returns how many are new."""
-    if spec.kind not in TASK_KINDS:
-        raise StoreError(f"task kind must be one of {TASK_KINDS}, got {spec.kind!r}")
     rng = random.Random(spec.seed)
     made = 0
     prompts = s.scalars(select(Prompt).where(Prompt.project_id == project.id).order_by(Prompt.id))
@@ -167,9 +206,16 @@ def set_gold(s: Session, task: Task, answer: dict[str, Any] | None) -> None:
 
 
 def labeler_for_record(s: Session, record: schema.Record) -> Labeler:
-    """The labeler account that imported labels are filed under (created without a password)."""
+    """The labeler account that imported labels are filed under (created without a password).
+
+    Labels are only ever filed under an account of the record's own source: an AI labeler
+    named like a person gets its own account ("name (ai)"), so that its labels are never
+    counted, or exported, as that person's."""
     name = record.labeler or f"{record.source}-labeler"
     lab = s.scalar(select(Labeler).where(Labeler.name == name))
+    if lab is not None and lab.source != record.source:
+        name = f"{name[:90]} ({record.source})"
+        lab = s.scalar(select(Labeler).where(Labeler.name == name))
     return lab or create_labeler(s, name, source=record.source)
 
 

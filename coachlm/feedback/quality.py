@@ -39,6 +39,7 @@ class LabelRow:
     created_at: datetime
     prompt_id: int
     response_ids: list[int]
+    review: dict[str, Any] | None = None  # set by review.apply_reviews for the export
 
 
 def load_labels(s: Session, project: Project) -> list[LabelRow]:

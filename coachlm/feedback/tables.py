@@ -15,12 +15,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("labeler", "reviewer", "admin")
 TASK_KINDS = ("comparison", "ranking", "rating", "demonstration")
-PENDING, DONE, SKIPPED = "pending", "done", "skipped"
+PENDING, DONE, SKIPPED, EXPIRED = "pending", "done", "skipped", "expired"
+MAX_ID = 2**63 - 1  # the largest id an integer column holds (larger ids cannot exist)
+DEFAULT_TTL_S = 3600  # a pending assignment is given to someone else after this long
 
 
 def utcnow() -> datetime:
@@ -53,6 +55,10 @@ class Project(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     rating_scale: Mapped[int] = mapped_column(default=7)
     flags: Mapped[list[Any]] = mapped_column(default=list)
+    # Seconds a claimed assignment stays reserved for its labeler (0: for ever).
+    assignment_ttl_s: Mapped[int] = mapped_column(default=DEFAULT_TTL_S,
+                                                  server_default=text(str(DEFAULT_TTL_S)))
+    guidance: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))  # see guidance.py
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -117,11 +123,13 @@ class Task(Base):
 class Assignment(Base):
     """A task given to one labeler. `shown_order[i]` is the canonical index of the response
     shown in position i (responses are shown blind, in random order; the order is kept so that
-    position bias can be measured). `slot` is None for a skipped or imported assignment."""
+    position bias can be measured). `slot` is None for a skipped, expired or imported
+    assignment."""
 
     __tablename__ = "assignments"
     __table_args__ = (UniqueConstraint("task_id", "labeler_id"), UniqueConstraint("task_id", "slot"),
-                      Index("ix_assignments_labeler_status", "labeler_id", "status"))
+                      Index("ix_assignments_labeler_status", "labeler_id", "status"),
+                      Index("ix_assignments_status_created", "status", "created_at"))
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
     labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"))
@@ -130,6 +138,7 @@ class Assignment(Base):
     shown_order: Mapped[list[Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     done_at: Mapped[datetime | None]
+    skip_reason: Mapped[str | None] = mapped_column(String(200))
     task: Mapped[Task] = relationship()
     labeler: Mapped[Labeler] = relationship()
 
@@ -161,3 +170,54 @@ class WebSession(Base):
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
+
+
+class SignInThrottle(Base):
+    """Failed sign-ins per key (a hash of name and address, or of the address alone), kept in
+    the database so that every server process sees the same counts (see `throttle.py`)."""
+
+    __tablename__ = "sign_in_throttle"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    last_at: Mapped[datetime] = mapped_column(index=True)
+    blocked_until: Mapped[datetime]
+
+
+class LabelRevision(Base):
+    """An answer a labeler replaced by revising their label: kept for audit, never exported."""
+
+    __tablename__ = "label_revisions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id", ondelete="CASCADE"), index=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    answer: Mapped[dict[str, Any]]
+    time_spent_s: Mapped[float | None]
+    created_at: Mapped[datetime]  # when the replaced answer had been given
+    superseded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Review(Base):
+    """A reviewer's verdict on a label: accept, reject (with a note the labeler sees), correct
+    (`answer` replaces the label's in the export), or adjudicate (`answer` is the item's final
+    answer: it alone is exported for the task). Labels under review are no longer revisable."""
+
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id", ondelete="CASCADE"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"))
+    verdict: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str] = mapped_column(Text, default="")
+    answer: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GuidelineRead(Base):
+    """The latest guidelines version a labeler has seen in a project ("changed since you read")."""
+
+    __tablename__ = "guideline_reads"
+    __table_args__ = (UniqueConstraint("labeler_id", "project_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    version: Mapped[int]
+    read_at: Mapped[datetime] = mapped_column(default=utcnow)

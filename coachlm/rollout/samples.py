@@ -65,7 +65,8 @@ def run_sample(cfg: SampleConfig) -> Path:
     import torch
 
     from coachlm.models.load import load_model, load_tokenizer, weights_hash
-    from coachlm.rollout.sampling import SamplingConfig, decode_responses, generate
+    from coachlm.rollout.generators import BuiltinGenerator
+    from coachlm.rollout.sampling import SamplingConfig, decode_responses
 
     prompts = read_prompts(cfg.prompts)[: cfg.limit]
     if not prompts:
@@ -89,7 +90,7 @@ def run_sample(cfg: SampleConfig) -> Path:
             rate = tokens / max(time.perf_counter() - start, 1e-9)
             bar.update(task, advance=rows, rate=f"{rate:,.0f} tok/s")
 
-        gen = generate(model, tokenizer, ids, scfg, on_batch=on_batch)
+        gen = BuiltinGenerator(model, tokenizer)(ids, scfg, on_batch=on_batch)
     seconds = time.perf_counter() - start
     name = cfg.model_name or model_name_for(cfg.model)
     version = cfg.model_version or weights_hash(cfg.model)

@@ -86,15 +86,30 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
-def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One draw per row of probs (B, V) -> (B,), by inverse-CDF sampling.
+def row_uniforms(seed: int, rows: Sequence[int], steps: int) -> torch.Tensor:
+    """(B, steps) float64 uniforms, row r's from its own stream seeded by (seed, r).
+
+    A response then depends only on its prompt, the weights and its row number, not on which
+    rows share its batch: a rollout sharded over processes samples what one process would."""
+    out = torch.empty(len(rows), steps, dtype=torch.float64)
+    g = torch.Generator()
+    for i, r in enumerate(rows):
+        g.manual_seed((seed * 1_000_003 + r) % 2**63)
+        out[i] = torch.rand(steps, generator=g, dtype=torch.float64)
+    return out
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+    """One draw per row of probs (B, V) -> (B,), by inverse-CDF sampling; `u` (B,) uniforms
+    (None: from torch's global RNG).
 
     Equivalent to torch.multinomial(probs, 1) but needs one uniform number per row instead of
     one exponential per vocabulary entry (multinomial took 22% of sampling time on CPU).
     """
     cdf = probs.double().cumsum(dim=-1)  # (B, V)
-    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64,
-                   device=probs.device) * cdf[:, -1:]  # (B, 1)
+    if u is None:
+        u = torch.rand(probs.shape[0], dtype=torch.float64, device=probs.device)
+    u = u.unsqueeze(-1) * cdf[:, -1:]  # (B, 1)
     # right=True: the first index whose cdf exceeds u, never a zero-probability token.
     tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
     # u can round up to the total mass; fall back to the likeliest token in that rare case.
@@ -103,7 +118,7 @@ def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torc
 
 
 def _sample_next(logits: torch.Tensor, cfg: SamplingConfig, pad_id: int | None,
-                 generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                 u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Next tokens (B,) and their logprobs (B,) from last-position logits (B, V) in fp32."""
     temperature = cfg.temperature if cfg.temperature > 0 else 1.0
     logprobs = (logits / temperature).log_softmax(dim=-1)  # (B, V)
@@ -114,7 +129,7 @@ def _sample_next(logits: torch.Tensor, cfg: SamplingConfig, pad_id: int | None,
         tokens = masked.argmax(dim=-1)  # (B,)
     else:
         probs = _filter(masked / cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1)
-        tokens = _inverse_cdf(probs, generator)  # (B,)
+        tokens = _inverse_cdf(probs, u)  # (B,)
     return tokens, logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
@@ -177,7 +192,7 @@ def _prefill(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], cfg: SamplingConfig,
                     stops: torch.Tensor, pad_id: int,
-                    generator: torch.Generator | None) -> Generation:
+                    uniforms: torch.Tensor | None) -> Generation:
     device = next(model.parameters()).device
     B, steps = len(prompts), cfg.max_new_tokens
     input_ids, prompt_mask = _left_pad(prompts, pad_id)  # (B, P), (B, P)
@@ -192,8 +207,11 @@ def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], cfg: SamplingC
     done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
     active = torch.arange(B, device=device)  # (A,) batch rows still generating
     next_pos = position_ids[:, -1:] + 1  # (A, 1)
+    if uniforms is not None:
+        uniforms = uniforms.to(device)  # (B, N)
     for t in range(steps):
-        tok, lp = _sample_next(logits.float(), cfg, pad_id, generator)  # (A,), (A,)
+        u = None if uniforms is None else uniforms[active, t]  # (A,)
+        tok, lp = _sample_next(logits.float(), cfg, pad_id, u)  # (A,), (A,)
         tokens[active, t], logprobs[active, t] = tok, lp
         stopped = torch.isin(tok, stops)  # (A,)
         lengths[active[stopped]] = t + 1
@@ -232,10 +250,12 @@ def _check_prompts(model: Any, prompt_ids: Sequence[Sequence[int]], cfg: Samplin
 
 
 def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], cfg: SamplingConfig,
-             on_batch: Callable[[int, int], None] | None = None) -> Generation:
+             on_batch: Callable[[int, int], None] | None = None, row_offset: int = 0) -> Generation:
     """Sample `cfg.n` responses to each prompt (token ids, without padding).
 
-    `on_batch(rows, tokens)` is called after each batch (for progress bars).
+    `on_batch(rows, tokens)` is called after each batch (for progress bars). Row r (prompt
+    r // n, sample r % n) draws from its own seeded stream, number `row_offset + r`
+    (`row_uniforms`): a process sampling a shard of a rollout passes its first row's number.
     """
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise CoachError("sampling needs a pad token distinct from EOS (use models.load_tokenizer)")
@@ -244,7 +264,6 @@ def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], cf
     stops = torch.tensor(stop_ids(model, tokenizer, cfg.stop_token_ids), device=device)
     rows = [i for i in range(len(prompt_ids)) for _ in range(cfg.n)]
     order = sorted(range(len(rows)), key=lambda r: len(prompt_ids[rows[r]]))
-    generator = None if cfg.seed is None else torch.Generator(device).manual_seed(cfg.seed)
     bf16 = cfg.dtype == "bf16" and next(model.parameters()).dtype == torch.float32
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
@@ -253,8 +272,10 @@ def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], cf
     with eval_mode(model), torch.inference_mode(), autocast:
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
+            uniforms = None if cfg.seed is None else \
+                row_uniforms(cfg.seed, [row_offset + r for r in idx], cfg.max_new_tokens)
             batch = _generate_batch(model, [prompt_ids[rows[r]] for r in idx], cfg, stops,
-                                    tokenizer.pad_token_id, generator)
+                                    tokenizer.pad_token_id, uniforms)
             for j, r in enumerate(idx):
                 result.response_ids[r] = batch.response_ids[j]
                 result.finished[r] = batch.finished[j]

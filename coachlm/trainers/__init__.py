@@ -1,4 +1,4 @@
-"""Trainers: one shared loop (`loop.train`) and one module per method, each supplying a batch
+"""Trainers: one module per method, each supplying the one engine (`coachlm.engine.loop`) a batch
 source and a loss function: pretrain, sft, reward, dpo, ppo.
 
 Import the method modules directly (`from coachlm.trainers.sft import SFTConfig, run_sft`);

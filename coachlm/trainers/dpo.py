@@ -15,7 +15,7 @@ Steps (`dpo`), and `nll_weight` adds RPO's NLL term on the chosen response (Pang
      reference weights), so no reference model is in memory while training; or, with LoRA and
      `reference: adapter`, recomputed each step by the same weights with the adapter disabled.
      Both give the same loss (tested);
-  4. train with the shared loop (`loop.train`) on `pair_loss`, chosen and rejected sharing one
+  4. train with the one engine (`engine.loop.train`) on `pair_loss`, chosen and rejected sharing one
      batch in the layout `choose_layout` picks (`coachlm.data.pairs`);
   5. save the final model to `out/final` (HF format; with LoRA merged, adapter in `adapter/`).
 
@@ -44,11 +44,14 @@ from coachlm.data.pairs import Pair, PairBatch, PairBatches, encode_pairs, share
 from coachlm.errors import CoachError, DataError
 from coachlm.losses import dpo as dpo_loss
 from coachlm.losses import ipo as ipo_loss
-from coachlm.models.load import load_model, load_tokenizer, save_pretrained
+from coachlm.models.load import load_model, load_tokenizer
 from coachlm.models.lora import LoRAConfig, adapter_disabled, apply_lora
 from coachlm.trainers.dpo_logps import cached_reference, choose_layout, head_matches, sequence_logps
 from coachlm.trainers.epochs import steps_for_epochs
-from coachlm.trainers.loop import LossOut, TrainConfig, TrainResult, train, use_bf16
+from coachlm.engine.accel import Engine, to_device
+from coachlm.engine.config import TrainConfig
+from coachlm.engine.loop import LossOut, TrainResult, train
+from coachlm.trainers.final import save_final
 
 Reference = Literal["cached", "adapter"]
 
@@ -158,8 +161,9 @@ def pair_loss(model: Any, batch: PairBatch, cfg: DPOConfig) -> LossOut:
 def evaluate_pairs(model: Any, batches: PairBatches, cfg: DPOConfig) -> dict[str, float]:
     """Held-out loss, preference accuracy, margin and implicit rewards (means over pairs)."""
     total, count, sums = 0.0, 0, Counter()
+    device = next(model.parameters()).device
     for batch in batches.epoch_batches():
-        out = pair_loss(model, batch, cfg)
+        out = pair_loss(model, to_device(batch, device), cfg)
         total, count = total + float(out.loss_sum), count + out.count
         sums.update(out.metrics)
     n = max(count, 1)
@@ -224,6 +228,7 @@ def _model(cfg: DPOConfig, tok: Any) -> torch.nn.Module:
 def dpo(cfg: DPOConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     """`run_dpo`, also returning the loop's TrainResult (metrics, tokens/s)."""
     # 1. pairs, tokenized; held-out prompts
+    engine = Engine.from_config(cfg.train)
     tok = load_tokenizer(cfg.model)
     pairs, counts = read_pairs(cfg.data, tok, cfg)
     if cfg.val_data:
@@ -231,23 +236,25 @@ def dpo(cfg: DPOConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     else:
         train_pairs, val_pairs = split_by_prompt(pairs, cfg.val_fraction, cfg.train.seed)
     # 2. the policy, and the batch layout it runs fastest and exactly
-    model = _model(cfg, tok)
+    model = engine.place(_model(cfg, tok))
     layout = choose_layout(cfg.layout, model, train_pairs, tok.pad_token_id)
-    bf16 = use_bf16(cfg.train, next(model.parameters()).device)
-    # 3. reference logps, once, before training (unless the adapter-disabled weights give them)
+    # 3. reference logps, once, before training (unless the adapter-disabled weights give them);
+    # the main process computes and caches them, the others then read the cache
     ref, cache, reused = None, None, False
     if cfg.reference == "cached":
-        ref, cache, reused = cached_reference(
-            model, cfg.model, cfg.out, train_pairs + val_pairs, tok.pad_token_id, layout,
-            cfg.train.batch_size, bf16, adapter=cfg.lora is not None)
+        with engine.main_first():
+            ref, cache, reused = cached_reference(
+                model, cfg.model, cfg.out, train_pairs + val_pairs, tok.pad_token_id, layout,
+                cfg.train.batch_size, engine.bf16, adapter=cfg.lora is not None)
     tcfg = cfg.train
     batches = PairBatches(train_pairs, tcfg.batch_size, tok.pad_token_id, layout, seed=tcfg.seed,
                           bucket_batches=cfg.bucket_batches,
                           ref_logps=None if ref is None else ref[:len(train_pairs)])
-    tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches))
+    tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches), engine.world_size)
     cfg = dataclasses.replace(cfg, train=tcfg, layout=layout)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    config.save(cfg, cfg.out / "config.yaml")
+    if engine.is_main:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        config.save(cfg, cfg.out / "config.yaml")
     val = PairBatches(val_pairs, tcfg.batch_size, tok.pad_token_id, layout, shuffle=False,
                       ref_logps=None if ref is None else ref[len(train_pairs):]) if val_pairs else None
     # 4. train
@@ -258,9 +265,10 @@ def dpo(cfg: DPOConfig, resume: bool = False) -> tuple[TrainResult, Path]:
                                   "layout": layout, "share_saving": round(share_saving(train_pairs), 3),
                                   "reference": cfg.reference, "reference_cache": str(cache or ""),
                                   "reference_cache_reused": reused, "data_counts": dict(counts),
-                                  "batches_per_epoch": len(batches)})
+                                  "batches_per_epoch": len(batches)},
+                   engine=engine)
     # 5. save
-    return result, save_pretrained(model, tok, cfg.out / "final")
+    return result, save_final(engine, model, tok, cfg.out / "final")
 
 
 def run_dpo(cfg: DPOConfig, resume: bool = False) -> Path:

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from coachlm.data.layouts import PROBE, agrees_with_pad, resolve_layout
 from coachlm.data.pairs import Pair, PairBatch, PairBatches, collate, share_saving
+from coachlm.engine.accel import to_device
 from coachlm.models.load import weights_hash
 from coachlm.models.logprobs import backbone_and_head, logprobs_from_logits
 from coachlm.models.lora import adapter_disabled
@@ -104,7 +105,7 @@ def compute_reference(model: Any, pairs: Sequence[Pair], pad_id: int, layout: st
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), \
             (adapter_disabled(model) if adapter else nullcontext()):
         for batch in batches.epoch_batches():
-            logps = sequence_logps(model, batch).float().cpu()  # (2B,)
+            logps = sequence_logps(model, to_device(batch, device)).float().cpu()  # (2B,)
             out[batch.index] = logps.view(2, -1).T
     return out
 

@@ -19,11 +19,11 @@ policy, and the adapter alone in final/adapter).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,14 +40,16 @@ from coachlm.rl_math import AdaptiveKLController, FixedKLController
 from coachlm.rollout.rewards import Reward
 from coachlm.rollout.sampling import decode_responses
 from coachlm.runlog import RunLog, progress
-from coachlm.trainers.checkpoint import (check_resume_settings, latest_checkpoint,
-                                         load_checkpoint, save_checkpoint)
-from coachlm.trainers.loop import (TrainConfig, make_optimizer, seed_everything, set_threads,
-                                   use_bf16)
+from coachlm.engine.accel import Engine
+from coachlm.engine.checkpoint import check_resume_settings, latest_checkpoint, load_checkpoint
+from coachlm.engine.config import TrainConfig
+from coachlm.engine.loop import (Trainee, check_checkpointing, checkpoint, make_optimizer, prepare,
+                                 seed_everything)
 from coachlm.trainers.ppo_config import PPOConfig, PPORunConfig
 from coachlm.trainers.ppo_steps import (ActorCritic, RewardNorm, group_relative_advantages,
                                         ppo_advantages, rollout, rollout_metrics, score_responses,
-                                        shape_rewards, update)
+                                        shape_rewards)
+from coachlm.trainers.ppo_update import gather_experience, ppo_loss, ppo_update
 
 # Settings that fix the data order, the sampling streams and the update: a resume keeps them.
 _RESUME_KEYS = ("algo", "seed", "rollout_batch_size", "samples_per_prompt", "mini_batch_size",
@@ -98,11 +100,11 @@ def _hidden_size(model: nn.Module) -> int:
 
 
 def _optim_config(cfg: PPOConfig) -> TrainConfig:
-    """The shared loop's optimizer settings; one 'step' is one mini-batch update."""
+    """The engine's optimizer settings; one 'step' is one mini-batch update."""
     return TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
                        max_steps=cfg.optimizer_steps, batch_size=cfg.mini_batch_size,
                        max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16, seed=cfg.seed,
-                       threads=cfg.threads, min_lr_ratio=0.0)
+                       threads=cfg.threads, min_lr_ratio=0.0, device=cfg.device)
 
 
 def _kl_controller(cfg: PPOConfig) -> FixedKLController | AdaptiveKLController:
@@ -133,10 +135,9 @@ def _restore(out_dir: Path, ac: ActorCritic, optimizer: torch.optim.Optimizer,
     return _RunState(**state["run"])
 
 
-def _checkpoint(out_dir: Path, ac: ActorCritic, optimizer: torch.optim.Optimizer,
-                stream: PromptStream, kl_ctl: Any, norm: RewardNorm, cfg: PPOConfig,
-                run: _RunState) -> None:
-    save_checkpoint(out_dir, run.step, ac, optimizer, {
+def _checkpoint(out_dir: Path, t: Trainee, stream: PromptStream, kl_ctl: Any, norm: RewardNorm,
+                cfg: PPOConfig, run: _RunState) -> None:
+    checkpoint(t.engine, out_dir, run.step, t.model, t.raw_optimizer, {
         "data": stream.state_dict(), "kl_controller": kl_ctl.state_dict(),
         "reward_norm": [norm.gain, norm.bias, norm.fitted], "run": vars(run).copy(),
         "ppo_config": config.to_dict(cfg)}, cfg.keep_checkpoints)
@@ -162,114 +163,146 @@ def _trim_samples(path: Path, from_step: int, resume: bool) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def _iteration(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
-               optimizer: torch.optim.Optimizer, prompts: Sequence[Prompt],
-               prompt_ids: Sequence[Sequence[int]], reward: Reward, batch: list[int],
-               cfg: PPOConfig, tcfg: TrainConfig, kl_ctl: Any, norm: RewardNorm, run: _RunState,
-               autocast: Any) -> tuple[dict[str, float], dict[str, Any]]:
-    """One PPO/GRPO/RLOO iteration on the prompts `batch`. Returns (metrics, sample table)."""
-    sub_prompts = [prompts[i] for i in batch]
-    sub_ids = [prompt_ids[i] for i in batch]
-    # 1. generate (pure sampling, a seeded stream per iteration so a resumed run repeats it)
-    exp, gen, entropy = rollout(ac, ref_model, tokenizer, sub_ids, cfg,
-                                seed=cfg.seed * 1_000_003 + run.step, autocast=autocast)
+@dataclass
+class _GlobalNorm(RewardNorm):
+    """The reward normalization fitted on the whole first rollout, whichever process scores
+    which share of it."""
+
+    engine: Engine | None = None
+
+    def fit(self, raw: torch.Tensor) -> None:
+        super().fit(self.engine.gather_rows(raw) if self.engine is not None else raw)
+
+
+def _iteration(t: Trainee, ref_model: nn.Module | None, tokenizer: Any,
+               prompts: Sequence[Prompt], prompt_ids: Sequence[Sequence[int]], reward: Reward,
+               batch: list[int], cfg: PPOConfig, tcfg: TrainConfig, kl_ctl: Any,
+               norm: RewardNorm, run: _RunState) -> tuple[dict[str, float], dict[str, Any]]:
+    """One PPO/GRPO/RLOO iteration on the prompts `batch` (this process samples and scores its
+    share of them). Returns (metrics, sample table of this process's share)."""
+    eng, ac = t.engine, t.model
+    mine = eng.shard(len(batch))
+    sub_prompts = [prompts[batch[i]] for i in mine]
+    sub_ids = [prompt_ids[batch[i]] for i in mine]
+    # 1. generate (pure sampling, seeded streams per iteration and row so a resumed or sharded
+    # run repeats them)
+    with eng.full_params():  # FSDP / ZeRO-3: sample and score with the whole weights
+        exp, gen, entropy = rollout(ac, ref_model, tokenizer, sub_ids, cfg,
+                                    seed=cfg.seed * 1_000_003 + run.step, autocast=eng.autocast,
+                                    row_offset=mine.start * cfg.samples_per_prompt)
     texts = decode_responses(tokenizer, gen)
     # 2. score
     raw, exp.scores = score_responses(reward, sub_prompts, texts, gen, cfg, norm)
+    table = {"prompts": sub_prompts, "texts": texts, "raw": raw, "scores": exp.scores,
+             "prompt_index": gen.prompt_index}
+    local_tokens = float(exp.action_mask.sum())
+    entropy_sum, n_tokens = eng.sum([entropy * local_tokens, local_tokens])
+    exp = gather_experience(eng, exp, mine.start)
+    raw = eng.gather_rows(raw)
     # 3. KL-shape
     shape_rewards(exp, kl_ctl.value, cfg)
-    # 4. GAE / group advantages
+    # 4. GAE / group advantages (whitened over the whole rollout)
     if cfg.algo == "ppo":
         ppo_advantages(exp, cfg)
     else:
         group_relative_advantages(exp, cfg)
     # 5. update
-    metrics, run.opt_step = update(ac, optimizer, exp, cfg, tcfg, run.opt_step,
-                                   seed=cfg.seed * 7_919 + run.step, autocast=autocast)
-    metrics.update(rollout_metrics(exp, raw, entropy), kl_coef=kl_ctl.value)
+    metrics, run.opt_step = ppo_update(t, exp, cfg, tcfg, run.opt_step,
+                                       seed=cfg.seed * 7_919 + run.step)
+    metrics.update(rollout_metrics(exp, raw, entropy_sum / max(n_tokens, 1.0)),
+                   kl_coef=kl_ctl.value)
     kl_ctl.update(metrics["kl"], cfg.episodes)
     run.generated += int(exp.response_lengths.sum())
     run.trained += int(exp.attention_mask.sum()) * cfg.ppo_epochs
-    table = {"prompts": sub_prompts, "texts": texts, "raw": raw, "scores": exp.scores,
-             "prompt_index": gen.prompt_index}
     return metrics, table
 
 
-def _setup(model: nn.Module, cfg: PPOConfig, critic: nn.Module | None
-           ) -> tuple[ActorCritic, nn.Module | None, TrainConfig, torch.optim.Optimizer, bool, Any]:
-    """(actor-critic, reference or None with LoRA, optimizer settings, optimizer, bf16,
-    autocast factory)."""
+def _setup(engine: Engine, model: nn.Module, cfg: PPOConfig, critic: nn.Module | None
+           ) -> tuple[ActorCritic, nn.Module | None, TrainConfig, torch.optim.Optimizer]:
+    """(actor-critic on the engine's device, reference or None with LoRA, optimizer settings,
+    optimizer)."""
     from peft import PeftModel
 
+    model = engine.place(model)
     # Full fine-tuning: the reference is a frozen copy taken before any update.
     ref_model = None if isinstance(model, PeftModel) else \
         copy.deepcopy(model).eval().requires_grad_(False)
     with torch.random.fork_rng():  # the value head is zero-initialized; keep the streams intact
-        ac = ActorCritic(model, _hidden_size(model) if cfg.algo == "ppo" else None, critic)
+        ac = engine.place(ActorCritic(model, _hidden_size(model) if cfg.algo == "ppo" else None,
+                                      critic))
     tcfg = _optim_config(cfg)
-    optimizer = make_optimizer(ac, tcfg)
-    bf16 = use_bf16(tcfg, next(model.parameters()).device)
-    device_type = next(model.parameters()).device.type
+    return ac, ref_model, tcfg, make_optimizer(ac, tcfg)
 
-    def autocast() -> Any:
-        return (torch.autocast(device_type, dtype=torch.bfloat16) if bf16
-                else contextlib.nullcontext())
 
-    return ac, ref_model, tcfg, optimizer, bf16, autocast
+def _check_processes(engine: Engine, cfg: PPOConfig) -> None:
+    for name in ("rollout_batch_size", "mini_batch_size"):
+        if getattr(cfg, name) % engine.world_size:
+            raise CoachError(f"{name} ({getattr(cfg, name)}) must be a multiple of the number "
+                             f"of processes ({engine.world_size})")
 
 
 def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], reward: Reward,
               cfg: PPOConfig, out_dir: str | Path, resume: bool = False,
-              critic: nn.Module | None = None) -> PPOResult:
+              critic: nn.Module | None = None, engine: Engine | None = None) -> PPOResult:
     """Optimize `model` in place (a peft LoRA model, or any causal LM for full fine-tuning).
 
     `critic`: a separate critic module (`trainers.critic`); None: a value head on the policy.
+    `engine`: None builds one from `cfg` (device, bf16).
 
-    Writes metrics.jsonl, samples.jsonl, summary.json and checkpoints under `out_dir`; with
-    `resume` it continues exactly from the latest checkpoint there.
+    Writes metrics.jsonl, samples.jsonl, summary.json and checkpoints under `out_dir` (from the
+    main process); with `resume` it continues exactly from the latest checkpoint there.
     """
     if not prompts:
         raise CoachError("no prompts to train on")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    threads = set_threads(cfg.threads)
+    engine = engine or Engine(cfg.device, cfg.bf16)
+    _check_processes(engine, cfg)
+    check_checkpointing(engine, cfg.checkpoint_every)
+    if engine.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    threads = engine.threads(cfg.threads)
     seed_everything(cfg.seed)
-    ac, ref_model, tcfg, optimizer, bf16, autocast = _setup(model, cfg, critic)
+    ac, ref_model, tcfg, optimizer = _setup(engine, model, cfg, critic)
     lora = ref_model is None
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-    stream, kl_ctl, norm = PromptStream(len(prompts), cfg.seed), _kl_controller(cfg), RewardNorm()
+    stream, kl_ctl = PromptStream(len(prompts), cfg.seed), _kl_controller(cfg)
+    norm = _GlobalNorm(engine=engine)
     run = _restore(out_dir, ac, optimizer, stream, kl_ctl, norm, cfg) if resume else _RunState()
-    log = RunLog(out_dir, resume=resume, from_step=run.step)
+    t = prepare(engine, ac, partial(ppo_loss, cfg=cfg), optimizer)
+    log = RunLog(out_dir, resume=resume, from_step=run.step) if engine.is_main else None
     samples_path = out_dir / "samples.jsonl"
-    _trim_samples(samples_path, run.step, resume)
+    if engine.is_main:
+        _trim_samples(samples_path, run.step, resume)
     metrics: dict[str, float] = {}
-    with progress() as bar:
+    with progress(disable=None if engine.is_main else True) as bar:
         task = bar.add_task(cfg.algo, total=cfg.steps, completed=run.step, rate="")
         while run.step < cfg.steps:
             t0 = time.perf_counter()
             batch = stream.take(cfg.rollout_batch_size)
-            metrics, table = _iteration(ac, ref_model, tokenizer, optimizer, prompts, prompt_ids,
-                                        reward, batch, cfg, tcfg, kl_ctl, norm, run, autocast)
+            metrics, table = _iteration(t, ref_model, tokenizer, prompts, prompt_ids, reward,
+                                        batch, cfg, tcfg, kl_ctl, norm, run)
             run.seconds += time.perf_counter() - t0
             run.step += 1
             tokens = run.generated + run.trained
             metrics.update(tokens_per_s=tokens / max(run.seconds, 1e-9))
-            if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+            if log and (run.step % cfg.log_every == 0 or run.step == cfg.steps):
                 log.log(run.step, metrics)
-            if cfg.sample_every and (run.step % cfg.sample_every == 0 or run.step == 1):
+            if log and cfg.sample_every and (run.step % cfg.sample_every == 0 or run.step == 1):
                 _write_samples(samples_path, run.step, table["prompts"], table["texts"],
                                table["raw"], table["scores"], table["prompt_index"],
                                cfg.samples_shown)
             if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 \
                     or run.step == cfg.steps:
-                _checkpoint(out_dir, ac, optimizer, stream, kl_ctl, norm, cfg, run)
+                _checkpoint(out_dir, t, stream, kl_ctl, norm, cfg, run)
             bar.update(task, advance=1, rate=f"reward {metrics['reward_raw']:.3f}")
-    summary = log.summary(
+    engine.release(t.wrapped)
+    summary = {} if log is None else log.summary(
         steps=run.step, tokens=run.generated + run.trained, seconds=run.seconds,
         generated_tokens=run.generated, trained_tokens=run.trained, algo=cfg.algo, lora=lora,
         trainable_fraction=round(trainable_fraction(ac), 6),
         trainable_params=sum(p.numel() for p in ac.parameters() if p.requires_grad),
-        total_params=sum(p.numel() for p in ac.parameters()), threads=threads, bf16=bf16)
+        total_params=sum(p.numel() for p in ac.parameters()), threads=threads, bf16=engine.bf16,
+        device=str(engine.device), processes=engine.world_size)
     return PPOResult(run.step, metrics, summary)
 
 
@@ -290,7 +323,8 @@ def build_reward(spec: str, tokenizer: Any = None) -> Reward:
 def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
     """Train per `cfg`; returns the final policy directory (`cfg.out / "final"`)."""
     from coachlm.data.io import read_prompts
-    from coachlm.models.load import load_model, load_tokenizer, save_pretrained
+    from coachlm.models.load import load_model, load_tokenizer
+    from coachlm.trainers.final import save_final
     from coachlm.models.lora import apply_lora
     from coachlm.trainers.critic import build_critic
 
@@ -303,7 +337,10 @@ def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
             torch.manual_seed(cfg.ppo.seed)
             model = apply_lora(model, cfg.ppo.lora)
     critic = build_critic(cfg.ppo.critic, cfg.reward, cfg.ppo.lora, cfg.ppo.seed, tokenizer=tok)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    config.save(cfg, cfg.out / "config.yaml")
-    train_ppo(model, tok, prompts, reward, cfg.ppo, cfg.out, resume=resume, critic=critic)
-    return save_pretrained(model, tok, cfg.out / "final")
+    engine = Engine(cfg.ppo.device, cfg.ppo.bf16)
+    if engine.is_main:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        config.save(cfg, cfg.out / "config.yaml")
+    train_ppo(model, tok, prompts, reward, cfg.ppo, cfg.out, resume=resume, critic=critic,
+              engine=engine)
+    return save_final(engine, model, tok, cfg.out / "final")

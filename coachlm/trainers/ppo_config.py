@@ -60,7 +60,8 @@ class PPOConfig:
     # capacity (Schulman et al., 2025, "LoRA Without Regret": rank 1 matches full fine-tuning
     # for policy-gradient RL); alpha / r = 2 as in the usual r 8 / alpha 16. None: full FT.
     lora: LoRAConfig | None = field(default_factory=lambda: LoRAConfig(r=2, alpha=4.0))
-    bf16: bool | None = False  # None: where bf16 matmuls are fast (loop.use_bf16)
+    bf16: bool | None = False  # None: where bf16 matmuls are fast (engine.accel.fast_bf16)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     threads: int | None = None
     checkpoint_every: int = 0  # rollouts between checkpoints; 0: none (always one at the end)

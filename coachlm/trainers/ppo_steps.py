@@ -6,7 +6,8 @@
   2. score      `score_responses`: reward, optional normalization, clipping, no-EOS penalty.
   3. KL-shape   `shape_rewards`: -beta * KL on every response token, score on the last (EOS).
   4. advantages `ppo_advantages` (GAE + whitening) or `group_relative_advantages` (GRPO/RLOO).
-  5. update     `update`: epochs x shuffled mini-batches of clipped policy (+ value) loss.
+  5. update     `ppo_update.ppo_update`: epochs x shuffled mini-batches of the clipped policy
+                (+ value) loss `_micro_loss`, each an optimizer step of the one engine.
 
 Speed (measured on world-small, `benchmarks/rl_vs_trl.py`): micro-batches are length-sorted and
 trimmed, and share prompts when a prompt has several samples (`rollout.experience`); peft's LoRA
@@ -31,8 +32,8 @@ from coachlm.rl_math import (explained_variance, gae, group_advantages, kl_shape
 from coachlm.rollout.experience import (Experience, SharedPrompts, pack_rollout, policy_forward,
                                         shared_prompts_supported, sorted_micro_batches)
 from coachlm.rollout.rewards import Reward
-from coachlm.rollout.sampling import Generation, SamplingConfig, generate
-from coachlm.trainers.loop import TrainConfig, lr_at
+from coachlm.rollout.generators import BuiltinGenerator, Generator
+from coachlm.rollout.sampling import Generation, SamplingConfig
 from coachlm.trainers.ppo_config import PPOConfig
 
 
@@ -123,10 +124,13 @@ def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cf
 @torch.no_grad()
 def rollout(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
             prompt_ids: Sequence[Sequence[int]], cfg: PPOConfig, seed: int,
-            autocast: Callable[[], Any]) -> tuple[Experience, Generation, float]:
+            autocast: Callable[[], Any], row_offset: int = 0,
+            generator: Generator | None = None) -> tuple[Experience, Generation, float]:
     """# 1. generate: sample, then recompute logprobs / values / reference logprobs.
 
     Returns (experience, generation, mean token entropy of the policy on its samples).
+    `generator`: the sampling engine (`rollout.generators`); None: the built-in sampler on the
+    policy's merged weights.
 
     Logprobs are recomputed rather than taken from the sampler (which ran on merged weights)
     so that the first PPO epoch's ratio is exactly 1: the same kernels as the update, on the
@@ -136,7 +140,8 @@ def rollout(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
                           top_k=0, top_p=1.0, n=cfg.samples_per_prompt,
                           batch_size=cfg.episodes, seed=seed)
     with lora_view(ac.policy, "merged"):
-        gen = generate(ac.policy, tokenizer, prompt_ids, scfg)
+        sample = generator or BuiltinGenerator(ac.policy, tokenizer)
+        gen = sample(prompt_ids, scfg, row_offset=row_offset)
     sequences, attention_mask, action_mask = pack_rollout(
         prompt_ids, gen.response_ids, gen.prompt_index, tokenizer.pad_token_id)
     B, N = action_mask.shape
@@ -226,46 +231,6 @@ def _micro_loss(ac: ActorCritic, e: Experience, shared: SharedPrompts | None, cf
         stats.update(value_loss=float(vf_loss.detach()), value_clipfrac=float(vf_clipfrac))
     w = float(weight)
     return loss * weight, {k: v * w for k, v in stats.items()}
-
-
-def update(ac: ActorCritic, optimizer: torch.optim.Optimizer, exp: Experience, cfg: PPOConfig,
-           tcfg: TrainConfig, opt_step: int, seed: int,
-           autocast: Callable[[], Any]) -> tuple[dict[str, float], int]:
-    """# 5. update: `ppo_epochs` passes over shuffled mini-batches, one optimizer step each.
-
-    Returns (metrics averaged over optimizer steps, the new optimizer step count).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    share = bool(ac.shares_prompts)
-    sums: dict[str, float] = {}
-    n_updates = 0
-    ac.train()
-    with lora_view(ac.policy, "fused"):
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(exp.sequences.shape[0], generator=generator)  # (B,)
-            for mini in order.split(cfg.mini_batch_size):
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(opt_step, tcfg)
-                n_tokens = exp.action_mask[mini].sum().clamp(min=1)
-                # The mini-batch's rows, regrouped by length (and prompt) and trimmed: the
-                # loss is still the mini-batch's token mean.
-                for micro in sorted_micro_batches(mini, exp, cfg.micro_batch_size, share):
-                    with autocast():
-                        loss, stats = _micro_loss(ac, *exp.micro_batch(micro, share), cfg,
-                                                  n_tokens)
-                    loss.backward()
-                    for k, v in stats.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                opt_step, n_updates = opt_step + 1, n_updates + 1
-    metrics = {k: v / n_updates for k, v in sums.items()}
-    metrics["lr"] = lr_at(opt_step - 1, tcfg)
-    return metrics, opt_step
 
 
 def rollout_metrics(exp: Experience, raw: Tensor, entropy: float | None) -> dict[str, float]:

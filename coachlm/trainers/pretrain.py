@@ -3,7 +3,7 @@
 The corpus is a text file of documents separated by blank lines (what the built-in world's
 `corpus.txt` holds). A world tokenizer is trained on it unless one is given, documents are packed
 into blocks of `seq_len` tokens (`coachlm.data.collate.pack_documents`), a held-out fraction of
-documents measures validation loss and perplexity, and the shared loop trains.
+documents measures validation loss and perplexity, and the engine (`coachlm.engine`) trains.
 
 Outputs under `out`: `config.yaml`, `tokenizer/` (the tokenizer used, so a resumed run reuses it),
 `metrics.jsonl`, `summary.json`, `checkpoints/`, and the final model in `final/` (HF format).
@@ -22,10 +22,14 @@ import torch
 from coachlm import config
 from coachlm.data.collate import PackedBatches, TokenBatch, pack_documents
 from coachlm.errors import CoachError, DataError
-from coachlm.models.load import load_model, load_tokenizer, save_pretrained
+from coachlm.models.load import load_model, load_tokenizer
 from coachlm.models.presets import build_model
 from coachlm.models.tokenizer import train_tokenizer
-from coachlm.trainers.loop import TrainConfig, TrainResult, causal_lm_loss, train
+from coachlm.engine.accel import Engine
+from coachlm.engine.config import TrainConfig
+from coachlm.engine.loop import TrainResult, train
+from coachlm.trainers.final import save_final
+from coachlm.trainers.lm_loss import causal_lm_loss
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ def block_loss(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int) ->
     """Mean next-token loss and perplexity over `blocks` (N, S), every token counted once."""
     total, count = 0.0, 0
     for i in range(0, len(blocks), batch_size):
-        ids = blocks[i:i + batch_size]  # (B, S)
+        ids = blocks[i:i + batch_size].to(next(model.parameters()).device)  # (B, S)
         out = causal_lm_loss(model, TokenBatch(ids, ids, torch.ones_like(ids), ids.numel()))
         total, count = total + float(out.loss_sum), count + out.count
     loss = total / max(count, 1)
@@ -122,10 +126,13 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
 
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     """`run_pretrain`, also returning the loop's TrainResult (metrics, tokens/s)."""
+    engine = Engine.from_config(cfg.train)
     docs = read_corpus(cfg.corpus)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    config.save(cfg, cfg.out / "config.yaml")
-    tok = _tokenizer(cfg, docs)
+    with engine.main_first():  # the main process trains and saves the tokenizer, the others load it
+        if engine.is_main:
+            cfg.out.mkdir(parents=True, exist_ok=True)
+            config.save(cfg, cfg.out / "config.yaml")
+        tok = _tokenizer(cfg, docs)
     train_blocks, val_blocks = _blocks(cfg, tok, docs)
     model = _model(cfg, tok)
     batches = PackedBatches(train_blocks, cfg.train.batch_size, seed=cfg.train.seed)
@@ -133,6 +140,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> tuple[TrainResult, Pa
     result = train(model, batches, causal_lm_loss, cfg.train, cfg.out, eval_fn=eval_fn,
                    resume=resume, description="pretrain",
                    extra_summary={"train_blocks": len(train_blocks), "val_blocks": len(val_blocks),
-                                  "seq_len": cfg.seq_len, "documents": len(docs)})
-    final = save_pretrained(model, tok, cfg.out / "final")
-    return result, final
+                                  "seq_len": cfg.seq_len, "documents": len(docs)},
+                   engine=engine)
+    return result, save_final(engine, model, tok, cfg.out / "final")

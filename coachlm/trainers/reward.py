@@ -6,7 +6,7 @@ Steps (`rm`):
      judgement of a prompt shares one batch and each response is forwarded once;
   2. split off held-out prompts (or read `val_data`), truncate to `max_length`;
   3. build the model: backbone + scalar head (`models.reward`), optionally LoRA;
-  4. train with the shared loop on `rm_loss`: Bradley-Terry per comparison (optional margin,
+  4. train with the engine (`coachlm.engine`) on `rm_loss`: Bradley-Terry per comparison (optional margin,
      Touvron et al., 2023), the K-wise ranking loss per ranking (Ouyang et al., 2022, eq. 1),
      ties skipped or modelled (Davidson, 1970), soft labels (an AI labeler's P(a better) in
      meta.probability) against their target (`losses.bradley_terry_soft`; Bai et al., 2022),
@@ -54,7 +54,9 @@ from coachlm.models.reward import (RewardModel, build_reward_model, choose_layou
                                    fit_normalization, load_reward_model, save_reward_model,
                                    score_items, score_sequences, update_normalization)
 from coachlm.trainers.epochs import steps_for_epochs
-from coachlm.trainers.loop import LossOut, TrainConfig, TrainResult, train, use_bf16
+from coachlm.engine.accel import Engine, to_device
+from coachlm.engine.config import TrainConfig
+from coachlm.engine.loop import LossOut, TrainResult, train
 
 
 @dataclass(frozen=True)
@@ -230,8 +232,9 @@ def rm_loss(model: RewardModel, batch: RewardBatch, ties: str = "skip",
 def val_metrics(model: RewardModel, batches: GroupBatches, loss_fn: Any) -> Mapping[str, float]:
     """Held-out loss and accuracy per record (the training loss, without gradients)."""
     total, correct, count = 0.0, 0.0, 0
+    device = model.head.weight.device
     for _, batch in batches.epoch_batches():
-        out = loss_fn(model, batch)
+        out = loss_fn(model, to_device(batch, device))
         total, correct, count = total + float(out.loss_sum), correct + out.metrics["accuracy"], count + out.count
     return {"val_loss": total / max(count, 1), "val_accuracy": correct / max(count, 1)}
 
@@ -280,6 +283,7 @@ def fit_reference(model: RewardModel, groups: list[Group], pad_id: int, layout: 
 
 def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     """`run_rm`, also returning the loop's TrainResult (metrics, tokens/s)."""
+    engine = Engine.from_config(cfg.train)
     tok = load_tokenizer(cfg.model)
     groups, counts, skipped = read_groups(cfg.data, tok, cfg, mix=True)
     if cfg.val_data:
@@ -288,14 +292,15 @@ def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
         counts.update({f"val_{k}": v for k, v in val_counts.items()})
     else:
         train_g, val_g = split_groups(groups, cfg.val_fraction, cfg.train.seed)
-    model = build_reward_model(cfg.model, tok, cfg.lora, seed=cfg.train.seed)
+    model = engine.place(build_reward_model(cfg.model, tok, cfg.lora, seed=cfg.train.seed))
     layout = choose_layout(cfg.layout, model, tok.pad_token_id)
     batches = GroupBatches(train_g, cfg.train.batch_size, tok.pad_token_id, layout,
                            seed=cfg.train.seed, bucket_batches=cfg.bucket_batches)
-    tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches))
+    tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches), engine.world_size)
     cfg = dataclasses.replace(cfg, train=tcfg, layout=layout)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    config.save(cfg, cfg.out / "config.yaml")
+    if engine.is_main:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        config.save(cfg, cfg.out / "config.yaml")
     loss_fn = partial(rm_loss, ties=cfg.ties, tie_log_nu=cfg.tie_log_nu)
     val = GroupBatches(val_g, tcfg.batch_size, tok.pad_token_id, layout, shuffle=False) if val_g else None
     result = train(model, batches, loss_fn, tcfg, cfg.out,
@@ -304,13 +309,16 @@ def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
                    extra_summary={"train_prompts": len(train_g), "val_prompts": len(val_g),
                                   "layout": layout, "share_saving": round(share_saving(train_g), 4),
                                   "batches_per_epoch": len(batches), "records": dict(counts),
-                                  "skipped_examples": skipped[:5]})
-    bf16 = use_bf16(tcfg, model.head.weight.device)
+                                  "skipped_examples": skipped[:5]},
+                   engine=engine)
     ref, provenance = reference_groups(cfg, tok, train_g)
     if cfg.normalize_max is not None:
         ref = sample_groups(ref, cfg.normalize_max, tcfg.seed)
-    stats = fit_reference(model, ref, tok.pad_token_id, layout, tcfg.batch_size, bf16)
-    final = save_reward_model(model, tok, cfg.out / "final", {**provenance, **stats})
+    stats = fit_reference(model, ref, tok.pad_token_id, layout, tcfg.batch_size, engine.bf16)
+    final = cfg.out / "final"
+    if engine.is_main:
+        save_reward_model(model, tok, final, {**provenance, **stats})
+    engine.barrier()
     return result, final
 
 

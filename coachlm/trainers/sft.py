@@ -5,7 +5,7 @@ Each demonstration becomes (input_ids, labels) through the model's own chat temp
 token-level mean of the response tokens and their closing EOS, which teaches the model to answer
 and to stop (Ouyang et al., 2022, InstructGPT, section 3.5). A micro-batch's examples are
 packed into rows with restarting position ids, each example attending only to itself, or
-right-padded (`coachlm.data.collate`); the shared loop trains, optionally through LoRA adapters
+right-padded (`coachlm.data.collate`); the engine (`coachlm.engine`) trains, optionally through LoRA adapters
 (Hu et al., 2021).
 
 Inputs: Demonstration records, or anything `coachlm.data.io.read_records` maps to them (TRL
@@ -30,11 +30,15 @@ from coachlm.data.chat import encode_example
 from coachlm.data.collate import ExampleBatches
 from coachlm.data.io import read_records
 from coachlm.errors import CoachError, DataError
-from coachlm.models.load import load_model, load_tokenizer, save_pretrained
+from coachlm.models.load import load_model, load_tokenizer
 from coachlm.models.lora import LoRAConfig, apply_lora
 from coachlm.models.modes import eval_mode
 from coachlm.trainers.epochs import steps_for_epochs
-from coachlm.trainers.loop import TrainConfig, TrainResult, causal_lm_loss, train
+from coachlm.engine.accel import Engine, to_device
+from coachlm.engine.config import TrainConfig
+from coachlm.engine.loop import TrainResult, train
+from coachlm.trainers.final import save_final
+from coachlm.trainers.lm_loss import causal_lm_loss
 
 Example = tuple[list[int], list[int]]  # (input_ids, labels)
 
@@ -101,8 +105,9 @@ def split_examples(examples: list[Example], val_fraction: float,
 def response_loss(model: torch.nn.Module, batches: ExampleBatches) -> Mapping[str, float]:
     """Token-level mean loss over the response tokens of every batch in `batches`."""
     total, count = 0.0, 0
+    device = next(model.parameters()).device
     for batch in batches.epoch_batches():
-        out = causal_lm_loss(model, batch)
+        out = causal_lm_loss(model, to_device(batch, device))
         total, count = total + float(out.loss_sum), count + out.count
     loss = total / max(count, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
@@ -131,6 +136,7 @@ def _model(cfg: SFTConfig, tok: Any) -> torch.nn.Module:
 
 def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     """`run_sft`, also returning the loop's TrainResult (metrics, tokens/s)."""
+    engine = Engine.from_config(cfg.train)
     tok = load_tokenizer(cfg.model)
     examples = load_examples(cfg.data, tok, cfg.max_length)
     train_ex, val_ex = split_examples(examples, cfg.val_fraction, cfg.train.seed)
@@ -143,18 +149,20 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     tcfg = cfg.train
     batches = ExampleBatches(train_ex, tcfg.batch_size, tok.pad_token_id, seed=tcfg.seed,
                              bucket_batches=cfg.bucket_batches, pack=pack)
-    tcfg = steps_for_epochs(tcfg, cfg.epochs, len(batches))
+    tcfg = steps_for_epochs(tcfg, cfg.epochs, len(batches), engine.world_size)
     cfg = dataclasses.replace(cfg, train=tcfg, pack=pack)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    config.save(cfg, cfg.out / "config.yaml")
+    if engine.is_main:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        config.save(cfg, cfg.out / "config.yaml")
     val = ExampleBatches(val_ex, tcfg.batch_size, tok.pad_token_id, shuffle=False,
                          pack=pack) if val_ex else None
     result = train(model, batches, causal_lm_loss, tcfg, cfg.out,
                    eval_fn=(lambda m: response_loss(m, val)) if val else None,
                    resume=resume, description="sft",
                    extra_summary={"train_examples": len(train_ex), "val_examples": len(val_ex),
-                                  "batches_per_epoch": len(batches), "packed": pack})
-    return result, save_pretrained(model, tok, cfg.out / "final")
+                                  "batches_per_epoch": len(batches), "packed": pack},
+                   engine=engine)
+    return result, save_final(engine, model, tok, cfg.out / "final")
 
 
 def run_sft(cfg: SFTConfig, resume: bool = False) -> Path:

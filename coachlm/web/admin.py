@@ -5,6 +5,8 @@ dashboards also admit reviewers, read-only), and every form post the session's C
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -13,10 +15,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coachlm.data import schema
-from coachlm.feedback import accounts, assign, importer, items, quality, ratings
+from coachlm.data.io import READ_SUFFIXES
+from coachlm.errors import CoachError
+from coachlm.feedback import accounts, assign, guidance, importer, items, quality, ratings
+from coachlm.feedback.dashboard import SOURCES, rows_for
 from coachlm.feedback.db import NotFound, StoreError
 from coachlm.feedback.export import ExportConfig, export_records
 from coachlm.feedback.tables import ROLES, TASK_KINDS, Labeler, Project
+from coachlm.web.dashboard import check_source
 from coachlm.web.deps import AdminUser, FormAdmin, ReviewerUser, render, store
 
 router = APIRouter(prefix="/admin")
@@ -58,9 +64,24 @@ def project(request: Request, project_id: int, user: AdminUser, m: str = "") -> 
         p = _project(s, project_id)
         stats = items.project_stats(s, p)
         g = items.guidelines(s, p)
+        guide = guidance.get(p)
         labelers = s.scalars(select(Labeler).where(Labeler.active).order_by(Labeler.name)).all()
-    return render(request, "admin/project.html", p=p, stats=stats, guideline=g,
+    return render(request, "admin/project.html", p=p, stats=stats, guideline=g, guide=guide,
                   labelers=labelers, kinds=TASK_KINDS, note=m)
+
+
+def _upload_records(data: bytes, filename: str) -> list[schema.Record]:
+    """Records of an uploaded file in any format `coachlm data convert` reads (JSONL, JSON,
+    Parquet, TRL and HH-RLHF shapes), chosen by its name; errors name the uploaded file."""
+    name = Path(filename).name or "upload.jsonl"
+    suffix = next((x for x in READ_SUFFIXES if name.lower().endswith(x)), ".jsonl")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
+        try:
+            return list(importer.read_file(path))
+        except CoachError as e:
+            raise StoreError(str(e).replace(str(path), name)) from None
 
 
 @router.post("/p/{project_id}/import")
@@ -70,11 +91,7 @@ def import_file(request: Request, project_id: int, user: FormAdmin,
     data = file.file.read(MAX_UPLOAD + 1)
     if len(data) > MAX_UPLOAD:
         raise StoreError("the file is too large to upload; use `coachlm label import`")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise StoreError("the file is not UTF-8 text") from None
-    records = list(importer.parse_lines(text.splitlines(), file.filename or "<upload>"))
+    records = _upload_records(data, file.filename or "upload.jsonl")
     with store(request).write() as s:
         counts = importer.import_records(s, _project(s, project_id), records, gold, n_labels)
     return _back(project_id, f"imported-{counts.records}")
@@ -108,26 +125,53 @@ def set_guidelines(request: Request, project_id: int, user: FormAdmin,
     return _back(project_id, "guidelines")
 
 
+def _lines(text: str) -> dict[str, str]:
+    """'KEY = meaning' per line (blank lines ignored) -> {KEY: meaning}."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, meaning = line.partition("=")
+        if line.strip() and (not sep or not key.strip()):
+            raise StoreError(f"each line must look like KEY = meaning, got {line.strip()!r}")
+        if line.strip():
+            out[key.strip()] = meaning.strip()
+    return out
+
+
+@router.post("/p/{project_id}/guidance")
+def set_guidance(request: Request, project_id: int, user: FormAdmin,
+                 anchors: Annotated[str, Form()] = "", flags: Annotated[str, Form()] = "",
+                 skip_reasons: Annotated[str, Form()] = "",
+                 quota: Annotated[int, Form()] = 0) -> Response:
+    changes = {"anchors": _lines(anchors), "flag_descriptions": _lines(flags), "quota": quota,
+               "skip_reasons": [r.strip() for r in skip_reasons.splitlines() if r.strip()]}
+    with store(request).write() as s:
+        guidance.update(_project(s, project_id), changes)
+    return _back(project_id, "guidance")
+
+
 @router.get("/p/{project_id}/quality")
-def quality_page(request: Request, project_id: int, user: ReviewerUser) -> Response:
+def quality_page(request: Request, project_id: int, user: ReviewerUser,
+                 source: str = "") -> Response:
     with store(request).read() as s:
         p = _project(s, project_id)
-        report = quality.project_quality(s, p)
-    return render(request, "admin/quality.html", p=p, r=report)
+        report = quality.report(rows_for(s, p, check_source(source)))
+    return render(request, "admin/quality.html", p=p, r=report, source=source)
 
 
 @router.get("/p/{project_id}/ratings")
 def ratings_page(request: Request, project_id: int, user: ReviewerUser,
-                 rounds: int = 200) -> Response:
+                 rounds: int = 200, source: str = "") -> Response:
+    sources = (check_source(source),) if source else ()
     with store(request).read() as s:
         p = _project(s, project_id)
-        records = export_records(s, p, ExportConfig(kinds=("comparison", "ranking")))
+        records = export_records(s, p, ExportConfig(kinds=("comparison", "ranking"),
+                                                     sources=sources))
     matches = ratings.matches_from_records(records, ratings.by_model)
     board = ratings.leaderboard(matches, rounds=min(max(rounds, 0), 1000))
     elo = ratings.elo(matches)
     prompts = list(ratings.per_prompt(records, rounds=50).items())[:20]
     return render(request, "admin/ratings.html", p=p, board=board, elo=elo,
-                  n_matches=len(matches), prompts=prompts)
+                  n_matches=len(matches), prompts=prompts, source=source, sources=SOURCES)
 
 
 def export_config(kinds: str = "", exclude: str = "", min_agreement: float = 0.0,
@@ -169,8 +213,9 @@ def labelers(request: Request, user: AdminUser) -> Response:
 def create_labeler(request: Request, user: FormAdmin, name: Annotated[str, Form()],
                    password: Annotated[str, Form()], role: Annotated[str, Form()] = "labeler",
                    cost_per_label: Annotated[float, Form()] = 0.0) -> Response:
+    hashed = accounts.hashed(password)  # slow: before the write transaction
     with store(request).write() as s:
-        accounts.create_labeler(s, name, password, role, cost_per_label)
+        accounts.create_labeler(s, name, hashed, role, cost_per_label)
     return RedirectResponse("/admin/labelers", status_code=303)
 
 
@@ -179,13 +224,14 @@ def update_labeler(request: Request, labeler_id: int, user: FormAdmin,
                    role: Annotated[str, Form()], cost_per_label: Annotated[float, Form()],
                    active: Annotated[bool, Form()] = False,
                    password: Annotated[str, Form()] = "") -> Response:
+    hashed = accounts.hashed(password or None)  # slow: before the write transaction
     with store(request).write() as s:
         lab = s.get(Labeler, labeler_id)
         if lab is None:
             raise NotFound(f"no labeler {labeler_id}")
         if lab.id == user.id and (role != "admin" or not active):
             raise StoreError("you cannot remove your own admin role or deactivate yourself")
-        accounts.update_labeler(s, lab.name, password=password or None, role=role,
+        accounts.update_labeler(s, lab.name, password=hashed, role=role,
                                 cost_per_label=cost_per_label, active=active)
     return RedirectResponse("/admin/labelers", status_code=303)
 

@@ -4,49 +4,68 @@ pages. A labeler token reaches only its own assignments; admin operations need a
 Answers are given in shown order, as on the pages: a comparison's `choice` is "first",
 "second", "tie" or "both_bad" (with optional `margin` 1..3); a ranking's `ranks` list the rank
 of each response as listed; a rating has `score`, `flags`, `critique`; an ideal response `text`.
-Every submission carries a client-generated `client_id`: resending it returns the same label.
+Every submission carries a client-generated `client_id`: resending it returns the same label
+(and resending it with a different answer is a 409 naming the stored label). Every body is
+checked for text that cannot be stored (lone surrogates, NUL) before anything else; project
+names may contain "/" (the routes take the rest of the path).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coachlm.data import schema
-from coachlm.feedback import accounts, assign, importer, items, labels, quality
-from coachlm.feedback.tables import Labeler, Project
+from coachlm.feedback import accounts, assign, importer, items, labels, quality, views
+from coachlm.feedback.db import StoreError
+from coachlm.feedback.tables import DEFAULT_TTL_S, MAX_ID, Labeler, Project
+from coachlm.feedback.text import check_tree
 from coachlm.web.admin import export_config, export_response
 from coachlm.web.deps import ApiAdmin, ApiUser, User, store
-from coachlm.web.labeler import task_view
 
 router = APIRouter(prefix="/api")
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
-class LabelIn(BaseModel):
+class Body(BaseModel):
+    """A JSON body whose every string can be stored (no lone surrogate, no NUL)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        try:
+            check_tree(data)
+        except StoreError as e:
+            raise ValueError(str(e)) from None
+        return data
+
+
+class LabelIn(Body):
     client_id: str = Field(min_length=8, max_length=64)
     answer: dict[str, Any]
     time_spent_s: float | None = None
 
 
-class ProjectIn(BaseModel):
+class ProjectIn(Body):
     name: str
     description: str = ""
     guidelines: str = ""
     rating_scale: int = 7
+    assignment_ttl_s: int = DEFAULT_TTL_S
 
 
-class ImportIn(BaseModel):
+class ImportIn(Body):
     records: list[dict[str, Any]]
     gold: bool = False
     n_labels: int = 1
 
 
-class TasksIn(BaseModel):
+class TasksIn(Body):
     kind: str
     n_labels: int = 1
     max_per_prompt: int = 0
@@ -54,11 +73,11 @@ class TasksIn(BaseModel):
     edit: bool = True
 
 
-class AssignIn(BaseModel):
+class AssignIn(Body):
     labelers: list[str]
 
 
-class LabelerIn(BaseModel):
+class LabelerIn(Body):
     name: str
     password: str | None = None
     role: str = "labeler"
@@ -66,7 +85,7 @@ class LabelerIn(BaseModel):
 
 
 def _assignment_json(s: Session, user: User, assignment_id: int) -> dict[str, Any]:
-    v = task_view(s, user, assignment_id)
+    v = views.assignment_view(s, user.id, assignment_id)
     return {"id": v.id, "kind": v.kind, "status": v.status, "project": v.project,
             "prompt": v.messages, "responses": v.texts, "rating_scale": v.scale,
             "flags": v.flags, "answer": v.answer}
@@ -93,7 +112,7 @@ def projects(request: Request, user: ApiUser) -> list[dict[str, Any]]:
     return out
 
 
-@router.post("/projects/{name}/next")
+@router.post("/projects/{name:path}/next")
 def next_assignment(request: Request, name: str, user: ApiUser) -> Response:
     def claim(s: Session) -> dict[str, Any] | None:
         a = assign.next_assignment(s, s.get(Labeler, user.id), _project_named(s, name))
@@ -104,13 +123,13 @@ def next_assignment(request: Request, name: str, user: ApiUser) -> Response:
 
 
 @router.get("/assignments/{assignment_id}")
-def get_assignment(request: Request, assignment_id: int, user: ApiUser) -> dict[str, Any]:
+def get_assignment(request: Request, assignment_id: Id, user: ApiUser) -> dict[str, Any]:
     with store(request).read() as s:
         return _assignment_json(s, user, assignment_id)
 
 
 @router.post("/assignments/{assignment_id}/label")
-def submit(request: Request, assignment_id: int, body: LabelIn, user: ApiUser) -> Response:
+def submit(request: Request, assignment_id: Id, body: LabelIn, user: ApiUser) -> Response:
     def save(s: Session) -> tuple[int, bool]:
         label, created = labels.submit_label(s, s.get(Labeler, user.id), assignment_id,
                                              body.client_id, body.answer, body.time_spent_s)
@@ -122,7 +141,7 @@ def submit(request: Request, assignment_id: int, body: LabelIn, user: ApiUser) -
 
 
 @router.post("/assignments/{assignment_id}/skip")
-def skip(request: Request, assignment_id: int, user: ApiUser) -> dict[str, Any]:
+def skip(request: Request, assignment_id: Id, user: ApiUser) -> dict[str, Any]:
     store(request).run(lambda s: assign.skip(s, s.get(Labeler, user.id), assignment_id))
     return {"skipped": assignment_id}
 
@@ -131,11 +150,12 @@ def skip(request: Request, assignment_id: int, user: ApiUser) -> dict[str, Any]:
 def create_project(request: Request, body: ProjectIn, user: ApiAdmin) -> dict[str, Any]:
     with store(request).write() as s:
         p = items.create_project(s, body.name, body.description, body.rating_scale,
-                                 guidelines=body.guidelines)
+                                 guidelines=body.guidelines,
+                                 assignment_ttl_s=body.assignment_ttl_s)
         return {"id": p.id, "name": p.name}
 
 
-@router.post("/projects/{name}/import")
+@router.post("/projects/{name:path}/import")
 def import_records(request: Request, name: str, body: ImportIn, user: ApiAdmin) -> dict[str, Any]:
     records = []
     for i, d in enumerate(body.records):
@@ -149,21 +169,21 @@ def import_records(request: Request, name: str, body: ImportIn, user: ApiAdmin) 
     return vars(counts)
 
 
-@router.post("/projects/{name}/tasks")
+@router.post("/projects/{name:path}/tasks")
 def create_tasks(request: Request, name: str, body: TasksIn, user: ApiAdmin) -> dict[str, Any]:
     spec = items.TaskSpec(body.kind, body.n_labels, body.max_per_prompt, body.k, body.edit)
     with store(request).write() as s:
         return {"created": items.create_tasks(s, _project_named(s, name), spec)}
 
 
-@router.post("/projects/{name}/assign")
+@router.post("/projects/{name:path}/assign")
 def assign_tasks(request: Request, name: str, body: AssignIn, user: ApiAdmin) -> dict[str, Any]:
     with store(request).write() as s:
         labs = [accounts.get_labeler(s, n) for n in body.labelers]
         return {"assigned": assign.assign_tasks(s, _project_named(s, name), labs)}
 
 
-@router.get("/projects/{name}/export")
+@router.get("/projects/{name:path}/export")
 def export(request: Request, name: str, user: ApiAdmin, kinds: str = "", exclude: str = "",
            min_agreement: float = 0.0, min_gold_accuracy: float = 0.0, include_gold: bool = True,
            sources: str = "") -> Response:
@@ -173,7 +193,7 @@ def export(request: Request, name: str, user: ApiAdmin, kinds: str = "", exclude
     return export_response(request, project_id, cfg)
 
 
-@router.get("/projects/{name}/stats")
+@router.get("/projects/{name:path}/stats")
 def stats(request: Request, name: str, user: ApiAdmin) -> dict[str, Any]:
     with store(request).read() as s:
         p = _project_named(s, name)
@@ -190,12 +210,13 @@ def stats(request: Request, name: str, user: ApiAdmin) -> dict[str, Any]:
 
 @router.post("/labelers", status_code=201)
 def create_labeler(request: Request, body: LabelerIn, user: ApiAdmin) -> dict[str, Any]:
+    password = accounts.hashed(body.password)  # slow: before the write transaction
     with store(request).write() as s:
-        lab = accounts.create_labeler(s, body.name, body.password, body.role, body.cost_per_label)
+        lab = accounts.create_labeler(s, body.name, password, body.role, body.cost_per_label)
         return {"id": lab.id, "name": lab.name, "role": lab.role}
 
 
-@router.post("/labelers/{name}/token")
+@router.post("/labelers/{name:path}/token")
 def new_token(request: Request, name: str, user: ApiAdmin) -> dict[str, str]:
     with store(request).write() as s:
         return {"name": name, "token": accounts.issue_token(s, name)}

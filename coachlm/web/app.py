@@ -1,25 +1,35 @@
 """The labeling web app: FastAPI with server-rendered Jinja2 pages and one small local script.
 
-`create_app(WebConfig(...))` builds it; `serve(cfg)` runs it with uvicorn. Nothing is loaded
-from other sites (no CDN): the pages work offline, and the Content-Security-Policy allows only
-this origin's own scripts and styles, so even a rendering bug could not run injected script.
+`create_app(WebConfig(...))` builds it; `serve(cfg)` runs it with uvicorn, in `workers`
+processes (they share nothing but the database: sessions, sign-in throttling and assignments
+all live there). Nothing is loaded from other sites (no CDN): the pages work offline, and the
+Content-Security-Policy allows only this origin's own scripts and styles, so even a rendering
+bug could not run injected script. Request bodies are size-limited before they are read
+(`body.py`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coachlm.errors import CoachError
 from coachlm.feedback.db import Conflict, NotFound, Store, StoreConfig, open_store
-from coachlm.web import admin, api, auth, labeler
-from coachlm.web.deps import HERE, Forbidden, LoginRequired, render
+from coachlm.feedback.throttle import ThrottleConfig
+from coachlm.web import admin, api, auth, dashboard, labeler, review
+from coachlm.web.body import BodyLimit
+from coachlm.web.deps import HERE, Forbidden, LoginRequired, admin_from_headers, render
 
+IMPORT_PATHS = r"/admin/p/\d+/import|/api/projects/.+/import"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
@@ -31,9 +41,15 @@ class WebConfig:
     port: int = 8000
     secure_cookies: bool | None = None  # None: Secure cookies when the request came over https
     session_hours: float = 12.0
-    login_failures: int = 5  # failed sign-ins allowed per name and per address...
-    login_window_s: float = 300.0  # ...within this many seconds
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)  # failed sign-ins
+    max_body_mb: float = 2.0  # any request body
+    max_upload_mb: float = 200.0  # an import, from an authenticated admin
+    workers: int = 1  # server processes (uvicorn workers)
     access_log: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.max_body_mb <= 0 or self.max_upload_mb <= 0:
+            raise ValueError("workers must be >= 1 and body limits positive")
 
 
 def _is_api(request: Request) -> bool:
@@ -64,6 +80,12 @@ def _handlers(app: FastAPI) -> None:
         status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
         return _error(request, status, str(exc))
 
+    @app.exception_handler(StarletteHTTPException)  # no such route, method not allowed
+    def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        response = _error(request, exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
     @app.exception_handler(RequestValidationError)
     def _invalid(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
@@ -76,7 +98,9 @@ def create_app(cfg: WebConfig = WebConfig(), store: Store | None = None) -> Fast
                   openapi_url="/api/openapi.json")
     app.state.config = cfg
     app.state.store = store or open_store(StoreConfig(url=cfg.store))
-    app.state.limiter = auth.LoginLimiter(cfg.login_failures, cfg.login_window_s)
+    app.add_middleware(BodyLimit, limit=int(cfg.max_body_mb * 2**20),
+                       large_limit=int(cfg.max_upload_mb * 2**20), large_paths=IMPORT_PATHS,
+                       allow_large=lambda scope: admin_from_headers(app.state.store, scope))
 
     @app.middleware("http")
     async def _headers(request: Request, call_next):  # noqa: ANN001, ANN202
@@ -91,15 +115,32 @@ def create_app(cfg: WebConfig = WebConfig(), store: Store | None = None) -> Fast
 
     _handlers(app)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for module in (auth, labeler, admin, api):
+    for module in (auth, labeler, admin, dashboard, review, api):
         app.include_router(module.router)
     return app
 
 
+ENV_CONFIG = "COACHLM_WEB_CONFIG"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process: its config comes from the parent, in the environment;
+    the parent has already migrated the store."""
+    d = json.loads(os.environ[ENV_CONFIG])
+    cfg = WebConfig(**{**d, "throttle": ThrottleConfig(**d["throttle"])})
+    return create_app(cfg, open_store(StoreConfig(url=cfg.store, migrate=False)))
+
+
 def serve(cfg: WebConfig = WebConfig()) -> None:
-    """Run the app with uvicorn until interrupted (the store is migrated on start)."""
+    """Run the app with uvicorn until interrupted (the store is migrated on start).
+    Several workers are separate processes, each with its own connection pool."""
     import uvicorn
 
-    app = create_app(cfg)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, access_log=cfg.access_log,
-                log_level="info", proxy_headers=True)
+    run = dict(host=cfg.host, port=cfg.port, access_log=cfg.access_log, log_level="info",
+               proxy_headers=True)
+    if cfg.workers == 1:
+        uvicorn.run(create_app(cfg), **run)
+        return
+    open_store(StoreConfig(url=cfg.store)).close()  # migrate once, before the workers start
+    os.environ[ENV_CONFIG] = json.dumps(dataclasses.asdict(cfg))
+    uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=cfg.workers, **run)

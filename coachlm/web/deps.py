@@ -9,6 +9,7 @@ thread pool, so database calls never block the event loop.
 from __future__ import annotations
 
 import secrets
+from http.cookies import CookieError, SimpleCookie
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from fastapi.responses import HTMLResponse
 
 from coachlm.feedback import accounts
 from coachlm.feedback.db import Store
+from coachlm.web import diff, markdown
 
 SESSION_COOKIE = "coachlm_session"
 LOGIN_CSRF_COOKIE = "coachlm_login_csrf"
@@ -26,6 +28,8 @@ HERE = Path(__file__).parent
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                           autoescape=True,  # all model and user text is untrusted
                           trim_blocks=True, lstrip_blocks=True)
+_env.filters.update(md=markdown.render, words=markdown.words)  # allow-listed markdown
+_env.globals.update(word_diff=diff.word_diff)
 
 
 class LoginRequired(Exception):
@@ -129,6 +133,27 @@ def api_user(request: Request) -> User:
         if lab is None:
             raise LoginRequired()
         return User(lab.id, lab.name, lab.role)
+
+
+def admin_from_headers(st: Store, scope: dict[str, Any]) -> bool:
+    """Whether an ASGI request carries an admin's credentials (bearer token or session
+    cookie); used to admit a large body before it is read. The route still checks everything
+    (CSRF included) as usual."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    cookie = SimpleCookie()
+    try:
+        cookie.load(headers.get("cookie", ""))
+    except CookieError:
+        return False
+    with st.read() as s:
+        if scheme.lower() == "bearer" and token.strip():
+            lab = accounts.labeler_by_token(s, token.strip())
+            return lab is not None and lab.role == "admin"
+        if SESSION_COOKIE in cookie:
+            found = accounts.session_for(s, cookie[SESSION_COOKIE].value)
+            return found is not None and found[1].role == "admin"
+    return False
 
 
 def api_admin(user: Annotated[User, Depends(api_user)]) -> User:

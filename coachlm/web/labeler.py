@@ -10,80 +10,53 @@ makes a double click or a retried post count once.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from coachlm.feedback import assign, items, labels
-from coachlm.feedback.tables import Assignment, Label, Labeler, Project, Response as ResponseRow
+from coachlm.feedback import assign, flow, guidance, items, labels
+from coachlm.feedback.db import Conflict, StoreError
+from coachlm.feedback.tables import DONE, Labeler, Project
 from coachlm.web.deps import FormUser, SessionUser, User, render, store
+from coachlm.web.task_view import task_view
 
 router = APIRouter()
 STRENGTHS = {1: "slightly better", 2: "better", 3: "much better"}
 
 
-@dataclass(frozen=True)
-class TaskView:
-    """Everything an assignment page shows, read in one transaction."""
-
-    id: int
-    kind: str
-    status: str
-    project: str
-    project_id: int
-    messages: list[dict[str, str]]
-    texts: list[str]  # responses in shown order
-    scale: int
-    flags: list[str]
-    answer: dict[str, Any] | None  # the submitted answer, in shown order
-    done: int
-    available: int
-
-
-def _shown_answer(kind: str, answer: dict[str, Any], order: list[int]) -> dict[str, Any]:
-    if kind == "comparison" and answer["choice"] in ("a", "b"):
-        pos = order.index("ab".index(answer["choice"]))
-        return {**answer, "choice": ("first", "second")[pos]}
-    if kind == "ranking":
-        return {**answer, "ranks": [answer["ranks"][i] for i in order]}
-    return answer
-
-
-def task_view(s: Session, user: User, assignment_id: int) -> TaskView:
-    lab = s.get(Labeler, user.id)
-    a = assign.get_assignment(s, lab, assignment_id)
-    task, project = a.task, s.get(Project, a.task.project_id)
-    rows = {r.id: r for r in s.scalars(select(ResponseRow).where(
-        ResponseRow.id.in_(task.response_ids)))}
-    texts = [rows[task.response_ids[i]].text for i in a.shown_order]
-    label = s.scalar(select(Label).where(Label.assignment_id == a.id))
-    answer = _shown_answer(task.kind, label.answer, a.shown_order) if label else None
-    prog = assign.progress(s, lab, project)
-    return TaskView(a.id, task.kind, a.status, project.name, project.id, task.prompt.messages,
-                    texts, project.rating_scale, list(project.flags), answer, prog.done,
-                    prog.available)
-
-
 def _next_url(request: Request, user: User, project_id: int, note: str) -> str:
-    def claim(s: Session) -> Assignment | None:
-        return assign.next_assignment(s, s.get(Labeler, user.id), s.get(Project, project_id))
+    def claim(s: Session) -> tuple[int | None, str | None]:
+        nxt = flow.next_with_work(s, s.get(Labeler, user.id), s.get(Project, project_id))
+        return (nxt.assignment.id if nxt.assignment else None), nxt.moved_to
 
-    a = store(request).run(claim, durable=False)  # a lost claim is simply re-offered
-    return f"/a/{a.id}?m={note}" if a else f"/?m={note}"
+    aid, moved = store(request).run(claim, durable=False)  # a lost claim is simply re-offered
+    if aid is None:
+        return f"/?m={note}"
+    return f"/a/{aid}?m={note}" + (f"&moved={quote(moved)}" if moved else "")
+
+
+def _go(request: Request, url: str) -> Response:
+    """A redirect for a form post; for the page script's fetch, the address as JSON, so that a
+    submit costs the same two round trips with or without the script."""
+    if request.headers.get("x-coachlm-fetch"):
+        return JSONResponse({"next": url})
+    return RedirectResponse(url, status_code=303)
 
 
 @router.get("/")
 def queue(request: Request, user: SessionUser, m: str = "") -> Response:
     with store(request).read() as s:
         lab = s.get(Labeler, user.id)
-        rows = [(p, assign.progress(s, lab, p))
+        rows = [(p, assign.progress(s, lab, p), guidance.get(p).quota)
                 for p in s.scalars(select(Project).order_by(Project.name))]
-    rows = [(p, pr) for p, pr in rows if pr.done or pr.pending or pr.available]
-    return render(request, "queue.html", projects=rows, note=m)
+        skipped = [(a.id, a.task.prompt.messages[-1]["content"], a.skip_reason or "",
+                    s.get(Project, a.task.project_id).name) for a in flow.skipped(s, lab)]
+    rows = [(p, pr, q) for p, pr, q in rows if pr.done or pr.pending or pr.available]
+    return render(request, "queue.html", projects=rows, note=m, skipped=skipped)
 
 
 @router.post("/p/{project_id}/start")
@@ -102,17 +75,21 @@ def guidelines(request: Request, project_id: int, user: SessionUser) -> Response
 
 
 @router.get("/a/{assignment_id}")
-def show(request: Request, assignment_id: int, user: SessionUser, m: str = "") -> Response:
+def show(request: Request, assignment_id: int, user: SessionUser, m: str = "",
+         moved: str = "") -> Response:
     with store(request).read() as s:
         view = task_view(s, user, assignment_id)
-    return render(request, f"task_{view.kind}.html", t=view, note=m, client_id=uuid.uuid4().hex,
-                  strengths=STRENGTHS)
+    return render(request, f"task_{view.kind}.html", t=view, note=m, moved=moved,
+                  client_id=uuid.uuid4().hex, strengths=STRENGTHS,
+                  skip_reasons=view.guide.skip_reasons)
 
 
 def _answer(kind: str, choice: str, strength: str, ranks: list[str], score: str,
             flags: list[str], critique: str, text: str) -> dict[str, Any]:
     if kind == "comparison":
-        return {"choice": choice, "margin": strength or None}
+        if choice in ("first", "second") and not strength:  # never a margin nobody chose
+            raise StoreError("choose how much better the response is (1, 2 or 3)")
+        return {"choice": choice, "margin": strength if choice in ("first", "second") else None}
     if kind == "ranking":
         return {"ranks": ranks}
     if kind == "rating":
@@ -126,29 +103,46 @@ def submit(request: Request, assignment_id: int, user: FormUser,
            choice: Annotated[str, Form()] = "", strength: Annotated[str, Form()] = "",
            ranks: Annotated[list[str], Form()] = [], score: Annotated[str, Form()] = "",  # noqa: B006
            flags: Annotated[list[str], Form()] = [], critique: Annotated[str, Form()] = "",  # noqa: B006
-           text: Annotated[str, Form()] = "") -> Response:
+           text: Annotated[str, Form()] = "", revise: Annotated[str, Form()] = "") -> Response:
     try:
         spent = float(elapsed_ms) / 1000 if elapsed_ms else None
     except ValueError:
         spent = None
 
-    def save(s: Session) -> int:
+    def save(s: Session) -> tuple[int, str]:
         lab = s.get(Labeler, user.id)
         a = assign.get_assignment(s, lab, assignment_id)
         answer = _answer(a.task.kind, choice, strength, ranks, score, flags, critique, text)
-        labels.submit_label(s, lab, assignment_id, client_id, answer, spent)
-        return a.task.project_id
+        project_id = a.task.project_id
+        guidance.mark_read(s, lab.id, s.get(Project, project_id))  # it was on the page
+        if revise and a.status == DONE:
+            return project_id, "revised" if flow.revise(s, lab, a.id, client_id, answer,
+                                                        spent)[1] else "already"
+        try:
+            labels.submit_label(s, lab, assignment_id, client_id, answer, spent)
+        except Conflict:
+            if a.status == DONE:  # Back + Enter, or a second tab: keep what was saved
+                return project_id, "already"
+            raise
+        return project_id, "saved"
 
-    project_id = store(request).run(save)  # committed here, before we answer
-    return RedirectResponse(_next_url(request, user, project_id, "saved"), status_code=303)
+    project_id, note = store(request).run(save)  # committed here, before we answer
+    if note == "already":
+        return _go(request, f"/a/{assignment_id}?m=already")
+    return _go(request, _next_url(request, user, project_id, note))
 
 
 @router.post("/a/{assignment_id}/skip")
-def skip(request: Request, assignment_id: int, user: FormUser) -> Response:
+def skip(request: Request, assignment_id: int, user: FormUser,
+         reason: Annotated[str, Form()] = "") -> Response:
     def do(s: Session) -> int:
-        lab = s.get(Labeler, user.id)
-        assign.skip(s, lab, assignment_id)
-        return s.get(Assignment, assignment_id).task.project_id
+        return flow.skip(s, s.get(Labeler, user.id), assignment_id, reason).task.project_id
 
     project_id = store(request).run(do)
     return RedirectResponse(_next_url(request, user, project_id, "skipped"), status_code=303)
+
+
+@router.post("/a/{assignment_id}/revisit")
+def revisit(request: Request, assignment_id: int, user: FormUser) -> Response:
+    store(request).run(lambda s: flow.revisit(s, s.get(Labeler, user.id), assignment_id))
+    return RedirectResponse(f"/a/{assignment_id}", status_code=303)
