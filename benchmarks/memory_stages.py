@@ -77,7 +77,7 @@ def main(argv: list[str]) -> dict:
         fix_mmap_threshold(args.mmap_threshold)
     mon = RSSMonitor()
     with mon.stage("import"):
-        from coachlm.trainers.loop import TrainConfig
+        from coachlm.engine.config import TrainConfig
         from coachlm.trainers.pretrain import PretrainConfig, run_pretrain
         from coachlm.trainers.sft import SFTConfig, run_sft
         from coachlm.world.build import WorldConfig, build_world
