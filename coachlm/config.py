@@ -114,8 +114,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
             # A partial nested mapping changes only the keys it names: the rest keep this
             # field's own default (e.g. a trainer's tuned TrainConfig), not the class defaults.
-            value = _merge(to_dict(default), value)
+            value = merge(to_dict(default), value)
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    _yield_defaults(cls, data, kwargs, prefix)
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -124,6 +125,25 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:  # __post_init__ validation
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def _yield_defaults(cls: type, data: Mapping[str, Any], kwargs: dict[str, Any],
+                    prefix: str) -> None:
+    """A setting the user gave wins over a default that would replace it.
+
+    `cls.DEFAULT_YIELDS` maps a field (e.g. "epochs", default 1) to the nested key it replaces
+    when set (("train", "max_steps")): given only the nested key, the field becomes None; given
+    both, the conflict is an error naming both keys.
+    """
+    for name, (section, key) in getattr(cls, "DEFAULT_YIELDS", {}).items():
+        nested = data.get(section)
+        if not (isinstance(nested, Mapping) and key in nested):
+            continue
+        if name not in data:
+            kwargs[name] = None
+        elif data[name] is not None:
+            raise ConfigError(f"both '{prefix}{name}' and '{prefix}{section}.{key}' are set, and "
+                              f"{name} replaces {key}: set one of them (or {name}=null)")
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -169,11 +189,12 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, nested mappings merged key by key."""
     out = dict(base)
     for k, v in extra.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(dict(out[k]), v)
+            out[k] = merge(dict(out[k]), v)
         else:
             out[k] = v
     return out
@@ -193,8 +214,8 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
-        data = _merge(data, loaded)
-    data = _merge(data, parse_overrides(overrides))
+        data = merge(data, loaded)
+    data = merge(data, parse_overrides(overrides))
     return from_dict(cls, data)
 
 

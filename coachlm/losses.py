@@ -7,11 +7,13 @@ weight, log or filter pairs); token-level losses return masked means.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from coachlm.rl_math import kl_k3, masked_mean
+from coachlm.rl_math import aggregate, kl_k3, masked_mean
 
 # ---------------------------------------------------------------------------------------------
 # Language modelling
@@ -200,9 +202,15 @@ def ipo(
 
 
 def ppo_clip(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+    aggregation: Literal["token", "sequence"] = "token",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Clipped surrogate policy loss, per token, masked mean.
+    """Clipped surrogate policy loss, per token, reduced by ``rl_math.aggregate``: a token mean
+    (the default) or, for GRPO as in DeepSeekMath eq. 3, a mean of per-sequence means.
 
     Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7:
     L = -E[min(rho A, clip(rho, 1 - eps, 1 + eps) A)], rho = pi / pi_old, written as the max of
@@ -216,17 +224,46 @@ def ppo_clip(
     ratio = torch.exp(log_ratio)
     pg_loss_unclipped = -advantages * ratio  # (B, T)
     pg_loss_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(pg_loss_unclipped, pg_loss_clipped), mask)
+    loss = aggregate(torch.maximum(pg_loss_unclipped, pg_loss_clipped), mask, aggregation)
     with torch.no_grad():
         clipfrac = masked_mean((pg_loss_clipped > pg_loss_unclipped).to(logprobs.dtype), mask)
         approx_kl = masked_mean(kl_k3(old_logprobs, logprobs), mask)
     return loss, clipfrac, approx_kl
 
 
-def value_clip(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_eps: float = 0.2
+def kl_penalty(
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    mask: Tensor,
+    beta: float,
+    aggregation: Literal["token", "sequence"] = "sequence",
 ) -> tuple[Tensor, Tensor]:
-    """Clipped value loss 0.5 * max((V - R)^2, (V_clip - R)^2), masked mean.
+    """GRPO's KL term: beta * D_KL[pi_theta || pi_ref] added to the loss, not to the reward.
+
+    Shao et al. 2024, "DeepSeekMath", eq. 3 (the term -beta * D_KL inside the per-token sum) with
+    eq. 4, the k3 estimator D_KL = ref / pi - log(ref / pi) - 1 on the current policy's
+    logprobs (Schulman 2020, "Approximating KL"). Keeping the KL out of the advantages keeps its
+    weight beta whatever the group's score spread: folded into a reward that is then divided by
+    the group's std, its weight would be beta / std, unbounded when the scores tie.
+    ``aggregation`` reduces the tokens as the policy loss does (``rl_math.aggregate``).
+
+    logprobs (with grad), ref_logprobs, mask: (B, T). Returns (beta * KL, KL) scalars; the
+    second is detached, for logging.
+    """
+    kl = aggregate(kl_k3(logprobs, ref_logprobs), mask, aggregation)
+    return beta * kl, kl.detach()
+
+
+def value_clip(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip_eps: float = 0.2,
+    aggregation: Literal["token", "sequence"] = "token",
+) -> tuple[Tensor, Tensor]:
+    """Clipped value loss 0.5 * max((V - R)^2, (V_clip - R)^2), reduced by ``rl_math.aggregate``
+    (a token mean by default), as the policy loss is.
 
     V_clip = V_old + clip(V - V_old, -eps, eps): the critic may not move further than eps from
     the rollout-time values, mirroring the policy clip. From OpenAI baselines ppo2 and
@@ -238,7 +275,7 @@ def value_clip(
     values_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)  # (B, T)
     loss_unclipped = (values - returns) ** 2
     loss_clipped = (values_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+    loss = 0.5 * aggregate(torch.maximum(loss_unclipped, loss_clipped), mask, aggregation)
     with torch.no_grad():
         clipfrac = masked_mean((loss_clipped > loss_unclipped).to(values.dtype), mask)
     return loss, clipfrac

@@ -36,6 +36,34 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return total / count
 
 
+def aggregate(x: Tensor, mask: Tensor, how: Literal["token", "sequence"] = "token") -> Tensor:
+    """Reduce a per-token loss (B, T) to a scalar: a token mean or a mean of per-sequence means.
+
+    ``token``: every unmasked token weighs the same (long responses weigh more), as PPO
+    implementations for language models do (Huang et al. 2023; Liu et al. 2025, "Dr. GRPO").
+    ``sequence``: 1/G sum_i 1/|o_i| sum_t, the per-sequence mean of Shao et al. 2024
+    ("DeepSeekMath", eq. 3), every response weighing the same; rows without tokens are left out.
+
+    x, mask: (B, T). Returns a scalar.
+    """
+    if how == "token":
+        return masked_mean(x, mask)
+    if how == "sequence":
+        has_tokens = mask.bool().any(dim=1)  # (B,)
+        return masked_mean(masked_mean(x, mask, dim=1), has_tokens)
+    raise ValueError(f"unknown aggregation {how!r}; expected 'token' or 'sequence'")
+
+
+def aggregation_weight(mask: Tensor, how: Literal["token", "sequence"] = "token") -> Tensor:
+    """How much a micro-batch with ``mask`` (b, T) weighs in its mini-batch's ``aggregate``:
+    its number of tokens (``token``) or of non-empty rows (``sequence``). Returns a scalar, so
+    that sum over micro-batches of aggregate(micro) * weight(micro) / weight(mini) equals
+    aggregate(mini)."""
+    if how == "token":
+        return mask.sum()
+    return mask.bool().any(dim=1).sum()
+
+
 def masked_var(x: Tensor, mask: Tensor, dim: int | None = None, unbiased: bool = True) -> Tensor:
     """Variance of ``x`` over masked positions; ``unbiased`` applies Bessel's n / (n - 1).
 

@@ -12,8 +12,14 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr (a setting or input the run works around, and says so)."""
+    Console(stderr=True).print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def peak_rss_mb() -> float:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pipeline_fixtures import TINY
 
 ENV = {**os.environ, "COACHLM_NO_PROGRESS": "1", "COLUMNS": "200"}
 
@@ -29,10 +30,12 @@ def test_config_typo_names_the_key(tmp_path):
 
 
 def test_yaml_config_typo_names_the_nested_key(tmp_path):
-    cfg = tmp_path / "demo.yaml"
-    cfg.write_text("pretrain:\n  max_stepz: 3\n")
-    proc = coachlm("demo", "--out", str(tmp_path / "d"), "--config", str(cfg))
-    assert_user_error(proc, "unknown config key 'pretrain.max_stepz'", "max_steps")
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("stages:\n  world:\n    config: {seed: 0}\n  pretrain:\n"
+                   "    inputs: {corpus: world.corpus}\n    config: {train: {max_stepz: 3}}\n")
+    proc = coachlm("run", str(cfg), "--out", str(tmp_path / "d"))
+    assert_user_error(proc, f"{cfg}: unknown config key 'stages.pretrain.config.train.max_stepz'",
+                      "max_steps")
 
 
 def test_malformed_record_names_file_line_and_field(tmp_path):
@@ -53,14 +56,7 @@ def test_missing_model_directory_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_caches(tmp_path):
     out = tmp_path / "demo"
-    overrides = ["world.sft_demos=64", "world.train_prompts=16", "world.heldout_per_family=2",
-                 "world.corpus_chars=60000", "preset=world-tiny", "seq_len=64", "vocab_size=512",
-                 "pretrain.max_steps=4", "pretrain.batch_size=4", "sft.max_steps=4",
-                 "sft.batch_size=4", "sft_max_length=96", "samples_per_prompt=3",
-                 "sample_max_new_tokens=12", "rm.batch_size=4", "ppo.steps=2",
-                 "ppo.rollout_batch_size=4", "ppo.samples_per_prompt=1", "ppo.mini_batch_size=4",
-                 "ppo.micro_batch_size=4", "ppo.max_new_tokens=12", "eval_max_new_tokens=16",
-                 "kl_samples=4"]
+    overrides = TINY
     stages = ("world", "pretrain", "sft", "sample", "feedback", "rm", "ppo", "eval")
     proc = coachlm("demo", "--out", str(out), *overrides)
     assert proc.returncode == 0, proc.stderr
@@ -75,16 +71,26 @@ def test_demo_runs_end_to_end_and_caches(tmp_path):
         assert record["stage"] == stage and record["key"]
     # lineage: each model names the data and models it came from
     assert set(json.loads((out / "sft" / "stage.json").read_text())["inputs"]) == {"world", "pretrain"}
-    assert set(json.loads((out / "rm" / "stage.json").read_text())["inputs"]) == {"feedback", "sft"}
+    # (the reward model normalizes on the sampled responses: an input too, so a key input)
+    assert set(json.loads((out / "rm" / "stage.json").read_text())["inputs"]) == {
+        "feedback", "sft", "sample"}
     assert set(json.loads((out / "ppo" / "stage.json").read_text())["inputs"]) == {"world", "sft", "rm"}
     assert (out / "feedback" / "rankings.jsonl").is_file()
+    ppo_manifest = json.loads((out / "ppo" / "stage.json").read_text())
+    assert ppo_manifest["kind"] == "ppo" and ppo_manifest["config"]["ppo"]["steps"] == 2
+    assert ppo_manifest["input_refs"]["reward"] == "rm.model"
+    assert ppo_manifest["code_version"]["coachlm"] and ppo_manifest["metrics"]["final_metrics"]
+    wins = summary["wins"]["ppo_over_sft"]
+    assert wins["wins"] + wins["ties"] + wins["losses"] == wins["n"] == 10
+    assert wins["lo"] <= wins["rate"] <= wins["hi"]
+    assert summary["test"]["n"] == 5 and summary["sampled"]["max_new_tokens"] == 12
     assert json.loads((out / "ppo" / "summary.json").read_text())["steps"] == 2
     # a second run with the same settings re-runs nothing
     again = coachlm("demo", "--out", str(out), *overrides)
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("cached") == len(stages)
     # changing a reward-model setting re-runs the reward model, PPO and eval only
-    changed = coachlm("demo", "--out", str(out), *overrides, "rm.lr=1e-4")
+    changed = coachlm("demo", "--out", str(out), *overrides, "rm.train.lr=1e-4")
     assert changed.returncode == 0, changed.stderr
     for stage in ("world", "pretrain", "sft", "sample", "feedback"):
         assert f"{stage}: cached" in changed.stderr

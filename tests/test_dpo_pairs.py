@@ -128,3 +128,25 @@ def test_encode_pairs_expands_rankings_and_skips_ties_and_identical_pairs(tok):
     assert tok.decode(pairs[0].chosen_ids, skip_special_tokens=True) == "5."
     assert pairs[0].chosen_ids[-1] == tok.eos_token_id
     assert len({p.prompt_ids for p in pairs}) == 1  # the prompt is encoded once, shared
+
+
+def test_split_keeps_a_prompt_truncated_two_ways_on_one_side(tok):
+    from coachlm.trainers.dpo import split_by_prompt
+
+    records = []
+    for i in range(10):
+        prompt = (Message("user", " ".join(["the cat sat on a mat"] * 4) + f" {i}"),)
+        for short, long in (("a.", "b."), ("a.", "the big red dog ran on the small blue hat.")):
+            records.append(Comparison(prompt=prompt, a=Response(short), b=Response(long),
+                                      choice="a"))
+    pairs, _ = encode_pairs(preference_pairs(records), tok, max_length=40)
+    by_key = {}
+    for p in pairs:
+        by_key.setdefault(p.key, set()).add(p.prompt_ids)
+    assert all(len(v) == 2 for v in by_key.values()), "each prompt must be truncated two ways"
+    for seed in range(5):
+        train, val, note = split_by_prompt(pairs, 0.3, seed)
+        assert len(val) == 6 and note is None
+        assert not {p.key for p in train} & {p.key for p in val}
+    train, val, note = split_by_prompt(pairs[:2], 0.05, 0)  # one prompt: no validation split
+    assert len(train) == 2 and val == [] and "no validation split" in note

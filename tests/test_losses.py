@@ -4,7 +4,9 @@ TRL computes its DPO and reward losses inline in ``DPOTrainer._compute_loss`` an
 ``RewardTrainer.compute_loss``; no standalone function exposes them. The oracle helpers below
 call those methods on a trainer built with ``object.__new__`` and a stub model that returns
 fixed per-token log-probs / rewards, so TRL's own loss code runs on our numbers. They depend on
-TRL internals and skip (not fail) if those internals change.
+TRL internals: they skip when TRL is not installed, and FAIL when it is but its internals
+changed, so that the oracle comparison can never silently stop running (then update the
+helpers to the new TRL, or pin it in the dev extra).
 """
 
 import math
@@ -18,7 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coachlm.losses import bradley_terry, bradley_terry_tie, dpo, ipo, nll, ppo_clip, ranking, value_clip
+from coachlm.losses import (bradley_terry, bradley_terry_tie, dpo, ipo, kl_penalty, nll, ppo_clip, ranking,
+                            value_clip)
 
 
 def close(actual, expected, atol=1e-6):
@@ -59,6 +62,12 @@ def _bare_trainer(cls, **attrs):
     return trainer
 
 
+def trl_version() -> str:
+    import trl
+
+    return trl.__version__
+
+
 def trl_reward_loss(chosen, rejected, margin=None):
     """TRL RewardTrainer.compute_loss on fixed rewards (B,): a scalar mean loss."""
     pytest.importorskip("trl")
@@ -73,7 +82,8 @@ def trl_reward_loss(chosen, rejected, margin=None):
     try:
         return trainer.compute_loss(lambda **_: SimpleNamespace(logits=logits), inputs)
     except (AttributeError, KeyError, TypeError) as err:
-        pytest.skip(f"TRL RewardTrainer internals changed: {err!r}")
+        pytest.fail(f"TRL {trl_version()} RewardTrainer internals changed (update this "
+                    f"oracle): {err!r}")
 
 
 def trl_dpo_loss(loss_type, beta, chosen_tok, rejected_tok, mask, ref_chosen, ref_rejected, label_smoothing=0.0):
@@ -109,7 +119,32 @@ def trl_dpo_loss(loss_type, beta, chosen_tok, rejected_tok, mask, ref_chosen, re
     try:
         return trainer._compute_loss(lambda **_: outputs, inputs, False)
     except (AttributeError, KeyError, TypeError) as err:
-        pytest.skip(f"TRL DPOTrainer internals changed: {err!r}")
+        pytest.fail(f"TRL {trl_version()} DPOTrainer internals changed (update this "
+                    f"oracle): {err!r}")
+
+
+@pytest.mark.parametrize("which", ["reward", "dpo"])
+def test_trl_oracles_fail_rather_than_skip_when_trl_internals_change(monkeypatch, which):
+    pytest.importorskip("trl")
+    from trl.trainer.dpo_trainer import DPOTrainer
+    from trl.trainer.reward_trainer import RewardTrainer
+
+    def changed(self, *args, **kwargs):
+        raise AttributeError("'Trainer' object has no attribute 'renamed'")
+
+    monkeypatch.setattr(RewardTrainer, "compute_loss", changed)
+    monkeypatch.setattr(DPOTrainer, "_compute_loss", changed)
+    outcome = None
+    try:  # catch everything: a skip (an outcome, not an Exception) must show up here too
+        if which == "reward":
+            trl_reward_loss(torch.tensor([1.0]), torch.tensor([0.0]))
+        else:
+            trl_dpo_loss("sigmoid", 0.1, CHOSEN_TOK, REJECTED_TOK, DPO_MASK, REF_CHOSEN,
+                         REF_REJECTED)
+    except BaseException as e:  # noqa: BLE001
+        outcome = e
+    assert isinstance(outcome, pytest.fail.Exception), repr(outcome)
+    assert "internals changed" in str(outcome)
 
 
 # Two pairs of 3-token completions; the second chosen response has only 2 real tokens.
@@ -325,6 +360,35 @@ def test_ppo_clip_on_policy_is_minus_mean_advantage():
     close(loss, -(1.0 + 3.0) / 2)
     close(clipfrac, 0.0)
     close(approx_kl, 0.0)
+
+
+def test_ppo_clip_sequence_aggregation_by_hand():
+    # On policy (rho = 1) the loss is -A per token; row 0 has 2 tokens, row 1 has 1.
+    logprobs = torch.tensor([[-0.5, -2.0], [-1.0, -1.0]])
+    advantages = torch.tensor([[1.0, 3.0], [6.0, 0.0]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    token, _, _ = ppo_clip(logprobs, logprobs, advantages, mask, aggregation="token")
+    sequence, _, _ = ppo_clip(logprobs, logprobs, advantages, mask, aggregation="sequence")
+    close(token, -(1.0 + 3.0 + 6.0) / 3)
+    close(sequence, -((1.0 + 3.0) / 2 + 6.0) / 2)
+
+
+def test_kl_penalty_by_hand():
+    half, quarter = math.log(0.5), math.log(0.25)
+    logprobs = torch.tensor([[half, 0.0], [half, quarter]], requires_grad=True)
+    ref = torch.tensor([[quarter, 0.0], [half, half]])
+    mask = torch.tensor([[1, 0], [1, 1]])
+    # k3 = r - 1 - log r, r = ref / pi: tok (0.5 -> 0.25) r = 0.5: log 2 - 0.5;
+    # tok (0.5 -> 0.5) r = 1: 0; tok (0.25 -> 0.5) r = 2: 1 - log 2
+    k_a, k_c = math.log(2) - 0.5, 1 - math.log(2)
+    loss, kl = kl_penalty(logprobs, ref, mask, beta=0.05, aggregation="sequence")
+    close(kl, (k_a + (0.0 + k_c) / 2) / 2)  # the mean of the two sequences' means
+    close(loss, 0.05 * (k_a + k_c / 2) / 2)
+    _, kl_token = kl_penalty(logprobs, ref, mask, beta=0.05, aggregation="token")
+    close(kl_token, (k_a + 0.0 + k_c) / 3)  # = 1/6
+    loss.backward()
+    # d k3 / d logp = 1 - r; each sequence weighs 1/2, a token of row 1 another 1/2
+    close(logprobs.grad, [[0.05 * (1 - 0.5) / 2, 0.0], [0.0, 0.05 * (1 - 2.0) / 4]])
 
 
 def test_value_clip_by_hand():

@@ -250,3 +250,150 @@ def test_resume_rejects_changed_settings(tmp_path):
         train_ppo(policy(), tokenizer(), PROMPTS, LowIds(),
                   config.replace(cfg, steps=2, rollout_batch_size=8, mini_batch_size=8), tmp_path,
                   resume=True)
+
+
+# ------------------------------------------------------------------------------- GRPO's KL
+
+
+def _tied_group(kls):
+    """A GRPO group of 4 one-token responses, all scored 1, whose k1 KLs are `kls`."""
+    from coachlm.rollout.experience import Experience
+
+    B = len(kls)
+    exp = Experience(sequences=torch.zeros(B, 2, dtype=torch.long),
+                     attention_mask=torch.ones(B, 2, dtype=torch.long),
+                     action_mask=torch.ones(B, 1, dtype=torch.bool),
+                     finished=torch.ones(B, dtype=torch.bool), prompt_index=torch.zeros(B).long(),
+                     logprobs=torch.tensor(kls).view(B, 1) - 1.0,
+                     ref_logprobs=torch.full((B, 1), -1.0))
+    exp.scores = torch.ones(B)
+    return exp
+
+
+def test_grpo_advantages_ignore_the_kl():
+    # Issue 13, by hand: beta 0.05, scores (1, 1, 1, 1), per-sequence KLs (0.5, 1, 1.5, 2).
+    # Folded into the reward before the std division, the KL alone gave advantages
+    # -0.05 * (KL - 1.25) / (0.05 * std(KL) + 1e-4) = (+1.16, +0.39, -0.39, -1.16) (std(KL) =
+    # 0.6455), more than an informative group (1, 0, 1, 0) gets (+-0.87). DeepSeekMath eq. 3:
+    # the scores alone.
+    from coachlm.rl_math import group_advantages
+    from coachlm.trainers.ppo_steps import group_relative_advantages
+
+    kls = [0.5, 1.0, 1.5, 2.0]
+    folded = group_advantages(1 - 0.05 * torch.tensor(kls), 4, "grpo")
+    assert torch.allclose(folded, torch.tensor([1.158, 0.386, -0.386, -1.158]), atol=1e-3)
+    assert torch.allclose(group_advantages(torch.tensor([1.0, 0, 1, 0]), 4, "grpo").abs(),
+                          torch.full((4,), 0.866), atol=1e-3)
+    for scale_std in (True, False):
+        cfg = small(algo="grpo", samples_per_prompt=4, rollout_batch_size=2, mini_batch_size=8,
+                    scale_std=scale_std)
+        exp = _tied_group(kls)
+        shape_rewards(exp, 0.05, cfg)
+        group_relative_advantages(exp, cfg)
+        assert torch.equal(exp.advantages, torch.zeros(4, 1))
+        # the KL is measured (k3, for the logs and the controller), not put in the reward
+        d = -torch.tensor(kls)  # log ref - log pi
+        assert torch.allclose(exp.kl.squeeze(1), torch.expm1(d) - d)
+        assert torch.equal(exp.rewards.squeeze(1), exp.scores)
+
+
+def test_rloo_keeps_the_kl_in_the_reward_at_weight_beta():
+    # RLOO (Ahmadian et al., 2024) is unscaled: the KL's weight in the advantage stays beta.
+    from coachlm.trainers.ppo_steps import group_relative_advantages
+
+    cfg = small(algo="rloo", samples_per_prompt=4, rollout_batch_size=2, mini_batch_size=8)
+    exp = _tied_group([0.5, 1.0, 1.5, 2.0])
+    shape_rewards(exp, 0.05, cfg)
+    group_relative_advantages(exp, cfg)
+    # r_i = 1 - 0.05 * KL_i; A_i = r_i - mean of the other three = (4/3) * (r_i - mean r)
+    expected = -0.05 * (torch.tensor([0.5, 1.0, 1.5, 2.0]) - 1.25) * 4 / 3
+    assert torch.allclose(exp.advantages.squeeze(1), expected, atol=1e-6)
+
+
+def test_kl_estimator_defaults_and_checks():
+    assert small().kl_kind == "k1" and small().aggregation == "token"
+    grpo = small(algo="grpo", samples_per_prompt=2)
+    assert grpo.kl_kind == "k3" and grpo.aggregation == "sequence" and grpo.scale_std
+    with pytest.raises(ConfigError, match="needs kl_estimator k3"):
+        config.from_dict(PPOConfig, {"algo": "grpo", "samples_per_prompt": 2, "kl_estimator": "k1"})
+    with pytest.warns(UserWarning, match="biased"):
+        small(kl_estimator="k3")
+
+
+def test_grpo_update_with_tied_scores_pulls_toward_the_reference(tmp_path):
+    # Every response scores the same: the advantages are 0 and the only force is the KL term,
+    # so the policy's KL to the reference shrinks from a perturbed start.
+    torch.manual_seed(0)
+    model = policy()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    # From a KL of about 0.2 nats, 10 steps bring it to about 0.04 (seed 0); a larger start or
+    # lr makes the k3 gradient (1 - ref / pi per token) too noisy for 16 samples.
+    cfg = small(algo="grpo", steps=10, rollout_batch_size=4, samples_per_prompt=4,
+                mini_batch_size=16, micro_batch_size=8, ppo_epochs=2, kl_coef=1.0, lr=0.01)
+    train_ppo(model, tokenizer(), PROMPTS, lambda p, t, ids: torch.ones(len(t)), cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(abs(r["policy_loss"]) < 1e-6 for r in rows) and rows[0]["kl_loss"] > 0
+    kls = [r["kl"] for r in rows]
+    assert max(kls[-3:]) < 0.5 * kls[0], kls
+
+
+def test_rollout_logprobs_leave_out_the_pad_token_as_sampling_does():
+    # The sampler never emits the pad token; the logprobs (policy and reference) must be those
+    # of that distribution, not of a softmax in which a likely pad token takes mass.
+    tok = tokenizer()
+    model = policy()
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight  # tied: the pad's output row as well
+        emb[tok.pad_token_id] = 8.0 * emb[tok.eos_token_id]  # as scaling EOS makes it likely
+    ac = ActorCritic(model, None)
+    from coachlm.data.chat import encode_prompt
+
+    ids = [encode_prompt(tok, p) for p in PROMPTS[:4]]
+    exp, gen, _ = rollout(ac, None, tok, ids, small(rollout_batch_size=4, mini_batch_size=4),
+                          seed=0, autocast=lambda: torch.autocast("cpu", enabled=False))
+    N = exp.action_mask.shape[1]
+    with torch.no_grad():
+        logits = model(input_ids=exp.sequences, attention_mask=exp.attention_mask,
+                       position_ids=(exp.attention_mask.cumsum(-1) - 1).clamp(min=0)
+                       ).logits[:, -(N + 1):-1]  # (B, N, V)
+    p_pad = logits.softmax(-1)[..., tok.pad_token_id][exp.action_mask]
+    assert float(p_pad.mean()) > 0.05, "the test needs a likely pad token"
+    logits[..., tok.pad_token_id] = float("-inf")
+    expected = logits.log_softmax(-1).gather(-1, exp.sequences[:, -N:, None]).squeeze(-1)
+    expected = torch.where(exp.action_mask, expected, torch.zeros_like(expected))
+    assert torch.allclose(exp.logprobs, expected, atol=1e-5)
+    assert torch.allclose(exp.ref_logprobs, expected, atol=1e-5)  # a fresh adapter: pi = ref
+    for b, lp in enumerate(gen.logprobs):
+        assert torch.allclose(torch.tensor(lp), expected[b, :len(lp)], atol=1e-5)
+
+
+def test_lora_dropout_is_rejected_and_the_no_grad_passes_run_in_eval_mode():
+    with pytest.raises(ConfigError, match="lora.dropout must be 0"):
+        config.from_dict(PPOConfig, {"lora": {"r": 2, "dropout": 0.1}})
+    # A library caller's model with LoRA dropout, left in train mode (as the update leaves it):
+    # the recomputed logprobs are still the sampler's (eval mode), not dropout-noisy ones.
+    model = apply_lora(policy(lora=False), LoRAConfig(r=8, alpha=16.0, dropout=0.5))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    ac = ActorCritic(model, 32)
+    ac.train()
+    from coachlm.data.chat import encode_prompt
+
+    ids = [encode_prompt(tokenizer(), p) for p in PROMPTS[:4]]
+    exp, gen, _ = rollout(ac, None, tokenizer(), ids, small(rollout_batch_size=4, mini_batch_size=4),
+                          seed=0, autocast=lambda: torch.autocast("cpu", enabled=False))
+    for b, lp in enumerate(gen.logprobs):
+        assert torch.allclose(exp.logprobs[b, :len(lp)], torch.tensor(lp), atol=1e-4)
+    assert ac.training  # its mode is restored
+
+
+def test_long_prompts_are_cut_from_the_left_and_counted(tmp_path):
+    long = (Message("user", " ".join(["What is 2 plus 2?"] * 100)),)
+    cfg = small(steps=1, rollout_batch_size=4, mini_batch_size=4)
+    result = train_ppo(policy(), tokenizer(), [long] + PROMPTS[:3], LowIds(), cfg, tmp_path)
+    assert result.summary["truncated_prompts"] == 1

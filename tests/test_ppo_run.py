@@ -137,3 +137,23 @@ def test_ppo_with_reward_model_critic_runs_and_resumes(files, tmp_path):
         run_ppo(_run_config(files, tmp_path / "rub", critic="reward_model"))
     with pytest.raises(ConfigError, match="needs algo ppo"):
         _run_config(files, tmp_path / "x", algo="grpo", critic="reward_model")
+
+
+def test_reward_model_critic_must_be_causal(tmp_path):
+    # An encoder (BERT) reward model scores whole responses fine, but its hidden state at a
+    # token has seen the tokens after it: as a critic its values would see the future.
+    from transformers import BertConfig, BertModel
+
+    from coachlm.trainers.critic import build_critic
+
+    tok = tokenizer()
+    bert = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=64,
+                                max_position_embeddings=64, pad_token_id=tok.pad_token_id))
+    bert.save_pretrained(tmp_path / "bert")
+    tok.save_pretrained(tmp_path / "bert")
+    rm = build_reward_model(tmp_path / "bert", tok, seed=0)
+    assert rm.causal is False
+    save_reward_model(rm, tok, tmp_path / "rm")
+    with pytest.raises(CoachError, match="needs a causal reward model"):
+        build_critic("reward_model", str(tmp_path / "rm"), None, seed=0)

@@ -157,18 +157,22 @@ def test_first_epoch_ratio_is_exactly_one(request, fixture, shares):
         e, shared = exp.micro_batch(micro, shares)
         with lora_view(ac.policy, "fused"):  # as `update` runs it, with gradients
             logprobs, values, _ = ac(e.sequences, e.attention_mask, e.action_mask, 1.0,
-                                     shared=shared)
+                                     shared=shared, pad_id=e.pad_id)
         assert torch.equal(logprobs, e.logprobs) and torch.equal(values, e.values)
 
 
-@pytest.mark.parametrize("fixture", ["single", "grouped"])
-def test_micro_losses_sum_to_the_mini_batch_token_mean(request, fixture):
+@pytest.mark.parametrize("fixture, aggregation", [("single", "token"), ("grouped", "token"),
+                                                  ("grouped", "sequence")])
+def test_micro_losses_sum_to_the_mini_batch_token_mean(request, fixture, aggregation):
     """The regrouped, trimmed (and prompt-sharing, fused-LoRA) micro-batch losses add up to the
     clipped loss of the whole mini-batch in one plain padded pass through peft (a token mean
     over it), gradients included."""
     from coachlm.losses import ppo_clip, value_clip
 
+    from coachlm.rl_math import aggregation_weight
+
     ac, exp, _, cfg = request.getfixturevalue(fixture)
+    cfg = replace(cfg, loss_aggregation=aggregation)
     ac = copy.deepcopy(ac)  # perturbed below; the fixture's stays as it sampled
     g = torch.Generator().manual_seed(2)
     exp = replace(exp, advantages=torch.randn(exp.logprobs.shape, generator=g) * exp.action_mask,
@@ -181,19 +185,21 @@ def test_micro_losses_sum_to_the_mini_batch_token_mean(request, fixture):
                 p.add_(0.2 * torch.randn(p.shape, generator=g))
     m = exp.select(mini)
     ac.zero_grad()
-    logprobs, values, _ = ac(m.sequences, m.attention_mask, m.action_mask, 1.0)
-    pg, _, _ = ppo_clip(logprobs, m.logprobs, m.advantages, m.action_mask, cfg.clip_eps)
-    vf, _ = value_clip(values, m.values, m.returns, m.action_mask, cfg.value_clip_eps)
+    logprobs, values, _ = ac(m.sequences, m.attention_mask, m.action_mask, 1.0, pad_id=m.pad_id)
+    pg, _, _ = ppo_clip(logprobs, m.logprobs, m.advantages, m.action_mask, cfg.clip_eps,
+                        aggregation)
+    vf, _ = value_clip(values, m.values, m.returns, m.action_mask, cfg.value_clip_eps,
+                       aggregation)
     whole = pg + cfg.vf_coef * vf
     whole.backward()
     want = [p.grad.clone() for p in ac.parameters() if p.requires_grad]
     ac.zero_grad()
-    n_tokens = m.action_mask.sum()
+    n_tokens = aggregation_weight(m.action_mask, aggregation)
     total = clipped = 0.0
     share = ac.shares_prompts
     for micro in sorted_micro_batches(mini, exp, cfg.micro_batch_size, by_prompt=share):
         with lora_view(ac.policy, "fused"):  # as `update` runs it
-            loss, stats = _micro_loss(ac, *exp.micro_batch(micro, share), cfg, n_tokens)
+            loss, stats = _micro_loss(ac, *exp.micro_batch(micro, share), cfg, n_tokens, 0.0)
         loss.backward()
         total += float(loss.detach())
         clipped += stats["clipfrac"]
@@ -226,8 +232,20 @@ def test_shared_prompts_supported_on_causal_lms():
     pad = tokenizer().pad_token_id
     assert shared_prompts_supported(tiny_model(), pad)
     assert shared_prompts_supported(lora_policy(), pad)
-    for arch in ("qwen2", "mistral", "gpt2"):
-        assert isinstance(shared_prompts_supported(_other_arch(arch), pad), bool)
+    for arch in ("qwen2", "mistral", "gpt2"):  # each takes 4-D masks and is backbone + head
+        assert shared_prompts_supported(_other_arch(arch), pad) is True
+    # A forward that does more than backbone + LM head (here: doubles the logits) gives shared
+    # rows other logprobs than padded rows: the check must say no.
+    model = tiny_model()
+    plain = model.forward
+
+    def doubled(**kwargs):
+        out = plain(**kwargs)
+        out.logits = out.logits * 2
+        return out
+
+    model.forward = doubled
+    assert shared_prompts_supported(model, pad) is False
 
 
 # ------------------------------------------------------------------- sampling

@@ -163,7 +163,8 @@ def test_run_writes_metrics_summary_and_normalized_model(trained, tok):
     # The normalization holds on the responses it was fitted on (the training split): mean 0, std 1.
     model = load_reward_model(trained.final)
     groups, _, _ = read_groups(trained.cfg.data, tok, trained.cfg)
-    train_groups, val_groups = split_groups(groups, trained.cfg.val_fraction, trained.cfg.train.seed)
+    train_groups, val_groups, _ = split_groups(groups, trained.cfg.val_fraction,
+                                               trained.cfg.train.seed)
     assert (len(train_groups), len(val_groups)) == (summary["train_prompts"], summary["val_prompts"])
     batches = GroupBatches(train_groups, 8, tok.pad_token_id, "pad", shuffle=False)
     rewards = model.normalize(score_sequences(model, batches.epoch_batches(), batches.num_sequences))
@@ -272,8 +273,51 @@ def test_split_keeps_every_group_of_a_prompt_on_one_side():
     # a prompt with more responses than max_group_responses spans several groups
     groups = [Group(prompt_ids=[1, p], response_ids=[[5], [6]], comparisons=[(0, 1, 0.0, False)])
               for p in range(10) for _ in range(3)]
-    train, val = split_groups(groups, 0.3, seed=0)
+    train, val, note = split_groups(groups, 0.3, seed=0)
+    assert note is None
     assert len(val) == 9 and len(train) == 21  # 3 of 10 prompts held out, with all their groups
     assert not {tuple(g.prompt_ids) for g in train} & {tuple(g.prompt_ids) for g in val}
     with pytest.raises(CoachError, match="leaves no training prompts of 10"):
         split_groups(groups, 0.95, seed=0)
+
+
+def test_split_is_by_the_full_prompt_not_its_truncated_ids():
+    # Truncation fits a prompt to its group's longest response, so one prompt (key) can be
+    # cut two ways; its groups must still land on one side.
+    groups = []
+    for p in range(10):
+        for cut in range(3):
+            full = [1, 100 + p] + [50] * 10
+            groups.append(Group(prompt_ids=full[cut:], response_ids=[[5], [6]],
+                                comparisons=[(0, 1, 0.0, False)], prompt_key=tuple(full)))
+    for seed in range(5):
+        train, val, _ = split_groups(groups, 0.3, seed=seed)
+        assert len(val) == 9 and not {g.key for g in train} & {g.key for g in val}
+
+
+def test_one_prompt_trains_without_a_validation_split():
+    groups = [Group([1, 7], [[8, 2], [9, 2]], [(0, 1, 0.0, False)], []) for _ in range(3)]
+    train, val, note = split_groups(groups, 0.05, seed=0)
+    assert (len(train), len(val)) == (3, 0) and "no validation split" in note
+
+
+def test_identical_responses_form_no_comparison(tok):
+    prompt = (Message("user", "Say hi."),)
+    same = Comparison(prompt=prompt, a=Response("hi"), b=Response("hi"), choice="a")
+    real = Comparison(prompt=prompt, a=Response("hi there"), b=Response("go away"), choice="a")
+    groups, counts = build_groups([same, real], tok)
+    assert counts["skipped_identical"] == 1 and counts["comparisons"] == 1
+    assert [c[:2] for g in groups for c in g.comparisons] == [(0, 1)]
+    # Two responses that only differ after max_length become identical: dropped too.
+    from coachlm.data.reward_batches import truncate_group
+
+    g = Group([1, 7], [[8, 9, 2], [8, 9, 3]], [(0, 1, 0.0, False)], [])
+    assert truncate_group(g, 4)[0].comparisons == []
+
+
+def test_eval_pairs_leave_out_identical_responses():
+    prompt = (Message("user", "Say hi."),)
+    records = [Comparison(prompt=prompt, a=Response("hi"), b=Response("hi"), choice="a"),
+               Comparison(prompt=prompt, a=Response("hi there"), b=Response("go"), choice="a")]
+    pairs, counts = eval_pairs(records, "labels")
+    assert len(pairs) == 1 and counts["skipped_identical"] == 1

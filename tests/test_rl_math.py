@@ -8,6 +8,8 @@ import torch
 from coachlm.rl_math import (
     AdaptiveKLController,
     FixedKLController,
+    aggregate,
+    aggregation_weight,
     entropy_from_logits,
     explained_variance,
     gae,
@@ -203,3 +205,24 @@ def test_group_advantages_rejects_bad_input():
         group_advantages(torch.zeros(4), 1, "rloo")
     with pytest.raises(ValueError):
         group_advantages(torch.zeros(4), 2, "ppo")
+
+
+def test_aggregate_token_and_sequence_by_hand():
+    x = torch.tensor([[1.0, 3.0, 99.0], [4.0, 99.0, 99.0], [99.0, 99.0, 99.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    close(aggregate(x, mask, "token"), (1 + 3 + 4) / 3)
+    # per-sequence means 2 and 4; the empty third row is left out (DeepSeekMath eq. 3)
+    close(aggregate(x, mask, "sequence"), (2 + 4) / 2)
+    with pytest.raises(ValueError, match="aggregation"):
+        aggregate(x, mask, "batch")
+
+
+@pytest.mark.parametrize("how", ["token", "sequence"])
+def test_aggregation_weight_splits_a_mini_batch_into_micro_batches(how):
+    x = torch.arange(12.0).view(4, 3)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]])
+    whole = aggregate(x, mask, how)
+    parts = sum(aggregate(x[rows], mask[rows], how) * aggregation_weight(mask[rows], how)
+                for rows in ([0, 3], [1, 2]))
+    close(parts / aggregation_weight(mask, how), whole)
+    assert int(aggregation_weight(mask, how)) == (6 if how == "token" else 3)

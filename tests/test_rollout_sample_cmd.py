@@ -70,3 +70,16 @@ def test_config_and_input_errors(tmp_path):
     with pytest.raises(CoachError, match="does not exist"):
         run_sample(SampleConfig(model=tmp_path / "none", prompts=tmp_path / "p.jsonl",
                                 out=tmp_path / "o.jsonl"))
+
+
+def test_long_prompts_are_cut_from_the_left_and_counted(tmp_path):
+    model_dir = _setup(tmp_path)
+    long = PromptRecord(prompt=(Message("user", " ".join(["the cat sat on a mat"] * 200)),))
+    write_records(tmp_path / "long.jsonl", [long])
+    out = run_sample(SampleConfig(model=model_dir, prompts=tmp_path / "long.jsonl",
+                                  out=tmp_path / "s" / "samples.jsonl", max_new_tokens=4))
+    assert json.loads((out.parent / "summary.json").read_text())["truncated_prompts"] == 1
+    out = run_sample(SampleConfig(model=model_dir, prompts=tmp_path / "prompts.jsonl",
+                                  out=tmp_path / "t" / "samples.jsonl", max_new_tokens=4,
+                                  max_prompt_length=6))
+    assert json.loads((out.parent / "summary.json").read_text())["truncated_prompts"] == 3

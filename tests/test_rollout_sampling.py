@@ -102,7 +102,8 @@ def test_sampled_logprobs_match_the_recomputed_ones():
         ids = torch.tensor([p + r])
         resp = torch.tensor([[0] * len(p) + [1] * len(r)])
         with torch.no_grad():
-            ref = sequence_logprobs(model, ids, torch.ones_like(ids), resp, temperature=0.7)
+            ref = sequence_logprobs(model, ids, torch.ones_like(ids), resp, temperature=0.7,
+                                    banned=tok.pad_token_id)
         assert lps == pytest.approx(ref[0, len(p):].tolist(), abs=1e-5)
 
 
@@ -137,7 +138,8 @@ def test_pad_is_never_sampled_and_logprobs_use_the_temperature():
             assert tok.item() != 0
     tok, lp = sampling._sample_next(logits, SamplingConfig(temperature=0.0), pad_id=0, u=None)
     assert tok.item() == 2  # greedy over the non-pad tokens
-    assert lp.item() == pytest.approx(math.log(3.0) - math.log(math.exp(10) + 1 + 3), abs=1e-5)
+    # the logprob of the distribution sampled from: the pad token has no mass in it
+    assert lp.item() == pytest.approx(math.log(3.0) - math.log(1 + 3), abs=1e-5)
 
 
 def test_bf16_autocast_keeps_the_model_and_its_mode():
@@ -149,11 +151,20 @@ def test_bf16_autocast_keeps_the_model_and_its_mode():
     assert model.training and next(model.parameters()).dtype == torch.float32
 
 
-def test_decode_drops_special_tokens():
+def test_decode_drops_the_stop_token_and_keeps_specials_inside_the_response():
     tok = tokenizer()
-    ids = tok("the cat sat", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    gen = sampling.Generation(prompt_index=[0], response_ids=[ids], finished=[True])
-    assert decode_responses(tok, gen) == ["the cat sat"]
+    words = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    ids = words("the cat sat") + [tok.eos_token_id]
+    inner = words("the cat") + [tok.bos_token_id] + words("sat") + [tok.eos_token_id]
+    cut = words("the cat") + [tok.bos_token_id]  # unfinished: no stop token to drop
+    gen = sampling.Generation(prompt_index=[0, 0, 0], response_ids=[ids, inner, cut],
+                              finished=[True, True, False])
+    plain, marked, unfinished = decode_responses(tok, gen)
+    assert plain == "the cat sat"
+    # A special token mid-response is visible to the rewards that read the text.
+    assert tok.bos_token in marked and marked != plain
+    assert unfinished.endswith(tok.bos_token)
+    assert tok(marked, add_special_tokens=False)["input_ids"] == inner[:-1]
 
 
 def test_user_errors():
@@ -211,6 +222,79 @@ def test_lora_policy_samples_and_its_reference_is_the_base():
     with adapter_disabled(policy):
         assert generate(policy, tok, prompts, cfg).response_ids == base.response_ids
     assert len(generate(policy, tok, prompts, cfg).response_ids) == 2
+
+
+def _untied_llama_with_zero_pad_row():
+    """A Llama whose head is untied from its embedding and whose pad embedding row is zero
+    (`padding_idx`): a left-padded row's pad keys are exactly zero, so a static cache that
+    inferred its write column from non-zero key slots of row 0 (transformers 4.x without
+    `cache_position`) would write the decoded tokens at the wrong column."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=64, tie_word_embeddings=False,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(20.0)  # logits of order 1, decisive greedy
+        model.get_input_embeddings().weight[tok.pad_token_id].zero_()
+    assert model.get_input_embeddings().padding_idx == tok.pad_token_id
+    return model
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_left_padded_rows_equal_unpadded_decoding_with_a_zero_pad_row(temperature):
+    tok, model = tokenizer(), _untied_llama_with_zero_pad_row()
+    prompts = random_prompts([2, 11, 5, 8], len(tok), seed=7)
+    cfg = SamplingConfig(max_new_tokens=12, temperature=temperature, batch_size=4)
+    batched = generate(model, tok, prompts, cfg)
+    assert batched.response_ids[0] and not all(batched.finished)
+    for i, p in enumerate(prompts):
+        # Greedy rows must be the tokens of the row decoded alone; sampled rows (whose
+        # uniform draws depend on the batch) the logprobs a padding-free forward gives them.
+        alone = generate(model, tok, [p], cfg)
+        if temperature == 0:
+            assert batched.response_ids[i] == alone.response_ids[0]
+        ids = torch.tensor([p + batched.response_ids[i]])
+        resp = torch.tensor([[0] * len(p) + [1] * len(batched.response_ids[i])])
+        with torch.no_grad():
+            ref = sequence_logprobs(model, ids, torch.ones_like(ids), resp, temperature or 1.0,
+                                    banned=tok.pad_token_id)
+        assert batched.logprobs[i] == pytest.approx(ref[0, len(p):].tolist(), abs=1e-4)
+
+
+def test_fit_prompts_cuts_from_the_left_and_keeps_bos():
+    tok, model = tokenizer(), tiny_model()
+    bos = tok.bos_token_id
+    long, short = [bos, 10, 11, 12, 13, 14], [10, 11]
+    fitted, cut = sampling.fit_prompts(model, tok, [long, short, [20, 21, 22, 23, 24]], 8,
+                                       max_prompt_length=4)
+    assert fitted == [[bos, 12, 13, 14], [10, 11], [21, 22, 23, 24]] and cut == 2
+    # None: what the context leaves after max_new_tokens; then sampling works
+    context = model.config.max_position_embeddings
+    fitted, cut = sampling.fit_prompts(model, tok, [[bos] + [5] * 2 * context], 10)
+    assert cut == 1 and len(fitted[0]) == context - 10 and fitted[0][0] == bos
+    gen = generate(model, tok, fitted, SamplingConfig(max_new_tokens=10))
+    assert len(gen.response_ids[0]) >= 1
+
+
+def test_sampling_and_lora_raise_no_deprecation_warnings():
+    # The current transformers API (`cache`, not `past_key_values`) and peft's wrapping without
+    # its `is_gradient_checkpointing` warning: a run prints no deprecation noise.
+    import warnings
+
+    from coachlm.models.lora import LoRAConfig, apply_lora
+
+    tok = tokenizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        model = apply_lora(tiny_model(), LoRAConfig(r=2))
+        generate(model, tok, random_prompts([3, 6], len(tok)), SamplingConfig(max_new_tokens=4))
 
 
 def test_a_row_samples_the_same_whatever_its_batch():

@@ -2,7 +2,8 @@
 
 Each command parses its options, builds a typed config and makes one library call; nothing in
 the rest of the package imports `cli`. Modules: `app` (the root app: world, pretrain, sft, sample,
-eval, dpo, ppo, demo, and `main`), `data`, `rm`, `label`, `cai`, `serve`, `common` (shared options and loader).
+eval, dpo, ppo, and `main`), `pipeline` (run, demo, report, loop), `data`, `rm`, `label`,
+`cai`, `serve`, `common` (shared options and loader).
 """
 
 from coachlm.cli.app import main

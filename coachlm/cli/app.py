@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from coachlm.cli.common import ConfigOpt, DeviceOpt, OverridesArg, console
+from coachlm.cli.common import ConfigOpt, DeviceOpt, OverridesArg, SkipInvalidOpt, console, flag
 from coachlm.cli.common import load as _load
 from coachlm.errors import CoachError
 
@@ -28,9 +28,11 @@ def _mount_subapps() -> None:
     from coachlm.cli.data import data_app
     import coachlm.cli.label_guidelines  # noqa: F401  (adds `label guidelines`)
     from coachlm.cli.label import label_app
+    from coachlm.cli.pipeline import register
     from coachlm.cli.rm import rm_app
     from coachlm.cli.serve import serve
 
+    register(app)
     app.add_typer(cai_app, name="cai", help="Constitutional AI: constitutions, AI labels, SL-CAI revisions.")
     app.add_typer(data_app, name="data", help="Validate and convert feedback record files.")
 
@@ -72,13 +74,14 @@ def sft(model: Optional[Path] = typer.Option(None, help="Starting model director
         data: Optional[Path] = typer.Option(None, help="Demonstrations (JSONL/Parquet/HF dataset)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
         resume: bool = typer.Option(False, help="Resume from the last checkpoint in --out."),
+        skip_invalid: bool = SkipInvalidOpt,
         device: Optional[str] = DeviceOpt,
         config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Supervised fine-tuning on demonstrations (loss on response tokens only)."""
     from coachlm.trainers.sft import SFTConfig, run_sft
 
     cfg = _load(SFTConfig, config, overrides, model=model, data=data, out=out,
-                **{"train.device": device})
+                skip_invalid=flag(skip_invalid), **{"train.device": device})
     console.print(f"model: {run_sft(cfg, resume=resume)}")
 
 
@@ -128,13 +131,14 @@ def dpo(model: Optional[Path] = typer.Option(None, help="Starting policy (usuall
         loss: Optional[str] = typer.Option(None, help="sigmoid (DPO) or ipo."),
         beta: Optional[float] = typer.Option(None, help="KL strength beta."),
         resume: bool = typer.Option(False, help="Resume from the last checkpoint in --out."),
+        skip_invalid: bool = SkipInvalidOpt,
         device: Optional[str] = DeviceOpt,
         config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Direct Preference Optimization (DPO, IPO, conservative DPO) from preference records."""
     from coachlm.trainers.dpo import DPOConfig, run_dpo
 
     cfg = _load(DPOConfig, config, overrides, model=model, data=data, out=out, loss=loss, beta=beta,
-                **{"train.device": device})
+                skip_invalid=flag(skip_invalid), **{"train.device": device})
     console.print(f"model: {run_dpo(cfg, resume=resume)}")
 
 
@@ -145,6 +149,7 @@ def ppo(model: Optional[Path] = typer.Option(None, help="Starting policy (usuall
         reward: Optional[str] = typer.Option(None, help="'rubric' or a reward-model directory."),
         algo: Optional[str] = typer.Option(None, help="ppo, grpo or rloo."),
         resume: bool = typer.Option(False, help="Resume from the last checkpoint in --out."),
+        skip_invalid: bool = SkipInvalidOpt,
         device: Optional[str] = DeviceOpt,
         config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """RL against a reward with a per-token KL penalty (PPO with a critic, or GRPO/RLOO), LoRA by default."""
@@ -152,18 +157,8 @@ def ppo(model: Optional[Path] = typer.Option(None, help="Starting policy (usuall
 
     named = {"ppo.algo": algo, "ppo.device": device}
     cfg = _load(PPORunConfig, config, overrides, model=model, prompts=prompts, out=out,
-                reward=reward, **named)
+                reward=reward, skip_invalid=flag(skip_invalid), **named)
     console.print(f"model: {run_ppo(cfg, resume=resume)}")
-
-
-@app.command()
-def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Directory for every stage."),
-         config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """The quickstart loop on the built-in world: world -> pretrain -> SFT -> sample -> simulated feedback -> reward model -> PPO -> eval (cached stages)."""
-    from coachlm.demo import DemoConfig, run_demo
-
-    cfg = _load(DemoConfig, config, overrides)
-    run_demo(cfg, out)
 
 
 def main() -> None:

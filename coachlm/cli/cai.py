@@ -3,6 +3,7 @@
     coachlm cai constitution [FILE]                       # validate a constitution, list it
     coachlm cai label --samples F --out F --model M       # RL-CAI: AI labels (or --endpoint URL)
     coachlm cai revise --model M --prompts F --out DIR    # SL-CAI: critique and revise, n rounds
+    coachlm cai demos --world DIR --out F -n 2000         # the world's critique/revision demos
 
 `label` writes soft-labelled comparisons (source=ai, the principle id and P(a better) in meta)
 for every pair of samples of each prompt; a rerun resumes where the last one stopped. Each
@@ -60,3 +61,48 @@ def label(samples: Optional[Path] = typer.Option(None, help="Sample records (2+ 
                 endpoint=endpoint, endpoint_model=endpoint_model, mode=mode,
                 constitution=constitution, **{"ai.chain_of_thought": cot})
     console.print_json(json.dumps(run_ai_label(cfg)))
+
+
+@cai_app.command()
+def revise(model: Optional[Path] = typer.Option(None, "--model", "-m", help="The model that answers, critiques and revises."),
+           prompts: Optional[Path] = typer.Option(None, help="Prompt records (red-team prompts)."),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (revisions.jsonl, summary.json)."),
+           constitution: Optional[Path] = typer.Option(None, help="Constitution YAML (default: the built-in one)."),
+           rounds: Optional[int] = typer.Option(None, help="Critique-revision rounds per prompt."),
+           limit: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
+           config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """SL-CAI: answer each prompt, then critique and revise under random principles; writes
+    the final revisions as Demonstration records (trace in meta) for `coachlm sft`. Resumes."""
+    from coachlm.constitution.revise import ReviseConfig, run_revise
+
+    cfg = _load(ReviseConfig, config, overrides, model=model, prompts=prompts, out=out,
+                constitution=constitution, rounds=rounds, limit=limit)
+    console.print(f"revisions: {run_revise(cfg)}")
+
+
+@cai_app.command()
+def demos(world: Path = typer.Option(..., help="A world directory built with red_team_prompts and lookalike_prompts."),
+          out: Path = typer.Option(..., "--out", "-o", help="Output JSONL of Demonstration records."),
+          n: int = typer.Option(2000, "-n", help="Critique demonstrations (as many revisions again)."),
+          comparisons: Optional[Path] = typer.Option(None, help="Also write (A)/(B) comparison documents here: raw text in the AI labeler's layout, a corpus for `coachlm pretrain init_model=...`."),
+          n_comparisons: int = typer.Option(2000, help="How many comparison documents."),
+          constitution: Optional[Path] = typer.Option(None, help="Constitution YAML (default: the built-in one)."),
+          seed: int = typer.Option(0, help="Random seed.")) -> None:
+    """The world's critique and revision demonstrations under a constitution (SFT data), and
+    optionally its (A)/(B) comparison documents, so that a small world model learns to act as
+    its own feedback model."""
+    from coachlm.constitution import load_constitution
+    from coachlm.constitution.world_demos import comparison_documents, feedback_demos
+    from coachlm.data.io import write_records
+
+    c = load_constitution(constitution)
+    count = write_records(out, feedback_demos(world, c, n, seed))
+    console.print(f"{count} demonstrations: {out}")
+    if comparisons is not None:
+        from coachlm.labelers.ai import ANSWER, question
+        from coachlm.world.corpus import write_corpus
+
+        docs = comparison_documents(world, c, n_comparisons,
+                                    lambda p, a, b, pr: question(p, a, b, pr) + ANSWER, seed)
+        write_corpus(docs, comparisons)
+        console.print(f"{len(docs)} comparison documents: {comparisons}")

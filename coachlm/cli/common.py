@@ -13,8 +13,16 @@ console = Console(stderr=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file.", exists=False)
 OverridesArg = typer.Argument(None, help="Dotted overrides, e.g. train.max_steps=100 train.lr=3e-4.")
+SkipInvalidOpt = typer.Option(False, "--skip-invalid",
+                              help="Skip malformed records with a warning (count and first few "
+                                   "file:line) instead of stopping at the first.")
 DeviceOpt = typer.Option(None, "--device", help="auto (CUDA when visible), cpu or cuda.")
 load = cfglib.load_options  # defaults < --config YAML < named options < dotted overrides
+
+
+def flag(value: bool) -> bool | None:
+    """A flag given on the command line (True), else None: the config file or default decides."""
+    return True if value else None
 
 
 class TrainByDefault(TyperGroup):

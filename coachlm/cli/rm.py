@@ -19,7 +19,7 @@ from typing import Optional
 
 import typer
 
-from coachlm.cli.common import ConfigOpt, DeviceOpt, TrainByDefault, console
+from coachlm.cli.common import ConfigOpt, DeviceOpt, SkipInvalidOpt, TrainByDefault, console, flag
 from coachlm.cli.common import load as _load
 
 
@@ -37,13 +37,15 @@ def train(model: Optional[Path] = typer.Option(None, "--model", "-m", help="Back
           val_data: Optional[list[Path]] = typer.Option(None, help="Held-out records (default: a split of --data)."),
           normalize_on: Optional[Path] = typer.Option(None, help="Sample records of the reference policy for the reward normalization."),
           resume: bool = typer.Option(False, help="Resume from the last checkpoint in --out."),
+          skip_invalid: bool = SkipInvalidOpt,
           device: Optional[str] = DeviceOpt,
           config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Train a reward model on comparisons and K-wise rankings (Bradley-Terry / InstructGPT)."""
     from coachlm.trainers.reward import RMConfig, run_rm
 
     cfg = _load(RMConfig, config, overrides, model=model, data=data, out=out, val_data=val_data,
-                normalize_on=normalize_on, **{"train.device": device})
+                normalize_on=normalize_on, skip_invalid=flag(skip_invalid),
+                **{"train.device": device})
     console.print(f"reward model: {run_rm(cfg, resume=resume)}")
 
 

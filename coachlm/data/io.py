@@ -292,7 +292,8 @@ def _write_jsonl(f: BinaryIO, records: Iterable[Record], gz: bool) -> int:
 # ------------------------------------------------------------------------ derived helpers
 
 
-def read_prompts(path: str | Path, dedupe: bool = False) -> list[PromptRecord]:
+def read_prompts(path: str | Path, dedupe: bool = False, *,
+                 on_error: ErrorHandler | None = None) -> list[PromptRecord]:
     """The prompt of every record in `path`, as PromptRecords keeping id, meta and created_at.
 
     With `dedupe`, only the first record of each distinct prompt (conversation) is kept: a
@@ -300,7 +301,7 @@ def read_prompts(path: str | Path, dedupe: bool = False) -> list[PromptRecord]:
     """
     out: list[PromptRecord] = []
     seen: set[Prompt] = set()
-    for r in read_records(path):
+    for r in read_records(path, on_error=on_error):
         if dedupe:
             if r.prompt in seen:
                 continue

@@ -41,6 +41,12 @@ class Pair:
     prompt_ids: tuple[int, ...]
     chosen_ids: tuple[int, ...]
     rejected_ids: tuple[int, ...]
+    prompt_key: tuple[int, ...] = ()  # the full prompt's ids, before truncation
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        """The prompt's identity (its full ids): what a held-out split keeps on one side."""
+        return self.prompt_key or self.prompt_ids
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ def encode_pairs(pairs: Iterable[PreferencePair], tok: Any, max_length: int) -> 
         if c == r:
             counts["skipped_identical"] += 1
             continue
-        out.append(Pair(p, c, r))
+        out.append(Pair(p, c, r, tuple(prompts[pp.prompt])))
         counts["pairs"] += 1
     return out, counts
 

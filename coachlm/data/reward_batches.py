@@ -54,9 +54,15 @@ class Group:
     comparisons: list[tuple[int, int, float, bool]] = field(default_factory=list)
     rankings: list[list[int]] = field(default_factory=list)
     soft: dict[int, float] = field(default_factory=dict)
+    prompt_key: tuple[int, ...] = ()  # the full prompt's ids, before truncation
 
     def records(self) -> int:
         return len(self.comparisons) + len(self.rankings)
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        """The prompt's identity (its full ids): what a held-out split keeps on one side."""
+        return self.prompt_key or tuple(self.prompt_ids)
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ class _Builder:
     """Accumulates the records of one prompt; responses deduplicated by text."""
 
     def __init__(self, prompt_ids: list[int]):
-        self.group = Group(list(prompt_ids))
+        self.group = Group(list(prompt_ids), prompt_key=tuple(prompt_ids))
         self.index: dict[str, int] = {}
 
     def respond(self, text: str, tok: Any) -> int:
@@ -128,9 +134,11 @@ def build_groups(records: Iterable[Record], tok: Any, *, ties: bool = False,
 
     Comparisons "a"/"b" give a pair (margin = margin_scale * record.margin, 0 when absent);
     ties give a tie pair when `ties`, else are skipped; "both_bad" is always skipped (it says
-    nothing about the order). With `soft`, a comparison carrying a soft label
-    (`meta["probability"]`, e.g. from the AI labeler) gives the pair (a, b) with that target
-    instead, whatever its choice. Rankings without any ordered pair are skipped.
+    nothing about the order), and so is a comparison of a response with itself (its loss is
+    log 2 whatever the model, and it could never be scored in order). With `soft`, a comparison
+    carrying a soft label (`meta["probability"]`, e.g. from the AI labeler) gives the pair
+    (a, b) with that target instead, whatever its choice. Rankings without any ordered pair are
+    skipped.
     """
     open_: dict[Prompt, _Builder] = {}
     done: list[Group] = []
@@ -141,6 +149,9 @@ def build_groups(records: Iterable[Record], tok: Any, *, ties: bool = False,
         if isinstance(r, Comparison):
             if target is None and (r.choice == "both_bad" or (r.choice == "tie" and not ties)):
                 counts[f"skipped_{r.choice}"] += 1
+                continue
+            if r.a.text == r.b.text:
+                counts["skipped_identical"] += 1
                 continue
             texts = [r.a.text, r.b.text]
         elif isinstance(r, Ranking):
@@ -183,9 +194,14 @@ def build_groups(records: Iterable[Record], tok: Any, *, ties: bool = False,
 
 def truncate_group(group: Group, max_length: int) -> tuple[Group, int]:
     """Fit every prompt + response into `max_length` tokens (`layouts.truncate`); returns
-    (group, responses cut)."""
+    (group, responses cut). A comparison whose two responses truncation made identical is
+    dropped (see `build_groups`; `group.records()` shows how many remain)."""
     prompt, responses, cut = layouts.truncate(group.prompt_ids, group.response_ids, max_length)
-    return Group(list(prompt), responses, group.comparisons, group.rankings, group.soft), cut
+    kept = [k for k, c in enumerate(group.comparisons) if responses[c[0]] != responses[c[1]]]
+    comparisons = [group.comparisons[k] for k in kept]
+    soft = {new: group.soft[old] for new, old in enumerate(kept) if old in group.soft}
+    return Group(list(prompt), responses, comparisons, group.rankings, soft=soft,
+                 prompt_key=group.key), cut
 
 
 def share_saving(groups: Sequence[Group]) -> float:

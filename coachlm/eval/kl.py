@@ -1,6 +1,9 @@
 """KL(policy || reference) on held-out prompts, estimated from the policy's own samples.
 
-Responses are sampled from the policy at temperature 1; the sequence-level KL is the mean of
+Responses are sampled from the policy at its sampling temperature T (1 unless given: the
+temperature PPO trained it at, since that is the distribution the KL penalty constrained), and
+both models' logprobs are computed at T, as the trainer computes them; the sequence-level KL
+is the mean of
 log pi(y|x) - log pi_ref(y|x) over them (the k1 estimator, unbiased for the sequence-level KL;
 Schulman, 2020, "Approximating KL divergence"). This is the number a KL budget refers to.
 """
@@ -30,19 +33,25 @@ def _batch(seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: in
 
 @torch.no_grad()
 def kl_to_reference(policy_dir: Path, ref_dir: Path, prompts: Sequence[PromptRecord],
-                    max_new_tokens: int, seed: int = 0, batch_size: int = 64) -> dict[str, float]:
-    """Sequence-level KL(policy || reference) in nats, with its standard error."""
+                    max_new_tokens: int, seed: int = 0, batch_size: int = 64,
+                    temperature: float = 1.0, max_prompt_length: int | None = None
+                    ) -> dict[str, float]:
+    """Sequence-level KL(policy || reference) in nats, with its standard error, on samples drawn
+    at `temperature`. Prompts longer than `max_prompt_length` (None: what the context leaves)
+    lose their oldest tokens."""
     from coachlm.data.chat import encode_prompt
     from coachlm.models.load import load_model, load_tokenizer
     from coachlm.models.logprobs import sequence_logprobs
-    from coachlm.rollout.sampling import SamplingConfig, generate
+    from coachlm.rollout.sampling import SamplingConfig, fit_prompts, generate
 
     tok = load_tokenizer(policy_dir)
     policy = load_model(policy_dir, tokenizer=tok).eval()
     ref = load_model(ref_dir, tokenizer=tok).eval()
-    ids = [encode_prompt(tok, p.prompt) for p in prompts]
-    gen = generate(policy, tok, ids, SamplingConfig(max_new_tokens=max_new_tokens, temperature=1.0,
-                                                    batch_size=batch_size, seed=seed))
+    ids, _ = fit_prompts(policy, tok, [encode_prompt(tok, p.prompt) for p in prompts],
+                         max_new_tokens, max_prompt_length)
+    scfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                          batch_size=batch_size, seed=seed)
+    gen = generate(policy, tok, ids, scfg)
     diffs: list[float] = []
     lengths: list[int] = []
     for start in range(0, len(gen.response_ids), batch_size):
@@ -50,8 +59,8 @@ def kl_to_reference(policy_dir: Path, ref_dir: Path, prompts: Sequence[PromptRec
         seqs = [ids[gen.prompt_index[r]] + list(gen.response_ids[r]) for r in rows]
         input_ids, attention, response = _batch(
             seqs, [len(ids[gen.prompt_index[r]]) for r in rows], tok.pad_token_id)
-        lp = sequence_logprobs(policy, input_ids, attention, response).sum(-1)  # (B,)
-        lr = sequence_logprobs(ref, input_ids, attention, response).sum(-1)  # (B,)
+        lp = sequence_logprobs(policy, input_ids, attention, response, temperature).sum(-1)  # (B,)
+        lr = sequence_logprobs(ref, input_ids, attention, response, temperature).sum(-1)  # (B,)
         diffs += (lp - lr).tolist()
         lengths += response.sum(-1).tolist()
     n = len(diffs)

@@ -88,6 +88,9 @@ def eval_pairs(records: Iterable[Record], against: str = "labels") -> tuple[list
         else:
             raise TypeError(f"not a preference record: {type(r).__name__}")
         for x, y in candidates:
+            if x == y:  # no order to get right: it would only count as a miss
+                counts["skipped_identical"] += 1
+                continue
             pair = (_rubric_pair(r.prompt, x, y, family, source) if against == "rubric"
                     else Pair(r.prompt, x, y, family, source))
             if pair is None:

@@ -107,8 +107,11 @@ def load_model(path: str | Path, dtype: str | torch.dtype | None = None,
         if not base_path or not Path(base_path).is_dir():
             raise ModelLoadError(f"{path} holds a LoRA adapter whose base model {base_path!r} "
                                  "is not a local directory; load the merged model instead")
+        from coachlm.models.lora import peft_without_deprecation_noise
+
         base = load_model(base_path, dtype=dt, tokenizer=tokenizer)
-        return PeftModel.from_pretrained(base, str(path))
+        with peft_without_deprecation_noise():
+            return PeftModel.from_pretrained(base, str(path))
     model = _load_plain(path, dt)
     disable_dropout(model)
     if tokenizer is not None:

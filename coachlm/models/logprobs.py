@@ -20,9 +20,11 @@ CHUNK_TOKENS = 8192  # rows of fp32 logits converted at once (8192 x 50k vocab =
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor,
-                         temperature: float = 1.0) -> torch.Tensor:
+                         temperature: float = 1.0, banned: int | None = None) -> torch.Tensor:
     """log softmax(logits / temperature)[labels], in fp32.
 
+    `banned`: a token id the sampler never emits (the pad token), left out of the softmax so
+    that these are the logprobs of the distribution actually sampled from.
     logits: (..., V), labels: (...) -> (...). Labels < 0 (IGNORE_INDEX) give 0.
     """
     if temperature <= 0:
@@ -34,10 +36,17 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor,
     out = torch.empty(flat_labels.shape, dtype=torch.float32, device=logits.device)  # (N,)
     for start in range(0, flat_logits.shape[0], CHUNK_TOKENS):
         rows = slice(start, start + CHUNK_TOKENS)
-        chunk = flat_logits[rows].float() / temperature  # (n, V)
+        chunk = ban(flat_logits[rows].float() / temperature, banned)  # (n, V)
         picked = chunk.gather(-1, safe[rows].unsqueeze(-1)).squeeze(-1)  # (n,)
         out[rows] = picked - torch.logsumexp(chunk, dim=-1)
     return torch.where(valid, out, torch.zeros_like(out)).reshape(labels.shape)
+
+
+def ban(logits: torch.Tensor, token: int | None) -> torch.Tensor:
+    """`logits` (..., V) with the logit of `token` set to -inf (out of place); as is if None."""
+    if token is None:
+        return logits
+    return logits.index_fill(-1, torch.tensor([token], device=logits.device), float("-inf"))
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -52,16 +61,47 @@ def backbone_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
     return base.base_model, base.get_output_embeddings()
 
 
-def accepts_logits_to_keep(model: Any) -> bool:
+def _forward_parameters(model: Any) -> Any:
     base = getattr(model, "get_base_model", lambda: model)()
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return inspect.signature(base.forward).parameters
+
+
+def accepts_logits_to_keep(model: Any) -> bool:
+    return "logits_to_keep" in _forward_parameters(model)
+
+
+def cache_arguments(model: Any, cache: Any, start: int, length: int,
+                    device: torch.device) -> dict[str, Any]:
+    """The KV-cache keyword arguments of a forward that writes `length` positions from column
+    `start` of `cache`, in the installed transformers' terms.
+
+    The cache goes under the name the model's forward takes: `cache` in transformers >= 5.x
+    (where `past_key_values` is a deprecated alias that warns), `past_key_values` before.
+    `cache_position` is passed where the forward takes it (transformers 4.x): without it a
+    static cache infers the write column from the non-zero key slots of batch row 0, the most
+    left-padded row, and a zero pad-embedding row (`padding_idx`, an untied head) makes that
+    count wrong. Newer caches keep their own write counter and take no position.
+    """
+    params = _forward_parameters(model)
+    args: dict[str, Any] = {"cache" if "cache" in params else "past_key_values": cache}
+    if "cache_position" in params:
+        args["cache_position"] = torch.arange(start, start + length, device=device)
+    return args
+
+
+def returned_cache(out: Any) -> Any:
+    """The KV cache a forward returned (`cache` in transformers >= 5.x, else `past_key_values`)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      response_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+                      response_mask: torch.Tensor, temperature: float = 1.0,
+                      banned: int | None = None) -> torch.Tensor:
     """Logprobs of the response tokens, aligned with the input.
 
-    out[b, t] = log p(x[b, t] | x[b, :t]) at temperature `temperature`.
+    out[b, t] = log p(x[b, t] | x[b, :t]) at temperature `temperature`, without the token
+    `banned` (the pad token the sampler never emits; see `logprobs_from_logits`).
 
     input_ids, attention_mask, response_mask: (B, T); returns (B, T) fp32, zero where
     response_mask is 0 (prompt, padding, and the first position, which nothing predicts).
@@ -84,6 +124,6 @@ def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch
                    **kwargs).logits  # (B, K, V)
     logits = logits[:, -(T - first + 1):-1]  # (B, T - first, V)
     labels = input_ids[:, first:]  # (B, T - first)
-    lp = logprobs_from_logits(logits, labels, temperature)  # (B, T - first)
+    lp = logprobs_from_logits(logits, labels, temperature, banned)  # (B, T - first)
     out[:, first:] = torch.where(response_mask[:, first:], lp, torch.zeros_like(lp))
     return out

@@ -9,6 +9,7 @@ of the model in memory. `lora_view` also gives faster plain modules for the leng
 from __future__ import annotations
 
 import contextlib
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
@@ -43,6 +44,17 @@ class LoRAConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
+@contextmanager
+def peft_without_deprecation_noise() -> Iterator[None]:
+    """peft (0.17+) reads `model.is_gradient_checkpointing` when it wraps a model, which
+    transformers 5.x deprecated for `is_activation_checkpointing`: a FutureWarning on every run
+    that no call of ours can avoid. Silenced here, for that message only, around peft's calls."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                category=FutureWarning)
+        yield
+
+
 def default_targets(model: torch.nn.Module) -> tuple[str, ...]:
     model_type = getattr(getattr(model, "config", None), "model_type", "")
     return GPT2_TARGETS if model_type == "gpt2" else LLAMA_TARGETS
@@ -64,7 +76,8 @@ def apply_lora(model: torch.nn.Module, cfg: LoRAConfig) -> PeftModel:
         # GPT-2 stores its projections as Conv1D, with the weight transposed.
         fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
     )
-    return get_peft_model(model, peft_cfg)
+    with peft_without_deprecation_noise():
+        return get_peft_model(model, peft_cfg)
 
 
 def trainable_fraction(model: torch.nn.Module) -> float:

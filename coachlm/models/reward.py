@@ -175,6 +175,8 @@ def apply_lora_backbone(backbone: nn.Module, cfg: LoRAConfig) -> nn.Module:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    from coachlm.models.lora import peft_without_deprecation_noise
+
     targets = cfg.target_modules or default_targets(backbone)
     names = {name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()}
     if not names & set(targets):
@@ -183,7 +185,8 @@ def apply_lora_backbone(backbone: nn.Module, cfg: LoRAConfig) -> nn.Module:
     peft_cfg = PeftLoraConfig(task_type="FEATURE_EXTRACTION", r=cfg.r, lora_alpha=cfg.alpha,
                               lora_dropout=cfg.dropout, target_modules=[t for t in targets if t in names],
                               fan_in_fan_out=getattr(backbone.config, "model_type", "") == "gpt2")
-    return get_peft_model(backbone, peft_cfg)
+    with peft_without_deprecation_noise():
+        return get_peft_model(backbone, peft_cfg)
 
 
 def build_reward_model(path: str | Path, tokenizer: Any, lora: LoRAConfig | None = None,
@@ -196,6 +199,8 @@ def build_reward_model(path: str | Path, tokenizer: Any, lora: LoRAConfig | None
             backbone = apply_lora_backbone(backbone, lora)
     model = RewardModel(backbone)
     model.init_head(seed)
+    if is_reward_model(path):  # continue training a reward model (a loop's next round): its head too
+        model.head.load_state_dict(load_file(str(Path(path) / HEAD_FILE)))
     model.tokenizer = tokenizer
     return model
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from coachlm.data.layouts import PROBE, agrees_with_pad, lay_out
-from coachlm.models.logprobs import (accepts_logits_to_keep, backbone_and_head,
+from coachlm.models.logprobs import (accepts_logits_to_keep, backbone_and_head, ban,
                                      logprobs_from_logits, position_ids_from_mask)
 from coachlm.rl_math import entropy_from_logits
 
@@ -176,8 +176,8 @@ def share_prompts(sequences: Tensor, attention_mask: Tensor, action_mask: Tensor
 
 
 def _shared_forward(model: Any, value_head: nn.Module | None, shared: SharedPrompts,
-                    shape: tuple[int, int], temperature: float, with_entropy: bool
-                    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+                    shape: tuple[int, int], temperature: float, with_entropy: bool,
+                    pad_id: int | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """`policy_forward` on shared prompts: the backbone over the layout, the LM head (and value
     head) only at the M positions that predict response tokens."""
     backbone, head = backbone_and_head(model)
@@ -190,21 +190,24 @@ def _shared_forward(model: Any, value_head: nn.Module | None, shared: SharedProm
     def place(x: Tensor) -> Tensor:  # (M,) -> (b, n), 0 off the responses
         return x.new_zeros(shape).index_put(where, x)
 
-    logprobs = place(logprobs_from_logits(logits, shared.targets, temperature))  # (b, n)
+    logprobs = place(logprobs_from_logits(logits, shared.targets, temperature, pad_id))  # (b, n)
     values = entropy = None
     if value_head is not None:
         values = place(value_head(hidden).squeeze(-1).float())  # (b, n)
     if with_entropy:
         with torch.no_grad():
-            entropy = place(entropy_from_logits(logits.float() / temperature))  # (b, n)
+            entropy = place(entropy_from_logits(ban(logits.float() / temperature, pad_id)))
     return logprobs, values, entropy
 
 
 def policy_forward(model: Any, value_head: nn.Module | None, sequences: Tensor,
                    attention_mask: Tensor, action_mask: Tensor, temperature: float,
-                   with_entropy: bool = False, shared: SharedPrompts | None = None
-                   ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+                   with_entropy: bool = False, shared: SharedPrompts | None = None,
+                   pad_id: int | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(logprobs, values, entropy) of the response tokens from one forward pass.
+
+    `pad_id`: the pad token, which the sampler never emits, is left out of the softmax, so that
+    logprobs, KL and entropy are those of the distribution sampled from.
 
     sequences, attention_mask: (B, P + N); action_mask: (B, N). Returns (B, N) tensors, 0 where
     action_mask is 0; values is None without a value head, entropy None unless asked for.
@@ -213,7 +216,7 @@ def policy_forward(model: Any, value_head: nn.Module | None, sequences: Tensor,
     """
     if shared is not None:
         return _shared_forward(model, value_head, shared, tuple(action_mask.shape), temperature,
-                               with_entropy)
+                               with_entropy, pad_id)
     N = action_mask.shape[1]
     keep = {"logits_to_keep": N + 1} if accepts_logits_to_keep(model) else {}
     out = model(input_ids=sequences, attention_mask=attention_mask,
@@ -221,7 +224,7 @@ def policy_forward(model: Any, value_head: nn.Module | None, sequences: Tensor,
                 output_hidden_states=value_head is not None, **keep)
     logits = out.logits[:, -(N + 1):-1]  # (B, N, V): position P - 1 + t predicts token t
     labels = sequences[:, -N:]  # (B, N)
-    logprobs = logprobs_from_logits(logits, labels, temperature)  # (B, N)
+    logprobs = logprobs_from_logits(logits, labels, temperature, pad_id)  # (B, N)
     zero = torch.zeros_like(logprobs)
     logprobs = torch.where(action_mask, logprobs, zero)
     values = entropy = None
@@ -230,7 +233,7 @@ def policy_forward(model: Any, value_head: nn.Module | None, sequences: Tensor,
         values = torch.where(action_mask, value_head(hidden).squeeze(-1).float(), zero)  # (B, N)
     if with_entropy:
         with torch.no_grad():
-            entropy = entropy_from_logits(logits.float() / temperature)  # (B, N)
+            entropy = entropy_from_logits(ban(logits.float() / temperature, pad_id))  # (B, N)
             entropy = torch.where(action_mask, entropy, zero)
     return logprobs, values, entropy
 

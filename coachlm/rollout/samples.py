@@ -17,7 +17,7 @@ from coachlm.data.chat import encode_prompt
 from coachlm.data.io import read_prompts, write_records
 from coachlm.data.schema import PromptRecord, Response, Sample
 from coachlm.errors import CoachError
-from coachlm.runlog import RunLog, progress
+from coachlm.runlog import RunLog, progress, warn
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,24 @@ class SampleConfig:
     top_p: float = 1.0
     batch_size: int = 32
     seed: int | None = 0
-    limit: int | None = None  # only the first `limit` prompts
+    limit: int | None = None  # only the first `limit` prompts (after `offset`)
+    offset: int = 0  # skip this many prompts first (fresh prompts for each round of a loop)
     model_name: str | None = None  # default: the model directory's name
     model_version: str | None = None  # default: a short hash of the weights
     dtype: Literal["fp32", "bf16"] = "fp32"  # bf16 loads the weights in bfloat16
+    # Longer prompts lose their oldest tokens (`sampling.fit_prompts`), counted in the summary.
+    # None: as many as the model's context leaves after max_new_tokens.
+    max_prompt_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.offset < 0:
+            raise ValueError(f"offset must be >= 0, got {self.offset}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.max_prompt_length is not None and self.max_prompt_length < 2:
+            raise ValueError(f"max_prompt_length must be >= 2, got {self.max_prompt_length}")
 
 
 def model_name_for(path: Path) -> str:
@@ -66,15 +74,19 @@ def run_sample(cfg: SampleConfig) -> Path:
 
     from coachlm.models.load import load_model, load_tokenizer, weights_hash
     from coachlm.rollout.generators import BuiltinGenerator
-    from coachlm.rollout.sampling import SamplingConfig, decode_responses
+    from coachlm.rollout.sampling import SamplingConfig, decode_responses, fit_prompts
 
-    prompts = read_prompts(cfg.prompts)[: cfg.limit]
+    prompts = read_prompts(cfg.prompts)[cfg.offset:][: cfg.limit]
     if not prompts:
         raise CoachError(f"{cfg.prompts}: no prompts to sample from")
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg.model, dtype=torch.bfloat16 if cfg.dtype == "bf16" else torch.float32,
                        tokenizer=tokenizer)
-    ids = [encode_prompt(tokenizer, p.prompt) for p in prompts]
+    ids, truncated = fit_prompts(model, tokenizer,
+                                 [encode_prompt(tokenizer, p.prompt) for p in prompts],
+                                 cfg.max_new_tokens, cfg.max_prompt_length)
+    if truncated:
+        warn(f"{truncated} of {len(ids)} prompts cut from the left to fit (max_prompt_length)")
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                           top_k=cfg.top_k, top_p=cfg.top_p, n=cfg.n, batch_size=cfg.batch_size,
                           seed=cfg.seed)
@@ -98,6 +110,7 @@ def run_sample(cfg: SampleConfig) -> Path:
                        name, version)
     write_records(cfg.out, samples)
     runlog.summary(seconds=seconds, tokens=gen.num_tokens, prompts=len(prompts),
-                   responses=len(samples), finished_fraction=sum(gen.finished) / len(samples),
+                   responses=len(samples), truncated_prompts=truncated,
+                   finished_fraction=sum(gen.finished) / len(samples),
                    model=name, model_version=version, out=str(cfg.out))
     return cfg.out

@@ -6,14 +6,17 @@
 - Each row stops at its first stop token (EOS by default); the stop token is kept in the
   response, nothing after it is generated: finished rows leave the batch and the KV cache, so
   later steps cost only the rows still running, and the loop ends when all rows have stopped.
-- The KV cache is preallocated (transformers' StaticCache) rather than grown by concatenation.
+- The KV cache is preallocated (transformers' StaticCache) rather than grown by concatenation;
+  each forward says which cache columns it writes (`cache_position`, where the installed
+  transformers takes it), never leaving it to be inferred from the cache's contents.
 - The pad token is never sampled: a pad in a response could not be told from padding.
 - Rows are sorted by prompt length before batching, so that a batch holds similar lengths and
   little padding; results come back in the original order.
 - The n samples of a prompt share its prefill: each distinct prompt of a batch is run once and
   its KV-cache rows copied to its samples.
-- `logprobs` are those of the sampled tokens under softmax(logits / temperature), before top-k /
-  top-p filtering: exactly what `coachlm.models.logprobs.sequence_logprobs` recomputes. RLHF
+- `logprobs` are those of the sampled tokens under softmax(logits / temperature) without the pad
+  token, before top-k / top-p filtering: exactly what `coachlm.models.logprobs.sequence_logprobs`
+  (with `banned` = the pad id) and the RL forward passes recompute. RLHF
   samples with top_k=0 and top_p=1 so that the two distributions agree.
 """
 
@@ -26,7 +29,8 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from coachlm.errors import CoachError
-from coachlm.models.logprobs import accepts_logits_to_keep, position_ids_from_mask
+from coachlm.models.logprobs import (accepts_logits_to_keep, ban, cache_arguments,
+                                     position_ids_from_mask, returned_cache)
 from coachlm.models.modes import eval_mode
 
 
@@ -121,10 +125,8 @@ def _sample_next(logits: torch.Tensor, cfg: SamplingConfig, pad_id: int | None,
                  u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Next tokens (B,) and their logprobs (B,) from last-position logits (B, V) in fp32."""
     temperature = cfg.temperature if cfg.temperature > 0 else 1.0
-    logprobs = (logits / temperature).log_softmax(dim=-1)  # (B, V)
-    masked = logits.clone()
-    if pad_id is not None:
-        masked[:, pad_id] = float("-inf")
+    masked = ban(logits, pad_id)  # (B, V): the pad token is never sampled, nor scored
+    logprobs = (masked / temperature).log_softmax(dim=-1)  # (B, V)
     if cfg.temperature == 0:
         tokens = masked.argmax(dim=-1)  # (B,)
     else:
@@ -179,10 +181,11 @@ def _prefill(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         owner.append(first[tuple(row)])
     keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     rows = torch.tensor(distinct, dtype=torch.long, device=input_ids.device)  # (G,)
+    cache = cache_arguments(model, _static_cache(model, max_len), 0, input_ids.shape[1],
+                            input_ids.device)
     out = model(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
-                position_ids=position_ids[rows], past_key_values=_static_cache(model, max_len),
-                use_cache=True, **keep)
-    logits, cache = out.logits[:, -1], out.past_key_values  # (G, V)
+                position_ids=position_ids[rows], use_cache=True, **cache, **keep)
+    logits, cache = out.logits[:, -1], returned_cache(out)  # (G, V)
     if len(distinct) < len(owner):
         rows = torch.tensor(owner, dtype=torch.long, device=logits.device)  # (B,)
         cache.reorder_cache(rows)
@@ -227,8 +230,9 @@ def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], cfg: SamplingC
             attention_mask, next_pos = attention_mask[rows], next_pos[rows]
         attention_mask[:, P + t] = 1
         out = model(input_ids=tok.unsqueeze(-1), attention_mask=attention_mask[:, :P + t + 1],
-                    position_ids=next_pos, past_key_values=cache, use_cache=True)
-        logits, cache = out.logits[:, -1], out.past_key_values  # (A, V)
+                    position_ids=next_pos, use_cache=True,
+                    **cache_arguments(model, cache, P + t, 1, device))
+        logits, cache = out.logits[:, -1], returned_cache(out)  # (A, V)
         next_pos = next_pos + 1
     n = lengths.tolist()
     return Generation(
@@ -246,7 +250,35 @@ def _check_prompts(model: Any, prompt_ids: Sequence[Sequence[int]], cfg: Samplin
     longest = max((len(p) for p in prompt_ids), default=0)
     if context is not None and longest + cfg.max_new_tokens > context:
         raise CoachError(f"a prompt of {longest} tokens plus max_new_tokens={cfg.max_new_tokens} "
-                         f"exceeds the model's context of {context} tokens")
+                         f"exceeds the model's context of {context} tokens (cut prompts from "
+                         f"the left with max_prompt_length)")
+
+
+def fit_prompts(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]],
+                max_new_tokens: int, max_prompt_length: int | None = None
+                ) -> tuple[list[list[int]], int]:
+    """Prompts cut from the left to `max_prompt_length` tokens (None: what the model's context
+    leaves after `max_new_tokens`; no cut when the model states no context), keeping a leading
+    BOS. The end of a prompt (the latest turn, the request) is what the response answers; a long
+    transcript's oldest turns go first. Returns (prompts, how many were cut)."""
+    limit = max_prompt_length
+    if limit is None:
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if context is None:
+            return [list(p) for p in prompt_ids], 0
+        limit = context - max_new_tokens
+    if limit < 2:
+        raise CoachError(f"no room for a prompt: max_prompt_length {limit} (the model's context "
+                         f"minus max_new_tokens={max_new_tokens}) must be >= 2")
+    bos = getattr(tokenizer, "bos_token_id", None)
+    out, cut = [], 0
+    for p in prompt_ids:
+        p = list(p)
+        if len(p) > limit:
+            head = p[:1] if bos is not None and p[0] == bos else []
+            p, cut = head + p[len(p) - (limit - len(head)):], cut + 1
+        out.append(p)
+    return out, cut
 
 
 def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], cfg: SamplingConfig,
@@ -286,5 +318,14 @@ def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], cf
 
 
 def decode_responses(tokenizer: Any, gen: Generation) -> list[str]:
-    """Response texts, without special tokens (so without the final EOS)."""
-    return tokenizer.batch_decode(gen.response_ids, skip_special_tokens=True)
+    """Response texts without their final stop token, but with any special token *inside* the
+    response kept as its text (e.g. a BOS or a chat-turn marker mid-response).
+
+    Rewards, labelers and judges read these texts: with special tokens stripped, a policy could
+    emit them mid-response unseen by any reward. The texts are scored rather than the ids
+    because every reward (rubric, rules, a reward model with its own tokenizer and chat
+    template, an AI judge) reads text; a reward model's tokenizer maps a special token's text
+    back to the token.
+    """
+    ids = [r[:-1] if done else r for r, done in zip(gen.response_ids, gen.finished)]
+    return tokenizer.batch_decode(ids, skip_special_tokens=False)

@@ -56,6 +56,11 @@ def build_critic(kind: str, reward_spec: str, lora: Any, seed: int,
         raise CoachError(f"critic 'reward_model' needs a reward-model directory as the reward, got "
                          f"{reward_spec!r}; use critic=shared with rule rewards")
     rm = load_reward_model(reward_spec, dtype=torch.float32)
+    if not rm.causal:
+        # A value must depend on the prompt and the tokens so far only: an encoder's hidden
+        # state at token t has seen the tokens after t, so its values would leak the future.
+        raise CoachError(f"critic 'reward_model' needs a causal reward model; {reward_spec} is "
+                         "bidirectional (an encoder); use critic=shared")
     if tokenizer is not None and not same_tokenizer(rm.tokenizer, tokenizer):
         raise CoachError("critic 'reward_model' reads the policy's tokens, but the reward model "
                          "was trained with another tokenizer or chat template; use critic=shared")

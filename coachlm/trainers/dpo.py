@@ -28,24 +28,25 @@ Outputs under `out`: config.yaml, metrics.jsonl, summary.json, checkpoints/, ref
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
-import numpy as np
 import torch
 
 from coachlm import config
 from coachlm.data.io import PREFERENCE_KINDS, preference_pairs, read_records
+from coachlm.data.invalid import InvalidRecords
 from coachlm.data.pairs import Pair, PairBatch, PairBatches, encode_pairs, share_saving
+from coachlm.data.split import held_out
 from coachlm.errors import CoachError, DataError
 from coachlm.losses import dpo as dpo_loss
 from coachlm.losses import ipo as ipo_loss
 from coachlm.models.load import load_model, load_tokenizer
 from coachlm.models.lora import LoRAConfig, adapter_disabled, apply_lora
+from coachlm.runlog import warn
 from coachlm.trainers.dpo_logps import cached_reference, choose_layout, head_matches, sequence_logps
 from coachlm.trainers.epochs import steps_for_epochs
 from coachlm.engine.accel import Engine, to_device
@@ -60,6 +61,8 @@ Reference = Literal["cached", "adapter"]
 class DPOConfig:
     """DPO settings. `train.batch_size` counts pairs; `epochs`, when set, replaces
     `train.max_steps` with the steps that many passes over the pairs take."""
+
+    DEFAULT_YIELDS: ClassVar[dict[str, tuple[str, str]]] = {"epochs": ("train", "max_steps")}
 
     model: Path
     data: tuple[Path, ...]
@@ -177,37 +180,37 @@ def evaluate_pairs(model: Any, batches: PairBatches, cfg: DPOConfig) -> dict[str
 
 def read_pairs(paths: Sequence[Path], tok: Any, cfg: DPOConfig) -> tuple[list[Pair], Counter]:
     """The preference pairs in `paths`, tokenized and truncated; (pairs, counts)."""
-    skipped: list[str] = []
-    on_error = (lambda e: skipped.append(str(e))) if cfg.skip_invalid else None
+    invalid = InvalidRecords(cfg.skip_invalid)
 
     low = 0
 
     def pairs():
         nonlocal low
         for path in paths:
-            for pp in preference_pairs(read_records(path, kinds=PREFERENCE_KINDS, on_error=on_error)):
+            records = read_records(path, kinds=PREFERENCE_KINDS, on_error=invalid.on_error)
+            for pp in preference_pairs(records):
                 if cfg.min_margin is not None and pp.margin is not None and pp.margin < cfg.min_margin:
                     low += 1
                     continue
                 yield pp
 
-    out, counts = encode_pairs(pairs(), tok, cfg.max_length)
-    counts["skipped_invalid"], counts["skipped_low_margin"] = len(skipped), low
+    with invalid.strict_hint():
+        out, counts = encode_pairs(pairs(), tok, cfg.max_length)
+    invalid.warn()
+    counts["skipped_invalid"], counts["skipped_low_margin"] = invalid.count, low
     if not out:
         raise DataError(", ".join(map(str, paths)), None, None,
                         f"no usable preference pairs (counts: {dict(counts)})")
     return out, counts
 
 
-def split_by_prompt(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Hold out a seeded fraction of the *prompts*, so no held-out prompt is trained on."""
-    prompts = sorted({p.prompt_ids for p in pairs})
-    n_val = math.ceil(len(prompts) * val_fraction) if val_fraction > 0 else 0
-    if n_val >= len(prompts):
-        raise CoachError(f"val_fraction {val_fraction} leaves no training prompts "
-                         f"out of {len(prompts)}")
-    held = {prompts[i] for i in np.random.default_rng(seed).permutation(len(prompts))[:n_val]}
-    return [p for p in pairs if p.prompt_ids not in held], [p for p in pairs if p.prompt_ids in held]
+def split_by_prompt(pairs: list[Pair], val_fraction: float, seed: int
+                    ) -> tuple[list[Pair], list[Pair], str | None]:
+    """Hold out a seeded fraction of the *full* prompts (`data.split.held_out`), so no held-out
+    prompt is trained on. Returns (train, val, note: why there is no validation split)."""
+    held, note = held_out([p.key for p in pairs], val_fraction, seed)
+    return ([p for p, h in zip(pairs, held) if not h], [p for p, h in zip(pairs, held) if h],
+            note)
 
 
 # ------------------------------------------------------------------------------------- run
@@ -231,10 +234,13 @@ def dpo(cfg: DPOConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     engine = Engine.from_config(cfg.train)
     tok = load_tokenizer(cfg.model)
     pairs, counts = read_pairs(cfg.data, tok, cfg)
+    val_note = None
     if cfg.val_data:
         train_pairs, (val_pairs, _) = pairs, read_pairs(cfg.val_data, tok, cfg)
     else:
-        train_pairs, val_pairs = split_by_prompt(pairs, cfg.val_fraction, cfg.train.seed)
+        train_pairs, val_pairs, val_note = split_by_prompt(pairs, cfg.val_fraction, cfg.train.seed)
+        if val_note:
+            warn(val_note)
     # 2. the policy, and the batch layout it runs fastest and exactly
     model = engine.place(_model(cfg, tok))
     layout = choose_layout(cfg.layout, model, train_pairs, tok.pad_token_id)
@@ -251,7 +257,7 @@ def dpo(cfg: DPOConfig, resume: bool = False) -> tuple[TrainResult, Path]:
                           bucket_batches=cfg.bucket_batches,
                           ref_logps=None if ref is None else ref[:len(train_pairs)])
     tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches), engine.world_size)
-    cfg = dataclasses.replace(cfg, train=tcfg, layout=layout)
+    cfg = dataclasses.replace(cfg, train=tcfg, layout=layout, epochs=None)  # resolved length
     if engine.is_main:
         cfg.out.mkdir(parents=True, exist_ok=True)
         config.save(cfg, cfg.out / "config.yaml")
@@ -265,7 +271,8 @@ def dpo(cfg: DPOConfig, resume: bool = False) -> tuple[TrainResult, Path]:
                                   "layout": layout, "share_saving": round(share_saving(train_pairs), 3),
                                   "reference": cfg.reference, "reference_cache": str(cache or ""),
                                   "reference_cache_reused": reused, "data_counts": dict(counts),
-                                  "batches_per_epoch": len(batches)},
+                                  "batches_per_epoch": len(batches),
+                                  "validation": val_note or "held out"},
                    engine=engine)
     # 5. save
     return result, save_final(engine, model, tok, cfg.out / "final")

@@ -38,8 +38,8 @@ from coachlm.errors import CoachError
 from coachlm.models.lora import trainable_fraction
 from coachlm.rl_math import AdaptiveKLController, FixedKLController
 from coachlm.rollout.rewards import Reward
-from coachlm.rollout.sampling import decode_responses
-from coachlm.runlog import RunLog, progress
+from coachlm.rollout.sampling import decode_responses, fit_prompts
+from coachlm.runlog import RunLog, progress, warn
 from coachlm.engine.accel import Engine
 from coachlm.engine.checkpoint import check_resume_settings, latest_checkpoint, load_checkpoint
 from coachlm.engine.config import TrainConfig
@@ -208,7 +208,8 @@ def _iteration(t: Trainee, ref_model: nn.Module | None, tokenizer: Any,
         group_relative_advantages(exp, cfg)
     # 5. update
     metrics, run.opt_step = ppo_update(t, exp, cfg, tcfg, run.opt_step,
-                                       seed=cfg.seed * 7_919 + run.step)
+                                       seed=cfg.seed * 7_919 + run.step,
+                                       kl_coef=kl_ctl.value)
     metrics.update(rollout_metrics(exp, raw, entropy_sum / max(n_tokens, 1.0)),
                    kl_coef=kl_ctl.value)
     kl_ctl.update(metrics["kl"], cfg.episodes)
@@ -264,7 +265,11 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
     seed_everything(cfg.seed)
     ac, ref_model, tcfg, optimizer = _setup(engine, model, cfg, critic)
     lora = ref_model is None
-    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    prompt_ids, truncated = fit_prompts(model, tokenizer,
+                                        [encode_prompt(tokenizer, p) for p in prompts],
+                                        cfg.max_new_tokens, cfg.max_prompt_length)
+    if truncated:
+        warn(f"{truncated} of {len(prompts)} prompts cut from the left to fit (max_prompt_length)")
     stream, kl_ctl = PromptStream(len(prompts), cfg.seed), _kl_controller(cfg)
     norm = _GlobalNorm(engine=engine)
     run = _restore(out_dir, ac, optimizer, stream, kl_ctl, norm, cfg) if resume else _RunState()
@@ -299,6 +304,7 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
     summary = {} if log is None else log.summary(
         steps=run.step, tokens=run.generated + run.trained, seconds=run.seconds,
         generated_tokens=run.generated, trained_tokens=run.trained, algo=cfg.algo, lora=lora,
+        truncated_prompts=truncated,
         trainable_fraction=round(trainable_fraction(ac), 6),
         trainable_params=sum(p.numel() for p in ac.parameters() if p.requires_grad),
         total_params=sum(p.numel() for p in ac.parameters()), threads=threads, bf16=engine.bf16,
@@ -322,6 +328,7 @@ def build_reward(spec: str, tokenizer: Any = None) -> Reward:
 
 def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
     """Train per `cfg`; returns the final policy directory (`cfg.out / "final"`)."""
+    from coachlm.data.invalid import InvalidRecords
     from coachlm.data.io import read_prompts
     from coachlm.models.load import load_model, load_tokenizer
     from coachlm.trainers.final import save_final
@@ -329,7 +336,10 @@ def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
     from coachlm.trainers.critic import build_critic
 
     tok = load_tokenizer(cfg.model)
-    prompts = [r.prompt for r in read_prompts(cfg.prompts)]
+    invalid = InvalidRecords(cfg.skip_invalid)
+    with invalid.strict_hint():
+        prompts = [r.prompt for r in read_prompts(cfg.prompts, on_error=invalid.on_error)]
+    invalid.warn()
     reward = build_reward(cfg.reward)  # the reward model encodes with its own tokenizer
     model = load_model(cfg.model, dtype=torch.float32, tokenizer=tok)
     if cfg.ppo.lora is not None:

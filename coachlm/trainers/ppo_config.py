@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -28,10 +29,18 @@ class PPOConfig:
     micro_batch_size: int = 8  # episodes per forward/backward pass
     ppo_epochs: int = 4
     max_new_tokens: int = 32
+    # Longer prompts lose their oldest tokens (`sampling.fit_prompts`), counted in summary.json.
+    # None: as many as the model's context leaves after max_new_tokens.
+    max_prompt_length: int | None = None
     temperature: float = 1.0
-    # KL penalty to the reference policy: beta * KL per token (Ziegler et al., 2019).
+    # KL penalty to the reference policy, beta = kl_coef. PPO and RLOO subtract beta * KL from
+    # the reward (per token, Ziegler et al., 2019; per sequence, Ahmadian et al., 2024); GRPO
+    # adds beta * KL to the loss instead (Shao et al., 2024, DeepSeekMath eq. 3).
     kl_coef: float = 0.05
-    kl_estimator: Literal["k1", "k3"] = "k1"
+    # None: k1 for PPO/RLOO (in the reward: k3 there gives a biased gradient, hence a warning),
+    # k3 for GRPO (the loss term of DeepSeekMath eq. 4, which needs k3: k1's gradient in a loss
+    # is zero in expectation).
+    kl_estimator: Literal["k1", "k3"] | None = None
     kl_target: float | None = None  # set: adaptive controller, per-sequence KL target (nats)
     kl_horizon: float = 10000.0
     gamma: float = 1.0
@@ -44,6 +53,13 @@ class PPOConfig:
     # reward-model directory as the reward; a second trunk to forward and train).
     critic: Literal["shared", "reward_model"] = "shared"
     whiten_advantages: bool = True  # PPO only: group advantages are already relative
+    # GRPO only: divide the group-centred scores by the group's std (DeepSeekMath, the default);
+    # False is Dr. GRPO (Liu et al., 2025), which finds the division biases toward easy prompts.
+    scale_std: bool = True
+    # How per-token losses become one number (`rl_math.aggregate`): "sequence" (1/G sum_i
+    # 1/|o_i| sum_t, DeepSeekMath eq. 3) or "token" (a mean over all tokens). None: "sequence"
+    # for GRPO, "token" for PPO and RLOO (Huang et al., 2023).
+    loss_aggregation: Literal["token", "sequence"] | None = None
     # Scale the score to mean 0 / std 1 on the first rollout, which the reference policy samples
     # (a fresh LoRA adapter changes nothing): Ziegler et al., 2019, sec. 2.2. Off for a reward
     # model, whose `score` is already normalized so.
@@ -91,11 +107,26 @@ class PPOConfig:
         if self.algo in ("grpo", "rloo") and self.samples_per_prompt < 2:
             raise ValueError(f"algo {self.algo} compares responses to the same prompt: "
                              f"samples_per_prompt must be >= 2, got {self.samples_per_prompt}")
+        if self.lora is not None and self.lora.dropout > 0:
+            # Huang et al., 2023: dropout off in RL. With it, the rollout's logprobs and the KL
+            # to the reference are noisy, and the first epoch's ratio is not 1.
+            raise ValueError(f"lora.dropout must be 0 for RL (dropout makes the old logprobs and "
+                             f"the KL penalty noisy), got {self.lora.dropout}")
+        if self.algo == "grpo" and self.kl_estimator == "k1":
+            raise ValueError("algo grpo puts the KL in the loss, which needs kl_estimator k3 "
+                             "(DeepSeekMath eq. 4): k1's gradient there is zero in expectation")
+        if self.algo != "grpo" and self.kl_estimator == "k3":
+            # A reward -beta * k3 gives the policy gradient E_pi[grad log pi * k3] =
+            # grad KL(pi || ref) + E_ref[grad log pi]: biased (k3 = k1 + ref / pi - 1).
+            warnings.warn(f"kl_estimator k3 in the reward of algo {self.algo} gives a biased "
+                          "gradient of the KL; k1 is unbiased there", UserWarning, stacklevel=3)
         checks = [
             (self.temperature > 0, "temperature must be > 0 (RL samples; 0 would be greedy)"),
             (self.kl_coef >= 0, "kl_coef must be >= 0"),
             (self.kl_target is None or self.kl_target > 0, "kl_target must be > 0 or null"),
             (self.kl_horizon > 0, "kl_horizon must be > 0"),
+            (self.max_prompt_length is None or self.max_prompt_length >= 2,
+             "max_prompt_length must be >= 2 or null"),
             (0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must be in [0, 1]"),
             (self.clip_eps > 0 and self.value_clip_eps > 0, "clip_eps, value_clip_eps must be > 0"),
             (self.vf_coef >= 0, "vf_coef must be >= 0"),
@@ -108,6 +139,16 @@ class PPOConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @property
+    def kl_kind(self) -> Literal["k1", "k3"]:
+        """The KL estimator in effect (see `kl_estimator`)."""
+        return self.kl_estimator or ("k3" if self.algo == "grpo" else "k1")
+
+    @property
+    def aggregation(self) -> Literal["token", "sequence"]:
+        """The loss aggregation in effect (see `loss_aggregation`)."""
+        return self.loss_aggregation or ("sequence" if self.algo == "grpo" else "token")
 
     @property
     def episodes(self) -> int:
@@ -129,4 +170,5 @@ class PPORunConfig:
     prompts: Path
     out: Path
     reward: str = "rubric"
+    skip_invalid: bool = False  # skip (and count) malformed prompt records instead of stopping
     ppo: PPOConfig = field(default_factory=PPOConfig)

@@ -25,10 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from coachlm.data.schema import Prompt
-from coachlm.losses import ppo_clip, value_clip
+from coachlm.losses import kl_penalty, ppo_clip, value_clip
 from coachlm.models.lora import PeftModel, lora_view
-from coachlm.rl_math import (explained_variance, gae, group_advantages, kl_shaped_rewards,
-                             masked_mean, masked_whiten)
+from coachlm.models.modes import eval_mode
+from coachlm.rl_math import (aggregation_weight, explained_variance, gae, group_advantages,
+                             kl_shaped_rewards, masked_mean, masked_whiten)
 from coachlm.rollout.experience import (Experience, SharedPrompts, pack_rollout, policy_forward,
                                         shared_prompts_supported, sorted_micro_batches)
 from coachlm.rollout.rewards import Reward
@@ -63,13 +64,14 @@ class ActorCritic(nn.Module):
 
     def forward(self, sequences: Tensor, attention_mask: Tensor, action_mask: Tensor,
                 temperature: float, with_entropy: bool = False,
-                shared: SharedPrompts | None = None
+                shared: SharedPrompts | None = None, pad_id: int | None = None
                 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """(logprobs, values, entropy), each (B, N): `policy_forward` plus the critic (which
         always reads the padded rows)."""
         logprobs, values, entropy = policy_forward(self.policy, self.value_head, sequences,
                                                    attention_mask, action_mask, temperature,
-                                                   with_entropy=with_entropy, shared=shared)
+                                                   with_entropy=with_entropy, shared=shared,
+                                                   pad_id=pad_id)
         if self.critic is not None:
             values = self.critic(sequences, attention_mask, action_mask)
         return logprobs, values, entropy
@@ -104,19 +106,21 @@ def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cf
     rows_all = torch.arange(exp.sequences.shape[0])
     batches = [(rows, *exp.micro_batch(rows, share)) for rows in
                sorted_micro_batches(rows_all, exp, cfg.micro_batch_size, by_prompt=share)]
-    with lora_view(ac.policy, "fused"):  # as the update computes the policy
+    # Eval mode: a dropout left in the model (the update leaves it in train mode) must not
+    # make the old logprobs, values and the KL to the reference noisy.
+    with eval_mode(ac), lora_view(ac.policy, "fused"):  # as the update computes the policy
         for rows, e, shared in batches:
             n = e.action_mask.shape[1]
             lp, v, ent = ac(e.sequences, e.attention_mask, e.action_mask, cfg.temperature,
-                            with_entropy=True, shared=shared)  # (b, n) each
+                            with_entropy=True, shared=shared, pad_id=e.pad_id)  # (b, n) each
             exp.logprobs[rows, :n], entropy[rows, :n] = lp.float(), ent.float()
             if exp.values is not None:
                 exp.values[rows, :n] = v.float()
     ref, ref_ctx = reference_context(ac, ref_model)
-    with ref_ctx:
+    with eval_mode(ref), ref_ctx:
         for rows, e, shared in batches:
             lp = policy_forward(ref, None, e.sequences, e.attention_mask, e.action_mask,
-                                cfg.temperature, shared=shared)[0]  # (b, n)
+                                cfg.temperature, shared=shared, pad_id=e.pad_id)[0]  # (b, n)
             exp.ref_logprobs[rows, :lp.shape[1]] = lp.float()
     return entropy
 
@@ -190,9 +194,12 @@ def score_responses(reward: Reward, prompts: Sequence[Prompt], texts: Sequence[s
 
 
 def shape_rewards(exp: Experience, kl_coef: float, cfg: PPOConfig) -> None:
-    """# 3. KL-shape: per-token -beta * KL, plus the score on the last response token."""
+    """# 3. KL-shape: per-token -beta * KL, plus the score on the last response token. GRPO
+    keeps its KL out of the reward (it is a loss term, `_micro_loss`): the score alone, and the
+    KL measured for the logs and the KL controller."""
+    beta = 0.0 if cfg.algo == "grpo" else kl_coef
     exp.rewards, exp.kl = kl_shaped_rewards(exp.scores, exp.logprobs, exp.ref_logprobs,
-                                            exp.action_mask, kl_coef, cfg.kl_estimator)
+                                            exp.action_mask, beta, cfg.kl_kind)
 
 
 def ppo_advantages(exp: Experience, cfg: PPOConfig) -> None:
@@ -203,30 +210,42 @@ def ppo_advantages(exp: Experience, cfg: PPOConfig) -> None:
 
 
 def group_relative_advantages(exp: Experience, cfg: PPOConfig) -> None:
-    """# 4. GRPO / RLOO: one sequence reward (score - beta * sum of token KL, as in RLOO,
-    Ahmadian et al., 2024, sec. 3), a baseline from the other samples of the same prompt, and
-    the sequence's advantage on each of its tokens. Rows are prompt-major, so groups are runs."""
-    sequence_rewards = exp.rewards.sum(dim=1)  # (B,) = score - beta * sum_t KL_t
-    advantages = group_advantages(sequence_rewards, cfg.samples_per_prompt, cfg.algo)  # (B,)
+    """# 4. GRPO / RLOO: a baseline from the other samples of the same prompt, and the
+    sequence's advantage on each of its tokens. Rows are prompt-major, so groups are runs.
+
+    RLOO's sequence reward is score - beta * sum of token KL (Ahmadian et al., 2024, sec. 3);
+    its advantages are not rescaled, so the KL keeps its weight beta. GRPO's advantages come
+    from the scores alone (Shao et al., 2024, eq. 3): `exp.rewards` holds no KL for GRPO, whose
+    KL is a loss term, since dividing a KL-shaped reward by the group's std would weigh the KL
+    by beta / std (unbounded when the scores tie)."""
+    sequence_rewards = exp.rewards.sum(dim=1)  # (B,) GRPO: the score; RLOO: score - beta * KL
+    advantages = group_advantages(sequence_rewards, cfg.samples_per_prompt, cfg.algo,
+                                  scale_std=cfg.scale_std)  # (B,)
     mask = exp.action_mask.float()
     exp.advantages = advantages.unsqueeze(1) * mask  # (B, N)
     exp.returns = sequence_rewards.unsqueeze(1) * mask  # (B, N), logged only
 
 
 def _micro_loss(ac: ActorCritic, e: Experience, shared: SharedPrompts | None, cfg: PPOConfig,
-                n_tokens: Tensor) -> tuple[Tensor, dict[str, float]]:
-    """Loss of one micro-batch, weighted so that the mini-batch is a token-level mean."""
+                mini_weight: Tensor, kl_coef: float) -> tuple[Tensor, dict[str, float]]:
+    """Loss of one micro-batch, weighted so that the mini-batch's loss is its `aggregate`
+    (`mini_weight`: the mini-batch's `aggregation_weight`)."""
     logprobs, values, _ = ac(e.sequences, e.attention_mask, e.action_mask, cfg.temperature,
-                             shared=shared)  # (b, n)
+                             shared=shared, pad_id=e.pad_id)  # (b, n)
     pg_loss, clipfrac, approx_kl = ppo_clip(logprobs, e.logprobs, e.advantages, e.action_mask,
-                                            cfg.clip_eps)
-    weight = e.action_mask.sum() / n_tokens
+                                            cfg.clip_eps, cfg.aggregation)
+    weight = aggregation_weight(e.action_mask, cfg.aggregation) / mini_weight
     loss = pg_loss
     stats = {"policy_loss": float(pg_loss.detach()), "clipfrac": float(clipfrac),
              "approx_kl": float(approx_kl)}
+    if cfg.algo == "grpo":  # DeepSeekMath eq. 3: + beta * KL(pi_theta || pi_ref), in the loss
+        kl_loss, kl = kl_penalty(logprobs, e.ref_logprobs, e.action_mask, kl_coef,
+                                 cfg.aggregation)
+        loss = loss + kl_loss
+        stats.update(kl_loss=float(kl_loss.detach()), policy_kl=float(kl))
     if values is not None:
         vf_loss, vf_clipfrac = value_clip(values, e.values, e.returns, e.action_mask,
-                                          cfg.value_clip_eps)
+                                          cfg.value_clip_eps, cfg.aggregation)
         loss = loss + cfg.vf_coef * vf_loss
         stats.update(value_loss=float(vf_loss.detach()), value_clipfrac=float(vf_clipfrac))
     w = float(weight)

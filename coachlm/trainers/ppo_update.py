@@ -23,6 +23,7 @@ from coachlm.engine.accel import Engine
 from coachlm.engine.config import TrainConfig, lr_at
 from coachlm.engine.loop import LossOut, Trainee, update
 from coachlm.models.lora import lora_view
+from coachlm.rl_math import aggregation_weight
 from coachlm.rollout.experience import Experience, sorted_micro_batches
 from coachlm.trainers.ppo_config import PPOConfig
 from coachlm.trainers.ppo_steps import ActorCritic, _micro_loss
@@ -31,22 +32,26 @@ from coachlm.trainers.ppo_steps import ActorCritic, _micro_loss
 _RESPONSE = ("logprobs", "ref_logprobs", "values", "kl", "rewards", "advantages", "returns")
 
 
-def ppo_loss(ac: ActorCritic, batch: tuple[Experience, Any, Tensor], cfg: PPOConfig) -> LossOut:
-    """The engine's loss for one micro-batch (e, shared prompts, the mini-batch's global token
-    count n). `_micro_loss` returns the micro-batch's loss already weighted by its tokens / n;
-    as a *sum* over the micro-batch's m tokens that is loss * n (the engine divides by the
-    global count, n), and its stats, weighted by m / n, are sums once multiplied by n."""
-    e, shared, n_tokens = batch
-    loss, stats = _micro_loss(ac, e, shared, cfg, n_tokens)
-    n = float(n_tokens)
-    return LossOut(loss * n, int(e.action_mask.sum()), int(e.attention_mask.sum()),
-                   {k: v * n for k, v in stats.items()})
+def ppo_loss(ac: ActorCritic, batch: tuple[Experience, Any, Tensor, float],
+             cfg: PPOConfig) -> LossOut:
+    """The engine's loss for one micro-batch (e, shared prompts, the mini-batch's global
+    `aggregation_weight` n: its tokens, or its sequences with loss_aggregation "sequence", and
+    GRPO's KL coefficient). `_micro_loss` returns the micro-batch's loss already weighted by its
+    own weight m / n; as a *sum* over the micro-batch's m units that is loss * n (the engine
+    divides by the global count, n), and its stats, weighted by m / n, are sums once
+    multiplied by n."""
+    e, shared, n_units, kl_coef = batch
+    loss, stats = _micro_loss(ac, e, shared, cfg, n_units, kl_coef)
+    n = float(n_units)
+    return LossOut(loss * n, int(aggregation_weight(e.action_mask, cfg.aggregation)),
+                   int(e.attention_mask.sum()), {k: v * n for k, v in stats.items()})
 
 
 def ppo_update(t: Trainee, exp: Experience, cfg: PPOConfig, tcfg: TrainConfig, opt_step: int,
-               seed: int) -> tuple[dict[str, float], int]:
-    """`ppo_epochs` passes over shuffled mini-batches, one optimizer step each. Returns
-    (metrics averaged over optimizer steps, the new optimizer step count)."""
+               seed: int, kl_coef: float = 0.0) -> tuple[dict[str, float], int]:
+    """`ppo_epochs` passes over shuffled mini-batches, one optimizer step each. `kl_coef`: beta
+    of GRPO's KL loss term (PPO and RLOO have their KL in the reward). Returns (metrics
+    averaged over optimizer steps, the new optimizer step count)."""
     eng, ac = t.engine, t.model
     generator = torch.Generator().manual_seed(seed)
     share = bool(ac.shares_prompts)
@@ -59,11 +64,11 @@ def ppo_update(t: Trainee, exp: Experience, cfg: PPOConfig, tcfg: TrainConfig, o
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(exp.sequences.shape[0], generator=generator)  # (B,)
             for mini in order.split(cfg.mini_batch_size):
-                n_tokens = exp.action_mask[mini].sum().clamp(min=1)
+                n_units = aggregation_weight(exp.action_mask[mini], cfg.aggregation).clamp(min=1)
                 mine = mini[eng.rank::eng.world_size]
                 # This process's rows, regrouped by length (and prompt) and trimmed: the step's
-                # loss is still the mini-batch's token mean.
-                micro = [(*exp.micro_batch(m, share), n_tokens)
+                # loss is still the mini-batch's token (or sequence) mean.
+                micro = [(*exp.micro_batch(m, share), n_units, kl_coef)
                          for m in sorted_micro_batches(mine, exp, cfg.micro_batch_size, share)]
                 metrics, _ = update(t, micro, lr_at(opt_step, tcfg), cfg.max_grad_norm)
                 metrics.pop("loss")

@@ -30,12 +30,11 @@ Outputs under `out`: config.yaml, metrics.jsonl, summary.json, checkpoints/, fin
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,9 +42,11 @@ from torch import Tensor
 
 from coachlm import config
 from coachlm.data.io import PREFERENCE_KINDS, read_records
-from coachlm.data.schema import Record
+from coachlm.data.invalid import InvalidRecords
 from coachlm.data.reward_batches import (Group, GroupBatches, RewardBatch, build_groups,
                                          scoring_groups, share_saving, truncate_group)
+from coachlm.data.schema import Record
+from coachlm.data.split import held_out
 from coachlm.errors import CoachError, DataError
 from coachlm.losses import bradley_terry, bradley_terry_soft, bradley_terry_tie, ranking
 from coachlm.models.load import load_tokenizer
@@ -53,6 +54,7 @@ from coachlm.models.lora import LoRAConfig
 from coachlm.models.reward import (RewardModel, build_reward_model, choose_layout,
                                    fit_normalization, load_reward_model, save_reward_model,
                                    score_items, score_sequences, update_normalization)
+from coachlm.runlog import warn
 from coachlm.trainers.epochs import steps_for_epochs
 from coachlm.engine.accel import Engine, to_device
 from coachlm.engine.config import TrainConfig
@@ -63,7 +65,10 @@ from coachlm.engine.loop import LossOut, TrainResult, train
 class RMConfig:
     """Reward-model settings. `train.batch_size` counts prompts (groups of judgements);
     `epochs` (1 by default: reward models overfit after one, Ouyang et al., 2022, sec. C.2)
-    replaces `train.max_steps` when set."""
+    replaces `train.max_steps` when set. A `train.max_steps` given without `epochs` wins over
+    the default epoch (`config.from_dict`'s DEFAULT_YIELDS); given both, the config is refused."""
+
+    DEFAULT_YIELDS: ClassVar[dict[str, tuple[str, str]]] = {"epochs": ("train", "max_steps")}
 
     model: Path
     data: tuple[Path, ...]
@@ -138,10 +143,11 @@ def read_groups(paths: Sequence[Path], tok: Any, cfg: RMConfig,
                 mix: bool = False) -> tuple[list[Group], Counter, list[str]]:
     """Preference records of `paths` as truncated groups; (groups, counts, skipped errors).
     With `mix` and `cfg.ai_share`, the records are first subsampled to that share of AI labels."""
-    skipped: list[str] = []
-    on_error = (lambda e: skipped.append(str(e))) if cfg.skip_invalid else None
-    records = [r for path in paths
-               for r in read_records(path, kinds=PREFERENCE_KINDS, on_error=on_error)]
+    invalid = InvalidRecords(cfg.skip_invalid)
+    with invalid.strict_hint():
+        records = [r for path in paths
+                   for r in read_records(path, kinds=PREFERENCE_KINDS, on_error=invalid.on_error)]
+    invalid.warn()
     mixed: dict = {}
     if mix and cfg.ai_share is not None:
         records, mixed = mix_sources(records, cfg.ai_share, cfg.train.seed)
@@ -152,26 +158,25 @@ def read_groups(paths: Sequence[Path], tok: Any, cfg: RMConfig,
     if not groups:
         raise DataError(", ".join(map(str, paths)), None, None,
                         f"no usable preferences (counts: {dict(counts)})")
-    cut = 0
+    cut = identical = 0
     for i, g in enumerate(groups):
         groups[i], c = truncate_group(g, cfg.max_length)
         cut += c
+        identical += len(g.comparisons) - len(groups[i].comparisons)
     counts["truncated_responses"] = cut
-    counts["skipped_invalid"] = len(skipped)
-    return groups, counts, skipped
+    counts["skipped_identical"] += identical
+    counts["skipped_invalid"] = invalid.count
+    return groups, counts, invalid.first(None)
 
 
-def split_groups(groups: list[Group], val_fraction: float, seed: int) -> tuple[list[Group], list[Group]]:
-    """A seeded random split by prompt, so no held-out prompt is trained on (a prompt with more
-    than `max_group_responses` responses spans several groups: they stay on one side)."""
-    prompts = list(dict.fromkeys(tuple(g.prompt_ids) for g in groups))
-    order = np.random.default_rng(seed).permutation(len(prompts))
-    n_val = math.ceil(len(prompts) * val_fraction) if val_fraction > 0 else 0
-    if n_val >= len(prompts):
-        raise CoachError(f"val_fraction {val_fraction} leaves no training prompts of {len(prompts)}")
-    held = {prompts[i] for i in order[:n_val]}
-    return ([g for g in groups if tuple(g.prompt_ids) not in held],
-            [g for g in groups if tuple(g.prompt_ids) in held])
+def split_groups(groups: list[Group], val_fraction: float, seed: int
+                 ) -> tuple[list[Group], list[Group], str | None]:
+    """A seeded random split by full prompt (`data.split.held_out`), so no held-out prompt is
+    trained on (a prompt with more than `max_group_responses` responses spans several groups:
+    they stay on one side). Returns (train, val, note: why there is no validation split)."""
+    held, note = held_out([g.key for g in groups], val_fraction, seed)
+    return ([g for g, h in zip(groups, held) if not h], [g for g, h in zip(groups, held) if h],
+            note)
 
 
 # ------------------------------------------------------------------------------------ loss
@@ -286,18 +291,22 @@ def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     engine = Engine.from_config(cfg.train)
     tok = load_tokenizer(cfg.model)
     groups, counts, skipped = read_groups(cfg.data, tok, cfg, mix=True)
+    val_note = None
     if cfg.val_data:
         train_g = groups
         val_g, val_counts, _ = read_groups(cfg.val_data, tok, cfg)
         counts.update({f"val_{k}": v for k, v in val_counts.items()})
     else:
-        train_g, val_g = split_groups(groups, cfg.val_fraction, cfg.train.seed)
+        train_g, val_g, val_note = split_groups(groups, cfg.val_fraction, cfg.train.seed)
+        if val_note:
+            warn(val_note)
     model = engine.place(build_reward_model(cfg.model, tok, cfg.lora, seed=cfg.train.seed))
     layout = choose_layout(cfg.layout, model, tok.pad_token_id)
     batches = GroupBatches(train_g, cfg.train.batch_size, tok.pad_token_id, layout,
                            seed=cfg.train.seed, bucket_batches=cfg.bucket_batches)
     tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches), engine.world_size)
-    cfg = dataclasses.replace(cfg, train=tcfg, layout=layout)
+    # config.yaml records the resolved length (epochs folded into max_steps): reloadable as is.
+    cfg = dataclasses.replace(cfg, train=tcfg, layout=layout, epochs=None)
     if engine.is_main:
         cfg.out.mkdir(parents=True, exist_ok=True)
         config.save(cfg, cfg.out / "config.yaml")
@@ -309,6 +318,7 @@ def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
                    extra_summary={"train_prompts": len(train_g), "val_prompts": len(val_g),
                                   "layout": layout, "share_saving": round(share_saving(train_g), 4),
                                   "batches_per_epoch": len(batches), "records": dict(counts),
+                                  "validation": val_note or "held out",
                                   "skipped_examples": skipped[:5]},
                    engine=engine)
     ref, provenance = reference_groups(cfg, tok, train_g)

@@ -20,7 +20,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ import torch
 from coachlm import config
 from coachlm.data.chat import encode_example
 from coachlm.data.collate import ExampleBatches
+from coachlm.data.invalid import InvalidRecords
 from coachlm.data.io import read_records
 from coachlm.errors import CoachError, DataError
 from coachlm.memory import release_free_memory
@@ -49,6 +50,8 @@ class SFTConfig:
     """SFT settings. `train.batch_size` counts examples; `epochs`, when set, replaces
     `train.max_steps` with the number of optimizer steps that many passes over the data take."""
 
+    DEFAULT_YIELDS: ClassVar[dict[str, tuple[str, str]]] = {"epochs": ("train", "max_steps")}
+
     model: Path
     data: tuple[Path, ...]
     out: Path
@@ -64,6 +67,7 @@ class SFTConfig:
     # Pack each micro-batch's examples into shared rows (collate.pack_examples); None (auto): pack
     # when the model's attention honours restarting position ids (checked on the model itself).
     pack: bool | None = None
+    skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=2e-4, warmup_ratio=0.03, max_steps=300, batch_size=16, checkpoint_every=100))
 
@@ -80,12 +84,18 @@ class SFTConfig:
             raise ValueError(f"bucket_batches must be >= 1, got {self.bucket_batches}")
 
 
-def load_examples(paths: Sequence[Path], tokenizer: Any, max_length: int) -> list[Example]:
-    """Encode every demonstration in `paths` (other record kinds are an error)."""
+def load_examples(paths: Sequence[Path], tokenizer: Any, max_length: int,
+                  skip_invalid: bool = False) -> list[Example]:
+    """Encode every demonstration in `paths` (other record kinds are an error, or with
+    `skip_invalid` are skipped with a warning)."""
     examples = []
-    for path in paths:
-        for record in read_records(path, kinds=["demonstration"]):
-            examples.append(encode_example(tokenizer, record.prompt, record.response.text, max_length))
+    invalid = InvalidRecords(skip_invalid)
+    with invalid.strict_hint():
+        for path in paths:
+            for record in read_records(path, kinds=["demonstration"], on_error=invalid.on_error):
+                examples.append(encode_example(tokenizer, record.prompt, record.response.text,
+                                               max_length))
+    invalid.warn()
     if not examples:
         raise DataError(", ".join(map(str, paths)), None, None, "no demonstrations to train on")
     return examples
@@ -139,7 +149,7 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     """`run_sft`, also returning the loop's TrainResult (metrics, tokens/s)."""
     engine = Engine.from_config(cfg.train)
     tok = load_tokenizer(cfg.model)
-    examples = load_examples(cfg.data, tok, cfg.max_length)
+    examples = load_examples(cfg.data, tok, cfg.max_length, cfg.skip_invalid)
     train_ex, val_ex = split_examples(examples, cfg.val_fraction, cfg.train.seed)
     model = _model(cfg, tok)
     supported = packing_supported(model)
@@ -151,7 +161,7 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     batches = ExampleBatches(train_ex, tcfg.batch_size, tok.pad_token_id, seed=tcfg.seed,
                              bucket_batches=cfg.bucket_batches, pack=pack)
     tcfg = steps_for_epochs(tcfg, cfg.epochs, len(batches), engine.world_size)
-    cfg = dataclasses.replace(cfg, train=tcfg, pack=pack)
+    cfg = dataclasses.replace(cfg, train=tcfg, pack=pack, epochs=None)  # resolved length
     if engine.is_main:
         cfg.out.mkdir(parents=True, exist_ok=True)
         config.save(cfg, cfg.out / "config.yaml")

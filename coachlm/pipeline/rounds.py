@@ -1,0 +1,158 @@
+"""Rounds (`coachlm loop FILE --rounds N`): the pipeline's `loop:` stages run once per round.
+
+Round r (stages in `r<r>/`): samples the round r-1 policy (round 1: the pipeline's own input,
+usually SFT) on fresh training prompts (`prompts_per_round` of them, after those of earlier
+rounds); sends them to labelers through the label stage (with a store: one project per round,
+`<project>-<r>`); trains the reward model on every label so far (`rm_init: continue` from the
+round r-1 reward model, or `retrain` from the pipeline's own starting model); trains the next
+policy (`policy_init: previous` from the round r-1 policy, or `sft` from the pipeline's own
+starting model); evaluates it; and rates every version so far on a leaderboard.
+
+The rounds are expanded into one pipeline, so every stage is cached and resumed like any other:
+running the same command after a kill reuses every finished stage and round, and `--rounds 4`
+after `--rounds 3` runs only round 4.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from coachlm import config as cfglib
+from coachlm.pipeline.spec import Pipeline, PipelineError, Ref, StageSpec, checked, order
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    repeat: tuple[str, ...] = ("sample", "feedback", "rm", "ppo", "eval")  # run once per round
+    sample: str = "sample"
+    label: str = "feedback"
+    rm: str = "rm"
+    policy: str = "ppo"  # its `model` output is the round's policy
+    eval: str = "eval"
+    prompts_per_round: int = 64  # fresh training prompts per round
+    rm_init: Literal["continue", "retrain"] = "continue"
+    policy_init: Literal["previous", "sft"] = "previous"
+    project: str = "round"  # store projects are <project>-1, <project>-2, ...
+    store: str | None = None  # the label stage's store (--store; default RUN/feedback.db)
+    leaderboard_bootstrap: int = 200
+
+    def __post_init__(self) -> None:
+        if self.prompts_per_round < 1:
+            raise ValueError("prompts_per_round must be >= 1")
+
+
+def loop_config(pipe: Pipeline) -> LoopConfig:
+    try:
+        cfg = cfglib.from_dict(LoopConfig, pipe.loop, prefix="loop.")
+    except cfglib.ConfigError as e:
+        raise PipelineError(f"{pipe.path}: {e}") from None
+    names = {s.name for s in pipe.stages}
+    for role in ("sample", "label", "rm", "policy", "eval"):
+        stage = getattr(cfg, role)
+        if stage not in cfg.repeat or stage not in names:
+            raise PipelineError(f"{pipe.path}: loop.{role}: '{stage}' must be a stage listed in "
+                                f"loop.repeat")
+    return cfg
+
+
+def _rename(ref: Ref, r: int, repeat: tuple[str, ...]) -> Ref:
+    return Ref(f"r{r}/{ref.stage}", ref.output) if ref.stage in repeat else ref
+
+
+def _round_stage(s: StageSpec, r: int, cfg: LoopConfig) -> StageSpec:
+    inputs: dict[str, Any] = {
+        f: tuple(_rename(x, r, cfg.repeat) for x in v) if isinstance(v, tuple)
+        else _rename(v, r, cfg.repeat) for f, v in s.inputs.items()}
+    config = dict(s.config)
+    prev = f"r{r - 1}/"
+    if s.name == cfg.sample:
+        config.update(offset=(r - 1) * cfg.prompts_per_round, limit=cfg.prompts_per_round)
+        if r > 1:
+            inputs["model"] = Ref(prev + cfg.policy, "model")
+    if s.name == cfg.label:
+        config["project"] = f"{cfg.project}-{r}"
+        if cfg.store is not None:
+            config.setdefault("store", cfg.store)
+    if s.name == cfg.rm:
+        inputs["data"] = tuple(Ref(f"r{q}/{cfg.label}", "data") for q in range(1, r + 1))
+        if r > 1 and cfg.rm_init == "continue":
+            inputs["model"] = Ref(prev + cfg.rm, "model")
+    if s.name == cfg.policy and r > 1 and cfg.policy_init == "previous":
+        inputs["model"] = Ref(prev + cfg.policy, "model")
+    return StageSpec(f"r{r}/{s.name}", s.kind, config, inputs)
+
+
+def expand(pipe: Pipeline, rounds: int) -> Pipeline:
+    """The pipeline with its `loop.repeat` stages once per round, plus a leaderboard per round."""
+    if rounds < 1:
+        raise PipelineError("--rounds must be >= 1")
+    cfg = loop_config(pipe)
+    stages = [s for s in pipe.stages if s.name not in cfg.repeat]
+    for r in range(1, rounds + 1):
+        stages += [_round_stage(s, r, cfg) for s in pipe.stages if s.name in cfg.repeat]
+        stages.append(StageSpec(f"r{r}/leaderboard", "leaderboard",
+                                {"bootstrap": cfg.leaderboard_bootstrap},
+                                {"evals": tuple(Ref(f"r{q}/{cfg.eval}", "report")
+                                                for q in range(1, r + 1)),
+                                 "reward_model": Ref(f"r{r}/{cfg.rm}", "model")}))
+    return checked(Pipeline(pipe.path, order(pipe.path, {s.name: s for s in stages}), pipe.loop))
+
+
+def run_loop(pipe: Pipeline, out: Path, rounds: int, store: str | None = None,
+             from_stage: str | None = None) -> dict[str, Any]:
+    """Run `rounds` rounds (cached, resumable); write and return loop.json: per round the
+    test-set win rate over the starting policy with its interval, KL, labels by source; and
+    the last round's leaderboard."""
+    from coachlm.eval.report import ReportConfig, write_report
+    from coachlm.pipeline.run import run_pipeline
+
+    out = Path(out)
+    loop = {**pipe.loop, "store": store or pipe.loop.get("store") or str(out / "feedback.db")}
+    cfg = loop_config(replace(pipe, loop=loop))
+    records = run_pipeline(expand(replace(pipe, loop=loop), rounds), out, from_stage=from_stage)
+    per_round = []
+    for r in range(1, rounds + 1):
+        ev = records[f"r{r}/{cfg.eval}"]["result"]
+        label = records[f"r{r}/{cfg.label}"]["metrics"]
+        per_round.append({"round": r, "wins": ev["wins"], "sampled": ev.get("sampled"),
+                          "kl": ev.get("kl"), "if_rate": {m: x["if_rate"]
+                                                          for m, x in ev["models"].items()},
+                          "labels": label.get("records"), "by_source": label.get("by_source"),
+                          "project": label.get("project")})
+    summary = {"rounds": per_round, "leaderboard": records[f"r{rounds}/leaderboard"]["result"],
+               "stage_seconds": {n: r["seconds"] for n, r in records.items()}}
+    summary["total_seconds"] = round(sum(summary["stage_seconds"].values()), 1)
+    (out / "loop.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["report"] = str(write_report(ReportConfig(run_dir=out)))
+    return summary
+
+
+def print_loop(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from coachlm.eval.wins import fmt
+
+    table = Table(title="Rounds (test half of the held-out prompts, rubric)")
+    for col in ("round", "win rate over start (greedy)", "sampled", "KL", "labels by source"):
+        table.add_column(col)
+    for r in summary["rounds"]:
+        (key, w), = list(r["wins"].items())[:1]
+        sampled = fmt(r["sampled"]["wins"][key]) if r.get("sampled") else "-"
+        kl = f"{r['kl']['kl']:.2f}" if r.get("kl") else "-"
+        table.add_row(str(r["round"]), fmt(w), sampled, kl, json.dumps(r["by_source"]))
+    console = Console()
+    console.print(table)
+    for judge, rows in summary["leaderboard"]["boards"].items():
+        lb = Table(title=f"Leaderboard by {judge}")
+        for col in ("player", "Bradley-Terry [95% CI]", "Elo [95% CI]", "matches"):
+            lb.add_column(col)
+        for row in rows:
+            lb.add_row(row["name"], f"{row['bt']:.0f} [{row['bt_lo']:.0f}, {row['bt_hi']:.0f}]",
+                       f"{row['elo']:.0f} [{row['elo_lo']:.0f}, {row['elo_hi']:.0f}]",
+                       str(row["matches"]))
+        console.print(lb)
+    console.print(f"report: {summary['report']}")

@@ -1,0 +1,89 @@
+"""Evaluation you can trust: win/tie/loss with bootstrap intervals, the dev/test split, prompt-set
+duplicates and diversity, the leaderboard's ratings, the rubric flag and the hacking alarms."""
+
+import random
+
+import pytest
+
+from coachlm.data.schema import PromptRecord, as_prompt
+from coachlm.eval.leaderboard import board, elo_intervals
+from coachlm.eval.prompt_sets import diversity, duplicates, overlap
+from coachlm.eval.report import alarms
+from coachlm.eval.run_data import ReportConfig
+from coachlm.eval.wins import outcome, split_dev_test, win_tie_loss
+from coachlm.feedback.ratings import Match
+from coachlm.pipeline.kinds import _eval_resolve
+
+
+def prompt(i: int, text: str, family: str = "f") -> PromptRecord:
+    return PromptRecord(prompt=as_prompt(text), id=f"p{i}", meta={"family": family})
+
+
+def test_win_tie_loss_counts_and_interval():
+    outs = [outcome(2, 1)] * 60 + [outcome(1, 1)] * 20 + [outcome(0, 1)] * 20
+    w = win_tie_loss(outs, rounds=2000, seed=1)
+    assert (w["n"], w["wins"], w["ties"], w["losses"]) == (100, 60, 20, 20)
+    assert w["rate"] == pytest.approx(0.7)
+    # the standard error of the mean of these outcomes is ~0.041: a 95% interval of ~ +-0.08
+    assert 0.60 < w["lo"] < 0.64 and 0.76 < w["hi"] < 0.80
+    assert win_tie_loss([])["rate"] == 0.0
+
+
+def test_dev_test_split_is_stratified_disjoint_and_order_free():
+    prompts = [prompt(i, f"q {i}", family="ab"[i % 2]) for i in range(40)]
+    dev, test = split_dev_test(prompts)
+    assert len(dev) == len(test) == 20 and not {p.id for p in dev} & {p.id for p in test}
+    assert sum(p.meta["family"] == "a" for p in test) == 10
+    shuffled = prompts[:]
+    random.Random(0).shuffle(shuffled)
+    assert {p.id for p in split_dev_test(shuffled)[1]} == {p.id for p in test}
+
+
+def test_prompt_sets_find_exact_and_near_duplicates_and_overlap():
+    base = "Write a short email to Mia wishing them a happy new year and asking about their dog"
+    prompts = [prompt(0, base), prompt(1, base.upper() + "!"),  # exact after normalizing
+               prompt(2, base + " please"),  # near
+               prompt(3, "What is 3 plus 4?"), prompt(4, "Name two fruits.")]
+    d = duplicates(prompts)
+    assert (d["exact_duplicates"], d["near_duplicates"]) == (1, 1)
+    assert overlap(prompts[:1], prompts[1:]) == {"n": 4, "exact": 1, "near": 1}
+    div = diversity([prompt(0, "a b c", "x"), prompt(1, "a b c", "x"), prompt(2, "d e", "y")])
+    assert div["x"]["unique"] == 0.5 and div["x"]["distinct_1"] == 0.5 and div["y"]["distinct_2"] == 1.0
+
+
+def test_leaderboard_orders_by_strength_with_intervals():
+    rng = random.Random(0)
+    strength = {"sft": 0.0, "r1/ppo": 1.0, "r2/ppo": 2.0}
+    matches = []
+    for _ in range(600):
+        a, b = rng.sample(sorted(strength), 2)
+        p = 1 / (1 + 10 ** (-(strength[a] - strength[b]) / 2))
+        matches.append(Match(a, b, 1.0 if rng.random() < p else 0.0))
+    rows = board(matches, rounds=50)
+    assert [r["name"] for r in rows] == ["r2/ppo", "r1/ppo", "sft"]
+    for r in rows:
+        assert r["bt_lo"] <= r["bt"] <= r["bt_hi"] and r["elo_lo"] <= r["elo_hi"]
+    el = elo_intervals(matches, rounds=20)
+    assert el["r2/ppo"][0] > el["sft"][0]
+
+
+def test_eval_takes_the_policy_temperature_and_flags_a_rubric_trained_policy():
+    rec = {"kind": "ppo", "config": {"reward": "rubric",
+                                     "ppo": {"temperature": 0.7, "max_new_tokens": 48}}}
+    data = _eval_resolve({"kl": ["ppo", "sft"]}, {"models.ppo": rec, "models.sft": {"kind": "sft"}})
+    assert data["kl_temperature"] == data["sample_temperature"] == 0.7
+    assert data["sample_max_new_tokens"] == 48 and data["trained_on_judge"] == ["ppo"]
+    rec["config"]["reward"] = "runs/rm/final"
+    assert _eval_resolve({}, {"models.ppo": rec})["trained_on_judge"] == []
+
+
+def test_hacking_watch_alarms():
+    train = {"curves": {"response_length": [30, 30, 31, 12, 10]},
+             "watch": {"step": [1, 10, 20], "rm": [0.0, 0.5, 1.0], "rubric": [0.8, 0.7, 0.6]}}
+    kl = {"kl": 2.5, "budget": 2.0, "within_budget": False}
+    found = alarms([{"round": 1, "kl": kl, "train": train}], ReportConfig(run_dir="x"))
+    assert len(found) == 3 and "over the 2 budget" in found[0]
+    assert "length drifted" in found[1] and "possible reward hacking" in found[2]
+    calm = {"curves": {"response_length": [30, 31]},
+            "watch": {"step": [1, 2], "rm": [0.0, 0.5], "rubric": [0.6, 0.7]}}
+    assert alarms([{"round": 1, "train": calm}], ReportConfig(run_dir="x")) == []
