@@ -34,10 +34,11 @@ from pathlib import Path
 
 import torch
 
+from mfu import add_peak_arg, parameters, peak_gflops, utilization
 from trl_common import trl_args
 from coachlm.data.io import write_records
 from coachlm.models.load import load_model, load_tokenizer, save_pretrained
-from coachlm.models.presets import build_model
+from coachlm.models.presets import build_model, preset_vocab_size
 from coachlm.models.tokenizer import train_tokenizer
 from coachlm.trainers.dpo import DPOConfig, dpo, read_pairs
 from coachlm.engine.accel import set_threads
@@ -120,7 +121,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--layout", default="auto", choices=("auto", "pad", "pack", "share"))
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--precision", "--dtype", dest="precision", choices=("fp32", "bf16"), default="fp32")
+    add_peak_arg(p)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--trl-modes", default="online,precompute")
     args = p.parse_args(argv)
@@ -144,7 +146,7 @@ def _prepare(args: argparse.Namespace, root: Path) -> Path:
             if len(records) >= n:
                 break
     texts = [r.prompt_text + "\n" + r.a.text + "\n" + r.b.text for r in records]
-    tok = train_tokenizer(texts, 2048)
+    tok = train_tokenizer(texts, preset_vocab_size(args.preset))
     shape = {"preset": args.preset, "max_position_embeddings": max(256, args.max_length)}
     save_pretrained(build_model(shape, tok, seed=0), tok, root / "base")
     write_records(root / "train.jsonl", records)
@@ -155,10 +157,12 @@ def main(argv: list[str]) -> dict:
     args = parse(argv)
     os.environ.setdefault("COACHLM_NO_PROGRESS", "1")
     threads = set_threads(args.threads)
+    peak = peak_gflops(args.peak, args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         base = _prepare(args, root)
         tok = load_tokenizer(base)
+        params = parameters(base)
         tcfg = TrainConfig(lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                            schedule="cosine", min_lr_ratio=0.0, warmup_steps=args.warmup,
                            max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
@@ -170,12 +174,15 @@ def main(argv: list[str]) -> dict:
         runs = {"ours": run_ours(args, root, tcfg)}
         for mode in [m for m in args.trl_modes.split(",") if m]:
             runs[f"trl_{mode}"] = run_trl(args, root, pairs, tok, precompute=mode == "precompute")
+    for name, run in runs.items():  # TRL online forwards a live reference: 8N per token
+        run.update(utilization(params, run["tokens_per_s"], peak, 8 if name == "trl_online" else 6))
     mean_tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)
                       for p in pairs) / len(pairs)
     out = {"setup": {"preset": args.preset, "data": str(args.data or "world comparisons"),
                      "pairs": len(pairs), "steps": args.steps, "batch_size": args.batch_size,
                      "lr": args.lr, "beta": args.beta, "max_length": args.max_length,
                      "precision": args.precision, "threads": threads,
+                     "parameters": params, "peak_gflops": round(peak, 1),
                      "mean_pair_tokens": round(mean_tokens, 1),
                      "torch": torch.__version__, "trl": __import__("trl").__version__},
            **runs}

@@ -60,6 +60,11 @@ length, where stopping rows early and padding matter). Run niced on a shared mac
 
     nice -n 15 python benchmarks/rl_vs_trl.py --threads 1 --repeats 3
     nice -n 15 python benchmarks/rl_vs_trl.py --threads 1 --repeats 3 --sft-steps 150
+
+`--background-load [CORE]` runs a busy process pinned to one core (the last usable one by
+default) for the whole of both sides, the figure under load that issue 15 asks for; the JSON's
+setup.background_load says which core and how many CPU seconds the competitor got. `--preset
+world-25m --precision bf16` is the real-shape run; MFU is nominal (see `_utilization`).
 """
 
 from __future__ import annotations
@@ -79,12 +84,14 @@ from unittest import mock
 
 import torch
 
+from background import busy_core
+from mfu import add_peak_arg, parameters, peak_gflops, utilization
 from trl_common import trl_args as common_trl_args
 from coachlm.data.chat import encode_prompt
 from coachlm.data.schema import Prompt
 from coachlm.models.load import load_model, load_tokenizer, save_pretrained
 from coachlm.models.lora import LLAMA_TARGETS, LoRAConfig, apply_lora
-from coachlm.models.presets import build_model
+from coachlm.models.presets import build_model, preset_vocab_size
 from coachlm.models.tokenizer import train_tokenizer
 from coachlm.trainers import ppo as ppo_module
 from coachlm.trainers import ppo_steps
@@ -289,7 +296,8 @@ def world_setup(args: argparse.Namespace, root: Path, threads: int) -> tuple[Pat
     splits = make_splits(WorldConfig(seed=0, sft_demos=2000, train_prompts=args.world_prompts,
                                      heldout_per_family=10, corpus_chars=0))
     texts = [d.prompt[-1].content + "\n" + d.response.text for d in splits.sft]
-    tok = train_tokenizer(texts + [r.prompt[-1].content for r in splits.train], 2048)
+    tok = train_tokenizer(texts + [r.prompt[-1].content for r in splits.train],
+                          preset_vocab_size(args.preset))
     base = save_pretrained(build_model(args.preset, tok, seed=args.seed), tok, root / "fresh")
     if args.sft_steps:
         write_records(root / "sft.jsonl", splits.sft)
@@ -328,7 +336,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1, help="passes over each rollout")
     p.add_argument("--beta", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    p.add_argument("--background-load", type=int, nargs="?", const=-1, default=None, metavar="CORE",
+                   help="a busy process pinned to CORE (default: the last usable core) while both run")
+    add_peak_arg(p)
+    p.add_argument("--precision", "--dtype", dest="precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: autocast on both sides (coachlm's bf16, TRL's bf16=True)")
     p.add_argument("--full-ft", action="store_true", help="train every weight (default: LoRA)")
     p.add_argument("--seed", type=int, default=0)
@@ -349,6 +360,15 @@ def _median(runs: list[dict]) -> dict:
     return out
 
 
+def _utilization(run: dict, params: int, peak: float) -> dict[str, float]:
+    """Nominal MFU: 2N per generated token (sampling) and 8N per trained token (6N for the
+    policy's forward and backward, 2N for the live reference), as if every weight trained; with
+    LoRA the real count is lower (no weight gradients for frozen weights), alike on both sides."""
+    per_s = run["tokens_per_s"] / run["tokens"]  # the run's rate per token of work
+    return utilization(params, run["trained_tokens"] * per_s, peak, 8,
+                       forward_tokens_per_s=run["generated_tokens"] * per_s)
+
+
 def _setup(args: argparse.Namespace, cfg: PPOConfig, threads: int,
            prompt_tokens: float) -> dict[str, Any]:
     training = "full" if cfg.lora is None else f"lora r={cfg.lora.r} alpha={cfg.lora.alpha}"
@@ -367,6 +387,7 @@ def main(argv: list[str]) -> dict:
     args = parse(argv)
     os.environ.setdefault("COACHLM_NO_PROGRESS", "1")
     threads = set_threads(args.threads)
+    peak = peak_gflops(args.peak, args.precision)
     try:
         cfg = ppo_config(args, threads)
     except ValueError as e:
@@ -375,19 +396,24 @@ def main(argv: list[str]) -> dict:
         root = Path(tmp)
         base, prompts = world_setup(args, root, threads)
         tok = load_tokenizer(base)
+        params = parameters(base)
         _check_trl_prompt_ids(tok, prompts)
         lengths = {p[-1].content: len(encode_prompt(tok, p)) for p in prompts}
         # The prompts coachlm's seeded stream takes, in order: TRL reads them unshuffled.
         ordered = [prompts[i] for i in PromptStream(len(prompts), cfg.seed).take(
             cfg.steps * cfg.rollout_batch_size)]
         runs: dict[str, list[dict]] = {"ours": [], "trl": []}
-        for _ in range(args.repeats):  # alternate, so that load from other processes hits both
-            runs["ours"].append(run_ours(root, base, prompts, CountingRubric(lengths), cfg))
-            runs["trl"].append(run_trl(root, base, ordered, CountingRubric(lengths), cfg))
+        with busy_core(args.background_load) as load:
+            for _ in range(args.repeats):  # alternate, so that load from other processes hits both
+                runs["ours"].append(run_ours(root, base, prompts, CountingRubric(lengths), cfg))
+                runs["trl"].append(run_trl(root, base, ordered, CountingRubric(lengths), cfg))
     ours, trl = _median(runs["ours"]), _median(runs["trl"])
+    for run in (ours, trl):
+        run.update(_utilization(run, params, peak))
     prompt_tokens = sum(lengths[p[-1].content] for p in ordered) / len(ordered)
     return {
-        "setup": _setup(args, cfg, threads, prompt_tokens),
+        "setup": {**_setup(args, cfg, threads, prompt_tokens), "parameters": params,
+                  "peak_gflops": round(peak, 1), "background_load": load or None},
         "ours": ours, "trl": trl,
         "speedup_tokens_per_s": round(ours["tokens_per_s"] / trl["tokens_per_s"], 2),
         "speedup_tokens_per_cpu_s": round(ours["tokens_per_cpu_s"] / trl["tokens_per_cpu_s"], 2),

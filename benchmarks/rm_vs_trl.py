@@ -34,13 +34,14 @@ from pathlib import Path
 
 import torch
 
+from mfu import add_peak_arg, parameters, peak_gflops, utilization
 from trl_common import trl_args
 from coachlm.data.io import read_records, write_records
 from coachlm.data.reward_batches import build_groups, truncate_group
 from coachlm.data.schema import Comparison
 from coachlm.eval.reward_eval import RMEvalConfig, run_rm_eval
 from coachlm.models.load import load_model, load_tokenizer, save_pretrained
-from coachlm.models.presets import build_model
+from coachlm.models.presets import build_model, preset_vocab_size
 from coachlm.models.tokenizer import train_tokenizer
 from coachlm.engine.accel import set_threads
 from coachlm.engine.config import TrainConfig
@@ -68,7 +69,7 @@ def world_data(n: int, root: Path, preset: str) -> tuple[list[Comparison], Path]
     records = [labelers[i % 3].compare(p, a, b) for i, (p, a, b) in enumerate(make_pairs(n, seed=0))]
     records = one_per_prompt(records)
     tok = train_tokenizer([r.prompt[-1].content + "\n" + r.a.text + "\n" + r.b.text
-                           for r in records], 2048)
+                           for r in records], preset_vocab_size(preset))
     save_pretrained(build_model(preset, tok, seed=0), tok, root / "base")
     return records, root / "base"
 
@@ -163,7 +164,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--bucket-batches", type=int, default=4)
     p.add_argument("--normalize-max", type=int, default=None,
                    help="coachlm: fit the normalization on ~this many responses (default: all)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--precision", "--dtype", dest="precision", choices=("fp32", "bf16"), default="fp32")
+    add_peak_arg(p)
     p.add_argument("--layouts", default="auto", help="coachlm layouts to time, comma-separated")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeats", type=int, default=1, help="runs of each, alternating; median reported")
@@ -174,6 +176,7 @@ def main(argv: list[str]) -> dict:
     args = parse(argv)
     os.environ.setdefault("COACHLM_NO_PROGRESS", "1")
     threads = set_threads(args.threads)
+    peak = peak_gflops(args.peak, args.precision)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         records, base = world_data(args.pairs, root, args.preset) if args.data == "world" else hh_data(root)
@@ -181,6 +184,7 @@ def main(argv: list[str]) -> dict:
         write_records(root / "train.jsonl", train)
         write_records(root / "heldout.jsonl", held)
         tok = load_tokenizer(base)
+        params = parameters(base)
         tcfg = TrainConfig(lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                            schedule="cosine", min_lr_ratio=0.0, warmup_steps=args.warmup,
                            max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
@@ -202,13 +206,16 @@ def main(argv: list[str]) -> dict:
             run["heldout_accuracy"] = run_rm_eval(RMEvalConfig(
                 model=run.pop("_model"), data=(root / "heldout.jsonl",), max_length=args.max_length))["accuracy"]
             median_speeds(run, speeds[layout], speeds[f"{layout}_cpu"])
+            run.update(utilization(params, run["tokens_per_s"], peak))
         trl["heldout_accuracy"] = trl_accuracy(trl.pop("_model"), held, tok, args.max_length)
         median_speeds(trl, speeds["trl"], speeds["trl_cpu"])
+        trl.update(utilization(params, trl["tokens_per_s"], peak))
     first = ours[args.layouts.split(",")[0]]
     return {
         "setup": {"data": args.data, "backbone": args.preset if args.data == "world" else "stories260K",
                   "steps": args.steps, "batch_size_pairs": args.batch_size, "lr": args.lr,
                   "precision": args.precision, "max_length": args.max_length, "threads": threads,
+                  "parameters": params, "peak_gflops": round(peak, 1),
                   "bucket_batches": args.bucket_batches, "normalize_max": args.normalize_max,
                   "repeats": args.repeats,
                   "train_pairs": len(train), "heldout_pairs": len(held),

@@ -34,13 +34,14 @@ from pathlib import Path
 
 import torch
 
+from mfu import add_peak_arg, peak_gflops, utilization
 from trl_common import trl_args
 from coachlm.data.chat import encode_example
 from coachlm.data.collate import ExampleBatches
 from coachlm.data.io import write_records
 from coachlm.data.schema import Demonstration, Message, Response
 from coachlm.models.load import load_model, save_pretrained
-from coachlm.models.presets import build_model
+from coachlm.models.presets import build_model, count_parameters, preset_vocab_size
 from coachlm.models.tokenizer import train_tokenizer
 from coachlm.engine.accel import set_threads
 from coachlm.engine.config import TrainConfig
@@ -120,7 +121,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--precision", "--dtype", dest="precision", choices=("fp32", "bf16"), default="fp32")
+    add_peak_arg(p)
     p.add_argument("--examples", type=int, default=4000)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--trl-group-by-length", action="store_true")
@@ -136,12 +138,17 @@ def main(argv: list[str]) -> dict:
     args = parse(argv)
     os.environ.setdefault("COACHLM_NO_PROGRESS", "1")
     threads = set_threads(args.threads)
+    peak = peak_gflops(args.peak, args.precision)
     demos = world_demos(args.examples + 200, seed=0)
     train_demos, val_demos = demos[:args.examples], demos[args.examples:]
-    tok = train_tokenizer([d.prompt[-1].content + "\n" + d.response.text for d in demos], 2048)
+    tok = train_tokenizer([d.prompt[-1].content + "\n" + d.response.text for d in demos],
+                          preset_vocab_size(args.preset))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        save_pretrained(build_model(args.preset, tok, seed=0), tok, root / "base")
+        base = build_model(args.preset, tok, seed=0)
+        params = count_parameters(base)
+        save_pretrained(base, tok, root / "base")
+        del base
         write_records(root / "train.jsonl", train_demos)
         examples = [encode_example(tok, d.prompt, d.response.text, args.max_length) for d in train_demos]
         val = [encode_example(tok, d.prompt, d.response.text, args.max_length) for d in val_demos]
@@ -165,11 +172,13 @@ def main(argv: list[str]) -> dict:
             run["tokens_per_s"] = statistics.median(speeds[name])
             run["tokens_per_cpu_s_runs"] = cpu_speeds[name]
             run["tokens_per_cpu_s"] = statistics.median(cpu_speeds[name])
+            run.update(utilization(params, run["tokens_per_s"], peak))  # 6N per trained token
     mean_len = sum(len(ids) for ids, _ in examples) / len(examples)
     return {
         "setup": {"preset": args.preset, "steps": args.steps, "batch_size": args.batch_size,
                   "lr": args.lr, "max_length": args.max_length, "precision": args.precision,
-                  "threads": threads, "repeats": args.repeats, "train_examples": len(examples),
+                  "threads": threads, "repeats": args.repeats,
+                  "parameters": params, "peak_gflops": round(peak, 1), "train_examples": len(examples),
                   "mean_example_tokens": round(mean_len, 1),
                   "trl_sampler": "group_by_length" if args.trl_group_by_length else "random",
                   "torch": torch.__version__, "trl": __import__("trl").__version__},

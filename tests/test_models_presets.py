@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from coachlm.errors import CoachError
-from coachlm.models.presets import PRESETS, build_model, count_parameters, preset_config
+from coachlm.models.presets import (PRESETS, build_model, count_parameters, preset_config,
+                                    preset_vocab_size)
 from models_fixtures import tokenizer
 
 
@@ -31,6 +32,22 @@ def test_world_small_size_with_a_2k_vocab():
     shape = preset_config("world-small")
     d, f, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
     assert 2048 * d + layers * (4 * d * d + 3 * d * f + 2 * d) + d == 2_164_416
+
+
+def test_world_25m_is_25m_parameters_with_its_512_vocabulary():
+    # issue 15's real shape: 6 layers x 512, head dim 64, 4x MLP, a 512-entry vocabulary
+    shape = preset_config("world-25m")
+    d, f, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    assert d // shape["num_attention_heads"] == 64 and layers == 6 and d == 512
+    v = preset_vocab_size("world-25m")
+    assert v == 512 and preset_vocab_size("world-small") == 2048
+    total = v * d + layers * (4 * d * d + 3 * d * f + 2 * d) + d
+    assert total == 25_434_624
+
+
+def test_preset_vocab_size_of_an_unknown_preset_is_an_error():
+    with pytest.raises(CoachError, match="world-huge"):
+        preset_vocab_size("world-huge")
 
 
 def test_seed_gives_identical_weights_and_leaves_global_rng_alone():

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from coachlm.cpus import usable_cpus
 from coachlm.errors import CoachError
 
 
@@ -43,8 +44,9 @@ def fast_bf16(device: torch.device) -> bool:
 
 def set_threads(threads: int | None, processes: int = 1) -> int:
     """Set torch's intra-op threads: `threads`, else the cores this process may run on shared
-    among the `processes` of this machine (N processes of all cores each oversubscribe)."""
-    n = threads or max(1, len(os.sched_getaffinity(0)) // max(processes, 1))
+    among the `processes` of this machine (N processes of all cores each oversubscribe); the
+    cores are those of the affinity mask within the cgroup CPU quota (`coachlm.cpus`)."""
+    n = threads or max(1, usable_cpus() // max(processes, 1))
     torch.set_num_threads(n)
     return n
 

@@ -31,7 +31,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A larger option, about 3.7M parameters: roughly half the speed of world-small.
     "world-base": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=256),
+    # Real shapes for speed work (issue 15): about 25M parameters, 6 layers x 512, head dim 64,
+    # MLP 4x. Meant for the 512-entry vocabulary of VOCAB_SIZES, so that the matmuls of the
+    # blocks, not the LM head, dominate, as they do in larger models.
+    "world-25m": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=6,
+                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512),
 }
+
+# The tokenizer size each preset is meant for (2048 unless listed).
+VOCAB_SIZES: dict[str, int] = {"world-25m": 512}
+
+
+def preset_vocab_size(preset: str) -> int:
+    """The BPE vocabulary size a preset is meant to be paired with (see `train_tokenizer`)."""
+    preset_config(preset)  # an unknown name is a CoachError
+    return VOCAB_SIZES.get(preset, 2048)
 
 
 def preset_config(preset: str | Mapping[str, Any]) -> dict[str, Any]:

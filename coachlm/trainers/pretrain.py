@@ -22,6 +22,7 @@ import torch
 from coachlm import config
 from coachlm.data.collate import PackedBatches, TokenBatch, pack_documents
 from coachlm.errors import CoachError, DataError
+from coachlm.memory import release_free_memory
 from coachlm.models.load import load_model, load_tokenizer
 from coachlm.models.presets import build_model
 from coachlm.models.tokenizer import train_tokenizer
@@ -121,7 +122,9 @@ def block_loss(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int) ->
 
 def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> Path:
     """Pretrain per `cfg`; returns the final model directory (`cfg.out / "final"`)."""
-    return pretrain(cfg, resume)[1]
+    final = pretrain(cfg, resume)[1]
+    release_free_memory()  # the stage's freed buffers leave with it (coachlm.memory)
+    return final
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> tuple[TrainResult, Path]:

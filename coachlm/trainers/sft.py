@@ -31,6 +31,7 @@ from coachlm.data.collate import ExampleBatches
 from coachlm.data.invalid import InvalidRecords
 from coachlm.data.io import read_records
 from coachlm.errors import CoachError, DataError
+from coachlm.memory import release_free_memory
 from coachlm.models.load import load_model, load_tokenizer
 from coachlm.models.lora import LoRAConfig, apply_lora
 from coachlm.models.modes import eval_mode
@@ -177,4 +178,6 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
 
 def run_sft(cfg: SFTConfig, resume: bool = False) -> Path:
     """Fine-tune per `cfg`; returns the final model directory (`cfg.out / "final"`)."""
-    return sft(cfg, resume)[1]
+    final = sft(cfg, resume)[1]
+    release_free_memory()  # the stage's freed buffers leave with it (coachlm.memory)
+    return final

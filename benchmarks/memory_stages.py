@@ -1,0 +1,109 @@
+"""Peak resident memory of the demo's first stages in one process (world -> pretrain -> SFT),
+next to the model's own bytes (parameters, gradients, AdamW's two moments), issue 15.
+
+A thread samples this process's RSS every 20 ms; each stage reports the RSS it started and ended
+with and the peak in between. Run it with the stage settings of interest, e.g. the demo's:
+
+    python benchmarks/memory_stages.py --pretrain-steps 20 --sft-steps 20
+    MALLOC_ARENA_MAX=2 python benchmarks/memory_stages.py ...   # glibc arenas capped
+    python benchmarks/memory_stages.py --mmap-threshold 1048576   # see coachlm.memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+
+MB = 2 ** 20
+
+
+class RSSMonitor:
+    """This process's RSS, sampled by a daemon thread; `stage()` records start/peak/end."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.proc, self.peak, self.stages = psutil.Process(), 0, {}
+        self.interval = interval
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = self.proc.memory_info().rss
+        self.peak = start
+        t0 = time.perf_counter()
+        yield
+        end = self.proc.memory_info().rss
+        self.stages[name] = {"start_mb": round(start / MB), "peak_mb": round(max(self.peak, end) / MB),
+                             "end_mb": round(end / MB), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def model_bytes(path: Path) -> dict[str, float]:
+    """Parameters, gradients and AdamW moments of the model at `path`, fp32, in MB."""
+    from coachlm.models.load import load_model
+
+    n = sum(p.numel() for p in load_model(path).parameters())
+    return {"parameters": n, "params_mb": round(4 * n / MB, 1),
+            "params_grads_adam_mb": round(16 * n / MB, 1)}
+
+
+def main(argv: list[str]) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="world-small")
+    p.add_argument("--pretrain-steps", type=int, default=20)
+    p.add_argument("--sft-steps", type=int, default=20)
+    p.add_argument("--sft-batch-size", type=int, default=32)  # the demo's
+    p.add_argument("--trim", action="store_true", help="malloc_trim(0) between stages")
+    p.add_argument("--mmap-threshold", type=int, default=0,
+                   help="coachlm.memory.fix_mmap_threshold(BYTES) first (0: glibc's default)")
+    args = p.parse_args(argv)
+    os.environ.setdefault("COACHLM_NO_PROGRESS", "1")
+    if args.mmap_threshold:
+        from coachlm.memory import fix_mmap_threshold
+        fix_mmap_threshold(args.mmap_threshold)
+    mon = RSSMonitor()
+    with mon.stage("import"):
+        from coachlm.engine.config import TrainConfig
+        from coachlm.trainers.pretrain import PretrainConfig, run_pretrain
+        from coachlm.trainers.sft import SFTConfig, run_sft
+        from coachlm.world.build import WorldConfig, build_world
+    trim = ctypes.CDLL("libc.so.6").malloc_trim if args.trim else (lambda _: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        with mon.stage("world"):
+            world = build_world(root / "world", WorldConfig())
+        trim(0)
+        with mon.stage("pretrain"):
+            base = run_pretrain(PretrainConfig(
+                corpus=Path(world["corpus"]), out=root / "pretrain", preset=args.preset,
+                train=TrainConfig(lr=2e-3, max_steps=args.pretrain_steps, batch_size=16,
+                                  checkpoint_every=0, threads=1, log_every=20)))
+        trim(0)
+        with mon.stage("sft"):
+            run_sft(SFTConfig(model=base, data=(Path(world["sft"]),), out=root / "sft",
+                              max_length=256, train=TrainConfig(
+                                  lr=1e-3, max_steps=args.sft_steps, batch_size=args.sft_batch_size,
+                                  checkpoint_every=0, threads=1, log_every=20)))
+        trim(0)
+        sizes = model_bytes(base)
+    return {"setup": {**vars(args), "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX")},
+            "model": sizes, "stages": mon.stages,
+            "process_peak_mb": round(psutil.Process().memory_info().rss / MB)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:]), indent=2))
