@@ -73,7 +73,6 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -85,6 +84,7 @@ from unittest import mock
 import torch
 
 from background import busy_core
+from rl_figures import median, phase_times, rates
 from mfu import add_peak_arg, parameters, peak_gflops, utilization
 from trl_common import trl_args as common_trl_args
 from coachlm.data.chat import encode_prompt
@@ -156,14 +156,6 @@ def ppo_config(args: argparse.Namespace, threads: int) -> PPOConfig:
         log_every=1)
 
 
-def _rates(tokens: int, seconds: float, cpu: float, loop: float) -> dict[str, float]:
-    """Rates over the whole training call (wall, process CPU) and over its loop alone."""
-    return {"train_seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
-            "loop_seconds": round(loop, 3), "tokens_per_s": round(tokens / seconds, 1),
-            "tokens_per_cpu_s": round(tokens / cpu, 1),
-            "loop_tokens_per_s": round(tokens / loop, 1)}
-
-
 def run_ours(root: Path, base: Path, prompts: list[Prompt], counter: CountingRubric,
              cfg: PPOConfig) -> dict:
     """`coachlm ppo --algo rloo` as `run_ppo` does it (fp32 model, LoRA seeded), timed phases."""
@@ -189,18 +181,11 @@ def run_ours(root: Path, base: Path, prompts: list[Prompt], counter: CountingRub
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     s = phases.seconds
     counts = counter.counts(cfg.ppo_epochs)
-    return {**counts, **_rates(counts["tokens"], seconds, cpu, result.summary["seconds"]),
+    return {**counts, **rates(counts["tokens"], seconds, cpu, result.summary["seconds"]),
             "own_counts": {k: result.summary[k] for k in ("generated_tokens", "trained_tokens")},
-            "phases": _phases(seconds, generate=s["generate"],
+            "phases": phase_times(seconds, generate=s["generate"],
                               logprobs_ref=s["rollout"] - s["generate"],
                               score=s["score_responses"], update=s["update"])}
-
-
-def _phases(total: float, **parts: float) -> dict[str, float]:
-    """The parts, and "other": the rest of `total` (set-up, checkpoints, decoding, logging)."""
-    out = {k: round(v, 3) for k, v in parts.items()}
-    out["other"] = round(total - sum(parts.values()), 3)
-    return out
 
 
 def _timed_trl_trainer(phases: Phases, **kwargs: Any) -> Any:
@@ -276,10 +261,10 @@ def run_trl(root: Path, base: Path, ordered: list[Prompt], counter: CountingRubr
     s = phases.seconds
     counts = counter.counts(cfg.ppo_epochs)
     num_tokens = int(trainer.state.num_input_tokens_seen)
-    return {**counts, **_rates(counts["tokens"], seconds, cpu, s["loop"]),
+    return {**counts, **rates(counts["tokens"], seconds, cpu, s["loop"]),
             "own_counts": {"num_tokens": num_tokens,
                            "num_tokens_x_iterations": num_tokens * cfg.ppo_epochs},
-            "phases": _phases(seconds, generate=s["generate"],
+            "phases": phase_times(seconds, generate=s["generate"],
                               logprobs_ref=s["rollout"] - s["generate"] - s["score"],
                               score=s["score"], update=s["loop"] - s["rollout"])}
 
@@ -351,15 +336,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _median(runs: list[dict]) -> dict:
-    """The last run's record, with medians (and every run's value) of the speeds."""
-    out = dict(runs[-1])
-    for key in ("tokens_per_s", "tokens_per_cpu_s", "loop_tokens_per_s"):
-        out[f"{key}_runs"] = [r[key] for r in runs]
-        out[key] = round(statistics.median(out[f"{key}_runs"]), 1)
-    return out
-
-
 def _utilization(run: dict, params: int, peak: float) -> dict[str, float]:
     """Nominal MFU: 2N per generated token (sampling) and 8N per trained token (6N for the
     policy's forward and backward, 2N for the live reference), as if every weight trained; with
@@ -407,7 +383,7 @@ def main(argv: list[str]) -> dict:
             for _ in range(args.repeats):  # alternate, so that load from other processes hits both
                 runs["ours"].append(run_ours(root, base, prompts, CountingRubric(lengths), cfg))
                 runs["trl"].append(run_trl(root, base, ordered, CountingRubric(lengths), cfg))
-    ours, trl = _median(runs["ours"]), _median(runs["trl"])
+    ours, trl = median(runs["ours"]), median(runs["trl"])
     for run in (ours, trl):
         run.update(_utilization(run, params, peak))
     prompt_tokens = sum(lengths[p[-1].content] for p in ordered) / len(ordered)
