@@ -94,7 +94,7 @@ from coachlm.models.lora import LLAMA_TARGETS, LoRAConfig, apply_lora
 from coachlm.models.presets import build_model, preset_vocab_size
 from coachlm.models.tokenizer import train_tokenizer
 from coachlm.trainers import ppo as ppo_module
-from coachlm.trainers import ppo_steps
+from coachlm.rollout import generators as generators_module
 from coachlm.engine.accel import set_threads
 from coachlm.trainers.ppo import PromptStream, train_ppo
 from coachlm.trainers.ppo_config import PPOConfig
@@ -172,7 +172,7 @@ def run_ours(root: Path, base: Path, prompts: list[Prompt], counter: CountingRub
     phases = Phases()
     patches = [mock.patch.object(module, name, phases.wrap(name, getattr(module, name)))
                for module, name in ((ppo_module, "rollout"), (ppo_module, "score_responses"),
-                                    (ppo_module, "update"), (ppo_steps, "generate"))]
+                                    (ppo_module, "ppo_update"), (generators_module, "generate"))]
     with contextlib.ExitStack() as stack:
         for p in patches:
             stack.enter_context(p)
@@ -185,7 +185,7 @@ def run_ours(root: Path, base: Path, prompts: list[Prompt], counter: CountingRub
             "own_counts": {k: result.summary[k] for k in ("generated_tokens", "trained_tokens")},
             "phases": phase_times(seconds, generate=s["generate"],
                               logprobs_ref=s["rollout"] - s["generate"],
-                              score=s["score_responses"], update=s["update"])}
+                              score=s["score_responses"], update=s["ppo_update"])}
 
 
 def _timed_trl_trainer(phases: Phases, **kwargs: Any) -> Any:
