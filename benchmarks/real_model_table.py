@@ -38,7 +38,8 @@ from coachlm.eval.kl import kl_to_reference
 from coachlm.eval.reward_eval import RMEvalConfig, run_rm_eval
 from coachlm.models.lora import LoRAConfig
 from coachlm.trainers.dpo import DPOConfig, run_dpo
-from coachlm.trainers.loop import TrainConfig, set_threads
+from coachlm.engine.accel import set_threads
+from coachlm.engine.config import TrainConfig
 from coachlm.trainers.ppo import run_ppo
 from coachlm.trainers.ppo_config import PPOConfig, PPORunConfig
 from coachlm.trainers.reward import RMConfig, run_rm
