@@ -60,15 +60,17 @@ def default_targets(model: torch.nn.Module) -> tuple[str, ...]:
     return GPT2_TARGETS if model_type == "gpt2" else LLAMA_TARGETS
 
 
-def apply_lora(model: torch.nn.Module, cfg: LoRAConfig) -> PeftModel:
-    """Wrap `model` with fresh LoRA adapters (B = 0, so the output is unchanged at first)."""
+def peft_lora(model: torch.nn.Module, cfg: LoRAConfig, task_type: str) -> PeftModel:
+    """Wrap `model` with fresh LoRA adapters (B = 0, so the output is unchanged at first) on the
+    target modules that exist in it; `task_type` is peft's (CAUSAL_LM for a policy,
+    FEATURE_EXTRACTION for a reward model's backbone)."""
     targets = cfg.target_modules or default_targets(model)
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     if not names & set(targets):
         raise CoachError(f"none of the LoRA target modules {list(targets)} exist in this "
                          f"{type(model).__name__}; set lora.target_modules")
     peft_cfg = PeftLoraConfig(
-        task_type="CAUSAL_LM",
+        task_type=task_type,
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
@@ -78,6 +80,11 @@ def apply_lora(model: torch.nn.Module, cfg: LoRAConfig) -> PeftModel:
     )
     with peft_without_deprecation_noise():
         return get_peft_model(model, peft_cfg)
+
+
+def apply_lora(model: torch.nn.Module, cfg: LoRAConfig) -> PeftModel:
+    """A causal LM with fresh LoRA adapters (Hu et al., 2021)."""
+    return peft_lora(model, cfg, "CAUSAL_LM")
 
 
 def trainable_fraction(model: torch.nn.Module) -> float:
