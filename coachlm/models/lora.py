@@ -9,6 +9,7 @@ of the model in memory. `lora_view` also gives faster plain modules for the leng
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -192,3 +193,18 @@ def lora_view(model: nn.Module, view: Literal["merged", "fused", "base"]) -> Ite
     finally:
         for parent, attr, layer, _ in swaps:
             setattr(parent, attr, layer)
+
+
+def save_merged(model: PeftModel, out: str) -> None:
+    """Save `model` with its adapter merged, in Hugging Face format, leaving `model` as it was.
+
+    Plain LoRA layers are saved through the "merged" `lora_view` (the same W + s B A that
+    peft's merge computes, as a new tensor per layer), not by merging a deep copy: no second
+    copy of the model, and FSDP-managed modules refuse `deepcopy`. Other adapters (DoRA, LoRA
+    bias) are merged into a copy by peft."""
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if layers and all(_plain_adapter(m) is not None for m in layers):
+        with lora_view(model, "merged"):
+            model.get_base_model().save_pretrained(out, safe_serialization=True)
+        return
+    copy.deepcopy(model).merge_and_unload().save_pretrained(out, safe_serialization=True)
