@@ -61,8 +61,12 @@ RUNS: dict[str, Callable[..., dict]] = {"sft": _sft, "rm": _rm, "dpo": _dpo}
 
 def trl_rows(root: Path, f: dict, steps: int, batch_size: int, precision: str,
              peak_flops: Callable[[], float]) -> list[dict]:
-    """One `gpu_check` row per TRL run (method "trl_sft", "trl_rm", "trl_dpo")."""
+    """One `gpu_check` row per TRL run (method "trl_sft", "trl_rm", "trl_dpo"). The runners
+    log every 10 steps (DPO 5), and the tokens come from the last log: `steps` is rounded to a
+    multiple of 10 (at least 10), so that the last log is the last step."""
     from coachlm.models.load import load_tokenizer
+
+    steps = max(10, round(steps / 10) * 10)
 
     tok = load_tokenizer(f["base"])
     gpu = torch.cuda.is_available()
@@ -78,5 +82,5 @@ def trl_rows(root: Path, f: dict, steps: int, batch_size: int, precision: str,
                      if gpu else None,
                      "mfu": round(6 * r["tokens"] * f["params"] / seconds / peak_flops(), 4)
                      if gpu else None,
-                     "precision": precision})
+                     "precision": precision, "steps": steps})
     return rows
