@@ -65,7 +65,7 @@ def run(name: str, args: list[str], out: Path, processes: int) -> dict:
     args = [a.format(accum=accum) for a in args] + ["--out", str(out)]
     rss = out.parent / f"{out.name}.rss"
     rss.mkdir(parents=True, exist_ok=True)
-    timed = ["/usr/bin/time", "-f", "%M", "-o", f"{rss}/rank$LOCAL_RANK", sys.executable, "-m",
+    timed = ["/usr/bin/time", "-f", "%M", "-o", f"{rss}/rank${{LOCAL_RANK:-0}}", sys.executable, "-m",
              "coachlm.cli", *args]
     shell = ["sh", "-c", " ".join(f"'{a}'" if "$" not in a else f'"{a}"' for a in timed)]
     if processes > 1:
@@ -75,7 +75,7 @@ def run(name: str, args: list[str], out: Path, processes: int) -> dict:
                "--main_process_port", port, "--no_python", *shell]
     else:
         cmd = shell
-    env = {**os.environ, "COACHLM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "LOCAL_RANK": "0",
+    env = {**os.environ, "COACHLM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
