@@ -259,6 +259,13 @@ class Engine:
                 optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
         """(wrapped loss module, wrapped optimizer): `wrapped(batch)` runs `loss_fn(model, batch)`
         under the distributed wrapper and the precision's autocast."""
+        if self.deepspeed:
+            ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+                # accelerate reads it from a dataloader and refuses to prepare without one; the
+                # engine deals the micro-batches itself, DeepSpeed only does its batch
+                # bookkeeping with the number (found running ZeRO-2 on CPUs; untested on GPUs)
+                ds["train_micro_batch_size_per_gpu"] = 1
         wrapped, opt = self.accelerator.prepare(_LossModule(model, loss_fn), optimizer)
         self._wrapped = wrapped
         return wrapped, opt
