@@ -35,6 +35,7 @@ from coachlm import config
 from coachlm.data.chat import encode_prompt
 from coachlm.data.schema import Prompt
 from coachlm.errors import CoachError
+from coachlm.memory import release_free_memory
 from coachlm.models.lora import trainable_fraction
 from coachlm.rl_math import AdaptiveKLController, FixedKLController
 from coachlm.rollout.rewards import Reward
@@ -353,4 +354,7 @@ def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
         config.save(cfg, cfg.out / "config.yaml")
     train_ppo(model, tok, prompts, reward, cfg.ppo, cfg.out, resume=resume, critic=critic,
               engine=engine)
-    return save_final(engine, model, tok, cfg.out / "final")
+    final = save_final(engine, model, tok, cfg.out / "final")
+    del model, critic, reward  # the stage's tensors go before the freed heap is handed back
+    release_free_memory()  # (coachlm.memory)
+    return final
