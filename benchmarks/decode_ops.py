@@ -19,17 +19,20 @@ import hashlib
 import json
 import sys
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from coachlm.models.presets import build_model, preset_vocab_size
 from coachlm.models.tokenizer import train_tokenizer
-from coachlm.rollout.sampling import SamplingConfig, generate
+from coachlm.rollout.sampling import Generation, SamplingConfig, generate
 
 
-def marked(model: torch.nn.Module) -> torch.nn.Module:
-    """`model` with every forward inside a profiler range named "forward"."""
+@contextmanager
+def marked(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, every forward of `model` runs inside a profiler range named "forward"."""
     plain = model.forward
 
     @functools.wraps(plain)  # the same signature: the sampler passes the cache by its name
@@ -38,7 +41,10 @@ def marked(model: torch.nn.Module) -> torch.nn.Module:
             return plain(*args, **kwargs)
 
     model.forward = forward
-    return model
+    try:
+        yield
+    finally:
+        del model.forward
 
 
 def count_ops(prof: profile) -> tuple[int, int]:
@@ -58,6 +64,14 @@ def count_ops(prof: profile) -> tuple[int, int]:
     return outside, total
 
 
+def profiled_generate(model: torch.nn.Module, tok, prompts, cfg: SamplingConfig
+                      ) -> tuple[Generation, int, int]:
+    """`generate` under the profiler: (generation, sampler operators, all operators)."""
+    with marked(model), profile(activities=[ProfilerActivity.CPU]) as prof:
+        gen = generate(model, tok, prompts, cfg)
+    return (gen, *count_ops(prof))
+
+
 def digest(gen) -> str:
     return hashlib.sha256(json.dumps(gen.response_ids).encode()).hexdigest()[:16]
 
@@ -72,7 +86,7 @@ def main(argv: list[str]) -> dict:
     torch.set_num_threads(args.threads)
     texts = [f"request {i}: write {i % 7} lines about item {i * 13 % 29}" for i in range(200)]
     tok = train_tokenizer(texts, preset_vocab_size(args.preset))
-    model = marked(build_model(args.preset, tok, seed=0))
+    model = build_model(args.preset, tok, seed=0)
     prompts = [tok.encode(texts[i])[: 4 + i % 9] for i in range(args.rows)]
     out: dict = {"setup": vars(args)}
     for name, temperature in (("greedy", 0.0), ("sampled", 1.0)):
@@ -80,14 +94,12 @@ def main(argv: list[str]) -> dict:
                              batch_size=args.rows, stop_token_ids=(tok.pad_token_id + 10_000,))
         generate(model, tok, prompts, cfg)  # warm-up
         c0 = time.process_time()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            gen = generate(model, tok, prompts, cfg)
+        gen, outside, total = profiled_generate(model, tok, prompts, cfg)
         cpu = time.process_time() - c0
         c1 = time.process_time()
         gen = generate(model, tok, prompts, cfg)
         plain_cpu = time.process_time() - c1
         steps = max(len(r) for r in gen.response_ids)
-        outside, total = count_ops(prof)
         out[name] = {"tokens": gen.num_tokens, "decode_steps": steps,
                      "sampler_ops_per_step": round(outside / steps, 1),
                      "all_ops_per_step": round(total / steps, 1),

@@ -3,15 +3,14 @@ plain per-row decode without a KV cache, and few operators of its own per decode
 
 from __future__ import annotations
 
-import functools
+import sys
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
 
 from coachlm.rollout.sampling import SamplingConfig, generate, row_uniforms
 from models_fixtures import model as tiny_model
-from models_fixtures import random_prompts, tokenizer
+from models_fixtures import REPO, random_prompts, tokenizer
 
 
 def _plain_decode(model, prompt, steps, stops, pad_id, u=None, temperature=1.0):
@@ -57,28 +56,12 @@ def test_decode_gives_the_plain_per_row_decode(temperature):
 
 def _sampler_ops_per_step(model, tok, prompts, cfg) -> float:
     """aten operators dispatched outside the model's forwards, per decode step."""
-    plain = model.forward
-
-    @functools.wraps(plain)  # the same signature: the sampler passes the cache by its name
-    def forward(*args, **kwargs):
-        with record_function("forward"):
-            return plain(*args, **kwargs)
-
-    model.forward = forward
+    sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            gen = generate(model, tok, prompts, cfg)
+        from decode_ops import profiled_generate
     finally:
-        del model.forward
-    outside = 0
-    for e in prof.events():
-        names, p = [], e.cpu_parent
-        while p is not None:
-            names.append(p.name)
-            p = p.cpu_parent
-        if e.name.startswith("aten::") and not any(n.startswith("aten::") for n in names) \
-                and "forward" not in names:
-            outside += 1
+        sys.path.remove(str(REPO / "benchmarks"))
+    gen, outside, _ = profiled_generate(model, tok, prompts, cfg)
     return outside / max(len(r) for r in gen.response_ids)
 
 
