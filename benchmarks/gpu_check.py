@@ -6,8 +6,8 @@ when no CUDA device is visible. Run it through `benchmarks/gpu_check.sh`.
 MFU = achieved model FLOP/s / the GPU's peak dense bf16 FLOP/s, with 6 N FLOPs per trained
 token and 2 N per generated token (N = parameters; Kaplan et al., 2020; the PaLM paper's
 appendix B definition, attention FLOPs left out, so MFU is slightly understated). Peak: looked up
-from the device name, or GPU_PEAK_TFLOPS. TRL is not run here (its trainers need their own
-GPU setup; `benchmarks/*_vs_trl.py` compare on the CPU).
+from the device name, or GPU_PEAK_TFLOPS. TRL's SFT, reward and DPO trainers then run the same
+work (`gpu_check_trl.py`; rows "trl_sft", "trl_rm", "trl_dpo"; `--no-trl` skips them).
 
     python benchmarks/gpu_check.py --steps 20 --out /tmp/gpu_check
 """
@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--no-trl", action="store_true", help="skip TRL's runs of the same work")
     ap.add_argument("--smoke", action="store_true",
                     help="a 2-step run of a tiny shape on the CPU: checks the script, measures nothing")
     args = ap.parse_args()
@@ -129,6 +130,11 @@ def main() -> None:
     ]
     results = [measure(name, lambda: run(root / name), root / name, f["params"],
                        "generated_tokens" if name == "ppo" else None) for name, run in runs]
+    if not args.no_trl:
+        from gpu_check_trl import trl_rows
+
+        results += trl_rows(root, f, args.steps, args.batch_size, "no" if args.smoke else "bf16",
+                            peak_flops)
     print(json.dumps({"device": torch.cuda.get_device_name() if not args.smoke else "cpu (smoke)", "params": f["params"],
                       "shape": SHAPE, "steps": args.steps, "results": results}, indent=2))
 
