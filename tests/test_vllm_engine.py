@@ -54,6 +54,7 @@ def test_vllm_agrees_with_the_builtin_sampler_and_follows_the_learners_updates(t
     assert r["after_update_equal"] and r["after_update_logprob_max_abs_diff"] < LOGPROB_ATOL
     # The truncated importance weights were applied (and are ~1: the engines agree).
     assert r["is_weight_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert r["head_size_8_refused"]  # a shape vLLM's CPU attention lacks: one clear line
 
 
 def test_coachlm_sample_with_vllm_writes_what_the_builtin_sampler_writes(tmp_path):

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from coachlm.data.chat import encode_prompt  # noqa: E402
 from coachlm.data.schema import Message  # noqa: E402
+from coachlm.errors import CoachError  # noqa: E402
 from coachlm.models.lora import LoRAConfig, apply_lora, lora_view  # noqa: E402
 from coachlm.rollout.experience import pack_rollout, policy_forward  # noqa: E402
 from coachlm.rollout.sampling import Generation, SamplingConfig, generate  # noqa: E402
@@ -106,6 +107,11 @@ def main() -> None:
     out["is_weight_mean"] = result.metrics.get("is_weight_mean")
     out["is_weight_min"] = result.metrics.get("is_weight_min")
     engine.close()
+    try:  # world-tiny's head size 8: refused in one line before vLLM starts
+        VLLMGenerator(tiny_model(seed=0), tok)
+        out["head_size_8_refused"] = False
+    except CoachError as e:
+        out["head_size_8_refused"] = "head size 8" in str(e)
     print("VLLM_CHECKS " + json.dumps(out))
 
 

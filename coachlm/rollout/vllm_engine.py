@@ -52,6 +52,25 @@ def require_vllm() -> None:
         raise CoachError(NOT_INSTALLED) from None
 
 
+def check_head_size(model: Any) -> None:
+    """A CoachError when vLLM's CPU attention cannot run the model's head size (it supports
+    32, 64, 80, ...: world-tiny's 8 fails only at the first forward, inside the engine)."""
+    try:
+        from vllm.platforms import current_platform
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        if not current_platform.is_cpu():
+            return
+        sizes = CPUAttentionBackend.get_supported_head_sizes()
+    except (ImportError, AttributeError):  # another vLLM layout: let vLLM itself decide
+        return
+    cfg = model.config
+    head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if head not in sizes:
+        raise CoachError(f"vLLM's CPU attention does not support head size {head} (it supports "
+                         f"{', '.join(map(str, sizes))}); use --generator builtin for this model")
+
+
 def row_seed(seed: int, row: int) -> int:
     """Row `row`'s seed: the number `sampling.row_uniforms` seeds that row's stream with."""
     return (seed * 1_000_003 + row) % 2**63
@@ -81,6 +100,7 @@ class VLLMGenerator:
                  seed: int | None = 0, kv_cache_mb: int = 256, in_process: bool = True,
                  engine_args: dict[str, Any] | None = None):
         require_vllm()
+        check_head_size(model)
         from vllm import LLM
 
         from coachlm.models.load import save_pretrained
