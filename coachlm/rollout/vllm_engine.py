@@ -2,8 +2,9 @@
 2023, "Efficient Memory Management for Large Language Model Serving with PagedAttention").
 
 - By default the engine runs in this process (`in_process`: vLLM's engine core and its one
-  worker without their own processes): on CPU that starts in about a third of the time and
-  keeps weights and results out of shared-memory queues. With `in_process=False` vLLM spawns
+  worker without their own processes): on this CPU it started in 45-55 s against ~180 s with
+  its two spawned processes (loaded machine), and weights and results skip the shared-memory
+  queues. vLLM then seeds the global RNG with `seed` and opens a one-process gloo group here. With `in_process=False` vLLM spawns
   its engine process, and a script that samples through it needs an
   `if __name__ == "__main__":` guard (the `coachlm` command has one).
 - The engine is started on a copy of the learner's weights (a LoRA adapter merged in), saved
@@ -36,6 +37,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
+import torch
+
 from coachlm.errors import CoachError
 from coachlm.rollout.generators import learner_weights
 from coachlm.rollout.sampling import Generation, SamplingConfig, stop_ids
@@ -46,6 +49,10 @@ NOT_INSTALLED = ("generator vllm: vLLM is not installed in this environment (mak
 
 def require_vllm() -> None:
     """A CoachError (one line, exit 2) when vLLM cannot be imported here."""
+    # vLLM logs to stdout at INFO by default, into the command's output (and a JSON report's);
+    # here only its errors, on stderr, unless the user sets these.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
         import vllm  # noqa: F401
     except ImportError:
@@ -119,12 +126,17 @@ class VLLMGenerator:
                     kv_cache_memory_bytes=kv_cache_mb << 20)
         if in_process:
             args["distributed_executor_backend"] = "uni"
+        set_threads = torch.set_num_threads
         try:
             with _environment(VLLM_ENABLE_V1_MULTIPROCESSING="0" if in_process else None):
                 self.llm = LLM(**{**args, **(engine_args or {})})
         except Exception:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
+        finally:
+            # vLLM's CPU worker replaces torch.set_num_threads with a no-op (it expects to own
+            # the process); in process, the learner beside it still sets its own threads.
+            torch.set_num_threads = set_threads
 
     def _params(self, cfg: SamplingConfig, seed: int | None) -> Any:
         from vllm import SamplingParams
