@@ -27,10 +27,11 @@ import math
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import Row, bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from coachlm.feedback.db import Store, StoreError
@@ -238,11 +239,21 @@ def issue_token(s: Session, name: str) -> str:
 
 
 _BY_TOKEN = select(Labeler).where(Labeler.token_hash == bindparam("hash"))
+_L = Labeler.__table__
+# The columns a request needs to act for its caller (`Caller`), by token hash, in Core.
+CALLER_BY_TOKEN = select(_L.c.id, _L.c.name, _L.c.role, _L.c.cost_per_label).where(
+    _L.c.token_hash == bindparam("hash"), _L.c.active.is_(True))
 
 
 def labeler_by_token(s: Session, token: str) -> Labeler | None:
     lab = s.scalar(_BY_TOKEN, {"hash": token_hash(token)})
     return lab if lab is not None and lab.active else None
+
+
+def caller_by_token(store: Store, token: str) -> Row[Any] | None:
+    """(id, name, role, cost_per_label) of the active labeler holding this API token: one
+    indexed read outside any transaction, made once per API request."""
+    return store.one(CALLER_BY_TOKEN, {"hash": token_hash(token)})
 
 
 def create_session(s: Session, lab: Labeler, hours: float = 12.0) -> tuple[str, WebSession]:

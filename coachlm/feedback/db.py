@@ -16,19 +16,20 @@ row locks (`with_for_update`) and unique constraints make the same operations sa
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Executable, Row, create_engine, event, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -87,7 +88,10 @@ def _sqlite_engine(url: str, cfg: StoreConfig) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
-        write = conn.get_execution_options().get("coachlm_write")
+        options = conn.get_execution_options()
+        if options.get("coachlm_single"):
+            return  # one statement (`Store.one`): SQLite's autocommit reads it consistently
+        write = options.get("coachlm_write")
         if write:  # "durable" or "fast"
             conn.exec_driver_sql(f"PRAGMA synchronous={'FULL' if write == 'durable' else 'NORMAL'}")
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -145,6 +149,9 @@ class Store:
         except (ArgumentError, ImportError) as e:
             raise StoreError(f"cannot open feedback store {cfg.url!r}: {e}") from None
         self._read = sessionmaker(self.engine, expire_on_commit=False)
+        # PostgreSQL: autocommit, so that the read is one round trip (no BEGIN/ROLLBACK).
+        self._single = self.engine.execution_options(coachlm_single=True, **(
+            {} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}))
         self._write = {durable: sessionmaker(self.engine.execution_options(
             coachlm_write="durable" if durable else "fast"), expire_on_commit=False)
             for durable in (True, False)}
@@ -162,6 +169,13 @@ class Store:
         """A read transaction; loaded objects stay readable after the block (not expired)."""
         with self._read() as s:
             yield s
+
+    def one(self, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
+        """The first row of one Core query, read outside any ORM session and (on SQLite)
+        without a BEGIN: the cheapest read there is, for lookups made on every request
+        (an API token, a session cookie)."""
+        with self._single.connect() as conn:
+            return conn.execute(statement, params).first()
 
     @contextmanager
     def write(self, durable: bool = True) -> Iterator[Session]:
@@ -184,7 +198,22 @@ class Store:
                 with self.write(durable) as s:
                     return fn(s)
             except (IntegrityError, DBAPIError) as e:
-                if attempt == retries or (isinstance(e, DBAPIError) and not _transient(e)):
+                if attempt == retries or not _transient(e):
+                    raise
+        raise AssertionError("unreachable")
+
+    async def run_async(self, fn: Callable[[Session], T], retries: int = 5,
+                        durable: bool = True) -> T:
+        """`run` for a coroutine (an async route): on SQLite it awaits its group commit
+        without holding a thread (a thread per waiting request cost more CPU than the write);
+        on PostgreSQL `run` goes to a worker thread."""
+        if self._group is None:
+            return await asyncio.to_thread(self.run, fn, retries, durable)
+        for attempt in range(retries + 1):
+            try:
+                return await asyncio.wrap_future(self._group.submit(fn, durable))
+            except (IntegrityError, DBAPIError) as e:
+                if attempt == retries or not _transient(e):
                     raise
         raise AssertionError("unreachable")
 
