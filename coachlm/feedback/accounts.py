@@ -13,8 +13,8 @@ dummy hash, so that the response time does not tell those cases apart.
 
 API tokens and session tokens are 256-bit random strings: only their SHA-256 is stored (a
 fast hash is enough for a random secret, and a leaked database then holds no usable token).
-Tokens are never logged. Changing a password ends the labeler's sessions; deactivating a
-labeler ends their sessions and revokes their API token (reactivating does not revive it).
+Tokens are never logged. Changing a password or deactivating a labeler ends their sessions and
+revokes their API token (reactivating does not revive it; an admin issues a new one).
 """
 
 from __future__ import annotations
@@ -161,15 +161,16 @@ def _keep_an_admin(s: Session, lab: Labeler, role: str | None, active: bool | No
 def update_labeler(s: Session, name: str, *, password: str | Hashed | None = None,
                    role: str | None = None, cost_per_label: float | None = None,
                    active: bool | None = None) -> Labeler:
-    """Change a labeler. A new password ends their sessions; deactivating ends their sessions
-    and revokes their API token. The last active admin cannot be demoted or deactivated."""
+    """Change a labeler. A new password or deactivating ends their sessions and revokes their
+    API token (an admin issues a new one). The last active admin cannot be demoted or deactivated."""
     lab = get_labeler(s, name)
     if role is not None:
         _check_role(role)
     _keep_an_admin(s, lab, role, active)
-    if password is not None:
+    if password is not None:  # a reset (often after a suspected leak) revokes every credential
         lab.password_hash = _password_hash(password)
         end_sessions(s, lab.id)
+        lab.token_hash = None
     if role is not None:
         lab.role = role
     if cost_per_label is not None:

@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse
 
 from coachlm.feedback import accounts
 from coachlm.feedback.db import Store
+from coachlm.feedback.text import scrub
 from coachlm.web import diff, markdown
 
 SESSION_COOKIE = "coachlm_session"
@@ -31,8 +32,12 @@ HERE = Path(__file__).parent
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                           autoescape=True,  # all model and user text is untrusted
                           trim_blocks=True, lstrip_blocks=True)
-_env.filters.update(md=markdown.render, words=markdown.words)  # allow-listed markdown
-_env.globals.update(word_diff=diff.word_diff)
+# Text stored before the input checks existed may hold lone surrogates (in JSON columns):
+# every page scrubs them (U+FFFD) on the way out, in what the filters are given and in the
+# page itself, rather than answer 500 (nh3 and the UTF-8 encoder both refuse them).
+_env.filters.update(md=lambda t: markdown.render(scrub(t)),  # allow-listed markdown
+                    words=lambda t: markdown.words(scrub(t)))
+_env.globals.update(word_diff=lambda a, b: diff.word_diff(scrub(a), scrub(b)))
 
 
 class LoginRequired(Exception):
@@ -70,7 +75,7 @@ def store(request: Request) -> Store:
 def render(request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
     user = getattr(request.state, "user", None)
     html = _env.get_template(template).render(request=request, user=user, **ctx)
-    return HTMLResponse(html, status_code=status)
+    return HTMLResponse(scrub(html), status_code=status)
 
 
 def secure_cookies(request: Request) -> bool:
