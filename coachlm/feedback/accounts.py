@@ -31,7 +31,7 @@ from typing import Any
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Row, bindparam, delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from coachlm.feedback.db import Store, StoreError
@@ -251,7 +251,7 @@ def labeler_by_token(s: Session, token: str) -> Labeler | None:
     return lab if lab is not None and lab.active else None
 
 
-def caller_by_token(store: Store, token: str) -> Row[Any] | None:
+def caller_by_token(store: Store, token: str) -> tuple[Any, ...] | None:
     """(id, name, role, cost_per_label) of the active labeler holding this API token: one
     indexed read outside any transaction, made once per API request."""
     return store.one(CALLER_BY_TOKEN, {"hash": token_hash(token)})

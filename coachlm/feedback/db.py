@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import sqlite3
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Executable, Row, create_engine, event, text
+from sqlalchemy import Engine, Executable, create_engine, event, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -88,10 +89,7 @@ def _sqlite_engine(url: str, cfg: StoreConfig) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
-        options = conn.get_execution_options()
-        if options.get("coachlm_single"):
-            return  # one statement (`Store.one`): SQLite's autocommit reads it consistently
-        write = options.get("coachlm_write")
+        write = conn.get_execution_options().get("coachlm_write")
         if write:  # "durable" or "fast"
             conn.exec_driver_sql(f"PRAGMA synchronous={'FULL' if write == 'durable' else 'NORMAL'}")
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -149,9 +147,11 @@ class Store:
         except (ArgumentError, ImportError) as e:
             raise StoreError(f"cannot open feedback store {cfg.url!r}: {e}") from None
         self._read = sessionmaker(self.engine, expire_on_commit=False)
-        # PostgreSQL: autocommit, so that the read is one round trip (no BEGIN/ROLLBACK).
-        self._single = self.engine.execution_options(coachlm_single=True, **(
-            {} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}))
+        # `one()` on PostgreSQL: autocommit, so that a read is one round trip (no BEGIN).
+        self._single = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._compiled: dict[Executable, tuple[str, list[str]]] = {}
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []  # `one()`'s connections, closed by close()
         self._write = {durable: sessionmaker(self.engine.execution_options(
             coachlm_write="durable" if durable else "fast"), expire_on_commit=False)
             for durable in (True, False)}
@@ -170,12 +170,29 @@ class Store:
         with self._read() as s:
             yield s
 
-    def one(self, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
-        """The first row of one Core query, read outside any ORM session and (on SQLite)
-        without a BEGIN: the cheapest read there is, for lookups made on every request
-        (an API token, a session cookie)."""
-        with self._single.connect() as conn:
-            return conn.execute(statement, params).first()
+    def one(self, statement: Executable, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """The first row of one Core query of plain columns (numbers, text: no JSON or
+        dates, whose values would need converting), read outside any ORM session: the cheapest
+        read there is, for a lookup made on every request (an API token). On SQLite it runs
+        as plain SQL on a read-only connection of the calling thread: SQLAlchemy's execution
+        machinery costs ~10x the query itself there."""
+        database = self.engine.url.database
+        if not self.is_sqlite or not database or database == ":memory:":
+            with self._single.connect() as conn:
+                row = conn.execute(statement, params).first()
+                return None if row is None else tuple(row)
+        sql = self._compiled.get(statement)
+        if sql is None:
+            compiled = statement.compile(dialect=self.engine.dialect)
+            sql = self._compiled[statement] = (str(compiled), compiled.positiontup or [])
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = sqlite3.connect(
+                database, timeout=self.cfg.busy_timeout_s, check_same_thread=False,
+                isolation_level=None)  # autocommit: one statement needs no BEGIN
+            conn.execute("PRAGMA query_only=1")
+            self._readers.append(conn)
+        return conn.execute(sql[0], [params[k] for k in sql[1]]).fetchone()
 
     @contextmanager
     def write(self, durable: bool = True) -> Iterator[Session]:
@@ -211,7 +228,7 @@ class Store:
             return await asyncio.to_thread(self.run, fn, retries, durable)
         for attempt in range(retries + 1):
             try:
-                return await asyncio.wrap_future(self._group.submit(fn, durable))
+                return await self._group.run_async(fn, durable)
             except (IntegrityError, DBAPIError) as e:
                 if attempt == retries or not _transient(e):
                     raise
@@ -222,6 +239,8 @@ class Store:
             self._group.close()
         if isinstance(self._lock, WriterLock):
             self._lock.close()
+        for conn in self._readers:
+            conn.close()
         self.engine.dispose()
 
 

@@ -14,6 +14,7 @@ after its write is on disk, exactly as before, but a busy server pays one fsync 
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from concurrent.futures import Future
@@ -29,7 +30,7 @@ _STOP = object()
 
 class GroupCommit:
     """A writer thread for one store; `run(fn, durable)` blocks until `fn`'s batch commits,
-    `submit(fn, durable)` returns a future instead."""
+    `await run_async(fn, durable)` waits for it without holding a thread."""
 
     def __init__(self, store: Store):
         self.store = store
@@ -38,20 +39,23 @@ class GroupCommit:
         self.start_lock = threading.Lock()
 
     def run(self, fn: Callable[..., T], durable: bool) -> T:
-        return self.submit(fn, durable).result()
+        done: Future[T] = Future()
+        self._put(fn, durable, done)
+        return done.result()
 
-    def submit(self, fn: Callable[..., T], durable: bool) -> Future[T]:
-        """Queue `fn`; the future is done when the commit holding its write is (an async
-        caller awaits it without holding a thread)."""
+    async def run_async(self, fn: Callable[..., T], durable: bool) -> T:
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._put(fn, durable, done)
+        return await done
+
+    def _put(self, fn: Callable[..., Any], durable: bool, done: Future | asyncio.Future) -> None:
         if self.thread is None:
             with self.start_lock:
                 if self.thread is None:
                     self.thread = threading.Thread(target=self._loop, daemon=True,
                                                    name="coachlm-group-commit")
                     self.thread.start()
-        done: Future[T] = Future()
         self.queue.put((fn, durable, done))
-        return done
 
     def close(self) -> None:
         if self.thread is not None:
@@ -80,11 +84,8 @@ class GroupCommit:
             except _Redo:
                 outcomes = self._run(batch, isolated=True)
         except BaseException as e:  # the commit itself failed: nobody's write is saved
-            for _, _, done in batch:
-                done.set_exception(e)
-            return
-        for done, ok, value in outcomes:
-            done.set_result(value) if ok else done.set_exception(value)
+            outcomes = [(done, False, e) for _, _, done in batch]
+        _settle(outcomes)
 
     def _run(self, batch: list[tuple[Callable[..., Any], bool, Future]], isolated: bool
              ) -> list[tuple[Future, bool, Any]]:
@@ -111,6 +112,29 @@ class GroupCommit:
                 except Exception as e:  # handed to its caller, who may retry
                     outcomes.append((done, False, e))
         return outcomes
+
+
+def _settle(outcomes: list[tuple[Any, bool, Any]]) -> None:
+    """Hand each caller its outcome: a waiting thread directly; coroutines through one call
+    per event loop, so that a batch wakes each loop once (one self-pipe write, not one per
+    caller as `asyncio.wrap_future` would make)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
+    for done, ok, value in outcomes:
+        if isinstance(done, asyncio.Future):
+            by_loop.setdefault(done.get_loop(), []).append((done, ok, value))
+        else:
+            done.set_result(value) if ok else done.set_exception(value)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_in_loop, items)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+
+def _settle_in_loop(items: list[tuple[asyncio.Future, bool, Any]]) -> None:
+    for done, ok, value in items:
+        if not done.cancelled():  # a caller that went away (its write is committed anyway)
+            done.set_result(value) if ok else done.set_exception(value)
 
 
 class _Redo(Exception):

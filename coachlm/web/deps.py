@@ -146,7 +146,8 @@ async def api_user(request: Request) -> User:
         await asyncio.to_thread(accounts.caller_by_token, st, token.strip())
     if row is None:
         raise LoginRequired()
-    return User(row.id, row.name, row.role, cost_per_label=row.cost_per_label)
+    labeler_id, name, role, cost = row
+    return User(labeler_id, name, role, cost_per_label=cost)
 
 
 def admin_from_headers(st: Store, scope: dict[str, Any]) -> bool:
@@ -162,7 +163,7 @@ def admin_from_headers(st: Store, scope: dict[str, Any]) -> bool:
         return False
     if scheme.lower() == "bearer" and token.strip():
         row = accounts.caller_by_token(st, token.strip())
-        return row is not None and row.role == "admin"
+        return row is not None and row[2] == "admin"
     with st.read() as s:
         if SESSION_COOKIE in cookie:
             found = accounts.session_for(s, cookie[SESSION_COOKIE].value)
