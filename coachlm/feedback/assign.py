@@ -11,6 +11,9 @@ Two ways, both safe under concurrency because the database enforces the rules it
 Each assignment fixes a random order in which the task's responses are shown (blind, with no
 model names), so that position bias can be measured and averaged out.
 
+The claim path (`next_assignment_id`) is SQLAlchemy Core: the JSON API calls it for every item,
+and loading ORM objects cost more than the queries; `next_assignment` wraps it for ORM callers.
+
 Expiry: a pending assignment older than its project's `assignment_ttl_s` loses its slot
 (status "expired") when someone next claims work in that project, so an absent labeler cannot
 hold items for ever. A late answer to an expired assignment is still kept if the task has a
@@ -107,6 +110,7 @@ def claim_id(s: Session, labeler_id: int, project_id: int,
     task is locked at that instant, wait for one rather than wrongly report an empty queue.
     SQLite: writers are serialized, so the first open task is simply free.
     """
+    flush_orm(s)
     ids = {"project": project_id, "labeler": labeler_id}
     task = s.execute(_OPEN_SKIP, ids).first() or s.execute(_OPEN_WAIT, ids).first()
     if task is None:
@@ -140,8 +144,7 @@ def next_assignment_id(s: Session, labeler_id: int, project: Project | Row[Any])
     """The labeler's oldest pending assignment in `project`, else a newly claimed one (after
     expiring stale assignments, whose slots are then free to claim): its id. Core statements
     only; `s` may hold ORM changes (they are flushed first)."""
-    if s.new or s.dirty or s.deleted:
-        s.flush()
+    flush_orm(s)
     found = s.scalar(_PENDING, {"labeler": labeler_id, "project": project.id})
     if found is None:
         expire_stale(s, project.id, project.assignment_ttl_s)
@@ -158,6 +161,12 @@ def claim(s: Session, labeler: Labeler, project: Project,
 
 def expire(s: Session, project: Project) -> int:
     return expire_stale(s, project.id, project.assignment_ttl_s)
+
+
+def flush_orm(s: Session) -> None:
+    """Send the session's pending ORM changes before Core statements read the same rows."""
+    if s.new or s.dirty or s.deleted:
+        s.flush()
 
 
 def _loaded(s: Session, assignment_id: int) -> Assignment:

@@ -28,7 +28,7 @@ from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from coachlm.data.schema import CHOICES
-from coachlm.feedback.assign import retake_slot
+from coachlm.feedback.assign import flush_orm, retake_slot
 from coachlm.feedback.db import Conflict, NotFound, StoreError
 from coachlm.feedback.tables import (DONE, EXPIRED, MAX_ID, SKIPPED, Assignment, Guideline, Label,
                                      Project, Task, utcnow)
@@ -175,8 +175,7 @@ def submit(s: Session, labeler: Caller, assignment_id: int, client_id: str,
     client_id = str(client_id).strip()
     if not 8 <= len(client_id) <= 64 or not client_id.isprintable():
         raise StoreError("client_id must be 8 to 64 printable characters")
-    if s.new or s.dirty or s.deleted:
-        s.flush()
+    flush_orm(s)
     # Lock the assignment first (PostgreSQL: FOR UPDATE; SQLite: the write lock is already
     # held), then look for the client id, so that two racing retries serialize here.
     a = s.execute(_LOCKED, {"id": assignment_id}).first() if 1 <= assignment_id <= MAX_ID \
