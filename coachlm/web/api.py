@@ -113,12 +113,13 @@ def projects(request: Request, user: ApiUser) -> list[dict[str, Any]]:
 
 
 @router.post("/projects/{name:path}/next")
-def next_assignment(request: Request, name: str, user: ApiUser) -> Response:
+async def next_assignment(request: Request, name: str, user: ApiUser) -> Response:
     def claim(s: Session) -> dict[str, Any] | None:
-        a = assign.next_assignment(s, s.get(Labeler, user.id), _project_named(s, name))
-        return _assignment_json(s, user, a.id) if a else None
+        found = assign.next_assignment_id(s, user.id, items.project_row(s, name))
+        return _assignment_json(s, user, found) if found else None
 
-    found = store(request).run(claim, durable=False)  # a lost claim is simply re-offered
+    # A lost claim is simply re-offered, so it need not wait for an fsync.
+    found = await store(request).run_async(claim, durable=False)
     return JSONResponse(found) if found else Response(status_code=204)
 
 
@@ -129,13 +130,9 @@ def get_assignment(request: Request, assignment_id: Id, user: ApiUser) -> dict[s
 
 
 @router.post("/assignments/{assignment_id}/label")
-def submit(request: Request, assignment_id: Id, body: LabelIn, user: ApiUser) -> Response:
-    def save(s: Session) -> tuple[int, bool]:
-        label, created = labels.submit_label(s, s.get(Labeler, user.id), assignment_id,
-                                             body.client_id, body.answer, body.time_spent_s)
-        return label.id, created
-
-    label_id, created = store(request).run(save)
+async def submit(request: Request, assignment_id: Id, body: LabelIn, user: ApiUser) -> Response:
+    label_id, created = await store(request).run_async(lambda s: labels.submit(
+        s, user, assignment_id, body.client_id, body.answer, body.time_spent_s))
     return JSONResponse({"label_id": label_id, "created": created},
                         status_code=201 if created else 200)
 
