@@ -6,11 +6,11 @@ and as an admin (projects, a project, labelers, quality, ratings, dashboard, rev
 from __future__ import annotations
 
 import pytest
-from browser_support import needs_chromium, sign_in
+from browser_support import PHONE, labelers, needs_chromium, new_page, project, sign_in
 from browser_support import site as serve_site
 
 from coachlm.data import schema
-from coachlm.feedback import accounts, importer, items
+from coachlm.feedback import importer
 
 pytestmark = needs_chromium
 
@@ -65,22 +65,20 @@ AUDIT = """() => {
 
 
 def _build(s) -> None:
-    p = items.create_project(s, "a-very-long-project-name-that-might-overflow-a-phone",
-                             guidelines="## Rules\n\n" + "Be careful. " * 40)
-    recs = [schema.Sample(prompt=schema.as_prompt(f"Question {i}?"), response=schema.Response(
-        f"answer {i}.{j} " + "averyveryverylongunbrokenword" * 8, f"model-{j}"))
-        for i in range(2) for j in range(3)]
-    importer.import_records(s, p, recs)
+    p = project(s, "a-very-long-project-name-that-might-overflow-a-phone",
+                [f"Question {i}?" for i in range(2)],
+                lambda i, j: f"answer {i}.{j} " + "averyveryverylongunbrokenword" * 8,
+                kinds=("comparison", "ranking", "rating", "demonstration"), n_responses=3,
+                n_labels=2, max_per_prompt=1, guidelines="## Rules\n\n" + "Be careful. " * 40,
+                models="model-{j}")
     a, b = (schema.Response(f"answer 0.{j} " + "averyveryverylongunbrokenword" * 8,
                             f"model-{j}") for j in range(2))
     importer.import_records(s, p, [schema.Comparison(
         prompt=schema.as_prompt("Question 0?"), a=a, b=b, choice=c, labeler=f"judge-{c}",
         source="ai", time_spent_s=1.0) for c in ("a", "b")])
-    for kind in ("comparison", "ranking", "rating", "demonstration"):
-        items.create_tasks(s, p, items.TaskSpec(kind, n_labels=2, max_per_prompt=1))
-    accounts.create_labeler(s, "ann", "ann-password")
-    accounts.create_labeler(s, "root", "root-password", role="admin")
-    accounts.create_labeler(s, "rev", "rev-password", role="reviewer")
+    labelers(s, "ann")
+    labelers(s, "root", role="admin")
+    labelers(s, "rev", role="reviewer")
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +100,9 @@ def _audit(page, where: str) -> list[str]:
     return problems
 
 
-def _page(site):
-    page = site[1].new_context(viewport={"width": 390, "height": 844}).new_page()
-    page.set_default_timeout(8000)
-    return page
-
-
 def test_labeler_pages_have_labels_headings_and_fit_a_phone(site):
     url = site[0]
-    page = _page(site)
+    page = new_page(site, viewport=PHONE)
     page.goto(url + "/login")
     problems = _audit(page, "/login")
     sign_in(page, url, "ann", "ann-password")
@@ -136,14 +128,14 @@ def test_labeler_pages_have_labels_headings_and_fit_a_phone(site):
 
 def test_admin_and_reviewer_pages_have_labels_headings_and_fit_a_phone(site):
     url = site[0]
-    page = _page(site)
+    page = new_page(site, viewport=PHONE)
     sign_in(page, url, "root", "root-password", "/admin")
     problems = []
     for path in ("/admin", "/admin/p/1", "/admin/labelers", "/admin/p/1/quality",
                  "/admin/p/1/ratings", "/admin/p/1/dashboard", "/review/p/1", "/review/t/1"):
         page.goto(url + path)
         problems += _audit(page, path)
-    rev = _page(site)
+    rev = new_page(site, viewport=PHONE)
     sign_in(rev, url, "rev", "rev-password")
     problems += _audit(rev, "/ (reviewer)")
     assert problems == [], "\n".join(problems)
