@@ -1,7 +1,7 @@
 """Guard: every page of the labeling app, at a 390 px phone width, has zero unlabeled controls,
 no two controls with the same accessible name, one h1, text contrast of 4.5:1 and control borders
 of 3:1 (WCAG 2.1, 1.4.3 and 1.4.11), and no horizontal overflow (issue 14, item 7). The pages are reached as a labeler (queue, each task kind, guidelines, an error page)
-and as an admin (projects, a project, labelers, quality, ratings, dashboard, review pages)."""
+and as an admin (projects, a project, items, labelers, quality, ratings, dashboard, review pages)."""
 
 from __future__ import annotations
 
@@ -132,7 +132,8 @@ def test_admin_and_reviewer_pages_have_labels_headings_and_fit_a_phone(site):
     sign_in(page, url, "root", "root-password", "/admin")
     problems = []
     for path in ("/admin", "/admin/p/1", "/admin/labelers", "/admin/p/1/quality",
-                 "/admin/p/1/ratings", "/admin/p/1/dashboard", "/review/p/1", "/review/t/1"):
+                 "/admin/p/1/ratings", "/admin/p/1/dashboard", "/admin/p/1/items",
+                 "/review/p/1", "/review/t/1"):
         page.goto(url + path)
         problems += _audit(page, path)
     rev = new_page(site, viewport=PHONE)
