@@ -6,16 +6,12 @@ signed-in page, "start labeling", a labeler's stored labels)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from feedback_support import free_port
+from feedback_support import label_server
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -37,26 +33,8 @@ needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM),
 def serve(store: str, code: Path | None = None) -> Iterator[str]:
     """Run the labeling app over `store` in a child process (from the checkout at `code`,
     default this one); yield its base URL."""
-    port = free_port()
-    code = code or Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(code)}
-    proc = subprocess.Popen([sys.executable, "-m", "coachlm.cli", "label", "serve", "--store",
-                             str(Path(store).resolve()), "--port", str(port)], env=env,
-                            cwd=code, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/login", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(proc.stdout.read().decode())
-                time.sleep(0.1)
+    with label_server(str(Path(store).resolve()), code=code) as (_, url):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @contextmanager
@@ -89,6 +67,15 @@ def press(page, *keys: str, navigates: bool = False) -> None:
             page.keyboard.press(keys[-1])
     else:
         page.keyboard.press(keys[-1])
+
+
+def site_fixture(build: Callable[[Session], None]):
+    """A module-scoped `site` fixture: (url, store, browser) over a store filled by `build`."""
+    @pytest.fixture(scope="module")
+    def site_(tmp_path_factory):
+        with site(str(tmp_path_factory.mktemp("site") / "feedback.db"), build) as found:
+            yield found
+    return site_
 
 
 @contextmanager

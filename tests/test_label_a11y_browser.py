@@ -5,9 +5,8 @@ and as an admin (projects, a project, items, labelers, quality, ratings, dashboa
 
 from __future__ import annotations
 
-import pytest
-from browser_support import PHONE, labelers, needs_chromium, new_page, project, sign_in
-from browser_support import site as serve_site
+from browser_support import (PHONE, labelers, needs_chromium, new_page, project, sign_in,
+                             site_fixture)
 
 from coachlm.data import schema
 from coachlm.feedback import importer
@@ -81,11 +80,7 @@ def _build(s) -> None:
     labelers(s, "rev", role="reviewer")
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("a11y") / "feedback.db")
-    with serve_site(path, _build) as (url, _, browser):
-        yield url, browser
+site = site_fixture(_build)
 
 
 def _audit(page, where: str) -> list[str]:

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 from browser_support import (DESKTOP, PHONE, labelers, labels_of, needs_chromium, new_page, press,
-                             project, sign_in, start)
-from browser_support import site as serve_site
+                             project, sign_in, site_fixture, start)
 from sqlalchemy import delete, select
 
 from coachlm.feedback.tables import Assignment, LabelRevision, Labeler, WebSession
@@ -41,10 +40,7 @@ def _build(s) -> None:
     labelers(s, *NAMES)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    with serve_site(str(tmp_path_factory.mktemp("flow") / "feedback.db"), _build) as found:
-        yield found
+site = site_fixture(_build)
 
 
 def _in_view(page, selector: str) -> bool:

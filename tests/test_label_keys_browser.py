@@ -8,10 +8,8 @@ labeler never chose was recorded. Every test uses its own labeler, so they share
 
 from __future__ import annotations
 
-import pytest
-from browser_support import (labelers, labels_of, needs_chromium, new_page, press, project, start,
-                             statuses_of)
-from browser_support import site as serve_site
+from browser_support import (labelers, labels_of, needs_chromium, new_page, press, project,
+                             site_fixture, start, statuses_of)
 
 pytestmark = needs_chromium
 LABELERS = ("skipper", "linker", "arrows", "strength", "keys", "tie")
@@ -23,10 +21,7 @@ def _build(s) -> None:
     labelers(s, *LABELERS)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    with serve_site(str(tmp_path_factory.mktemp("keys") / "feedback.db"), _build) as found:
-        yield found
+site = site_fixture(_build)
 
 
 def _start(site, name: str):
