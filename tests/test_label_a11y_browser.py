@@ -1,7 +1,8 @@
 """Guard: every page of the labeling app, at a 390 px phone width, has zero unlabeled controls,
 no two controls with the same accessible name, one h1, text contrast of 4.5:1 and control borders
 of 3:1 (WCAG 2.1, 1.4.3 and 1.4.11), and no horizontal overflow (issue 14, item 7). The pages are reached as a labeler (queue, each task kind, guidelines, an error page)
-and as an admin (projects, a project, items, labelers, quality, ratings, dashboard, review pages)."""
+and as an admin (projects, a project, items, labelers, quality, ratings, dashboard, review
+pages)."""
 
 from __future__ import annotations
 

@@ -62,7 +62,8 @@ def test_items_page_toggles_gold_per_row(app):
     root, csrf = login(app, "root", "root-password")
     page = root.get("/admin/p/1/items").text
     assert 'aria-label="Mark task 2 as gold"' in page and 'aria-label="Mark task 1 as gold"' in page
-    r = root.post("/admin/p/1/items/2/gold", data={"csrf": csrf, "mark": "true", "kind": "comparison"})
+    r = root.post("/admin/p/1/items/2/gold",
+                  data={"csrf": csrf, "mark": "true", "kind": "comparison"})
     assert r.status_code == 200 and "gold-2" in str(r.url) and "kind=comparison" in str(r.url)
     assert 'aria-label="Unmark task 2 as gold"' in r.text
     with app.state.store.read() as s:
@@ -75,7 +76,10 @@ def test_items_page_toggles_gold_per_row(app):
     assert 'aria-label="Mark task 2 as gold"' in r.text
     with app.state.store.read() as s:
         assert s.get(Task, 2).gold is None
-    shown = lambda q: re.findall(r'id="task-(\d+)"', root.get(f"/admin/p/1/items?{q}").text)  # noqa: E731
+
+    def shown(query: str) -> list[str]:
+        return re.findall(r'id="task-(\d+)"', root.get(f"/admin/p/1/items?{query}").text)
+
     assert shown("gold=yes") == ["1"] and shown("gold=no") == ["2"] and shown("") == ["1", "2"]
     assert root.post("/admin/p/1/items/2/gold", data={"mark": "true"}).status_code == 403  # CSRF
     rev, rcsrf = login(app, "rev", "rev-password")
