@@ -10,9 +10,9 @@ stored answer again under a new client id (a second tab, a lost response) is 200
 and `"already_saved": true`; another answer to an answered item is a 409 that points to
 `POST /api/assignments/ID/revise`, which replaces one's own answer until it is reviewed (the
 replaced answer is kept for audit; 200 with `"revised": false` when nothing changed, 409 once
-reviewed or when the item has no answer yet). Every body is
-checked for text that cannot be stored (lone surrogates, NUL) before anything else; project
-names may contain "/" (the routes take the rest of the path).
+reviewed or when the item has no answer yet). Every body is checked for text that cannot be
+stored (lone surrogates, NUL) before anything else; project names may contain "/" (the routes
+take the rest of the path).
 """
 
 from __future__ import annotations
