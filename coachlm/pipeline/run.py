@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from coachlm import config as cfglib
-from coachlm.pipeline.cache import console, run_stage
+from coachlm.pipeline.cache import console, path_digests, run_stage
 from coachlm.pipeline.kinds import KINDS, build_config
 from coachlm.pipeline.spec import Pipeline, StageSpec
 
@@ -49,7 +49,8 @@ def run_pipeline(pipe: Pipeline, out: Path, from_stage: str | None = None) -> di
         run = KINDS[spec.kind].run
         records[spec.name] = run_stage(out, spec.name, cfglib.to_dict(keyed), inputs,
                                        lambda d, cfg=cfg, up=up: run(cfg, d, up),
-                                       force=spec.name in force, manifest=manifest)
+                                       force=spec.name in force, manifest=manifest,
+                                       files=path_digests(keyed))
     _write_run(pipe, out, records)
     return records
 
