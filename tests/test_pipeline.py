@@ -57,8 +57,8 @@ def test_bad_pipeline_file_exits_2_without_traceback(tmp_path):
 def test_shipped_quickstart_pipeline_loads_and_orders_stages():
     pipe = load_pipeline(quickstart_path())
     assert [s.name for s in pipe.stages] == ["world", "pretrain", "sft", "sample", "feedback",
-                                             "rm", "ppo", "eval"]
-    assert pipe.downstream("rm") == {"rm", "ppo", "eval"}
+                                             "rm", "ppo", "eval", "report"]
+    assert pipe.downstream("rm") == {"rm", "ppo", "eval", "report"}
 
 
 def test_key_is_the_whole_config_and_from_reruns_downstream(tmp_path):

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 from coachlm import config as cfglib
 from coachlm.eval.compare import CompareConfig
 from coachlm.eval.leaderboard import LeaderboardConfig
+from coachlm.eval.run_data import ReportConfig
 from coachlm.pipeline.label import LabelConfig
 from coachlm.pipeline.spec import Pipeline, PipelineError, StageSpec, hint
 from coachlm.rollout.samples import SampleConfig
@@ -122,6 +123,17 @@ def _leaderboard(cfg: LeaderboardConfig, d: Path, up: Upstream) -> dict[str, Any
     return {"report": str(d / "leaderboard.json"), **result}
 
 
+def _report(cfg: ReportConfig, d: Path, up: Upstream) -> dict[str, Any]:
+    """The run's report as a stage (a pipeline ends with it): every stage finished so far,
+    read from the run directory this stage is in."""
+    from dataclasses import replace
+
+    from coachlm.eval.report import write_report
+
+    run_dir = cfg.run_dir if cfg.run_dir is not None else d.parent
+    return {"report": str(write_report(replace(cfg, run_dir=run_dir)))}
+
+
 KINDS: dict[str, Kind] = {
     "world": Kind(WorldConfig, ("corpus", "sft", "prompts_train", "prompts_heldout", "prompts_dev",
                                 "prompts_test", "world"), _world, out=None),
@@ -136,6 +148,7 @@ KINDS: dict[str, Kind] = {
                   defaults={"ppo": {"algo": algo}}) for algo in RL_KINDS},
     "eval": Kind(CompareConfig, ("report",), _eval, resolve=_eval_resolve),
     "leaderboard": Kind(LeaderboardConfig, ("report",), _leaderboard),
+    "report": Kind(ReportConfig, ("report",), _report, out="report.html"),
 }
 
 
