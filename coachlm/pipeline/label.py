@@ -112,7 +112,9 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     from coachlm.feedback.db import open_store
     from coachlm.labelers import group_samples
 
-    groups = group_samples(list(read_records(cfg.samples, kinds=["sample"])), min_size=2)
+    # an empty samples file: nothing to label (two versions that answered every prompt alike)
+    samples = list(read_records(cfg.samples, kinds=["sample"])) if cfg.samples.stat().st_size else []
+    groups = group_samples(samples, min_size=2)
     if cfg.store is None:
         records = SimulatedLabelers(cfg.simulated).label(groups)
         metrics: dict[str, Any] = {}
