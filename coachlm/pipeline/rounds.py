@@ -159,7 +159,8 @@ def run_loop(pipe: Pipeline, out: Path, rounds: int, store: str | None = None,
                           "kl": ev.get("kl"), "if_rate": {m: x["if_rate"]
                                                           for m, x in ev["models"].items()},
                           "labels": label.get("records"), "by_source": label.get("by_source"),
-                          "project": label.get("project")})
+                          "project": label.get("project"),
+                          "deadline_passed": bool(label.get("deadline_passed"))})
         if cfg.version_prompts:
             versus = records[f"r{r}/versions_label"]["metrics"]
             per_round[-1]["versions"] = {"players": records[f"r{r}/versions"]["metrics"]["players"],
@@ -187,7 +188,8 @@ def print_loop(summary: dict[str, Any]) -> None:
         (key, w), = list(r["wins"].items())[:1]
         sampled = fmt(r["sampled"]["wins"][key]) if r.get("sampled") else "-"
         kl = f"{r['kl']['kl']:.2f}" if r.get("kl") else "-"
-        table.add_row(str(r["round"]), fmt(w), sampled, kl, json.dumps(r["by_source"]))
+        short = " (deadline: quota not met)" if r.get("deadline_passed") else ""
+        table.add_row(str(r["round"]), fmt(w), sampled, kl, json.dumps(r["by_source"]) + short)
     console = Console()
     console.print(table)
     for judge, rows in summary["leaderboard"]["boards"].items():
