@@ -99,14 +99,16 @@ def check_version_matches(out: Path, summary: dict, labels: list[tuple]) -> None
         versus = summary["rounds"][r - 1]["versions"]
         assert versus["players"] == [new, old] and versus["project"] == f"round-{r}-versions"
         stored = [x for x in labels if x[0] == f"round-{r}-versions"]
-        assert len(stored) == versus["labels"] > 0 and {x[4] for x in stored} == {"simulated"}
-        recs = list(read_records(out / f"r{r}" / "versions_label" / "comparisons.jsonl"))
+        assert len(stored) == versus["labels"] and {x[4] for x in stored} <= {"simulated"}
+        path = out / f"r{r}" / "versions_label" / "comparisons.jsonl"
+        recs = list(read_records(path)) if path.stat().st_size else []  # all alike: none
         assert len(recs) == len(stored) and {(c.a.model, c.b.model) for c in recs} <= {
             (new, old), (old, new)}
     boards = summary["leaderboard"]["boards"]
     matches = summary["leaderboard"]["matches"]
-    assert matches["feedback"] == sum(r["versions"]["labels"] for r in summary["rounds"])
-    assert {row["name"] for row in boards["feedback"]} == {"sft", "r1/ppo", "r2/ppo"}
+    assert matches["feedback"] == sum(r["versions"]["labels"] for r in summary["rounds"]) > 0
+    assert boards["feedback"] and {row["name"] for row in boards["feedback"]} <= {
+        "sft", "r1/ppo", "r2/ppo"}
     assert matches["ai_judge"] > 0 and {row["name"] for row in boards["ai_judge"]} == {
         "sft", "r1/ppo", "r2/ppo"}
 

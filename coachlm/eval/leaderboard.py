@@ -127,11 +127,11 @@ def version_matches(records: Iterable[Record]) -> list[Match]:
 
 
 def versus_samples(players: Mapping[str, list[Sample]], a: str, b: str,
-                   limit: int | None = None) -> list[Sample]:
+                   limit: int | None = None, same: bool = False) -> list[Sample]:
     """Players a's and b's responses to the prompts both answered (first `limit` of them), two
     samples per prompt, each response's model renamed to its player: what a judge or a
     labeler compares, and how `matches_from_records` tells the versions apart afterwards.
-    Prompts where both gave the same text are left out (nothing to compare)."""
+    Prompts where both gave the same text are left out (nothing to compare) unless `same`."""
     def named(s: Sample, player: str) -> Sample:
         return replace(s, response=Response(s.response.text, model=player,
                                             model_version=s.response.model_version))
@@ -140,7 +140,7 @@ def versus_samples(players: Mapping[str, list[Sample]], a: str, b: str,
     out: list[Sample] = []
     for s in players[a]:
         other = theirs.get(str(s.meta.get("prompt_id")))
-        if other is not None and other.response.text != s.response.text:
+        if other is not None and (same or other.response.text != s.response.text):
             out += [named(s, a), named(other, b)]
     return out[: 2 * limit] if limit is not None else out
 
@@ -156,11 +156,15 @@ def ai_judge_matches(players: Mapping[str, list[Sample]], cfg: LeaderboardConfig
 
     constitution = load_constitution(cfg.constitution).select(cfg.principles)
     labeler = AILabeler(LocalModel(cfg.ai_judge), constitution.principles, cfg.ai)
-    samples = [x for a, b in combinations(sorted(players), 2)
-               for x in versus_samples(players, a, b, cfg.ai_judge_prompts)]
-    groups = [g for s in range(0, len(samples), 2)
-              for g in group_samples(samples[s:s + 2], min_size=2)]
-    return version_matches(labeler.label(groups))
+    ties, groups = [], []
+    for a, b in combinations(sorted(players), 2):
+        pairs = versus_samples(players, a, b, cfg.ai_judge_prompts, same=True)
+        for x, y in zip(pairs[::2], pairs[1::2]):
+            if x.response.text == y.response.text:  # the same answer: a tie, as for the rubric
+                ties.append(Match(a, b, 0.5))
+            else:
+                groups += group_samples([x, y], min_size=2)
+    return ties + version_matches(labeler.label(groups))
 
 
 def elo_intervals(matches: Sequence[Match], rounds: int, seed: int = 0,
