@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 from coachlm import config as cfglib
 from coachlm.eval.compare import CompareConfig
 from coachlm.eval.leaderboard import LeaderboardConfig
+from coachlm.pipeline.cai_kinds import cai_kinds
 from coachlm.pipeline.label import LabelConfig
 from coachlm.pipeline.spec import Pipeline, PipelineError, StageSpec, hint
 from coachlm.rollout.samples import SampleConfig
@@ -137,6 +138,7 @@ KINDS: dict[str, Kind] = {
     "eval": Kind(CompareConfig, ("report",), _eval, resolve=_eval_resolve),
     "leaderboard": Kind(LeaderboardConfig, ("report",), _leaderboard),
 }
+KINDS.update(cai_kinds(Kind))  # RLAIF: cai_data, cai_revise, ai_label (`pipeline.cai_kinds`)
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
