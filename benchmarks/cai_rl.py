@@ -49,6 +49,9 @@ def _simulated(out: Path, red: dict, helpful: dict) -> dict:
     from coachlm.labelers import SimulatedConfig, SimulatedLabelers, group_samples
 
     def run(d: Path) -> dict:
+        from coachlm.world.calibrate import LabelerConfig, noise_for_agreement
+
+        noise_for_agreement(LabelerConfig())  # the pool's one-time calibration: not per label
         lab, res, counts, t0 = SimulatedLabelers(SimulatedConfig(kind="comparisons")), {}, {}, 0.0
         for name, rec in (("redteam", red), ("helpful", helpful)):
             groups = group_samples(list(read_records(rec["result"]["samples"])), min_size=2)
