@@ -110,12 +110,12 @@ def rl_arms(cfg: Any, out: Path, world: dict, base: str, sl_cai: dict) -> dict[s
     c = data["result"]
     red = _samples(cfg, out, "sample_redteam", sl_cai, c["prompts_redteam"], data["key"])
     helpful = _samples(cfg, out, "sample_helpful", sl_cai, c["prompts_helpful"], data["key"])
+    sim = _simulated(out, red, helpful)
     ai = _stage(out, "ai_labels", {"ai": cfg.ai}, {"feedback": feedback["key"], "red": red["key"]},
                 lambda d: (lambda s: {"data": s.pop("out"), "metrics": s})(run_ai_label(
                     AILabelConfig(samples=Path(red["result"]["samples"]),
                                   out=d / "comparisons.jsonl",
                                   model=Path(feedback["result"]["model"]), ai=cfg.ai))))
-    sim = _simulated(out, red, helpful)
     s = sim["result"]
     norm = helpful["result"]["samples"]
     rlaif = _rm_ppo(cfg, out, "rlaif", sl_cai, [ai["result"]["data"], s["helpful"]], cfg.ai_share,
