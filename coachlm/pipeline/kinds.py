@@ -16,6 +16,7 @@ from coachlm import config as cfglib
 from coachlm.eval.compare import CompareConfig
 from coachlm.eval.leaderboard import LeaderboardConfig, VersionsConfig
 from coachlm.eval.run_data import ReportConfig
+from coachlm.pipeline.cai_kinds import cai_kinds
 from coachlm.pipeline.label import LabelConfig
 from coachlm.pipeline.spec import Pipeline, PipelineError, StageSpec, hint
 from coachlm.rollout.samples import SampleConfig
@@ -160,6 +161,7 @@ KINDS: dict[str, Kind] = {
     "versions": Kind(VersionsConfig, ("samples",), _versions, out="samples.jsonl"),
     "report": Kind(ReportConfig, ("report",), _report, out="report.html"),
 }
+KINDS.update(cai_kinds(Kind))  # RLAIF: cai_data, cai_revise, ai_label (`pipeline.cai_kinds`)
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
