@@ -1,10 +1,12 @@
-"""Peak resident memory of the demo's first stages in one process (world -> pretrain -> SFT),
-next to the model's own bytes (parameters, gradients, AdamW's two moments), issue 15.
+"""Peak resident memory of the demo's stages in one process, next to the model's own bytes
+(parameters, gradients, AdamW's two moments), issue 15: world -> pretrain -> SFT, or with
+`--demo` the whole `coachlm demo` pipeline (world ... PPO -> eval), each stage monitored.
 
 A thread samples this process's RSS every 20 ms; each stage reports the RSS it started and ended
 with and the peak in between. Run it with the stage settings of interest, e.g. the demo's:
 
     python benchmarks/memory_stages.py --pretrain-steps 20 --sft-steps 20
+    python benchmarks/memory_stages.py --demo pretrain.train.max_steps=40 ppo.ppo.steps=4
     MALLOC_ARENA_MAX=2 python benchmarks/memory_stages.py ...   # glibc arenas capped
     python benchmarks/memory_stages.py --mmap-threshold 1048576   # see coachlm.memory
 """
@@ -15,6 +17,7 @@ import argparse
 import ctypes
 import json
 import os
+import resource
 import sys
 import tempfile
 import threading
@@ -53,12 +56,47 @@ class RSSMonitor:
 
 
 def model_bytes(path: Path) -> dict[str, float]:
-    """Parameters, gradients and AdamW moments of the model at `path`, fp32, in MB."""
-    from coachlm.models.load import load_model
+    """Parameters, gradients and AdamW moments of the model saved at `path` (a policy or a
+    reward model: the tensors of its safetensors files), fp32, in MB."""
+    from safetensors import safe_open
 
-    n = sum(p.numel() for p in load_model(path).parameters())
+    n = 0
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            n += sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
     return {"parameters": n, "params_mb": round(4 * n / MB, 1),
             "params_grads_adam_mb": round(16 * n / MB, 1)}
+
+
+def run_demo_stages(mon: RSSMonitor, overrides: list[str]) -> dict:
+    """`coachlm demo` (the quickstart pipeline) with `overrides`, each stage under `mon.stage`."""
+    import coachlm.pipeline.run as pipeline_run
+    from coachlm.demo import run_demo
+
+    plain = pipeline_run.run_stage
+
+    def monitored(root, name, *args, **kwargs):
+        with mon.stage(name):
+            return plain(root, name, *args, **kwargs)
+
+    pipeline_run.run_stage = monitored
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = run_demo(Path(tmp), overrides)
+        models = {name: model_bytes(Path(tmp) / name / "final")
+                  for name in ("pretrain", "sft", "rm", "ppo") if (Path(tmp) / name / "final").is_dir()}
+    return {"models": models, "stage_seconds": summary["stage_seconds"]}
+
+
+def _numel(shape: list[int]) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def peak_rss_mb() -> int:
+    """This process's peak RSS so far (the kernel's high-water mark, not a sample)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def main(argv: list[str]) -> dict:
@@ -70,12 +108,22 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--trim", action="store_true", help="malloc_trim(0) between stages")
     p.add_argument("--mmap-threshold", type=int, default=0,
                    help="coachlm.memory.fix_mmap_threshold(BYTES) first (0: glibc's default)")
+    p.add_argument("--demo", nargs="*", default=None, metavar="OVERRIDE",
+                   help="profile the whole demo pipeline instead (dotted overrides, as `coachlm demo`)")
     args = p.parse_args(argv)
     os.environ.setdefault("COACHLM_NO_PROGRESS", "1")
     if args.mmap_threshold:
         from coachlm.memory import fix_mmap_threshold
         fix_mmap_threshold(args.mmap_threshold)
     mon = RSSMonitor()
+    if args.demo is not None:
+        with mon.stage("import"):
+            import coachlm.demo  # noqa: F401  (the pipeline and its stage kinds)
+        out = run_demo_stages(mon, args.demo)
+        return {"setup": {"demo_overrides": args.demo, "mmap_threshold": args.mmap_threshold},
+                **out, "stages": mon.stages,
+                "process_end_mb": round(psutil.Process().memory_info().rss / MB),
+                "process_peak_mb": peak_rss_mb()}
     with mon.stage("import"):
         from coachlm.engine.config import TrainConfig
         from coachlm.trainers.pretrain import PretrainConfig, run_pretrain
@@ -102,7 +150,8 @@ def main(argv: list[str]) -> dict:
         sizes = model_bytes(base)
     return {"setup": {**vars(args), "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX")},
             "model": sizes, "stages": mon.stages,
-            "process_peak_mb": round(psutil.Process().memory_info().rss / MB)}
+            "process_end_mb": round(psutil.Process().memory_info().rss / MB),
+                "process_peak_mb": peak_rss_mb()}
 
 
 if __name__ == "__main__":

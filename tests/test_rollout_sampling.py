@@ -134,9 +134,10 @@ def test_pad_is_never_sampled_and_logprobs_use_the_temperature():
         cfg = SamplingConfig(temperature=temperature)
         for _ in range(20):
             u = torch.rand(1, generator=g, dtype=torch.float64)
-            tok, lp = sampling._sample_next(logits, cfg, pad_id=0, u=u)
+            tok, lp = sampling._sample_next(logits.clone(), cfg, torch.tensor([0]), u=u)
             assert tok.item() != 0
-    tok, lp = sampling._sample_next(logits, SamplingConfig(temperature=0.0), pad_id=0, u=None)
+    tok, lp = sampling._sample_next(logits.clone(), SamplingConfig(temperature=0.0),
+                                    torch.tensor([0]), u=None)
     assert tok.item() == 2  # greedy over the non-pad tokens
     # the logprob of the distribution sampled from: the pad token has no mass in it
     assert lp.item() == pytest.approx(math.log(3.0) - math.log(1 + 3), abs=1e-5)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from coachlm.errors import CoachError
-from coachlm.models.logprobs import (accepts_logits_to_keep, ban, cache_arguments,
+from coachlm.models.logprobs import (accepts_logits_to_keep, cache_arguments,
                                      position_ids_from_mask, returned_cache)
 from coachlm.models.modes import eval_mode
 
@@ -113,25 +113,27 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
     cdf = probs.double().cumsum(dim=-1)  # (B, V)
     if u is None:
         u = torch.rand(probs.shape[0], dtype=torch.float64, device=probs.device)
-    u = u.unsqueeze(-1) * cdf[:, -1:]  # (B, 1)
-    # right=True: the first index whose cdf exceeds u, never a zero-probability token.
-    tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
-    # u can round up to the total mass; fall back to the likeliest token in that rare case.
-    zero = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) == 0  # (B,)
-    return torch.where(zero, probs.argmax(dim=-1), tokens) if bool(zero.any()) else tokens
+    total = cdf[:, -1:]  # (B, 1)
+    # u * total can round up to the total mass, past every token; cap it just below, so the
+    # draw is always a token of positive probability (right=True: the first index whose cdf
+    # exceeds u; a zero-probability token repeats its predecessor's cdf, so it never is).
+    # One operator instead of a check and a host sync per token (issue 15).
+    u = torch.minimum(u.unsqueeze(-1) * total, total.nextafter(total.new_zeros(())))  # (B, 1)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
 
 
-def _sample_next(logits: torch.Tensor, cfg: SamplingConfig, pad_id: int | None,
+def _sample_next(logits: torch.Tensor, cfg: SamplingConfig, banned: torch.Tensor | None,
                  u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next tokens (B,) and their logprobs (B,) from last-position logits (B, V) in fp32."""
-    temperature = cfg.temperature if cfg.temperature > 0 else 1.0
-    masked = ban(logits, pad_id)  # (B, V): the pad token is never sampled, nor scored
-    logprobs = (masked / temperature).log_softmax(dim=-1)  # (B, V)
+    """Next tokens (B,) and their logprobs (B,) from last-position logits (B, V) in fp32,
+    never drawing (nor scoring) the `banned` token ids (the pad token). Overwrites `logits`."""
+    if banned is not None:
+        logits.index_fill_(-1, banned, float("-inf"))  # (B, V), in place: one operator
+    scaled = logits / cfg.temperature if cfg.temperature not in (0.0, 1.0) else logits
+    logprobs = scaled.log_softmax(dim=-1)  # (B, V)
     if cfg.temperature == 0:
-        tokens = masked.argmax(dim=-1)  # (B,)
+        tokens = logits.argmax(dim=-1)  # (B,)
     else:
-        probs = _filter(masked / cfg.temperature, cfg.top_k, cfg.top_p).softmax(dim=-1)
-        tokens = _inverse_cdf(probs, u)  # (B,)
+        tokens = _inverse_cdf(_filter(scaled, cfg.top_k, cfg.top_p).softmax(dim=-1), u)  # (B,)
     return tokens, logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
@@ -204,43 +206,58 @@ def _generate_batch(model: Any, prompts: Sequence[Sequence[int]], cfg: SamplingC
     input_ids = input_ids.to(device)  # attention_mask: (A, P + N), filled in as tokens come
     position_ids = position_ids_from_mask(attention_mask[:, :P])  # (B, P)
     logits, cache = _prefill(model, input_ids, attention_mask[:, :P], position_ids, P + steps)
-    tokens = torch.full((B, steps), pad_id, dtype=torch.long, device=device)  # (B, N)
-    logprobs = torch.zeros(B, steps, dtype=torch.float32, device=device)  # (B, N)
-    lengths = torch.full((B,), steps, dtype=torch.long, device=device)  # (B,)
-    done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
+    # Per decode step (rows still running, their tokens, their logprobs), each (A,): written
+    # into the (B, N) results once at the end, not with a scatter per step (issue 15).
+    history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     active = torch.arange(B, device=device)  # (A,) batch rows still generating
     next_pos = position_ids[:, -1:] + 1  # (A, 1)
+    banned = torch.tensor([pad_id], device=device)  # the pad token is never sampled
     if uniforms is not None:
-        uniforms = uniforms.to(device)  # (B, N)
+        uniforms = uniforms.to(device)  # (A, N): rows leave with their batch rows
     for t in range(steps):
-        u = None if uniforms is None else uniforms[active, t]  # (A,)
-        tok, lp = _sample_next(logits.float(), cfg, pad_id, u)  # (A,), (A,)
-        tokens[active, t], logprobs[active, t] = tok, lp
-        stopped = torch.isin(tok, stops)  # (A,)
-        lengths[active[stopped]] = t + 1
-        done[active[stopped]] = True
-        if bool(stopped.all()) or t == steps - 1:
+        u = None if uniforms is None else uniforms[:, t]  # (A,)
+        tok, lp = _sample_next(logits.float(), cfg, banned, u)  # (A,), (A,)
+        history.append((active, tok, lp))
+        if t == steps - 1:
             break
-        if bool(stopped.any()):
+        stopped = torch.isin(tok, stops)  # (A,)
+        if bool(stopped.any()):  # the loop's one host sync per token
+            if bool(stopped.all()):
+                break
             # Drop finished rows from the batch and the KV cache: later steps cost only the
-            # rows still generating. (Finished rows are already padded in `tokens`.)
+            # rows still generating.
             rows = (~stopped).nonzero().squeeze(-1)  # (A',)
             cache.reorder_cache(rows)
             active, tok = active[rows], tok[rows]
             attention_mask, next_pos = attention_mask[rows], next_pos[rows]
+            uniforms = None if uniforms is None else uniforms[rows]
         attention_mask[:, P + t] = 1
         out = model(input_ids=tok.unsqueeze(-1), attention_mask=attention_mask[:, :P + t + 1],
                     position_ids=next_pos, use_cache=True,
                     **cache_arguments(model, cache, P + t, 1, device))
         logits, cache = out.logits[:, -1], returned_cache(out)  # (A, V)
         next_pos = next_pos + 1
-    n = lengths.tolist()
-    return Generation(
-        prompt_index=list(range(B)),
-        response_ids=[row[:k] for row, k in zip(tokens.tolist(), n)],
-        finished=done.tolist(),
-        logprobs=[row[:k] for row, k in zip(logprobs.tolist(), n)],
-    )
+    return _assemble(history, B, steps, pad_id, stops)
+
+
+def _assemble(history: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], B: int,
+              steps: int, pad_id: int, stops: torch.Tensor) -> Generation:
+    """A batch's responses from its decode steps' (rows, tokens, logprobs): a row's length is
+    the number of steps it ran, and it finished if its last token is a stop token (a row
+    leaves the batch right after its first stop token, or runs to `steps`)."""
+    rows = torch.cat([h[0] for h in history])  # (S,) one entry per generated token
+    sizes = torch.tensor([len(h[0]) for h in history], device=rows.device)  # (T,)
+    cols = torch.arange(len(history), device=rows.device).repeat_interleave(sizes)  # (S,)
+    tokens = torch.full((B, steps), pad_id, dtype=torch.long, device=rows.device)  # (B, N)
+    logprobs = torch.zeros(B, steps, dtype=torch.float32, device=rows.device)  # (B, N)
+    tokens[rows, cols] = torch.cat([h[1] for h in history])
+    logprobs[rows, cols] = torch.cat([h[2] for h in history]).float()
+    n = torch.bincount(rows, minlength=B).tolist()
+    stop_set = set(stops.tolist())
+    ids = [row[:k] for row, k in zip(tokens.tolist(), n)]
+    return Generation(prompt_index=list(range(B)), response_ids=ids,
+                      finished=[row[-1] in stop_set for row in ids],
+                      logprobs=[row[:k] for row, k in zip(logprobs.tolist(), n)])
 
 
 def _check_prompts(model: Any, prompt_ids: Sequence[Sequence[int]], cfg: SamplingConfig) -> None:
@@ -304,7 +321,7 @@ def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], cf
     with eval_mode(model), torch.inference_mode(), autocast:
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            uniforms = None if cfg.seed is None else \
+            uniforms = None if cfg.seed is None or cfg.temperature == 0 else \
                 row_uniforms(cfg.seed, [row_offset + r for r in idx], cfg.max_new_tokens)
             batch = _generate_batch(model, [prompt_ids[rows[r]] for r in idx], cfg, stops,
                                     tokenizer.pad_token_id, uniforms)

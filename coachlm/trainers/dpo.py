@@ -45,6 +45,7 @@ from coachlm.errors import CoachError, DataError
 from coachlm.losses import dpo as dpo_loss
 from coachlm.losses import ipo as ipo_loss
 from coachlm.models.load import load_model, load_tokenizer
+from coachlm.memory import release_free_memory
 from coachlm.models.lora import LoRAConfig, adapter_disabled, apply_lora
 from coachlm.runlog import warn
 from coachlm.trainers.dpo_logps import cached_reference, choose_layout, head_matches, sequence_logps
@@ -280,5 +281,7 @@ def dpo(cfg: DPOConfig, resume: bool = False) -> tuple[TrainResult, Path]:
 
 def run_dpo(cfg: DPOConfig, resume: bool = False) -> Path:
     """Train per `cfg`; returns the final model directory (`cfg.out / "final"`)."""
-    return dpo(cfg, resume)[1]
+    final = dpo(cfg, resume)[1]
+    release_free_memory()  # the stage's freed buffers leave with it (coachlm.memory)
+    return final
 

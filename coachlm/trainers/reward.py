@@ -48,6 +48,7 @@ from coachlm.data.reward_batches import (Group, GroupBatches, RewardBatch, build
 from coachlm.data.schema import Record
 from coachlm.data.split import held_out
 from coachlm.errors import CoachError, DataError
+from coachlm.memory import release_free_memory
 from coachlm.losses import bradley_terry, bradley_terry_soft, bradley_terry_tie, ranking
 from coachlm.models.load import load_tokenizer
 from coachlm.models.lora import LoRAConfig
@@ -324,17 +325,20 @@ def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     ref, provenance = reference_groups(cfg, tok, train_g)
     if cfg.normalize_max is not None:
         ref = sample_groups(ref, cfg.normalize_max, tcfg.seed)
-    stats = fit_reference(model, ref, tok.pad_token_id, layout, tcfg.batch_size, engine.bf16)
     final = cfg.out / "final"
-    if engine.is_main:
-        save_reward_model(model, tok, final, {**provenance, **stats})
+    with engine.full_params():  # FSDP / ZeRO-3: the whole weights, on every process
+        stats = fit_reference(model, ref, tok.pad_token_id, layout, tcfg.batch_size, engine.bf16)
+        if engine.is_main:
+            save_reward_model(model, tok, final, {**provenance, **stats})
     engine.barrier()
     return result, final
 
 
 def run_rm(cfg: RMConfig, resume: bool = False) -> Path:
     """Train a reward model per `cfg`; returns the final model directory (`cfg.out / "final"`)."""
-    return rm(cfg, resume)[1]
+    final = rm(cfg, resume)[1]
+    release_free_memory()  # the stage's freed buffers leave with it (coachlm.memory)
+    return final
 
 
 @dataclass(frozen=True)
