@@ -323,6 +323,24 @@ def test_last_admin_cannot_be_demoted_or_deactivated(tmp_path):
     st.close()
 
 
+def test_gold_rating_follows_the_projects_scale_and_flags(tmp_path):
+    """A gold rating is checked against the project's scale and flags (it was checked against
+    1..7 and any flag whatever the project said)."""
+    st = db.open_store(str(tmp_path / "f.db"))
+    with st.write() as s:
+        p = items.create_project(s, "ten", rating_scale=10, flags=["rude"])
+        importer.import_records(s, p, _samples(1))
+        items.create_tasks(s, p, items.TaskSpec("rating"))
+        task = s.scalar(select(Task))
+        items.set_gold(s, task, {"score": 9, "flags": ["rude"]})
+        assert task.gold["score"] == 9 and task.gold["scale"] == 10
+        with pytest.raises(db.StoreError, match="flags must be among"):
+            items.set_gold(s, task, {"score": 9, "flags": ["unsafe"]})
+        with pytest.raises(db.StoreError):
+            items.set_gold(s, task, {"score": 11})
+    st.close()
+
+
 def test_set_gold_and_project_stats(tmp_path):
     st = db.open_store(str(tmp_path / "f.db"))
     _setup(st, n_prompts=1, n_labelers=1, n_labels=1, kind="ranking")

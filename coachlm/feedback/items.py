@@ -227,8 +227,14 @@ def create_tasks(s: Session, project: Project, spec: TaskSpec) -> int:
 
 
 def set_gold(s: Session, task: Task, answer: dict[str, Any] | None) -> None:
-    """Mark `task` as a gold item with a known answer (canonical form), or unmark it (None)."""
-    task.gold = check_answer(task.kind, answer, len(task.response_ids)) if answer else None
+    """Mark `task` as a gold item with a known answer (canonical form), or unmark it (None).
+    A rating is checked against its project's own scale and flags, as labels are."""
+    if not answer:
+        task.gold = None
+        return
+    project = s.get(Project, task.project_id)
+    task.gold = check_answer(task.kind, answer, len(task.response_ids), project.rating_scale,
+                             project.flags)
 
 
 def labeler_for_record(s: Session, record: schema.Record) -> Labeler:
