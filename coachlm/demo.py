@@ -12,15 +12,15 @@ held-out prompts and on the test half), and the KL of the PPO policy to the SFT 
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
 from coachlm.pipeline import console, load_pipeline, run_pipeline
+from coachlm.pipeline.spec import shipped_pipelines
 
 
 def quickstart_path() -> Path:
-    return Path(str(resources.files("coachlm") / "pipelines" / "quickstart.yaml"))
+    return shipped_pipelines()["quickstart"]
 
 
 def summarize(records: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -61,6 +61,17 @@ def test_shipped_quickstart_pipeline_loads_and_orders_stages():
     assert pipe.downstream("rm") == {"rm", "ppo", "eval", "report"}
 
 
+def test_shipped_pipelines_are_reached_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a file of that name in the working directory would win
+    for name in ("quickstart", "loop", "rlaif", "rlaif.yaml"):
+        assert load_pipeline(name).path.name == name.removesuffix(".yaml") + ".yaml"
+    (tmp_path / "rlaif.yaml").write_text("stages:\n" + WORLD)
+    assert [s.name for s in load_pipeline("rlaif.yaml").stages] == ["world"]
+    with pytest.raises(PipelineError, match="shipped pipelines: loop, quickstart, rlaif"):
+        load_pipeline("quikstart")
+    assert_user_error(coachlm("run", "quikstart"), "pipeline file quikstart does not exist")
+
+
 def test_key_is_the_whole_config_and_from_reruns_downstream(tmp_path):
     path = write(tmp_path, WORLD + "  again:\n    kind: world\n    config: {sft_demos: 4, "
                  "train_prompts: 4, heldout_per_family: 2, corpus_chars: 1000}\n")

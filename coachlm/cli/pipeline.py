@@ -45,7 +45,7 @@ def compare(model: Optional[list[str]] = typer.Option(None, "--model", "-m", hel
     print_comparison(run_compare(cfg))
 
 
-def run(pipeline: Path = typer.Argument(..., help="Pipeline file (YAML: stages with kind, config, inputs)."),
+def run(pipeline: Path = typer.Argument(..., help="Pipeline file (YAML: stages with kind, config, inputs), or a shipped pipeline's name: quickstart, loop, rlaif."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<file name>)."),
         from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run this stage and everything downstream."),
         overrides: Optional[list[str]] = OverridesArg) -> None:
@@ -69,7 +69,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Direct
     run_demo(out, overrides or (), from_stage=from_stage)
 
 
-def loop(pipeline: Path = typer.Argument(..., help="Pipeline file with a `loop:` section (e.g. coachlm/pipelines/loop.yaml)."),
+def loop(pipeline: Path = typer.Argument(..., help="Pipeline file with a `loop:` section, or the shipped `loop`."),
          rounds: int = typer.Option(3, "--rounds", "-n", help="Rounds to run (finished rounds are reused)."),
          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<file name>)."),
          store: Optional[str] = typer.Option(None, help="Feedback store URL or SQLite path (default RUN/feedback.db)."),

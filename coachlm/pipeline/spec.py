@@ -1,6 +1,7 @@
 """A pipeline file: named stages, each with a kind, the typed config its command takes, and
 its inputs (outputs of other stages). `coachlm run FILE` runs it; `coachlm demo` runs the
-shipped `pipelines/quickstart.yaml`.
+shipped `pipelines/quickstart.yaml`. A shipped pipeline can be named instead of a file
+(`coachlm run rlaif`): quickstart, loop, rlaif.
 
 ```yaml
 stages:
@@ -169,11 +170,30 @@ def checked(pipe: Pipeline) -> Pipeline:
     return pipe
 
 
-def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
-    """Read and check a pipeline file (`overrides`: `stage.key=value`, YAML values)."""
+def shipped_pipelines() -> dict[str, Path]:
+    """The pipeline files that ship with the package, by name (`coachlm/pipelines/NAME.yaml`)."""
+    from importlib import resources
+
+    root = Path(str(resources.files("coachlm") / "pipelines"))
+    return {p.stem: p for p in sorted(root.glob("*.yaml"))}
+
+
+def resolve_pipeline(path: str | Path) -> Path:
+    """A pipeline file's path: the file itself, or the shipped pipeline of that name."""
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"pipeline file {path} does not exist")
+    if path.is_file():
+        return path
+    shipped = shipped_pipelines()
+    if path.name == str(path) and path.stem in shipped and path.suffix in ("", ".yaml"):
+        return shipped[path.stem]
+    raise PipelineError(f"pipeline file {path} does not exist (shipped pipelines: "
+                        f"{', '.join(shipped)})")
+
+
+def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
+    """Read and check a pipeline file, or a shipped pipeline named by its name (`overrides`:
+    `stage.key=value`, YAML values)."""
+    path = resolve_pipeline(path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
