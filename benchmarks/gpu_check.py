@@ -39,15 +39,11 @@ def peak_flops() -> float:
     return next((v for k, v in PEAKS.items() if k in name), float("nan")) * 1e12
 
 
-def files(root: Path, n: int) -> dict[str, Path]:
-    """World demonstrations, comparisons (the ideal response against its words shuffled) and
-    prompts, and a ~0.5B random-init Llama with a tokenizer trained on the world corpus."""
-    from coachlm.data.io import write_records
-    from coachlm.data.schema import Comparison, PromptRecord, Response
-    from coachlm.data.io import read_records
-    from coachlm.models.load import save_pretrained
-    from coachlm.models.presets import build_model
-    from coachlm.models.tokenizer import train_tokenizer
+def world_pairs(root: Path, n: int) -> tuple[dict[str, Path], list]:
+    """The built-in world under root/world, its first n demonstrations, and root/prefs.jsonl:
+    each demonstration's ideal response against its words shuffled (a clear preference)."""
+    from coachlm.data.io import read_records, write_records
+    from coachlm.data.schema import Comparison, Response
     from coachlm.world.build import WorldConfig, build_world
 
     paths = build_world(root / "world", WorldConfig())
@@ -60,6 +56,19 @@ def files(root: Path, n: int) -> dict[str, Path]:
         comparisons.append(Comparison(prompt=d.prompt, a=d.response, b=Response(" ".join(words)),
                                       choice="a"))
     write_records(root / "prefs.jsonl", comparisons)
+    return paths, demos
+
+
+def files(root: Path, n: int) -> dict[str, Path]:
+    """World demonstrations, comparisons (the ideal response against its words shuffled) and
+    prompts, and a ~0.5B random-init Llama with a tokenizer trained on the world corpus."""
+    from coachlm.data.io import write_records
+    from coachlm.data.schema import PromptRecord
+    from coachlm.models.load import save_pretrained
+    from coachlm.models.presets import build_model
+    from coachlm.models.tokenizer import train_tokenizer
+
+    paths, demos = world_pairs(root, n)
     write_records(root / "prompts.jsonl", [PromptRecord(prompt=d.prompt) for d in demos])
     docs = paths["corpus"].read_text().split("\n\n")
     tok = train_tokenizer(docs[:20000], vocab_size=8192)

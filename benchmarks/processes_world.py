@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -24,20 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def world(out: Path, n: int) -> dict[str, Path]:
-    from coachlm.data.io import read_records, write_records
-    from coachlm.data.schema import Comparison, Response
-    from coachlm.world.build import WorldConfig, build_world
+    from gpu_check import world_pairs
 
-    paths = build_world(out / "world", WorldConfig())
-    demos = list(read_records(paths["sft"], kinds=["demonstration"]))[:n]
-    rng = random.Random(0)
-    prefs = []
-    for d in demos:
-        words = d.response.text.split()
-        rng.shuffle(words)
-        prefs.append(Comparison(prompt=d.prompt, a=d.response, b=Response(" ".join(words)),
-                                choice="a"))
-    write_records(out / "prefs.jsonl", prefs)
+    paths, _ = world_pairs(out, n)
     return {"corpus": paths["corpus"], "sft": paths["sft"], "prefs": out / "prefs.jsonl",
             "prompts": paths["prompts_train"]}
 
