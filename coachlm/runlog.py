@@ -78,12 +78,13 @@ def progress(disable: bool | None = None) -> Progress:
     """A Rich progress bar with count, rate-bearing text fields, elapsed and remaining time.
 
     Use `task = p.add_task("sft", total=n, rate="")` and `p.update(task, advance=1,
-    rate=f"{tok_s:,.0f} tok/s")`. Disabled when COACHLM_NO_PROGRESS is set.
+    rate=f"{tok_s:,.0f} tok/s")`. Disabled when COACHLM_NO_PROGRESS is set. Drawn on stderr, as
+    other progress output is, so that a command's or a benchmark's stdout stays its result.
     """
     if disable is None:
         disable = bool(os.environ.get("COACHLM_NO_PROGRESS"))
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        disable=disable,
+        disable=disable, console=Console(stderr=True),
     )
