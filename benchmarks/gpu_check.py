@@ -6,8 +6,9 @@ when no CUDA device is visible. Run it through `benchmarks/gpu_check.sh`.
 MFU = achieved model FLOP/s / the GPU's peak dense bf16 FLOP/s, with 6 N FLOPs per trained
 token and 2 N per generated token (N = parameters; Kaplan et al., 2020; the PaLM paper's
 appendix B definition, attention FLOPs left out, so MFU is slightly understated). Peak: looked up
-from the device name, or GPU_PEAK_TFLOPS. TRL is not run here (its trainers need their own
-GPU setup; `benchmarks/*_vs_trl.py` compare on the CPU).
+from the device name, or GPU_PEAK_TFLOPS. TRL's SFT, reward and DPO trainers then run the same
+work (`gpu_check_trl.py`; rows "trl_sft", "trl_rm", "trl_dpo"; `--no-trl` skips them). "rollout": the
+rollout speed of the built-in sampler and of vLLM (when installed) on the same weights.
 
     python benchmarks/gpu_check.py --steps 20 --out /tmp/gpu_check
 """
@@ -84,18 +85,62 @@ def measure(name: str, run, out: Path, params: int, generated_key: str | None = 
             "precision": s.get("precision", "bf16" if s.get("bf16") else "no")}
 
 
+def rollout_speed(f: dict, device: str, prompts: int, new_tokens: int) -> dict:
+    """Rollout tokens/s of the built-in sampler and, where vLLM is importable, of the vLLM
+    engine (`rollout.vllm_engine`) on the same prompts and weights (bf16 on the GPU; sampling
+    at T = 1 as RL samples; one warm-up call, then one timed call each), and whether their
+    greedy responses agree row for row."""
+    import importlib.util
+    import time
+
+    from coachlm.data.chat import encode_prompt
+    from coachlm.data.io import read_prompts
+    from coachlm.models.load import load_model, load_tokenizer
+    from coachlm.rollout.sampling import SamplingConfig, generate
+
+    tok = load_tokenizer(f["base"])
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    model = load_model(f["base"], dtype=dtype, tokenizer=tok).to(device).eval()
+    ids = [encode_prompt(tok, r.prompt) for r in read_prompts(f["prompts"])[:prompts]]
+    rl = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, batch_size=len(ids))
+    greedy = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0, batch_size=len(ids))
+
+    def rate(sample) -> float:
+        sample(rl)
+        start = time.perf_counter()
+        return round(sample(rl).num_tokens / (time.perf_counter() - start), 1)
+
+    out = {"prompts": len(ids), "max_new_tokens": new_tokens,
+           "builtin_tokens_per_s": rate(lambda c: generate(model, tok, ids, c))}
+    if importlib.util.find_spec("vllm") is None:
+        return {**out, "vllm": "not installed (pip install 'coachlm[vllm]')"}
+    from coachlm.rollout.vllm_engine import VLLMGenerator
+
+    engine = VLLMGenerator(model, tok, dtype="fp32" if device == "cpu" else "bf16",
+                           kv_cache_mb=256 if device == "cpu" else 8192)
+    try:
+        same = [a == b for a, b in zip(generate(model, tok, ids, greedy).response_ids,
+                                       engine(ids, greedy).response_ids)]
+        out.update(vllm_tokens_per_s=rate(engine), greedy_rows_equal=sum(same) / len(same))
+    finally:
+        engine.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--no-trl", action="store_true", help="skip TRL's runs of the same work")
     ap.add_argument("--smoke", action="store_true",
                     help="a 2-step run of a tiny shape on the CPU: checks the script, measures nothing")
     args = ap.parse_args()
     device = "cpu" if args.smoke else "cuda"
     if args.smoke:
+        # head size 32: the smallest vLLM's CPU attention runs
         SHAPE.update(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=4)
+                     num_attention_heads=1, num_key_value_heads=1)
         args.steps, args.batch_size = 2, 4
         torch.set_num_threads(1)
     elif not torch.cuda.is_available():
@@ -129,8 +174,15 @@ def main() -> None:
     ]
     results = [measure(name, lambda: run(root / name), root / name, f["params"],
                        "generated_tokens" if name == "ppo" else None) for name, run in runs]
+    if not args.no_trl:
+        from gpu_check_trl import trl_rows
+
+        results += trl_rows(root, f, args.steps, args.batch_size, "no" if args.smoke else "bf16",
+                            peak_flops)
+    rollout = rollout_speed(f, device, 8 if args.smoke else 256, 8 if args.smoke else 128)
     print(json.dumps({"device": torch.cuda.get_device_name() if not args.smoke else "cpu (smoke)", "params": f["params"],
-                      "shape": SHAPE, "steps": args.steps, "results": results}, indent=2))
+                      "shape": SHAPE, "steps": args.steps, "results": results,
+                      "rollout": rollout}, indent=2))
 
 
 if __name__ == "__main__":

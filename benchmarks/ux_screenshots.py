@@ -1,5 +1,6 @@
 """Screenshots of the labeling app for docs/screenshots: the lead's dashboard over a store with
-three labelers (one fast and position-biased, as in issue 14), and the long-answer comparison at
+three labelers (one fast and position-biased, as in issue 14; each at their own pace, for the
+per-labeler ETA), and the long-answer comparison at
 desktop and phone widths (those come from tests/test_label_flow_browser.py with
 COACHLM_SCREENSHOTS set).
 
@@ -12,6 +13,7 @@ import argparse
 import random
 import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +23,7 @@ from browser_support import chromium, serve, sign_in  # noqa: E402
 
 from coachlm.data import schema  # noqa: E402
 from coachlm.feedback import accounts, assign, db, importer, items, labels  # noqa: E402
-from coachlm.feedback.tables import Labeler, Project  # noqa: E402
+from coachlm.feedback.tables import Labeler, Project, utcnow  # noqa: E402
 
 
 def make_store(path: str) -> None:
@@ -40,7 +42,10 @@ def make_store(path: str) -> None:
         accounts.create_labeler(s, "lead", "lead-password", role="admin")
         for name in ("ann", "bob", "cai"):
             accounts.create_labeler(s, name, None)
-    for name, n, fast in (("bob", 32, False), ("ann", 16, True), ("cai", 8, False)):
+    now = utcnow()
+    # Paces for the per-labeler ETA: bob a label every 6 minutes, ann every minute, cai every 15.
+    for name, n, fast, every in (("bob", 32, False, 6), ("ann", 16, True, 1),
+                                 ("cai", 8, False, 15)):
         with st.write() as s:
             lab = s.query(Labeler).filter_by(name=name).one()
             p = s.get(Project, 1)
@@ -54,8 +59,9 @@ def make_store(path: str) -> None:
                     ans = {"choice": "first" if rng.random() < 0.8 else "second", "margin": 2}
                 else:
                     ans = {"choice": rng.choice(["first", "second", "tie"]), "margin": 2}
-                labels.submit_label(s, lab, a.id, f"{name}-{k:04d}-cid", ans,
-                                    0.3 if fast else rng.uniform(8, 40))
+                label, _ = labels.submit_label(s, lab, a.id, f"{name}-{k:04d}-cid", ans,
+                                               0.3 if fast else rng.uniform(8, 40))
+                label.created_at = now - timedelta(minutes=(n - k) * every)
     st.close()
 
 

@@ -208,6 +208,7 @@ def ppo_clip(
     mask: Tensor,
     clip_eps: float = 0.2,
     aggregation: Literal["token", "sequence"] = "token",
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Clipped surrogate policy loss, per token, reduced by ``rl_math.aggregate``: a token mean
     (the default) or, for GRPO as in DeepSeekMath eq. 3, a mean of per-sequence means.
@@ -218,13 +219,20 @@ def ppo_clip(
     where the clipped term is active, and approx_kl = k3 estimate of KL(pi_old || pi) on samples
     from pi_old, ``((rho - 1) - log rho)`` as in cleanrl (Schulman 2020, "Approximating KL").
 
+    `weights` (B, T), optional, no gradient: each token's clipped term is multiplied by it, the
+    truncated importance weight min(pi_old / mu, C) of a rollout that another engine sampled
+    from mu (`coachlm.importance`; Yao et al., 2025, eq. 5).
+
     logprobs, old_logprobs, advantages, mask: (B, T). Returns (loss, clipfrac, approx_kl) scalars.
     """
     log_ratio = logprobs - old_logprobs  # (B, T)
     ratio = torch.exp(log_ratio)
     pg_loss_unclipped = -advantages * ratio  # (B, T)
     pg_loss_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    loss = aggregate(torch.maximum(pg_loss_unclipped, pg_loss_clipped), mask, aggregation)
+    per_token = torch.maximum(pg_loss_unclipped, pg_loss_clipped)  # (B, T)
+    if weights is not None:
+        per_token = per_token * weights.detach()
+    loss = aggregate(per_token, mask, aggregation)
     with torch.no_grad():
         clipfrac = masked_mean((pg_loss_clipped > pg_loss_unclipped).to(logprobs.dtype), mask)
         approx_kl = masked_mean(kl_k3(old_logprobs, logprobs), mask)

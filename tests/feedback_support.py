@@ -109,16 +109,19 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @contextmanager
-def label_server(store: str, *args: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`coachlm label serve` on a free loopback port: (process, base URL), stopped at the end."""
+def label_server(store: str, *args: str, code: Path | None = None
+                 ) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`coachlm label serve` on a free loopback port, run from the checkout at `code` (default
+    this one): (process, base URL), stopped at the end."""
     import sys
     import time
     import urllib.request
 
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    code = code or Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(code)}
     proc = subprocess.Popen([sys.executable, "-m", "coachlm.cli", "label", "serve", "--store",
-                             store, "--port", str(port), *args], env=env,
+                             store, "--port", str(port), *args], env=env, cwd=code,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

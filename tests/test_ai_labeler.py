@@ -315,3 +315,20 @@ def test_unknown_principle_and_too_long_context_are_clear_errors(tmp_path, lm):
         run_ai_label(cfg)
     with pytest.raises(CoachError, match="exceeds the model's context of 256 tokens"):
         lm.score(["the cat sat. " * 200])
+
+
+def test_pair_longer_than_the_context_is_skipped_and_counted(tmp_path, model_dir):
+    """A pair whose question exceeds the feedback model's context is left out and counted in
+    the run summary, not a run error; the other pairs are labelled as usual."""
+    from coachlm.labelers.ai_run import AILabelConfig, run_ai_label
+
+    long = Sample(prompt=as_prompt("Write a short email to Ann."),
+                  response=Response("the cat sat. " * 120, model="sft", model_version="long"))
+    write_records(tmp_path / "s.jsonl", [*_samples(), long])
+    cfg = AILabelConfig(samples=tmp_path / "s.jsonl", out=tmp_path / "o.jsonl", model=model_dir)
+    summary = run_ai_label(cfg)
+    # 3 pairs of the first prompt fit; of the email prompt's 3 pairs, the 2 with `long` do not
+    assert summary["skipped_too_long"] == 2 and summary["labeled"] == 4
+    records = list(read_records(tmp_path / "o.jsonl"))
+    assert len(records) == 4 and all("the cat sat. the cat" not in r.a.text + r.b.text
+                                     for r in records)

@@ -57,7 +57,7 @@ def test_missing_model_directory_is_a_clear_error(tmp_path):
 def test_demo_runs_end_to_end_and_caches(tmp_path):
     out = tmp_path / "demo"
     overrides = TINY
-    stages = ("world", "pretrain", "sft", "sample", "feedback", "rm", "ppo", "eval")
+    stages = ("world", "pretrain", "sft", "sample", "feedback", "rm", "ppo", "eval", "report")
     proc = coachlm("demo", "--out", str(out), *overrides)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "demo.json").read_text())
@@ -85,6 +85,9 @@ def test_demo_runs_end_to_end_and_caches(tmp_path):
     assert wins["lo"] <= wins["rate"] <= wins["hi"]
     assert summary["test"]["n"] == 5 and summary["sampled"]["max_new_tokens"] == 12
     assert json.loads((out / "ppo" / "summary.json").read_text())["steps"] == 2
+    # the pipeline ends with its report stage, which covers every stage before it
+    report = (out / "report" / "report.html").read_text()
+    assert "Leaderboard" in report and ">eval<" in report
     # a second run with the same settings re-runs nothing
     again = coachlm("demo", "--out", str(out), *overrides)
     assert again.returncode == 0, again.stderr
@@ -94,7 +97,7 @@ def test_demo_runs_end_to_end_and_caches(tmp_path):
     assert changed.returncode == 0, changed.stderr
     for stage in ("world", "pretrain", "sft", "sample", "feedback"):
         assert f"{stage}: cached" in changed.stderr
-    for stage in ("rm", "ppo", "eval"):
+    for stage in ("rm", "ppo", "eval", "report"):
         assert f"{stage}: cached" not in changed.stderr
 
 

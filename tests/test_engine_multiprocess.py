@@ -53,12 +53,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], processes: int = 2) -> None:
-    """`accelerate launch` (torchrun underneath; gloo on the CPU) of `coachlm.cli args`."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-           "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "coachlm.cli", *args]
+def launch(args: list[str], processes: int = 2, config_file: Path | None = None) -> None:
+    """`accelerate launch` (torchrun underneath; gloo on the CPU) of `coachlm.cli args`, as
+    DDP or with an accelerate config file."""
+    how = ["--config_file", str(config_file)] if config_file else [
+        "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *how,
+           "--main_process_port", str(_free_port()), "-m", "coachlm.cli", *args]
     env = {**os.environ, "COACHLM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -88,7 +90,7 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
             for k, v in load_file(str(f)).items()}
 
 
-def assert_same_run(one: Path, two: Path, key: str = "loss") -> None:
+def assert_same_run(one: Path, two: Path, key: str = "loss", distributed: str | None = None) -> None:
     assert losses(two, key) == pytest.approx(losses(one, key), rel=1e-5)
     # Adam is blind to a constant gradient scale; the gradient norm is not.
     assert losses(two, "grad_norm") == pytest.approx(losses(one, "grad_norm"), rel=1e-4)
@@ -98,6 +100,8 @@ def assert_same_run(one: Path, two: Path, key: str = "loss") -> None:
         torch.testing.assert_close(w2[name], w1[name], **WEIGHTS, msg=name)
     summary = json.loads((two / "summary.json").read_text())
     assert summary["processes"] == 2
+    if distributed:
+        assert summary["distributed"] == distributed
 
 
 def test_micro_batches_are_dealt_without_duplicates():

@@ -87,3 +87,26 @@ def test_hacking_watch_alarms():
     calm = {"curves": {"response_length": [30, 31]},
             "watch": {"step": [1, 2], "rm": [0.0, 0.5], "rubric": [0.6, 0.7]}}
     assert alarms([{"round": 1, "train": calm}], ReportConfig(run_dir="x")) == []
+
+
+def test_versus_samples_pair_two_versions_on_shared_prompts_and_name_them():
+    """Cross-version comparisons: one pair per prompt both versions answered differently, each
+    response named after its version, so their labels become matches between the versions."""
+    from coachlm.data.schema import Comparison, Response, Sample
+    from coachlm.eval.leaderboard import version_matches, versus_samples
+    from coachlm.labelers.base import group_samples
+
+    def s(pid: str, text: str) -> Sample:
+        return Sample(prompt=f"prompt {pid}", response=Response(text, model="ppo"),
+                      meta={"prompt_id": pid})
+
+    players = {"r2/ppo": [s("1", "x"), s("2", "same"), s("3", "y")],
+               "r1/ppo": [s("1", "u"), s("2", "same"), s("4", "z")]}
+    pairs = versus_samples(players, "r2/ppo", "r1/ppo")
+    assert [(p.meta["prompt_id"], p.response.model) for p in pairs] == [
+        ("1", "r2/ppo"), ("1", "r1/ppo")]  # prompt 2: the same text; 3 and 4: not shared
+    (g,) = group_samples(pairs, min_size=2)
+    rec = Comparison(prompt=g.prompt, a=g.samples[0].response, b=g.samples[1].response,
+                     choice="b", labeler="x", source="simulated")
+    (m,) = version_matches([rec])
+    assert (m.a, m.b, m.score) == ("r2/ppo", "r1/ppo", 0.0)

@@ -1,16 +1,16 @@
 """Guard: every page of the labeling app, at a 390 px phone width, has zero unlabeled controls,
 no two controls with the same accessible name, one h1, text contrast of 4.5:1 and control borders
 of 3:1 (WCAG 2.1, 1.4.3 and 1.4.11), and no horizontal overflow (issue 14, item 7). The pages are reached as a labeler (queue, each task kind, guidelines, an error page)
-and as an admin (projects, a project, labelers, quality, ratings, dashboard, review pages)."""
+and as an admin (projects, a project, items, labelers, quality, ratings, dashboard, review
+pages)."""
 
 from __future__ import annotations
 
-import pytest
-from browser_support import needs_chromium, sign_in
-from browser_support import site as serve_site
+from browser_support import (PHONE, labelers, needs_chromium, new_page, project, sign_in,
+                             site_fixture)
 
 from coachlm.data import schema
-from coachlm.feedback import accounts, importer, items
+from coachlm.feedback import importer
 
 pytestmark = needs_chromium
 
@@ -65,29 +65,23 @@ AUDIT = """() => {
 
 
 def _build(s) -> None:
-    p = items.create_project(s, "a-very-long-project-name-that-might-overflow-a-phone",
-                             guidelines="## Rules\n\n" + "Be careful. " * 40)
-    recs = [schema.Sample(prompt=schema.as_prompt(f"Question {i}?"), response=schema.Response(
-        f"answer {i}.{j} " + "averyveryverylongunbrokenword" * 8, f"model-{j}"))
-        for i in range(2) for j in range(3)]
-    importer.import_records(s, p, recs)
+    p = project(s, "a-very-long-project-name-that-might-overflow-a-phone",
+                [f"Question {i}?" for i in range(2)],
+                lambda i, j: f"answer {i}.{j} " + "averyveryverylongunbrokenword" * 8,
+                kinds=("comparison", "ranking", "rating", "demonstration"), n_responses=3,
+                n_labels=2, max_per_prompt=1, guidelines="## Rules\n\n" + "Be careful. " * 40,
+                models="model-{j}")
     a, b = (schema.Response(f"answer 0.{j} " + "averyveryverylongunbrokenword" * 8,
                             f"model-{j}") for j in range(2))
     importer.import_records(s, p, [schema.Comparison(
         prompt=schema.as_prompt("Question 0?"), a=a, b=b, choice=c, labeler=f"judge-{c}",
         source="ai", time_spent_s=1.0) for c in ("a", "b")])
-    for kind in ("comparison", "ranking", "rating", "demonstration"):
-        items.create_tasks(s, p, items.TaskSpec(kind, n_labels=2, max_per_prompt=1))
-    accounts.create_labeler(s, "ann", "ann-password")
-    accounts.create_labeler(s, "root", "root-password", role="admin")
-    accounts.create_labeler(s, "rev", "rev-password", role="reviewer")
+    labelers(s, "ann")
+    labelers(s, "root", role="admin")
+    labelers(s, "rev", role="reviewer")
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("a11y") / "feedback.db")
-    with serve_site(path, _build) as (url, _, browser):
-        yield url, browser
+site = site_fixture(_build)
 
 
 def _audit(page, where: str) -> list[str]:
@@ -102,15 +96,9 @@ def _audit(page, where: str) -> list[str]:
     return problems
 
 
-def _page(site):
-    page = site[1].new_context(viewport={"width": 390, "height": 844}).new_page()
-    page.set_default_timeout(8000)
-    return page
-
-
 def test_labeler_pages_have_labels_headings_and_fit_a_phone(site):
     url = site[0]
-    page = _page(site)
+    page = new_page(site, viewport=PHONE)
     page.goto(url + "/login")
     problems = _audit(page, "/login")
     sign_in(page, url, "ann", "ann-password")
@@ -136,14 +124,15 @@ def test_labeler_pages_have_labels_headings_and_fit_a_phone(site):
 
 def test_admin_and_reviewer_pages_have_labels_headings_and_fit_a_phone(site):
     url = site[0]
-    page = _page(site)
+    page = new_page(site, viewport=PHONE)
     sign_in(page, url, "root", "root-password", "/admin")
     problems = []
     for path in ("/admin", "/admin/p/1", "/admin/labelers", "/admin/p/1/quality",
-                 "/admin/p/1/ratings", "/admin/p/1/dashboard", "/review/p/1", "/review/t/1"):
+                 "/admin/p/1/ratings", "/admin/p/1/dashboard", "/admin/p/1/items",
+                 "/review/p/1", "/review/t/1"):
         page.goto(url + path)
         problems += _audit(page, path)
-    rev = _page(site)
+    rev = new_page(site, viewport=PHONE)
     sign_in(rev, url, "rev", "rev-password")
     problems += _audit(rev, "/ (reviewer)")
     assert problems == [], "\n".join(problems)

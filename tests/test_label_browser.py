@@ -16,10 +16,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from browser_support import ARGS, CHROMIUM, needs_chromium, serve
+from browser_support import chromium, labelers, needs_chromium, serve, sign_in, start
 
 from coachlm.data import schema
-from coachlm.feedback import accounts, db, importer, items
+from coachlm.feedback import db, importer, items
 
 EVIL = "<script>window.__pwned = 1; alert('pwned')</script>"
 
@@ -30,8 +30,8 @@ def _make_store(path: str) -> None:
     st = db.open_store(path)
     with st.write() as s:
         p = items.create_project(s, "demo", guidelines="Prefer correct, polite answers.")
-        accounts.create_labeler(s, "ann", "ann-password")
-        accounts.create_labeler(s, "root", "root-password", role="admin")
+        labelers(s, "ann")
+        labelers(s, "root", role="admin")
         groups = {"comparison": 3, "ranking": 1, "rating": 1, "demonstration": 1}
         i = 0
         for kind, count in groups.items():
@@ -88,45 +88,30 @@ def _label_one(page) -> str:
 
 
 def test_labeler_and_admin_in_chromium(server, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
     dialogs: list[str] = []
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_context().new_page()
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.goto(server + "/")
-            page.fill('input[name="name"]', "ann")
-            page.fill('input[name="password"]', "ann-password")
-            with page.expect_navigation():
-                page.click("#sign-in")
-            with page.expect_navigation():
-                page.click("button.start")
-            done, saw_evil = Counter(), False
-            for _ in range(6):
-                if "pwned" in page.content():
-                    saw_evil = True
-                    assert EVIL in page.inner_text("main")  # shown as text, not run
-                    assert page.evaluate("window.__pwned") is None
-                done[_label_one(page)] += 1
-            assert done == {"comparison": 3, "ranking": 1, "rating": 1, "demonstration": 1}
-            assert saw_evil and dialogs == []
-            assert "Saved" in page.inner_text("main") and page.url.startswith(server + "/?")
+    with chromium() as browser:
+        page = browser.new_context().new_page()
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        sign_in(page, server, "ann", "ann-password")
+        start(page)
+        done, saw_evil = Counter(), False
+        for _ in range(6):
+            if "pwned" in page.content():
+                saw_evil = True
+                assert EVIL in page.inner_text("main")  # shown as text, not run
+                assert page.evaluate("window.__pwned") is None
+            done[_label_one(page)] += 1
+        assert done == {"comparison": 3, "ranking": 1, "rating": 1, "demonstration": 1}
+        assert saw_evil and dialogs == []
+        assert "Saved" in page.inner_text("main") and page.url.startswith(server + "/?")
 
-            admin = browser.new_context(accept_downloads=True).new_page()
-            admin.goto(server + "/admin/p/1")
-            admin.fill('input[name="name"]', "root")
-            admin.fill('input[name="password"]', "root-password")
-            with admin.expect_navigation():
-                admin.click("#sign-in")
-            assert admin.inner_text("#label-count") == "6"
-            with admin.expect_download() as info:
-                admin.click("#export")
-            out = tmp_path / "labels.jsonl"
-            info.value.save_as(out)
-        finally:
-            browser.close()
+        admin = browser.new_context(accept_downloads=True).new_page()
+        sign_in(admin, server, "root", "root-password", "/admin/p/1")
+        assert admin.inner_text("#label-count") == "6"
+        with admin.expect_download() as info:
+            admin.click("#export")
+        out = tmp_path / "labels.jsonl"
+        info.value.save_as(out)
     records = [schema.from_dict(json.loads(line)) for line in out.read_text().splitlines()]
     kinds = Counter(schema.KIND_OF[type(r)] for r in records)
     assert kinds == {"comparison": 3, "ranking": 1, "rating": 1, "demonstration": 1}

@@ -4,7 +4,8 @@ Markdown is rendered (allow-listed, server side), the vote bar is on screen at d
 widths however long the answers, the columns stack on a phone; Back + Enter and a second tab
 get "already saved" rather than an error page; a label can be revised (the old answer is kept);
 a network error or an expired session keeps the typed answer and a retry sends it once with the
-same client id; skipped items can be revisited; a dry project moves the labeler on.
+same client id; skipped items can be revisited; a dry project moves the labeler on; without
+JavaScript, a refused answer (left/right with no strength) comes back on the task page, kept.
 Set COACHLM_SCREENSHOTS=dir to save the long-answer screenshots there.
 """
 
@@ -14,18 +15,14 @@ import os
 from pathlib import Path
 
 import pytest
-from browser_support import needs_chromium, press, sign_in
-from browser_support import site as serve_site
+from browser_support import (DESKTOP, PHONE, labelers, labels_of, needs_chromium, new_page, press,
+                             project, sign_in, site_fixture, start)
 from sqlalchemy import delete, select
 
-from coachlm.data import schema
-from coachlm.feedback import accounts, importer, items
-from coachlm.feedback.tables import Assignment, Label, LabelRevision, Labeler, WebSession
+from coachlm.feedback.tables import Assignment, LabelRevision, Labeler, WebSession
 
 pytestmark = needs_chromium
-NAMES = ("looker", "backer", "tabber", "reviser", "offline", "sleepy", "skipper", "mover")
-PHONE = {"width": 390, "height": 844}
-DESKTOP = {"width": 1280, "height": 800}
+NAMES = ("looker", "backer", "tabber", "reviser", "offline", "sleepy", "skipper", "mover", "nojs")
 
 
 def long_answer(i: int) -> str:
@@ -35,44 +32,15 @@ def long_answer(i: int) -> str:
 
 
 def _build(s) -> None:
-    docs = items.create_project(s, "docs", guidelines="## Rules\n\nPrefer *correct* answers.")
-    importer.import_records(s, docs, [schema.Sample(
-        prompt=schema.as_prompt(f"Question {i}: write a plan with code."),
-        response=schema.Response(long_answer(i * 2 + j), f"m{j}")) for i in range(3)
-        for j in range(2)])
-    items.create_tasks(s, docs, items.TaskSpec("comparison", n_labels=len(NAMES)))
-    rate = items.create_project(s, "rate")
-    importer.import_records(s, rate, [schema.Sample(prompt=schema.as_prompt("Say hi."),
-                                                    response=schema.Response("hi", "m"))])
-    items.create_tasks(s, rate, items.TaskSpec("rating", n_labels=len(NAMES)))
-    for name in NAMES:
-        accounts.create_labeler(s, name, f"{name}-password")
+    project(s, "docs", [f"Question {i}: write a plan with code." for i in range(3)],
+            lambda i, j: long_answer(i * 2 + j), n_labels=len(NAMES),
+            guidelines="## Rules\n\nPrefer *correct* answers.")
+    project(s, "rate", ["Say hi."], lambda i, j: "hi", kinds=("rating",), n_responses=1,
+            n_labels=len(NAMES), models="m")
+    labelers(s, *NAMES)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    with serve_site(str(tmp_path_factory.mktemp("flow") / "feedback.db"), _build) as found:
-        yield found
-
-
-def _page(site, name: str, viewport=DESKTOP, context=None):
-    url, _, browser = site
-    page = (context or browser.new_context(viewport=viewport)).new_page()
-    page.set_default_timeout(8000)
-    if context is None:
-        sign_in(page, url, name, f"{name}-password")
-    return page
-
-
-def _start(page, project: str) -> None:
-    with page.expect_navigation():
-        page.click(f'button[aria-label="Start labeling {project}"]')
-
-
-def _labels(st, name: str) -> list[Label]:
-    with st.read() as s:
-        lab = s.scalar(select(Labeler).where(Labeler.name == name))
-        return list(s.scalars(select(Label).where(Label.labeler_id == lab.id).order_by(Label.id)))
+site = site_fixture(_build)
 
 
 def _in_view(page, selector: str) -> bool:
@@ -83,8 +51,8 @@ def _in_view(page, selector: str) -> bool:
 
 @pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
 def test_long_answers_render_markdown_with_the_vote_bar_on_screen(site, viewport):
-    page = _page(site, "looker", viewport)
-    _start(page, "docs")
+    page = new_page(site, "looker", viewport)
+    start(page, "docs")
     pane = page.locator("#response-1 .pane")
     assert pane.locator("h2").count() == 1 and pane.locator("pre code").count() == 1
     assert "```" not in pane.inner_text() and "## Plan" not in pane.inner_text()
@@ -111,32 +79,32 @@ def test_long_answers_render_markdown_with_the_vote_bar_on_screen(site, viewport
 
 
 def test_back_and_enter_says_already_saved(site):
-    page = _page(site, "backer")
-    _start(page, "docs")
+    page = new_page(site, "backer")
+    start(page, "docs")
     press(page, "ArrowLeft", "1", "Enter", navigates=True)
     page.go_back()
     page.wait_for_selector("#already")
     with page.expect_navigation():
         page.keyboard.press("Enter")
     assert page.is_visible("#already-saved") and "Error" not in page.title()
-    assert len(_labels(site[1], "backer")) == 1
+    assert len(labels_of(site[1], "backer")) == 1
 
 
 def test_a_second_tab_gets_already_saved_not_an_error(site):
-    page = _page(site, "tabber")
-    _start(page, "docs")
-    other = _page(site, "tabber", context=page.context)
+    page = new_page(site, "tabber")
+    start(page, "docs")
+    other = new_page(site, "tabber", context=page.context)
     other.goto(page.url)
     press(page, "ArrowLeft", "3", "Enter", navigates=True)
     press(other, "ArrowRight", "1", "Enter", navigates=True)
     assert other.is_visible("#already-saved") and "Error" not in other.title()
-    (label,) = _labels(site[1], "tabber")
+    (label,) = labels_of(site[1], "tabber")
     assert label.answer["margin"] == 3.0  # the first tab's answer stands
 
 
 def test_revise_own_label_keeps_the_replaced_answer(site):
-    page = _page(site, "reviser")
-    _start(page, "docs")
+    page = new_page(site, "reviser")
+    start(page, "docs")
     press(page, "ArrowLeft", "1", "Enter", navigates=True)
     with page.expect_navigation():
         page.click("#prev-link")
@@ -144,7 +112,7 @@ def test_revise_own_label_keeps_the_replaced_answer(site):
     page.keyboard.press("t")
     with page.expect_navigation():
         page.click("#submit")
-    (label,) = _labels(site[1], "reviser")
+    (label,) = labels_of(site[1], "reviser")
     assert label.answer == {"choice": "tie", "margin": None}
     with site[1].read() as s:
         (old,) = s.scalars(select(LabelRevision).where(LabelRevision.label_id == label.id))
@@ -152,8 +120,8 @@ def test_revise_own_label_keeps_the_replaced_answer(site):
 
 
 def test_network_error_keeps_the_answer_and_a_retry_counts_once(site):
-    page = _page(site, "offline")
-    _start(page, "docs")
+    page = new_page(site, "offline")
+    start(page, "docs")
     page.route("**/a/*", lambda route: route.abort() if route.request.method == "POST"
                else route.continue_())
     press(page, "ArrowRight", "2", "Enter")
@@ -164,13 +132,13 @@ def test_network_error_keeps_the_answer_and_a_retry_counts_once(site):
     assert page.is_checked('input[name="choice"][value="second"]')
     with page.expect_navigation():
         page.click("#submit")
-    (label,) = _labels(site[1], "offline")
+    (label,) = labels_of(site[1], "offline")
     assert label.client_id == cid
 
 
 def test_expired_session_keeps_score_and_critique(site):
-    page = _page(site, "sleepy")
-    _start(page, "rate")
+    page = new_page(site, "sleepy")
+    start(page, "rate")
     page.keyboard.press("5")
     page.fill("#critique", "Too curt for a greeting.")
     with site[1].write() as s:  # the session ends while the labeler is typing
@@ -180,17 +148,17 @@ def test_expired_session_keeps_score_and_critique(site):
     page.wait_for_selector("#form-error:not([hidden])")
     assert "session has expired" in page.inner_text("#form-error")
     assert page.input_value("#critique") == "Too curt for a greeting."
-    other = _page(site, "sleepy", context=page.context)
+    other = new_page(site, "sleepy", context=page.context)
     sign_in(other, site[0], "sleepy", "sleepy-password")
     with page.expect_navigation():
         page.click("#submit")
-    (label,) = _labels(site[1], "sleepy")
+    (label,) = labels_of(site[1], "sleepy")
     assert label.answer["score"] == 5 and label.answer["critique"] == "Too curt for a greeting."
 
 
 def test_skip_with_a_reason_then_revisit(site):
-    page = _page(site, "skipper")
-    _start(page, "docs")
+    page = new_page(site, "skipper")
+    start(page, "docs")
     first = page.url.split("?")[0]
     page.select_option("#skip-reason", "I cannot judge this topic")
     with page.expect_navigation():
@@ -206,9 +174,27 @@ def test_skip_with_a_reason_then_revisit(site):
 
 
 def test_a_dry_project_moves_on_to_the_next_with_work(site):
-    page = _page(site, "mover")
-    _start(page, "rate")  # one item only
+    page = new_page(site, "mover")
+    start(page, "rate")  # one item only
     page.keyboard.press("4")
     with page.expect_navigation():
         page.keyboard.press("Control+Enter")
     assert page.is_visible("#moved-note") and "docs" in page.inner_text("#moved-note")
+
+
+def test_without_javascript_a_missing_strength_keeps_the_answer_on_the_page(site):
+    page = new_page(site, "nojs", js=False)
+    start(page, "docs")
+    item = page.url.split("?")[0]
+    page.check('input[name="choice"][value="second"]')  # Right, and no strength
+    with page.expect_navigation() as nav:
+        page.click("#submit")
+    assert nav.value.status == 400 and page.url.split("?")[0] == item
+    assert "how much better" in page.inner_text("#form-error")
+    assert "Error" not in page.title() and page.is_checked('input[name="choice"][value="second"]')
+    assert labels_of(site[1], "nojs") == []
+    page.check('input[name="strength"][value="2"]')
+    with page.expect_navigation():
+        page.click("#submit")
+    (label,) = labels_of(site[1], "nojs")
+    assert label.answer["margin"] == 2.0 and "Saved" in page.inner_text("main")

@@ -8,57 +8,26 @@ labeler never chose was recorded. Every test uses its own labeler, so they share
 
 from __future__ import annotations
 
-import pytest
-from browser_support import needs_chromium, press, sign_in
-from browser_support import site as serve_site
-from sqlalchemy import select
-
-from coachlm.data import schema
-from coachlm.feedback import accounts, importer, items
-from coachlm.feedback.tables import Assignment, Label
+from browser_support import (labelers, labels_of, needs_chromium, new_page, press, project,
+                             site_fixture, start, statuses_of)
 
 pytestmark = needs_chromium
 LABELERS = ("skipper", "linker", "arrows", "strength", "keys", "tie")
 
 
 def _build(s) -> None:
-    p = items.create_project(s, "demo", guidelines="Prefer **correct** answers.")
-    recs = [schema.Sample(prompt=schema.as_prompt(f"Question {i}?"),
-                          response=schema.Response(f"answer {i}.{j}", f"m{j}"))
-            for i in range(4) for j in range(2)]
-    importer.import_records(s, p, recs)
-    items.create_tasks(s, p, items.TaskSpec("comparison", n_labels=len(LABELERS)))
-    for name in LABELERS:
-        accounts.create_labeler(s, name, f"{name}-password")
+    project(s, "demo", [f"Question {i}?" for i in range(4)], lambda i, j: f"answer {i}.{j}",
+            n_labels=len(LABELERS), guidelines="Prefer **correct** answers.")
+    labelers(s, *LABELERS)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    with serve_site(str(tmp_path_factory.mktemp("keys") / "feedback.db"), _build) as found:
-        yield found
+site = site_fixture(_build)
 
 
 def _start(site, name: str):
-    url, _, browser = site
-    page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
-    page.set_default_timeout(5000)
-    sign_in(page, url, name, f"{name}-password")
-    with page.expect_navigation():
-        page.click("button.start")
+    page = new_page(site, name, timeout_ms=5000)
+    start(page)
     return page
-
-
-def _labels(st, name: str) -> list[Label]:
-    with st.read() as s:
-        return list(s.scalars(select(Label).join(Assignment).where(
-            Label.labeler_id == Assignment.labeler_id).where(
-            Assignment.labeler.has(name=name))))
-
-
-def _statuses(st, name: str) -> list[str]:
-    with st.read() as s:
-        return [a.status for a in s.scalars(select(Assignment).where(
-            Assignment.labeler.has(name=name)).order_by(Assignment.id))]
 
 
 def test_enter_on_skip_button_skips_instead_of_submitting(site):
@@ -66,8 +35,8 @@ def test_enter_on_skip_button_skips_instead_of_submitting(site):
     press(page, "ArrowLeft", "3")
     page.focus("#skip-button")
     press(page, "Enter", navigates=True)
-    assert _labels(site[1], "skipper") == []
-    assert _statuses(site[1], "skipper")[0] == "skipped"
+    assert labels_of(site[1], "skipper") == []
+    assert statuses_of(site[1], "skipper")[0] == "skipped"
 
 
 def test_enter_on_queue_link_follows_the_link(site):
@@ -76,7 +45,7 @@ def test_enter_on_queue_link_follows_the_link(site):
     page.focus("#nav-queue")
     press(page, "Enter", navigates=True)
     assert page.url.rstrip("/") == site[0]
-    assert _labels(site[1], "linker") == []
+    assert labels_of(site[1], "linker") == []
 
 
 def test_arrow_keys_in_the_strength_group_keep_the_choice(site):
@@ -96,12 +65,12 @@ def test_no_strength_is_preselected_and_a_or_b_needs_one(site):
     page.keyboard.press("ArrowRight")
     page.keyboard.press("Enter")  # no strength chosen: the browser refuses to submit
     page.wait_for_timeout(300)
-    assert _labels(site[1], "strength") == []
+    assert labels_of(site[1], "strength") == []
     assert "/a/" in page.url
     page.keyboard.press("1")
     with page.expect_navigation():
         page.keyboard.press("Enter")
-    (label,) = _labels(site[1], "strength")
+    (label,) = labels_of(site[1], "strength")
     assert label.answer["margin"] == 1.0
 
 
@@ -111,7 +80,7 @@ def test_tie_needs_no_strength_and_records_none(site):
     assert page.is_disabled('input[name="strength"][value="1"]')
     with page.expect_navigation():
         page.keyboard.press("Enter")
-    (label,) = _labels(site[1], "tie")
+    (label,) = labels_of(site[1], "tie")
     assert label.answer == {"choice": "tie", "margin": None}
 
 
@@ -125,4 +94,4 @@ def test_s_skips_and_question_mark_shows_the_shortcuts(site):
     assert not page.is_visible("#shortcuts")
     with page.expect_navigation():
         page.keyboard.press("s")
-    assert _statuses(site[1], "keys")[0] == "skipped" and _labels(site[1], "keys") == []
+    assert statuses_of(site[1], "keys")[0] == "skipped" and labels_of(site[1], "keys") == []

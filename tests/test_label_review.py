@@ -127,7 +127,10 @@ def test_dashboard_flags_metrics_and_filters_by_source(app):
     ai = rev.get("/admin/p/1/dashboard?source=ai").text
     assert "3 labels" in ai and "ann" not in ai.split("<main>")[1]
     assert rev.get("/admin/p/1/dashboard?source=robots").status_code == 400
-    human = rev.get("/admin/p/1/ratings?source=human").text
+    with app.state.store.write() as s:
+        accounts.create_labeler(s, "root", "root-password", role="admin")
+    root, _ = login(app, "root", "root-password")
+    human = root.get("/admin/p/1/ratings?source=human").text
     assert 'id="leaderboard"' in human
 
 

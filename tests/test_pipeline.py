@@ -57,8 +57,8 @@ def test_bad_pipeline_file_exits_2_without_traceback(tmp_path):
 def test_shipped_quickstart_pipeline_loads_and_orders_stages():
     pipe = load_pipeline(quickstart_path())
     assert [s.name for s in pipe.stages] == ["world", "pretrain", "sft", "sample", "feedback",
-                                             "rm", "ppo", "eval"]
-    assert pipe.downstream("rm") == {"rm", "ppo", "eval"}
+                                             "rm", "ppo", "eval", "report"]
+    assert pipe.downstream("rm") == {"rm", "ppo", "eval", "report"}
 
 
 def test_key_is_the_whole_config_and_from_reruns_downstream(tmp_path):
@@ -83,3 +83,32 @@ def test_key_is_the_whole_config_and_from_reruns_downstream(tmp_path):
     assert manifest["kind"] == "world" and manifest["config"]["sft_demos"] == 4
     assert manifest["code_version"]["coachlm"] and manifest["seconds"] >= 0
     assert json.loads((out / "run.json").read_text())["stages"].keys() == {"world", "again"}
+
+
+def test_key_hashes_the_contents_of_files_named_directly_by_path(tmp_path):
+    """A stage reading a data file by path (not through an input) re-runs when the file's
+    contents change, and is reused while they do not; the digests are in the manifest."""
+    from coachlm.data.io import read_prompts, write_records
+    from coachlm.data.schema import Response, Sample
+
+    world = run_pipeline(load_pipeline(write(tmp_path, WORLD)), tmp_path / "w")["world"]
+    prompts = read_prompts(world["result"]["prompts_train"])[:4]
+    samples = tmp_path / "samples.jsonl"
+
+    def write_samples(second: str) -> None:
+        write_records(samples, [Sample(prompt=p.prompt, response=Response(t, model="m"),
+                                       meta=dict(p.meta)) for p in prompts for t in ("ok", second)])
+
+    write_samples("a second answer")
+    path = tmp_path / "label.yaml"
+    path.write_text(f"stages:\n  feedback:\n    kind: label\n    config: {{samples: {samples}, "
+                    "simulated: {kind: comparisons, n_labelers: 1}}\n")
+    out = tmp_path / "run"
+    first = run_pipeline(load_pipeline(path), out)["feedback"]
+    assert run_pipeline(load_pipeline(path), out)["feedback"]["key"] == first["key"]  # reused
+    write_samples("another second answer")  # the same path, new contents
+    changed = run_pipeline(load_pipeline(path), out)["feedback"]
+    assert changed["key"] != first["key"]
+    assert set(first["files"]) == {"samples"} and changed["files"] != first["files"]
+    labels = (out / "feedback" / "comparisons.jsonl").read_text()
+    assert "another second answer" in labels

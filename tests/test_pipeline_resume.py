@@ -31,7 +31,7 @@ def _weights(model_dir) -> str:
 @pytest.mark.slow
 def test_kill_9_during_reward_model_training_resumes_to_the_same_model(tmp_path, capfd):
     spec = yaml.safe_load(quickstart_path().read_text())
-    for stage in ("ppo", "eval"):
+    for stage in ("ppo", "eval", "report"):
         del spec["stages"][stage]
     path = tmp_path / "to_rm.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -54,10 +54,16 @@ def test_expanded_rounds_chain_policies_and_labels():
     assert str(retrain["r2/ppo"].inputs["model"]) == "sft.model"
 
 
+VERSUS = ["loop.version_prompts=3", "loop.ai_judge=sft.model"]
+
+
 @pytest.mark.slow
 def test_two_rounds_through_the_store_then_all_cached(tmp_path):
+    """... and each round's new policy and previous version go to the labelers as comparisons
+    through the store; those labels, and an AI judge, rate the versions on the leaderboard."""
     out = tmp_path / "loop"
-    proc = subprocess.run(loop_cmd(out, 2), capture_output=True, text=True, env=ENV, timeout=900)
+    proc = subprocess.run(loop_cmd(out, 2, *VERSUS), capture_output=True, text=True, env=ENV,
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "loop.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
@@ -77,9 +83,34 @@ def test_two_rounds_through_the_store_then_all_cached(tmp_path):
     board = summary["leaderboard"]
     assert set(board["players"]) == {"sft", "r1/ppo", "r2/ppo"}
     assert {row["name"] for row in board["boards"]["rubric"]} == {"sft", "r1/ppo", "r2/ppo"}
-    again = subprocess.run(loop_cmd(out, 2), capture_output=True, text=True, env=ENV, timeout=900)
-    assert again.returncode == 0 and again.stderr.count("cached") == 15, again.stderr
+    check_version_matches(out, summary, labels)
+    again = subprocess.run(loop_cmd(out, 2, *VERSUS), capture_output=True, text=True, env=ENV,
+                           timeout=900)
+    assert again.returncode == 0 and again.stderr.count("cached") == 19, again.stderr
     check_report_in_chromium(out / "report.html", tmp_path / "report.png")
+
+
+def check_version_matches(out: Path, summary: dict, labels: list[tuple]) -> None:
+    """Round r's comparisons pit r/ppo against the previous version; they are in the store
+    (project round-r-versions), and the leaderboard counts them, and the AI judge's, as matches."""
+    from coachlm.data.io import read_records
+
+    for r, (new, old) in ((1, ("r1/ppo", "sft")), (2, ("r2/ppo", "r1/ppo"))):
+        versus = summary["rounds"][r - 1]["versions"]
+        assert versus["players"] == [new, old] and versus["project"] == f"round-{r}-versions"
+        stored = [x for x in labels if x[0] == f"round-{r}-versions"]
+        assert len(stored) == versus["labels"] and {x[4] for x in stored} <= {"simulated"}
+        path = out / f"r{r}" / "versions_label" / "comparisons.jsonl"
+        recs = list(read_records(path)) if path.stat().st_size else []  # all alike: none
+        assert len(recs) == len(stored) and {(c.a.model, c.b.model) for c in recs} <= {
+            (new, old), (old, new)}
+    boards = summary["leaderboard"]["boards"]
+    matches = summary["leaderboard"]["matches"]
+    assert matches["feedback"] == sum(r["versions"]["labels"] for r in summary["rounds"]) > 0
+    assert boards["feedback"] and {row["name"] for row in boards["feedback"]} <= {
+        "sft", "r1/ppo", "r2/ppo"}
+    assert matches["ai_judge"] > 0 and {row["name"] for row in boards["ai_judge"]} == {
+        "sft", "r1/ppo", "r2/ppo"}
 
 
 CHROMIUM = "/usr/bin/chromium"

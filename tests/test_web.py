@@ -243,6 +243,7 @@ def test_reviewer_sees_dashboards_only(app):
         accounts.create_labeler(s, "rev", "rev-password", role="reviewer")
     c, csrf = login(app, "rev", "rev-password")
     assert c.get("/admin/p/1/quality").status_code == 200
-    assert c.get("/admin/p/1/ratings").status_code == 200
+    assert c.get("/admin/p/1/dashboard").status_code == 200
+    assert c.get("/admin/p/1/ratings").status_code == 403  # it names models: reviews are blind
     assert c.get("/admin").status_code == 403 and c.get("/admin/p/1/export").status_code == 403
     assert c.post("/admin/p/1/guidelines", data={"csrf": csrf, "text": "x"}).status_code == 403

@@ -18,6 +18,9 @@ from coachlm.cli.common import ConfigOpt, DeviceOpt, OverridesArg, SkipInvalidOp
 from coachlm.cli.common import load as _load
 from coachlm.errors import CoachError
 
+GeneratorOpt = typer.Option(None, help="Rollout engine: builtin (KV-cache sampler) or vllm "
+                                       "(needs vLLM installed: `make vllm-env`).")
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="coachlm: teach language models human preferences (RLHF and RLAIF).")
 
@@ -100,6 +103,7 @@ def sample(model: Optional[Path] = typer.Option(None, help="Model directory."),
            model_name: Optional[str] = typer.Option(None, help="Model name recorded with each response."),
            model_version: Optional[str] = typer.Option(None, help="Version recorded (default: weights hash)."),
            dtype: Optional[str] = typer.Option(None, help="fp32 or bf16."),
+           generator: Optional[str] = GeneratorOpt,
            config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
     """Sample N responses per prompt, written as Sample records with provenance."""
     from coachlm.rollout.samples import SampleConfig, run_sample
@@ -107,7 +111,7 @@ def sample(model: Optional[Path] = typer.Option(None, help="Model directory."),
     cfg = _load(SampleConfig, config, overrides, model=model, prompts=prompts, out=out, n=n,
                 max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                 batch_size=batch_size, seed=seed, limit=limit, model_name=model_name,
-                model_version=model_version, dtype=dtype)
+                model_version=model_version, dtype=dtype, generator=generator)
     console.print(f"samples: {run_sample(cfg)}")
 
 
@@ -148,6 +152,7 @@ def ppo(model: Optional[Path] = typer.Option(None, help="Starting policy (usuall
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
         reward: Optional[str] = typer.Option(None, help="'rubric' or a reward-model directory."),
         algo: Optional[str] = typer.Option(None, help="ppo, grpo or rloo."),
+        generator: Optional[str] = GeneratorOpt,
         resume: bool = typer.Option(False, help="Resume from the last checkpoint in --out."),
         skip_invalid: bool = SkipInvalidOpt,
         device: Optional[str] = DeviceOpt,
@@ -155,7 +160,7 @@ def ppo(model: Optional[Path] = typer.Option(None, help="Starting policy (usuall
     """RL against a reward with a per-token KL penalty (PPO with a critic, or GRPO/RLOO), LoRA by default."""
     from coachlm.trainers.ppo import PPORunConfig, run_ppo
 
-    named = {"ppo.algo": algo, "ppo.device": device}
+    named = {"ppo.algo": algo, "ppo.device": device, "ppo.generator": generator}
     cfg = _load(PPORunConfig, config, overrides, model=model, prompts=prompts, out=out,
                 reward=reward, skip_invalid=flag(skip_invalid), **named)
     console.print(f"model: {run_ppo(cfg, resume=resume)}")

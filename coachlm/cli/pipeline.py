@@ -1,4 +1,6 @@
-"""Pipeline commands: `run` (a pipeline file), `demo` (the shipped quickstart pipeline).
+"""Pipeline commands: `run` (a pipeline file), `demo` (the shipped quickstart pipeline), `loop`
+(rounds), `report` (a run's HTML report) and `compare` (the `eval` stage's comparison: the same
+`CompareConfig`, so a stage config can be run, or copied, as a command and back).
 
 Overrides name the stage first: `coachlm run p.yaml ppo.ppo.steps=20 eval.kl_samples=50`.
 """
@@ -11,6 +13,36 @@ from typing import Optional
 import typer
 
 from coachlm.cli.common import ConfigOpt, OverridesArg, console, load
+from coachlm.errors import CoachError
+
+
+def _pairs(values: Optional[list[str]], what: str) -> Optional[list[list[str]]]:
+    if not values:
+        return None
+    out = [v.split(",") for v in values]
+    if any(len(p) != 2 for p in out):
+        raise CoachError(f"{what} takes A,B (two model names), got {values}")
+    return out
+
+
+def compare(model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="NAME=DIR, once per model."),
+            prompts: Optional[Path] = typer.Option(None, help="Held-out prompt records."),
+            pair: Optional[list[str]] = typer.Option(None, help="A,B: the win rate of A over B (repeatable)."),
+            kl: Optional[str] = typer.Option(None, help="POLICY,REFERENCE: KL(policy || reference) on samples."),
+            out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for eval.json and samples."),
+            config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Compare models on held-out prompts (the pipeline's eval stage, same config): IF rate per family, win/tie/loss with 95% CIs on all prompts and the test half, sampled win rate, KL."""
+    from coachlm.eval.compare import CompareConfig, print_comparison, run_compare
+
+    models = None
+    if model:
+        if any("=" not in m for m in model):
+            raise CoachError(f"--model takes NAME=DIR, got {model}")
+        models = dict(m.split("=", 1) for m in model)
+    kl_pair = _pairs([kl], "--kl") if kl else None
+    cfg = load(CompareConfig, config, overrides, models=models, prompts=prompts,
+               pairs=_pairs(pair, "--pair"), kl=kl_pair[0] if kl_pair else None, out=out)
+    print_comparison(run_compare(cfg))
 
 
 def run(pipeline: Path = typer.Argument(..., help="Pipeline file (YAML: stages with kind, config, inputs)."),
@@ -67,3 +99,4 @@ def register(app: typer.Typer) -> None:
     app.command("run")(run)
     app.command("demo")(demo)
     app.command("loop")(loop)
+    app.command("compare")(compare)

@@ -56,6 +56,78 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+
+def _fsdp_on_cpu(accelerator: Any) -> None:
+    """Turn a multi-CPU (gloo) accelerator into accelerate's FSDP.
+
+    accelerate (1.16, state.py `AcceleratorState.__init__`) promotes a run to FSDP only when its
+    process group is one of accelerators (MULTI_GPU, MULTI_XPU, ...), never MULTI_CPU, so an
+    FSDP config launched on CPUs silently ran plain DDP. torch's FSDP2 (`fully_shard`) itself
+    shards over gloo on the CPU, and accelerate's `fsdp2_prepare_model` needs nothing but the
+    state's distributed type and plugin: set those, as accelerate would have from the launcher's
+    environment (FSDP_* variables)."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise CoachError("FSDP on the CPU needs fsdp_version: 2 (FSDP1 wraps with a CUDA "
+                         "device); see examples/accelerate/fsdp_cpu2.yaml")
+    state = accelerator.state
+    state.fsdp_plugin = plugin
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+@contextlib.contextmanager
+def _unsharded(root: Any, reshard_after_forward: bool) -> Iterator[None]:
+    """FSDP2 (`fully_shard`): every shard group all-gathered and kept whole for the block.
+
+    Whole, and kept whole: work outside the wrapper (sampling, evaluation) calls the sharded
+    layers directly, whose forward hooks would otherwise gather and free their weights per
+    call -- a collective per layer and decode step, which deadlocks when processes sample
+    different numbers of tokens. Every process must enter the block (the gather is collective);
+    the parameters are views of the gathered data, so changes inside are not written back."""
+    from torch.distributed.fsdp import FSDPModule
+
+    groups = [m for m in root.modules() if isinstance(m, FSDPModule)]
+    root.set_reshard_after_forward(False)
+    for m in groups:
+        m.unshard()
+    param_groups = [g for m in groups for g in m._get_fsdp_state()._fsdp_param_groups]
+    _state_dict_hooks(param_groups, on=False)
+    try:
+        yield
+    finally:
+        _state_dict_hooks(param_groups, on=True)
+        for m in groups:
+            m.reshard()
+        root.set_reshard_after_forward(bool(reshard_after_forward))
+        root.set_reshard_after_forward(False, recurse=False)  # FSDP2's choice for the root
+
+
+def _state_dict_hooks(param_groups: list[Any], on: bool) -> None:
+    """FSDP2's state-dict hooks on (as `fully_shard` registers them) or off.
+
+    FSDP2 makes `state_dict()` return the *sharded* parameters (a pre-hook swaps them in),
+    and reading a sharded tensor's storage is a collective, so one process saving (transformers
+    and peft call `state_dict()`) would wait forever for the others. While the weights are
+    whole, the hooks are off and `state_dict()` returns them whole. torch (2.13) has no public
+    switch: these are `FSDPParamGroup`'s own handle tables, rebuilt by its own registration."""
+    for g in param_groups:
+        if on:
+            g._register_state_dict_hooks()
+            continue
+        for table in (g._module_to_pre_save_state_dict_hook_handle,
+                      g._module_to_pre_load_state_dict_hook_handle):
+            for handle in table.values():
+                handle.remove()
+            table.clear()
+
+
 class _LossModule(nn.Module):
     """The model and a loss function as one module, so the distributed wrapper's `forward`
     covers everything the loss does with the model."""
@@ -102,6 +174,8 @@ class Engine:
             PartialState._reset_state()
         self.accelerator = Accelerator(cpu=dev.type == "cpu", mixed_precision=precision)
         self.precision = precision
+        if dev.type == "cpu" and launched() and _env_flag("ACCELERATE_USE_FSDP"):
+            _fsdp_on_cpu(self.accelerator)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Engine":
@@ -208,8 +282,8 @@ class Engine:
     def full_params(self) -> Any:
         """A context in which the model's own parameters are whole on every process, for work
         outside the wrapper's forward (sampling, the reference policy, evaluation, saving):
-        FSDP's summon_full_params, ZeRO-3's GatheredParameters; nothing otherwise. Untested
-        here (no GPUs): see the README, 'Several GPUs'."""
+        FSDP1's summon_full_params, FSDP2's unshard, ZeRO-3's GatheredParameters; nothing
+        otherwise."""
         wrapped = getattr(self, "_wrapped", None)
         if wrapped is None or not self.sharded:
             return contextlib.nullcontext()
@@ -218,11 +292,13 @@ class Engine:
 
             module = wrapped.module if hasattr(wrapped, "module") else wrapped
             return deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
         if isinstance(wrapped, FullyShardedDataParallel):
             return FullyShardedDataParallel.summon_full_params(wrapped, writeback=False)
-        return contextlib.nullcontext()  # FSDP2 (fully_shard) gathers in the module's forward
+        if isinstance(wrapped, FSDPModule):
+            return _unsharded(wrapped, self.accelerator.state.fsdp_plugin.reshard_after_forward)
+        return contextlib.nullcontext()
 
     def no_sync(self, wrapped: nn.Module, sync: bool) -> Any:
         """No gradient all-reduce for this backward unless `sync` (the step's last micro-batch)."""
@@ -237,8 +313,11 @@ class Engine:
 
     def clip_grad_norm(self, params: Sequence[Tensor], max_norm: float) -> float:
         """Clip the (unscaled) gradients to `max_norm` (inf: only measure); returns their norm."""
-        if self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
-            return float(self.accelerator.clip_grad_norm_(params, max_norm))  # sharded gradients
+        if self.sharded:
+            # accelerate finds the FSDP model by comparing the list with the model's own
+            # parameters (all of them, in order; FSDP2 then reduces the DTensor shards' norms)
+            return float(self.accelerator.clip_grad_norm_(list(self._wrapped.parameters()),
+                                                          max_norm))
         self.accelerator.unscale_gradients()
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
 

@@ -12,6 +12,7 @@ and judged by it is flagged: its rubric numbers are not independent evidence of 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +108,11 @@ def _sampled(cfg: CompareConfig, test: list[PromptRecord]) -> dict[str, Any]:
 def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     """Decode, score and compare; writes samples_<name>.jsonl and eval.json in `cfg.out`."""
     from coachlm.data.io import read_prompts
+    from coachlm.engine.shard import is_main_process
     from coachlm.eval.kl import kl_to_reference
 
+    if not is_main_process():  # several processes (decoding sharded): one writes the files
+        cfg = dataclasses.replace(cfg, out=None)
     prompts = stratified(read_prompts(cfg.prompts), cfg.limit)
     if not prompts:
         raise CoachError(f"{cfg.prompts}: no prompts to evaluate")

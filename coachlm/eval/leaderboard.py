@@ -4,24 +4,28 @@ as public model arenas compute them (Chiang et al., 2024, "Chatbot Arena"). The 
 `feedback.ratings`; this module turns evaluations into matches.
 
 Judges: the world's rubric (each eval's `samples_<model>.jsonl` carries `rubric_total`), a reward
-model (`labelers.RewardModelJudge` scores the same responses), and comparisons from the store
-whose two responses come from different versions (`ratings.matches_from_records`).
+model (`labelers.RewardModelJudge` scores the same responses), an AI judge (the RL-CAI feedback
+model, `labelers.ai.AILabeler`, asked in both orders which of two versions' responses is better),
+and comparisons from the store whose two responses come from different versions (a loop sends
+pairs of two versions' responses to its labelers: `versus_samples`; `ratings.matches_from_records`
+turns their labels into matches).
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from coachlm.data.schema import Record, Sample
+from coachlm.data.schema import Record, Response, Sample
 from coachlm.eval.wins import outcome
 from coachlm.feedback.ratings import Match, elo, leaderboard, matches_from_records
+from coachlm.labelers.ai import AIConfig
 
 
 @dataclass(frozen=True)
@@ -30,14 +34,52 @@ class LeaderboardConfig:
     out: Path
     reward_model: Path | None = None  # also judge by this reward model
     feedback: tuple[Path, ...] = ()  # comparisons/rankings (e.g. from the store) between versions
+    ai_judge: Path | None = None  # also judge by this feedback model (a local model directory)
+    ai_judge_prompts: int | None = 64  # the AI judge compares versions on at most this many prompts
+    constitution: Path | None = None  # the AI judge's principles (None: the built-in constitution)
+    principles: tuple[str, ...] = ()  # only these principle ids (empty: all)
+    ai: AIConfig = field(default_factory=AIConfig)  # both orders by default
     bootstrap: int = 200
     seed: int = 0
 
 
-def read_players(evals: Sequence[Path], names: Sequence[Mapping[str, str]]
+@dataclass(frozen=True)
+class VersionsConfig:
+    """Two versions' responses to the same prompts, as samples for labelers to compare (a
+    loop's `versions` stage; the label stage after it sends them through the store)."""
+
+    evals: tuple[Path, ...]  # eval.json files, as for the leaderboard
+    out: Path  # the samples file
+    players: tuple[str, ...] = ()  # (newer, older); empty: the two newest players
+    limit: int | None = 32  # prompts
+    # which of the eval's decodes: those at the policy's training temperature (what it does in
+    # use; two versions' greedy answers are often the same text) or the greedy ones
+    decoding: Literal["sampled", "greedy"] = "sampled"
+
+    def __post_init__(self) -> None:
+        if self.players and len(self.players) != 2:
+            raise ValueError(f"players must name two versions, got {list(self.players)}")
+
+
+def write_versus(cfg: VersionsConfig, names: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    from coachlm.data.io import write_records
+    from coachlm.errors import CoachError
+
+    players = read_players(cfg.evals, names, "_sampled" if cfg.decoding == "sampled" else "")
+    a, b = cfg.players or (tuple(reversed(list(players)[-2:])) if len(players) > 1 else ("", ""))
+    if a not in players or b not in players:
+        raise CoachError(f"versions: no players {a!r} and {b!r} among {sorted(players)}")
+    samples = versus_samples(players, a, b, cfg.limit)
+    write_records(cfg.out, samples)
+    return {"samples": str(cfg.out), "metrics": {"players": [a, b], "prompts": len(samples) // 2}}
+
+
+def read_players(evals: Sequence[Path], names: Sequence[Mapping[str, str]], tag: str = ""
                  ) -> dict[str, list[Sample]]:
     """Each player's evaluation samples; `names[i]` maps eval i's model names to player names
-    (a model seen in an earlier eval under the same player name is read once)."""
+    (a model seen in an earlier eval under the same player name is read once). `tag`
+    "_sampled": the decodes at the policy's training temperature (test half), where the eval
+    made them, else the greedy ones."""
     from coachlm.data.io import read_records
 
     players: dict[str, list[Sample]] = {}
@@ -45,8 +87,10 @@ def read_players(evals: Sequence[Path], names: Sequence[Mapping[str, str]]
         for model in json.loads(Path(path).read_text())["models"]:
             player = rename.get(model, model)
             if player not in players:
-                players[player] = list(read_records(Path(path).parent / f"samples_{model}.jsonl",
-                                                    kinds=["sample"]))
+                found = Path(path).parent / f"samples_{model}{tag}.jsonl"
+                if not found.is_file():
+                    found = Path(path).parent / f"samples_{model}.jsonl"
+                players[player] = list(read_records(found, kinds=["sample"]))
     return players
 
 
@@ -80,6 +124,47 @@ def reward_model_matches(players: Mapping[str, list[Sample]], model_dir: Path) -
 
 def version_matches(records: Iterable[Record]) -> list[Match]:
     return matches_from_records(records)
+
+
+def versus_samples(players: Mapping[str, list[Sample]], a: str, b: str,
+                   limit: int | None = None, same: bool = False) -> list[Sample]:
+    """Players a's and b's responses to the prompts both answered (first `limit` of them), two
+    samples per prompt, each response's model renamed to its player: what a judge or a
+    labeler compares, and how `matches_from_records` tells the versions apart afterwards.
+    Prompts where both gave the same text are left out (nothing to compare) unless `same`."""
+    def named(s: Sample, player: str) -> Sample:
+        return replace(s, response=Response(s.response.text, model=player,
+                                            model_version=s.response.model_version))
+
+    theirs = {str(s.meta.get("prompt_id")): s for s in players[b]}
+    out: list[Sample] = []
+    for s in players[a]:
+        other = theirs.get(str(s.meta.get("prompt_id")))
+        if other is not None and (same or other.response.text != s.response.text):
+            out += [named(s, a), named(other, b)]
+    return out[: 2 * limit] if limit is not None else out
+
+
+def ai_judge_matches(players: Mapping[str, list[Sample]], cfg: LeaderboardConfig) -> list[Match]:
+    """Every pair of players on (at most `ai_judge_prompts` of) the prompts both answered,
+    judged by the feedback model: its soft label P(a better), read in both orders by default
+    (Bai et al., 2022, sec. 4.1; swapping cancels position bias), gives a win, loss or tie."""
+    from coachlm.constitution import load_constitution
+    from coachlm.labelers.ai import AILabeler
+    from coachlm.labelers.backends import LocalModel
+    from coachlm.labelers.base import group_samples
+
+    constitution = load_constitution(cfg.constitution).select(cfg.principles)
+    labeler = AILabeler(LocalModel(cfg.ai_judge), constitution.principles, cfg.ai)
+    ties, groups = [], []
+    for a, b in combinations(sorted(players), 2):
+        pairs = versus_samples(players, a, b, cfg.ai_judge_prompts, same=True)
+        for x, y in zip(pairs[::2], pairs[1::2]):
+            if x.response.text == y.response.text:  # the same answer: a tie, as for the rubric
+                ties.append(Match(a, b, 0.5))
+            else:
+                groups += group_samples([x, y], min_size=2)
+    return ties + version_matches(labeler.label(groups))
 
 
 def elo_intervals(matches: Sequence[Match], rounds: int, seed: int = 0,
@@ -118,9 +203,12 @@ def run_leaderboard(cfg: LeaderboardConfig, names: Sequence[Mapping[str, str]]) 
     judges = {"rubric": rubric_matches(players)}
     if cfg.reward_model is not None:
         judges["reward_model"] = reward_model_matches(players, cfg.reward_model)
+    if cfg.ai_judge is not None:
+        judges["ai_judge"] = ai_judge_matches(players, cfg)
     if cfg.feedback:
-        judges["feedback"] = version_matches(
-            r for p in cfg.feedback for r in read_records(p, kinds=PREFERENCE_KINDS))
+        judges["feedback"] = version_matches(  # (a round whose versions all agreed: no file)
+            r for p in cfg.feedback if Path(p).stat().st_size
+            for r in read_records(p, kinds=PREFERENCE_KINDS))
     result = {"players": list(players),
               "boards": {j: board(m, cfg.bootstrap, cfg.seed) for j, m in judges.items()},
               "matches": {j: len(m) for j, m in judges.items()}}

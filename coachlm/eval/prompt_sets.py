@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from functools import lru_cache
 from typing import Any, Sequence
 
 from coachlm.data.schema import PromptRecord
@@ -19,6 +20,7 @@ from coachlm.data.schema import PromptRecord
 NUM_PERM = 64
 
 
+@lru_cache(maxsize=65536)
 def normalize(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
@@ -28,13 +30,36 @@ def _shingles(text: str, n: int = 3) -> set[str]:
     return {" ".join(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))}
 
 
-def _minhash(text: str) -> Any:
+@lru_cache(maxsize=1)
+def _permutations() -> Any:
+    """The seeded permutations every MinHash shares: drawing them is most of the cost of a
+    MinHash of a short prompt, and datasketch would draw them again for each one."""
     from datasketch import MinHash
 
     m = MinHash(num_perm=NUM_PERM, seed=1)
-    for s in _shingles(text):
-        m.update(s.encode())
+    return m.permutations, m.scheme
+
+
+@lru_cache(maxsize=65536)
+def _minhash(text: str) -> Any:
+    """The prompt's MinHash (cached: a prompt set is checked alone and against another set).
+    Equal to `MinHash(NUM_PERM, seed=1)` updated shingle by shingle, in one batch."""
+    from datasketch import MinHash
+
+    permutations, scheme = _permutations()
+    m = MinHash(num_perm=NUM_PERM, seed=1, permutations=permutations, scheme=scheme)
+    m.update_batch([s.encode() for s in _shingles(text)])
     return m
+
+
+@lru_cache(maxsize=16)
+def _bands(threshold: float) -> tuple[int, int]:
+    """The LSH bands and rows for `threshold` (datasketch finds them by numerical integration
+    each time an index is made; once is enough)."""
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    return lsh.b, lsh.r
 
 
 def _text(p: PromptRecord) -> str:
@@ -53,7 +78,7 @@ def duplicates(prompts: Sequence[PromptRecord], threshold: float = 0.8) -> dict[
     seen: dict[str, int] = {}
     exact: list[tuple[int, int]] = []
     near: list[tuple[int, int]] = []
-    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    lsh = MinHashLSH(num_perm=NUM_PERM, params=_bands(threshold))
     for i, p in enumerate(prompts):
         key = normalize(_text(p))
         if key in seen:
@@ -75,7 +100,7 @@ def overlap(reference: Sequence[PromptRecord], prompts: Sequence[PromptRecord],
     from datasketch import MinHashLSH
 
     exact_keys = {normalize(_text(p)) for p in reference}
-    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    lsh = MinHashLSH(num_perm=NUM_PERM, params=_bands(threshold))
     for i, p in enumerate(reference):
         lsh.insert(str(i), _minhash(_text(p)))
     exact = sum(normalize(_text(p)) in exact_keys for p in prompts)

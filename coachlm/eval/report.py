@@ -85,7 +85,7 @@ def _rounds(recs: dict[str, dict]) -> list[dict[str, Any]]:
         elif rec.get("kind") in RL_KINDS:
             r["train"], r["policy_stage"] = training(Path(rec["result"]["model"]).parent), name
         elif rec.get("kind") == "label":
-            r["labels_path"] = Path(rec["result"]["data"])
+            r.setdefault("labels", []).append((name, Path(rec["result"]["data"])))
     return [out[k] for k in sorted(out)]
 
 
@@ -152,17 +152,19 @@ def _leaderboard(recs: dict[str, dict]) -> str:
 
 def _labels(rounds: list[dict[str, Any]], cfg: ReportConfig) -> str:
     rows = []
-    for r in rounds:
-        if "labels_path" not in r:
-            continue
-        s = labels(r["labels_path"], cfg.rate_per_hour)
-        money = "-" if s["money_per_label"] is None else f"${s['money_per_label']:.3f}"
-        secs = "-" if s["seconds_per_label"] is None else f"{s['seconds_per_label']:.1f}"
-        alpha = "n/a (one label per item)" if s["alpha"] is None else f"{s['alpha']:.3f}"
-        rows.append([r["round"], s["n"], html.escape(json.dumps(s["by_source"])),
-                     f"{s['gold_accuracy_all']:.1%}", alpha, secs, money,
-                     f"${s['n'] * (s['money_per_label'] or 0):.2f}"])
-    return _table(["round", "labels", "by source", "accuracy vs rubric (gold)",
+    for r in rounds:  # a round's own labels, then (a loop) its comparisons of two versions
+        for stage, path in r.get("labels", []):
+            if not path.stat().st_size:
+                continue
+            s = labels(path, cfg.rate_per_hour)
+            money = "-" if s["money_per_label"] is None else f"${s['money_per_label']:.3f}"
+            secs = "-" if s["seconds_per_label"] is None else f"{s['seconds_per_label']:.1f}"
+            alpha = "n/a (one label per item)" if s["alpha"] is None else f"{s['alpha']:.3f}"
+            rows.append([r["round"], html.escape(stage), s["n"],
+                         html.escape(json.dumps(s["by_source"])),
+                         f"{s['gold_accuracy_all']:.1%}", alpha, secs, money,
+                         f"${s['n'] * (s['money_per_label'] or 0):.2f}"])
+    return _table(["round", "stage", "labels", "by source", "accuracy vs rubric (gold)",
                    "Krippendorff alpha", "seconds / label",
                    f"money / label at ${cfg.rate_per_hour:g}/h",
                    "round total"], rows)

@@ -21,8 +21,12 @@ RL_KINDS = ("ppo", "grpo", "rloo")
 
 @dataclass(frozen=True)
 class ReportConfig:
-    run_dir: Path
+    # None: the run a pipeline's `report` stage is part of (the stage fills it in)
+    run_dir: Path | None = None
     out: Path | None = None  # default RUN_DIR/report.html
+    # a pipeline's report stage: the outputs it comes after (its inputs, which order the stage
+    # last and re-run it when they change); the report covers every finished stage of the run
+    after: tuple[Path, ...] = ()
     # $0.10 for a 10-second comparison (the classic crowd-work figure) is $36 an hour
     rate_per_hour: float = 36.0
     length_drift: float = 0.5  # alarm when the mean response length moves by this fraction
@@ -35,7 +39,9 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def stages(run_dir: Path) -> dict[str, dict[str, Any]]:
+def stages(run_dir: Path | None) -> dict[str, dict[str, Any]]:
+    if run_dir is None:
+        raise CoachError("the report needs a run directory")
     run = run_dir / "run.json"
     if not run.is_file():
         raise CoachError(f"{run_dir} is not a pipeline run directory (no run.json)")

@@ -38,18 +38,23 @@ def generate_responses(model_dir: Path, prompts: Sequence[PromptRecord], cfg: Ev
     import torch
 
     from coachlm.data.chat import encode_prompt
+    from coachlm.engine.shard import shard_map
     from coachlm.models.load import load_model, load_tokenizer
     from coachlm.rollout.sampling import SamplingConfig, decode_responses, generate
 
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, dtype=torch.bfloat16 if cfg.dtype == "bf16" else None,
                        tokenizer=tokenizer)
-    ids = [encode_prompt(tokenizer, p.prompt) for p in prompts]
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                           top_k=1 if cfg.greedy else 0, top_p=1.0, n=1,
                           batch_size=cfg.batch_size, seed=cfg.seed)
-    gen = generate(model, tokenizer, ids, scfg)
-    return decode_responses(tokenizer, gen)
+
+    def decode(mine: list[PromptRecord], start: int) -> list[str]:
+        ids = [encode_prompt(tokenizer, p.prompt) for p in mine]
+        return decode_responses(tokenizer, generate(model, tokenizer, ids, scfg, row_offset=start))
+
+    # under a launcher each process decodes its share of the prompts; all get every response
+    return shard_map(decode, prompts)
 
 
 def score_responses(prompts: Sequence[PromptRecord], responses: Sequence[str]) -> dict[str, Any]:

@@ -13,8 +13,8 @@ dummy hash, so that the response time does not tell those cases apart.
 
 API tokens and session tokens are 256-bit random strings: only their SHA-256 is stored (a
 fast hash is enough for a random secret, and a leaked database then holds no usable token).
-Tokens are never logged. Changing a password ends the labeler's sessions; deactivating a
-labeler ends their sessions and revokes their API token (reactivating does not revive it).
+Tokens are never logged. Changing a password or deactivating a labeler ends their sessions and
+revokes their API token (reactivating does not revive it; an admin issues a new one).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import math
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -160,15 +161,16 @@ def _keep_an_admin(s: Session, lab: Labeler, role: str | None, active: bool | No
 def update_labeler(s: Session, name: str, *, password: str | Hashed | None = None,
                    role: str | None = None, cost_per_label: float | None = None,
                    active: bool | None = None) -> Labeler:
-    """Change a labeler. A new password ends their sessions; deactivating ends their sessions
-    and revokes their API token. The last active admin cannot be demoted or deactivated."""
+    """Change a labeler. A new password or deactivating ends their sessions and revokes their
+    API token (an admin issues a new one). The last active admin cannot be demoted or deactivated."""
     lab = get_labeler(s, name)
     if role is not None:
         _check_role(role)
     _keep_an_admin(s, lab, role, active)
-    if password is not None:
+    if password is not None:  # a reset (often after a suspected leak) revokes every credential
         lab.password_hash = _password_hash(password)
         end_sessions(s, lab.id)
+        lab.token_hash = None
     if role is not None:
         lab.role = role
     if cost_per_label is not None:
@@ -238,11 +240,21 @@ def issue_token(s: Session, name: str) -> str:
 
 
 _BY_TOKEN = select(Labeler).where(Labeler.token_hash == bindparam("hash"))
+_L = Labeler.__table__
+# The columns a request needs to act for its caller (`Caller`), by token hash, in Core.
+CALLER_BY_TOKEN = select(_L.c.id, _L.c.name, _L.c.role, _L.c.cost_per_label).where(
+    _L.c.token_hash == bindparam("hash"), _L.c.active.is_(True))
 
 
 def labeler_by_token(s: Session, token: str) -> Labeler | None:
     lab = s.scalar(_BY_TOKEN, {"hash": token_hash(token)})
     return lab if lab is not None and lab.active else None
+
+
+def caller_by_token(store: Store, token: str) -> tuple[Any, ...] | None:
+    """(id, name, role, cost_per_label) of the active labeler holding this API token: one
+    indexed read outside any transaction, made once per API request."""
+    return store.one(CALLER_BY_TOKEN, {"hash": token_hash(token)})
 
 
 def create_session(s: Session, lab: Labeler, hours: float = 12.0) -> tuple[str, WebSession]:

@@ -11,6 +11,9 @@ Two ways, both safe under concurrency because the database enforces the rules it
 Each assignment fixes a random order in which the task's responses are shown (blind, with no
 model names), so that position bias can be measured and averaged out.
 
+The claim path (`next_assignment_id`) is SQLAlchemy Core: the JSON API calls it for every item,
+and loading ORM objects cost more than the queries; `next_assignment` wraps it for ORM callers.
+
 Expiry: a pending assignment older than its project's `assignment_ttl_s` loses its slot
 (status "expired") when someone next claims work in that project, so an absent labeler cannot
 hold items for ever. A late answer to an expired assignment is still kept if the task has a
@@ -22,9 +25,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Sequence
+from typing import Any, Sequence
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from coachlm.feedback.db import NotFound, StoreError
@@ -32,30 +35,36 @@ from coachlm.feedback.tables import (DONE, EXPIRED, MAX_ID, PENDING, SKIPPED, As
                                      Project, Task, utcnow)
 
 
-def _shown_order(task: Task, rng: random.Random) -> list[int]:
-    order = list(range(len(task.response_ids)))
+def _shown_order(n: int, rng: random.Random) -> list[int]:
+    order = list(range(n))
     rng.shuffle(order)
     return order
 
 
-# The statements of the claim path, built once: building a SQLAlchemy statement costs more
-# Python time than SQLite takes to run it. Values are bound per call.
-_TAKEN = select(Assignment.slot).where(Assignment.task_id == bindparam("task"),
-                                       Assignment.slot.is_not(None))
-_PENDING = select(Assignment).join(Task).where(
-    Assignment.labeler_id == bindparam("labeler"), Assignment.status == PENDING,
-    Task.project_id == bindparam("project")).order_by(Assignment.id).limit(1)
-_OPEN = (select(Task).where(
-    Task.project_id == bindparam("project"), Task.filled < Task.n_labels,
-    Task.id.not_in(select(Assignment.task_id).where(Assignment.labeler_id == bindparam("labeler"))))
-    .order_by(Task.id).limit(1))
+# The claim path in SQLAlchemy Core, statements built once: building a statement, and loading
+# ORM objects, costs more Python time than SQLite takes to run the query (issue 12: the claim
+# and submit of one label took ~18 ms of server CPU through the ORM). Values are bound per call.
+_A, _T = Assignment.__table__, Task.__table__
+_TAKEN = select(_A.c.slot).where(_A.c.task_id == bindparam("task"), _A.c.slot.is_not(None))
+_PENDING = (select(_A.c.id).join(_T, _A.c.task_id == _T.c.id).where(
+    _A.c.labeler_id == bindparam("labeler"), _A.c.status == PENDING,
+    _T.c.project_id == bindparam("project")).order_by(_A.c.id).limit(1))
+_OPEN = (select(_T.c.id, _T.c.n_labels, _T.c.response_ids).where(
+    _T.c.project_id == bindparam("project"), _T.c.filled < _T.c.n_labels,
+    _T.c.id.not_in(select(_A.c.task_id).where(_A.c.labeler_id == bindparam("labeler"))))
+    .order_by(_T.c.id).limit(1))
 _OPEN_SKIP, _OPEN_WAIT = _OPEN.with_for_update(skip_locked=True), _OPEN.with_for_update()
-_STALE = (select(Assignment).join(Task).where(
-    Assignment.status == PENDING, Task.project_id == bindparam("project"),
-    Assignment.created_at < bindparam("cutoff")).with_for_update(of=Assignment, skip_locked=True))
+_STALE = (select(_A.c.id, _A.c.task_id).join(_T, _A.c.task_id == _T.c.id).where(
+    _A.c.status == PENDING, _T.c.project_id == bindparam("project"),
+    _A.c.created_at < bindparam("cutoff")).with_for_update(of=_A, skip_locked=True))
+_NEW = insert(_A)
+_FILL = update(_T).where(_T.c.id == bindparam("tid")).values(
+    filled=_T.c.filled + bindparam("delta"))  # atomic in SQL, never read-modify-write
+_EXPIRE = update(_A).where(_A.c.id == bindparam("aid")).values(
+    status=EXPIRED, slot=None, done_at=bindparam("now"))
 
 
-def _free_slot(s: Session, task: Task) -> int | None:
+def _free_slot(s: Session, task: Task | Row[Any]) -> int | None:
     taken = set(s.scalars(_TAKEN, {"task": task.id}))
     return next((i for i in range(task.n_labels) if i not in taken), None)
 
@@ -77,7 +86,7 @@ def assign_tasks(s: Session, project: Project, labelers: Sequence[Labeler],
                 break
             lab = min(free, key=lambda x: (load[x.id], rng.random()))
             s.add(Assignment(task_id=task.id, labeler_id=lab.id, slot=slot,
-                             shown_order=_shown_order(task, rng)))
+                             shown_order=_shown_order(len(task.response_ids), rng)))
             task.filled = Task.filled + 1  # an atomic increment in SQL
             s.flush()
             have.add(lab.id)
@@ -87,47 +96,87 @@ def assign_tasks(s: Session, project: Project, labelers: Sequence[Labeler],
 
 
 def pending(s: Session, labeler: Labeler, project: Project) -> Assignment | None:
-    return s.scalar(_PENDING, {"labeler": labeler.id, "project": project.id})
+    found = s.scalar(_PENDING, {"labeler": labeler.id, "project": project.id})
+    return None if found is None else s.get(Assignment, found)
 
 
-def claim(s: Session, labeler: Labeler, project: Project,
-          rng: random.Random | None = None) -> Assignment | None:
-    """Claim a free slot on the oldest task this labeler has never had (None if there is none).
+def claim_id(s: Session, labeler_id: int, project_id: int,
+             rng: random.Random | None = None) -> int | None:
+    """Claim a free slot on the oldest task this labeler has never had; its assignment id
+    (None if there is none).
 
     PostgreSQL: the task row is locked FOR UPDATE SKIP LOCKED, the job-queue idiom, so that
     concurrent claimers take different tasks instead of colliding on one slot; if every open
     task is locked at that instant, wait for one rather than wrongly report an empty queue.
     SQLite: writers are serialized, so the first open task is simply free.
     """
-    rng = rng or random.Random()
-    ids = {"project": project.id, "labeler": labeler.id}
-    task = s.scalar(_OPEN_SKIP, ids) or s.scalar(_OPEN_WAIT, ids)
+    flush_orm(s)
+    ids = {"project": project_id, "labeler": labeler_id}
+    task = s.execute(_OPEN_SKIP, ids).first() or s.execute(_OPEN_WAIT, ids).first()
     if task is None:
         return None
     slot = _free_slot(s, task)
     if slot is None:
         return None
-    a = Assignment(task_id=task.id, labeler_id=labeler.id, slot=slot,
-                   shown_order=_shown_order(task, rng))
-    s.add(a)
-    task.filled = Task.filled + 1
-    s.flush()  # the unique (task, slot) constraint stays the last line of defence
-    return a
+    # The unique (task, slot) constraint stays the last line of defence against a race.
+    new = s.execute(_NEW, {"task_id": task.id, "labeler_id": labeler_id, "slot": slot,
+                           "status": PENDING, "created_at": utcnow(), "shown_order":
+                           _shown_order(len(task.response_ids), rng or random.Random())})
+    s.execute(_FILL, {"tid": task.id, "delta": 1})
+    return new.inserted_primary_key[0]
+
+
+def expire_stale(s: Session, project_id: int, ttl_s: int) -> int:
+    """Free the slots of the project's pending assignments older than `ttl_s`; how many.
+    PostgreSQL: rows another transaction holds (a submit in progress) are skipped."""
+    if not ttl_s:
+        return 0
+    now = utcnow()
+    stale = s.execute(_STALE, {"project": project_id,
+                               "cutoff": now - timedelta(seconds=ttl_s)}).all()
+    if stale:
+        s.execute(_EXPIRE, [{"aid": a_id, "now": now} for a_id, _ in stale])
+        s.execute(_FILL, [{"tid": task_id, "delta": -1} for _, task_id in stale])
+    return len(stale)
+
+
+def next_assignment_id(s: Session, labeler_id: int, project: Project | Row[Any]) -> int | None:
+    """The labeler's oldest pending assignment in `project`, else a newly claimed one (after
+    expiring stale assignments, whose slots are then free to claim): its id. Core statements
+    only; `s` may hold ORM changes (they are flushed first)."""
+    flush_orm(s)
+    found = s.scalar(_PENDING, {"labeler": labeler_id, "project": project.id})
+    if found is None:
+        expire_stale(s, project.id, project.assignment_ttl_s)
+        found = claim_id(s, labeler_id, project.id)
+    return found
+
+
+def claim(s: Session, labeler: Labeler, project: Project,
+          rng: random.Random | None = None) -> Assignment | None:
+    """`claim_id` for ORM callers: the new Assignment (None if there is no free task)."""
+    found = claim_id(s, labeler.id, project.id, rng)
+    return None if found is None else _loaded(s, found)
 
 
 def expire(s: Session, project: Project) -> int:
-    """Free the slots of the project's pending assignments older than its TTL; how many.
-    PostgreSQL: rows another transaction holds (a submit in progress) are skipped."""
-    if not project.assignment_ttl_s:
-        return 0
-    now = utcnow()
-    stale = s.scalars(_STALE, {"project": project.id, "cutoff": now - timedelta(
-        seconds=project.assignment_ttl_s)}).all()
-    for a in stale:
-        a.status, a.slot, a.done_at = EXPIRED, None, now
-        a.task.filled = Task.filled - 1
-    s.flush()
-    return len(stale)
+    return expire_stale(s, project.id, project.assignment_ttl_s)
+
+
+def flush_orm(s: Session) -> None:
+    """Send the session's pending ORM changes before Core statements read the same rows."""
+    if s.new or s.dirty or s.deleted:
+        s.flush()
+
+
+def _loaded(s: Session, assignment_id: int) -> Assignment:
+    """The assignment as an ORM object, refreshed (Core statements may have changed its row
+    or its task's row behind the session's back)."""
+    a = s.get(Assignment, assignment_id, populate_existing=True)
+    task = s.identity_map.get(Session.identity_key(Task, a.task_id))
+    if task is not None:
+        s.expire(task)
+    return a
 
 
 def retake_slot(s: Session, a: Assignment) -> bool:
@@ -143,15 +192,11 @@ def retake_slot(s: Session, a: Assignment) -> bool:
 
 
 def next_assignment(s: Session, labeler: Labeler, project: Project | None) -> Assignment | None:
-    """The labeler's oldest pending assignment in `project`, else a newly claimed one (after
-    expiring stale assignments, whose slots are then free to claim)."""
+    """`next_assignment_id` for ORM callers (the pages, the pipeline): the Assignment."""
     if project is None:
         raise NotFound("no such project")
-    found = pending(s, labeler, project)
-    if found is None:
-        expire(s, project)
-        found = claim(s, labeler, project)
-    return found
+    found = next_assignment_id(s, labeler.id, project)
+    return None if found is None else _loaded(s, found)
 
 
 def get_assignment(s: Session, labeler: Labeler, assignment_id: int,

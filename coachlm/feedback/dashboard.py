@@ -105,19 +105,64 @@ def metrics(r: quality.QualityReport, rows: Sequence[LabelRow] = ()) -> list[Met
     return out
 
 
+@dataclass(frozen=True)
+class Pace:
+    """One labeler's pace: labels so far, per hour, what is left for them and when it is done."""
+
+    name: str
+    done: int
+    per_hour: float  # over the last 24 h with this labeler's labels; NaN with fewer than 2
+    left: int  # their quota minus what they did, or else an even share of the project's rest
+    eta_hours: float  # NaN when they are not labeling now
+
+
+def _recent(rows: Sequence[LabelRow], now: datetime) -> list[LabelRow]:
+    return [r for r in rows if r.created_at >= now - timedelta(hours=24)]
+
+
+def _per_hour(recent: Sequence[LabelRow], now: datetime) -> float:
+    """Labels per hour since the first of the last 24 h's labels (2+ needed for a rate)."""
+    if len(recent) < 2:
+        return float("nan")
+    span_h = max((now - min(r.created_at for r in recent)).total_seconds() / 3600, 1 / 60)
+    return len(recent) / span_h
+
+
+def _eta(left: int, per_hour: float) -> float:
+    if not left:
+        return 0.0
+    return left / per_hour if per_hour == per_hour and per_hour > 0 else math.nan
+
+
 def progress(s: Session, project: Project, rows: Sequence[LabelRow],
              now: datetime | None = None) -> Progress:
     wanted = s.scalar(select(func.sum(Task.n_labels)).where(Task.project_id == project.id)) or 0
+    per_hour = _per_hour(_recent(rows, now or utcnow()), now or utcnow())
+    return Progress(int(wanted), len(rows), per_hour, _eta(max(wanted - len(rows), 0), per_hour))
+
+
+def paces(rows: Sequence[LabelRow], prog: Progress, quota: int = 0,
+          now: datetime | None = None) -> list[Pace]:
+    """Per labeler ETA. With a quota, each labeler has quota - done left; without, the
+    project's remaining labels are shared evenly by the labelers active in the last 24 h (by
+    everyone who labeled, when nobody is active), so that a slow labeler shows a late ETA."""
     now = now or utcnow()
-    recent = [r for r in rows if r.created_at >= now - timedelta(hours=24)]
-    if len(recent) >= 2:
-        span_h = max((now - min(r.created_at for r in recent)).total_seconds() / 3600, 1 / 60)
-        per_hour = len(recent) / span_h
-    else:
-        per_hour = float("nan")
-    left = max(wanted - len(rows), 0)
-    eta = left / per_hour if per_hour == per_hour and per_hour > 0 else (0.0 if not left else math.nan)
-    return Progress(int(wanted), len(rows), per_hour, eta)
+    mine: dict[str, list[LabelRow]] = defaultdict(list)
+    for r in rows:
+        mine[r.labeler].append(r)
+    recent = {name: _recent(rs, now) for name, rs in mine.items()}
+    active = [n for n, rs in recent.items() if rs] or list(mine)
+    rest = max(prog.wanted - prog.done, 0)
+    out = []
+    for name in sorted(mine):
+        done = len(mine[name])
+        if quota:
+            left = max(quota - done, 0)
+        else:
+            left = math.ceil(rest / len(active)) if name in active else 0
+        rate = _per_hour(recent[name], now)
+        out.append(Pace(name, done, rate, left, _eta(left, rate)))
+    return out
 
 
 def per_day(rows: Sequence[LabelRow], days: int = 14, now: datetime | None = None

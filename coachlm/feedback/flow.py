@@ -53,6 +53,29 @@ def revise(s: Session, labeler: Labeler, assignment_id: int, client_id: str, ans
     return label, True
 
 
+def answered_label(s: Session, labeler: Labeler, assignment_id: int) -> Label | None:
+    """The label of one's own answered item (None when it is not answered)."""
+    a = assign.get_assignment(s, labeler, assignment_id)
+    if a.status != DONE:
+        return None
+    return s.scalar(select(Label).where(Label.assignment_id == a.id))
+
+
+def same_answer(s: Session, label: Label, answer: dict) -> bool:
+    """Whether `answer` (shown terms) is the one `label` stores: a resubmission under a new
+    client id (a second tab, a script that lost its response) that asks for nothing new."""
+    a = s.get(Assignment, label.assignment_id)
+    task, project = a.task, s.get(Project, a.task.project_id)
+    try:
+        canonical = labels.check_answer(task.kind, labels.from_shown(task.kind, answer,
+                                                                     a.shown_order),
+                                        len(task.response_ids), project.rating_scale,
+                                        project.flags)
+    except StoreError:
+        return False
+    return canonical == label.answer
+
+
 def skip(s: Session, labeler: Labeler, assignment_id: int, reason: str = "") -> Assignment:
     """Skip (the slot goes back to the pool) and remember why."""
     assign.skip(s, labeler, assignment_id)

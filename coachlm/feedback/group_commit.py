@@ -6,13 +6,15 @@ hundred commits per second however fast the rest is. Databases have long answere
 group commit (DeWitt et al., "Implementation techniques for main memory database systems",
 SIGMOD 1984; PostgreSQL's commit_delay): writes that arrive while a commit is in flight are
 collected and committed together. Here one writer thread takes every queued write function,
-runs each in its own SAVEPOINT (so one that fails is rolled back alone and gets its own
-error), commits once, and only then wakes the callers: every caller is told "saved" only
+runs them in one transaction, commits once, and only then wakes the callers (when one of them
+fails, the batch is rolled back and run again with each write in its own SAVEPOINT, so that
+the failed one is undone alone and gets its own error): every caller is told "saved" only
 after its write is on disk, exactly as before, but a busy server pays one fsync per batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from concurrent.futures import Future
@@ -27,7 +29,8 @@ _STOP = object()
 
 
 class GroupCommit:
-    """A writer thread for one store; `run(fn, durable)` blocks until `fn`'s batch commits."""
+    """A writer thread for one store; `run(fn, durable)` blocks until `fn`'s batch commits,
+    `await run_async(fn, durable)` waits for it without holding a thread."""
 
     def __init__(self, store: Store):
         self.store = store
@@ -36,15 +39,23 @@ class GroupCommit:
         self.start_lock = threading.Lock()
 
     def run(self, fn: Callable[..., T], durable: bool) -> T:
+        done: Future[T] = Future()
+        self._put(fn, durable, done)
+        return done.result()
+
+    async def run_async(self, fn: Callable[..., T], durable: bool) -> T:
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._put(fn, durable, done)
+        return await done
+
+    def _put(self, fn: Callable[..., Any], durable: bool, done: Future | asyncio.Future) -> None:
         if self.thread is None:
             with self.start_lock:
                 if self.thread is None:
                     self.thread = threading.Thread(target=self._loop, daemon=True,
                                                    name="coachlm-group-commit")
                     self.thread.start()
-        done: Future[T] = Future()
         self.queue.put((fn, durable, done))
-        return done.result()
 
     def close(self) -> None:
         if self.thread is not None:
@@ -67,18 +78,64 @@ class GroupCommit:
                 return
 
     def _commit(self, batch: list[tuple[Callable[..., Any], bool, Future]]) -> None:
-        outcomes: list[tuple[Future, bool, Any]] = []
         try:
-            with self.store.write(durable=any(d for _, d, _ in batch)) as s:
-                for fn, _, done in batch:
-                    try:
-                        with s.begin_nested():  # SAVEPOINT: a failure undoes this write only
-                            outcomes.append((done, True, fn(s)))
-                    except Exception as e:  # handed to its caller, who may retry
-                        outcomes.append((done, False, e))
+            try:
+                outcomes = self._run(batch, isolated=False)
+            except _Redo:
+                outcomes = self._run(batch, isolated=True)
         except BaseException as e:  # the commit itself failed: nobody's write is saved
-            for _, _, done in batch:
-                done.set_exception(e)
-            return
-        for done, ok, value in outcomes:
+            outcomes = [(done, False, e) for _, _, done in batch]
+        _settle(outcomes)
+
+    def _run(self, batch: list[tuple[Callable[..., Any], bool, Future]], isolated: bool
+             ) -> list[tuple[Future, bool, Any]]:
+        """Run the batch's writes in one transaction and commit it; (future, ok, result or
+        error) for each. Not `isolated` (the usual case): the writes run side by side, and the
+        first failure rolls the batch back (`_Redo`, or the failure itself for a batch of one);
+        `isolated`: each write runs in its own SAVEPOINT, so a failure undoes that write only.
+        Savepoints for every write cost more than the writes themselves, and failures
+        (a conflict, a bad answer) are rare, so the batch pays for them only when one fails."""
+        outcomes: list[tuple[Future, bool, Any]] = []
+        with self.store.write(durable=any(d for _, d, _ in batch)) as s:
+            for fn, _, done in batch:
+                if not isolated:
+                    try:
+                        outcomes.append((done, True, fn(s)))
+                    except Exception as e:
+                        if len(batch) > 1:
+                            raise _Redo from e
+                        raise
+                    continue
+                try:
+                    with s.begin_nested():
+                        outcomes.append((done, True, fn(s)))
+                except Exception as e:  # handed to its caller, who may retry
+                    outcomes.append((done, False, e))
+        return outcomes
+
+
+def _settle(outcomes: list[tuple[Any, bool, Any]]) -> None:
+    """Hand each caller its outcome: a waiting thread directly; coroutines through one call
+    per event loop, so that a batch wakes each loop once (one self-pipe write, not one per
+    caller as `asyncio.wrap_future` would make)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
+    for done, ok, value in outcomes:
+        if isinstance(done, asyncio.Future):
+            by_loop.setdefault(done.get_loop(), []).append((done, ok, value))
+        else:
             done.set_result(value) if ok else done.set_exception(value)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_in_loop, items)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+
+def _settle_in_loop(items: list[tuple[asyncio.Future, bool, Any]]) -> None:
+    for done, ok, value in items:
+        if not done.cancelled():  # a caller that went away (its write is committed anyway)
+            done.set_result(value) if ok else done.set_exception(value)
+
+
+class _Redo(Exception):
+    """A write of a batch run without savepoints failed: run the batch again, isolated."""

@@ -13,10 +13,11 @@ import hashlib
 import itertools
 import json
 import random
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Row, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from coachlm.data import schema
@@ -48,9 +49,7 @@ def create_project(s: Session, name: str, description: str = "", rating_scale: i
                    assignment_ttl_s: int = DEFAULT_TTL_S) -> Project:
     """A new project. `assignment_ttl_s`: how long a claimed item stays reserved for its
     labeler before it is offered to someone else (0: for ever)."""
-    name = check_text(name.strip(), "a project name")
-    if not name or len(name) > 100:
-        raise StoreError("a project name must be 1 to 100 characters")
+    name = _check_name(name)
     if s.scalar(select(Project).where(Project.name == name)) is not None:
         raise StoreError(f"project {name!r} already exists")
     if isinstance(rating_scale, bool) or not isinstance(rating_scale, int) or not (
@@ -65,6 +64,19 @@ def create_project(s: Session, name: str, description: str = "", rating_scale: i
     if guidelines:
         add_guidelines(s, project, guidelines)
     return project
+
+
+def _check_name(name: str) -> str:
+    """A project name that every route can reach: a name is part of API paths, and a line
+    break (or another control character) in one would make the project unreachable there."""
+    name = check_text(name.strip(), "a project name")
+    if not name or len(name) > 100:
+        raise StoreError("a project name must be 1 to 100 characters")
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        raise StoreError(f"a project name cannot contain line breaks or control characters "
+                         f"(found U+{ord(bad):04X})")
+    return name
 
 
 def _check_ttl(ttl: int) -> int:
@@ -86,6 +98,20 @@ def get_project(s: Session, name: str) -> Project:
     if project is None:
         raise NotFound(f"no project named {name!r}")
     return project
+
+
+_P = Project.__table__
+_ROW_BY_NAME = select(_P.c.id, _P.c.name, _P.c.rating_scale, _P.c.flags,
+                      _P.c.assignment_ttl_s).where(_P.c.name == bindparam("name"))
+
+
+def project_row(s: Session, name: str) -> Row[Any]:
+    """(id, name, rating_scale, flags, assignment_ttl_s) of a project, without loading an ORM
+    object (for the claim path of the API)."""
+    row = s.execute(_ROW_BY_NAME, {"name": name}).first()
+    if row is None:
+        raise NotFound(f"no project named {name!r}")
+    return row
 
 
 def add_guidelines(s: Session, project: Project, text: str) -> Guideline:

@@ -22,16 +22,16 @@ crashes), and text for characters that cannot be stored (`text.check_text`).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from coachlm.data.schema import CHOICES
-from coachlm.feedback.assign import retake_slot
+from coachlm.feedback.assign import flush_orm, retake_slot
 from coachlm.feedback.db import Conflict, NotFound, StoreError
 from coachlm.feedback.tables import (DONE, EXPIRED, MAX_ID, SKIPPED, Assignment, Guideline, Label,
-                                     Labeler, Project, Task, utcnow)
+                                     Project, Task, utcnow)
 from coachlm.feedback.text import check_text
 
 SHOWN_CHOICES = {"first": 0, "second": 1}
@@ -140,66 +140,91 @@ def permute(kind: str, answer: dict[str, Any], order: Sequence[int]) -> dict[str
     return answer
 
 
-# Built once (statement construction costs more than running it); values bound per call.
-_BY_CLIENT_ID = select(Label).where(Label.client_id == bindparam("client_id"))
-_GUIDELINES = select(func.max(Guideline.version)).where(
-    Guideline.project_id == bindparam("project"))
-_LOCKED = (select(Assignment, Task, Project).join(Task, Assignment.task_id == Task.id)
-           .join(Project, Task.project_id == Project.id)
-           .where(Assignment.id == bindparam("id")).with_for_update(of=Assignment))
+class Caller(Protocol):
+    """Who submits: a `Labeler` row, or the web app's signed-in user (read once per request)."""
+
+    id: int
+    name: str
+    cost_per_label: float
 
 
-def submit_label(s: Session, labeler: Labeler, assignment_id: int, client_id: str,
-                 answer: Mapping[str, Any], time_spent_s: float | None = None) -> tuple[Label, bool]:
+# The submit path in SQLAlchemy Core, statements built once (see assign.py for why).
+_A, _T, _P, _L = Assignment.__table__, Task.__table__, Project.__table__, Label.__table__
+_BY_CLIENT_ID = select(_L.c.id, _L.c.assignment_id, _L.c.answer).where(
+    _L.c.client_id == bindparam("client_id"))
+_G = Guideline.__table__
+_GUIDELINES = select(func.max(_G.c.version)).where(_G.c.project_id == bindparam("project"))
+_LOCKED = (select(_A.c.id, _A.c.labeler_id, _A.c.status, _A.c.shown_order, _A.c.task_id,
+                  _T.c.kind, _T.c.response_ids, _T.c.project_id, _P.c.rating_scale, _P.c.flags)
+           .join(_T, _A.c.task_id == _T.c.id).join(_P, _T.c.project_id == _P.c.id)
+           .where(_A.c.id == bindparam("id")).with_for_update(of=_A))
+_NEW = insert(_L)
+_DONE = update(_A).where(_A.c.id == bindparam("aid")).values(status=DONE,
+                                                              done_at=bindparam("now"))
+
+
+def submit(s: Session, labeler: Caller, assignment_id: int, client_id: str,
+           answer: Mapping[str, Any], time_spent_s: float | None = None) -> tuple[int, bool]:
     """Store the answer (in shown terms) to one of `labeler`'s assignments.
 
-    Returns (label, created); a resubmission with the same `client_id` returns the stored label
-    with created=False. Raises NotFound for someone else's assignment, Conflict if it is already
-    answered under another client id or skipped.
+    Returns (label id, created); a resubmission with the same `client_id` returns the stored
+    label with created=False. Raises NotFound for someone else's assignment, Conflict if it is
+    already answered under another client id or skipped. Core statements only (`s` may hold
+    ORM changes: they are flushed first).
     """
     client_id = str(client_id).strip()
     if not 8 <= len(client_id) <= 64 or not client_id.isprintable():
         raise StoreError("client_id must be 8 to 64 printable characters")
+    flush_orm(s)
     # Lock the assignment first (PostgreSQL: FOR UPDATE; SQLite: the write lock is already
     # held), then look for the client id, so that two racing retries serialize here.
-    a, task, project = _locked(s, labeler, assignment_id)
+    a = s.execute(_LOCKED, {"id": assignment_id}).first() if 1 <= assignment_id <= MAX_ID \
+        else None
+    if a is None or a.labeler_id != labeler.id:
+        raise NotFound(f"no assignment {assignment_id} for {labeler.name}")
     canonical = lambda: check_answer(  # noqa: E731
-        task.kind, from_shown(task.kind, answer, a.shown_order), len(task.response_ids),
-        project.rating_scale, project.flags)
-    done = s.scalar(_BY_CLIENT_ID, {"client_id": client_id})
+        a.kind, from_shown(a.kind, answer, a.shown_order), len(a.response_ids),
+        a.rating_scale, a.flags)
+    done = s.execute(_BY_CLIENT_ID, {"client_id": client_id}).first()
     if done is not None:
         if done.assignment_id != a.id:
             raise Conflict("this client_id was already used for another assignment")
         if canonical() != done.answer:
             raise Conflict(f"client_id {client_id!r} is already stored as label {done.id} with "
                            "another answer; a new answer needs a new client_id")
-        return done, False
+        return done.id, False
+    _check_open(s, a)
+    now = utcnow()
+    new = s.execute(_NEW, {
+        "client_id": client_id, "assignment_id": a.id, "task_id": a.task_id,
+        "labeler_id": labeler.id, "answer": canonical(), "time_spent_s": _seconds(time_spent_s),
+        "cost": labeler.cost_per_label, "created_at": now,
+        "guideline_version": s.scalar(_GUIDELINES, {"project": a.project_id})})
+    s.execute(_DONE, {"aid": a.id, "now": now})
+    return new.inserted_primary_key[0], True
+
+
+def _check_open(s: Session, a: Row[Any]) -> None:
+    """A Conflict unless the assignment can take an answer (an expired one only if its task
+    still has a free slot, which it then takes again)."""
     if a.status == DONE:
         raise Conflict("this assignment is already labeled")
     if a.status == SKIPPED:
         raise Conflict("this assignment was skipped")
-    if a.status == EXPIRED and not retake_slot(s, a):
+    if a.status == EXPIRED and not retake_slot(s, s.get(Assignment, a.id)):
         raise Conflict("this assignment expired and its item has since been given to other "
                        "labelers; the answer was not stored")
-    label = Label(client_id=client_id, assignment_id=a.id, task_id=task.id, labeler_id=labeler.id,
-                  answer=canonical(), time_spent_s=_seconds(time_spent_s),
-                  cost=labeler.cost_per_label,
-                  guideline_version=s.scalar(_GUIDELINES, {"project": project.id}))
-    a.status, a.done_at = DONE, utcnow()
-    s.add(label)
-    s.flush()
-    return label, True
 
 
-def _locked(s: Session, labeler: Labeler, assignment_id: int
-            ) -> tuple[Assignment, Task, Project]:
-    """The labeler's assignment with its task and project, in one query; the assignment row
-    is locked for this transaction (PostgreSQL FOR UPDATE; SQLite holds the write lock)."""
-    row = s.execute(_LOCKED, {"id": assignment_id}).one_or_none() \
-        if 1 <= assignment_id <= MAX_ID else None
-    if row is None or row[0].labeler_id != labeler.id:
-        raise NotFound(f"no assignment {assignment_id} for {labeler.name}")
-    return row[0], row[1], row[2]
+def submit_label(s: Session, labeler: Caller, assignment_id: int, client_id: str,
+                 answer: Mapping[str, Any], time_spent_s: float | None = None
+                 ) -> tuple[Label, bool]:
+    """`submit` for ORM callers: (the Label, created)."""
+    label_id, created = submit(s, labeler, assignment_id, client_id, answer, time_spent_s)
+    a = s.identity_map.get(Session.identity_key(Assignment, assignment_id))
+    if a is not None:  # its status changed in SQL, behind the session's back
+        s.expire(a)
+    return s.get(Label, label_id), created
 
 
 def _seconds(value: Any) -> float | None:

@@ -63,6 +63,24 @@ def promote_to_gold(s: Session, task_id: int, answer: dict[str, Any] | None) -> 
     return task
 
 
+def majority_answer(s: Session, task_id: int) -> dict[str, Any] | None:
+    """The item's most common answer among its labels (by choice, ranks or score; the earliest
+    label wins a tie), as the gold answer a one-click toggle marks; None without labels or for
+    an ideal response, whose gold needs a written answer."""
+    task = s.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"no task {task_id}")
+    if task.kind == "demonstration":
+        return None
+    answers = list(s.scalars(select(Label.answer).where(Label.task_id == task_id)
+                             .order_by(Label.id)))
+    if not answers:
+        return None
+    keys = [json.dumps([a.get(k) for k in ("choice", "ranks", "score")]) for a in answers]
+    best = max(keys, key=lambda k: (keys.count(k), -keys.index(k)))
+    return answers[keys.index(best)]
+
+
 def latest_reviews(s: Session, label_ids: Sequence[int]) -> dict[int, tuple[Review, str]]:
     """label id -> (its latest review, the reviewer's name)."""
     out: dict[int, tuple[Review, str]] = {}

@@ -1,6 +1,7 @@
-"""What a labeler is shown for one assignment, read in one go (for the JSON API): the prompt,
-the responses in the assignment's shown order, the project's scale and flags, and the stored
-answer translated back into shown terms. Two queries, no per-labeler progress counts."""
+"""What a labeler is shown for one assignment, read in one go: the prompt, the responses in the
+assignment's shown order, the project's scale and flags, and the stored answer translated back
+into shown terms. Two queries, no per-labeler progress counts: the JSON API answers with this
+alone; the web page (`web.task_view`) adds progress, guidelines and review state to it."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class AssignmentView:
     kind: str
     status: str
     project: str
+    project_id: int
     messages: list[dict[str, str]]
     texts: list[str]  # responses in shown order
     scale: int
@@ -38,8 +40,8 @@ def shown_answer(kind: str, answer: dict[str, Any], order: list[int]) -> dict[st
 
 
 _VIEW = (select(Assignment.status, Assignment.shown_order, Assignment.labeler_id, Task.kind,
-                Task.response_ids, Project.name, Project.rating_scale, Project.flags,
-                Prompt.messages, Label.answer)
+                Task.response_ids, Project.name, Project.id.label("project_id"),
+                Project.rating_scale, Project.flags, Prompt.messages, Label.answer)
          .join(Task, Assignment.task_id == Task.id).join(Project, Task.project_id == Project.id)
          .join(Prompt, Task.prompt_id == Prompt.id)
          .outerjoin(Label, Label.assignment_id == Assignment.id)
@@ -57,6 +59,6 @@ def assignment_view(s: Session, labeler_id: int, assignment_id: int) -> Assignme
     texts = dict(s.execute(_TEXTS, {"ids": list(row.response_ids)}).all())
     order = list(row.shown_order)
     return AssignmentView(
-        assignment_id, row.kind, row.status, row.name, row.messages,
+        assignment_id, row.kind, row.status, row.name, row.project_id, row.messages,
         [texts[row.response_ids[i]] for i in order], row.rating_scale, list(row.flags),
         shown_answer(row.kind, row.answer, order) if row.answer is not None else None)

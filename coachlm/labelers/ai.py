@@ -75,6 +75,10 @@ class FeedbackModel(Protocol):
         """Greedy continuations (chain-of-thought reasoning)."""
         ...
 
+    # Optional: `fits(texts, extra_tokens) -> list[bool]`, whether each text plus `extra_tokens`
+    # more tokens fits the model's context. A backend that cannot tell (an endpoint) omits it,
+    # and the endpoint's own error on a too-long text is a one-line FeedbackModelError.
+
 
 @dataclass(frozen=True)
 class AIConfig:
@@ -169,6 +173,7 @@ class AILabeler:
         self.model, self.principles, self.cfg = model, list(principles), cfg
         self.prefix = few_shot(examples, principles, cfg.chain_of_thought) if cfg.few_shot else ""
         self.id = f"ai:{model.name}"
+        self.skipped_too_long = 0  # pairs whose question exceeds the feedback model's context
 
     def items(self, groups: Sequence[SampleGroup]) -> list[_Item]:
         """Every pair of every group with its drawn principle and the order(s) to ask in."""
@@ -189,7 +194,28 @@ class AILabeler:
             out += self.label_items(items[start:start + self.cfg.batch_size])
         return out
 
+    def fitting(self, items: Sequence[_Item]) -> list[_Item]:
+        """The items whose every question (in each order, with the answer, or the reasoning
+        room in chain-of-thought mode) fits the feedback model's context; the others are
+        skipped and counted in `skipped_too_long`: a long pair is not a run error."""
+        fits = getattr(self.model, "fits", None)
+        if fits is None or not items:
+            return list(items)
+        extra = 2 + (self.cfg.cot_max_tokens if self.cfg.chain_of_thought else 0)
+        texts = [self._context(it, o) + (THINK if self.cfg.chain_of_thought else ANSWER)
+                 for it in items for o in it.orders]
+        ok, k, keep = fits(texts, extra), 0, []
+        for it in items:
+            if all(ok[k:k + len(it.orders)]):
+                keep.append(it)
+            k += len(it.orders)
+        self.skipped_too_long += len(items) - len(keep)
+        return keep
+
     def label_items(self, items: Sequence[_Item]) -> list[Comparison]:
+        items = self.fitting(items)
+        if not items:
+            return []
         t0, tokens0 = time.perf_counter(), getattr(self.model, "tokens_used", 0)
         contexts = [self._context(it, order) for it in items for order in it.orders]
         if self.cfg.chain_of_thought:

@@ -93,7 +93,9 @@ def run_ai_label(cfg: AILabelConfig) -> dict[str, Any]:
             write_records(cfg.out, done)
             bar.update(task, advance=len(chunk))
     seconds = time.perf_counter() - start
-    return {"out": str(cfg.out), "labeled": len(todo),
-            "skipped_existing": sum(it.key in have for it in items), "total": len(done),
-            "seconds_per_label": seconds / len(todo) if todo else None,
+    labeled = len(todo) - labeler.skipped_too_long
+    return {"out": str(cfg.out), "labeled": labeled,
+            "skipped_existing": sum(it.key in have for it in items),
+            "skipped_too_long": labeler.skipped_too_long, "total": len(done),
+            "seconds_per_label": seconds / labeled if labeled else None,
             "feedback_model": labeler.model.name, "principles": list(constitution.ids)}

@@ -51,6 +51,13 @@ class LocalModel:
     def generate(self, contexts: Sequence[str], max_tokens: int) -> list[str]:
         return [c.text for c in self.lm.complete(contexts, max_tokens, temperature=0.0)]
 
+    def fits(self, texts: Sequence[str], extra_tokens: int = 0) -> list[bool]:
+        """Whether each text (with its BOS) plus `extra_tokens` fits the model's context."""
+        context = getattr(self.lm.model.config, "max_position_embeddings", None)
+        if context is None:
+            return [True] * len(texts)
+        return [len(self.lm.encode(t)[0]) + extra_tokens <= context for t in texts]
+
 
 @dataclass(frozen=True)
 class EndpointConfig:

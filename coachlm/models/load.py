@@ -16,7 +16,6 @@ read from the path recorded in the adapter config.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -164,9 +163,9 @@ def save_pretrained(model: Any, tokenizer: Any, out_dir: str | Path, merged: boo
         return out
     model.save_pretrained(str(out / "adapter"), safe_serialization=True)
     if merged:
-        # Merge a copy, so that the caller's model keeps training its unmerged adapter.
-        full = copy.deepcopy(model).merge_and_unload()
-        full.save_pretrained(str(out), safe_serialization=True)
+        from coachlm.models.lora import save_merged  # the caller's model keeps its adapter
+
+        save_merged(model, str(out))
     return out
 
 

@@ -9,6 +9,7 @@ of the model in memory. `lora_view` also gives faster plain modules for the leng
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,15 +61,17 @@ def default_targets(model: torch.nn.Module) -> tuple[str, ...]:
     return GPT2_TARGETS if model_type == "gpt2" else LLAMA_TARGETS
 
 
-def apply_lora(model: torch.nn.Module, cfg: LoRAConfig) -> PeftModel:
-    """Wrap `model` with fresh LoRA adapters (B = 0, so the output is unchanged at first)."""
+def peft_lora(model: torch.nn.Module, cfg: LoRAConfig, task_type: str) -> PeftModel:
+    """Wrap `model` with fresh LoRA adapters (B = 0, so the output is unchanged at first) on the
+    target modules that exist in it; `task_type` is peft's (CAUSAL_LM for a policy,
+    FEATURE_EXTRACTION for a reward model's backbone)."""
     targets = cfg.target_modules or default_targets(model)
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     if not names & set(targets):
         raise CoachError(f"none of the LoRA target modules {list(targets)} exist in this "
                          f"{type(model).__name__}; set lora.target_modules")
     peft_cfg = PeftLoraConfig(
-        task_type="CAUSAL_LM",
+        task_type=task_type,
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
@@ -78,6 +81,11 @@ def apply_lora(model: torch.nn.Module, cfg: LoRAConfig) -> PeftModel:
     )
     with peft_without_deprecation_noise():
         return get_peft_model(model, peft_cfg)
+
+
+def apply_lora(model: torch.nn.Module, cfg: LoRAConfig) -> PeftModel:
+    """A causal LM with fresh LoRA adapters (Hu et al., 2021)."""
+    return peft_lora(model, cfg, "CAUSAL_LM")
 
 
 def trainable_fraction(model: torch.nn.Module) -> float:
@@ -185,3 +193,18 @@ def lora_view(model: nn.Module, view: Literal["merged", "fused", "base"]) -> Ite
     finally:
         for parent, attr, layer, _ in swaps:
             setattr(parent, attr, layer)
+
+
+def save_merged(model: PeftModel, out: str) -> None:
+    """Save `model` with its adapter merged, in Hugging Face format, leaving `model` as it was.
+
+    Plain LoRA layers are saved through the "merged" `lora_view` (the same W + s B A that
+    peft's merge computes, as a new tensor per layer), not by merging a deep copy: no second
+    copy of the model, and FSDP-managed modules refuse `deepcopy`. Other adapters (DoRA, LoRA
+    bias) are merged into a copy by peft."""
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if layers and all(_plain_adapter(m) is not None for m in layers):
+        with lora_view(model, "merged"):
+            model.get_base_model().save_pretrained(out, safe_serialization=True)
+        return
+    copy.deepcopy(model).merge_and_unload().save_pretrained(out, safe_serialization=True)

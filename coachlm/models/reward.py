@@ -46,7 +46,7 @@ from coachlm.data.schema import Prompt
 from coachlm.errors import CoachError
 from coachlm.models.load import (ModelLoadError, _check_dir, disable_dropout, load_tokenizer,
                                   resolve_dtype, save_pretrained)
-from coachlm.models.lora import LoRAConfig, default_targets
+from coachlm.models.lora import LoRAConfig
 
 REWARD_FILE = "reward.json"
 HEAD_FILE = "reward_head.safetensors"
@@ -172,21 +172,9 @@ def load_backbone(path: str | Path, dtype: str | torch.dtype | None = None,
 
 def apply_lora_backbone(backbone: nn.Module, cfg: LoRAConfig) -> nn.Module:
     """LoRA adapters on the backbone (Hu et al., 2021); the head stays fully trainable."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
+    from coachlm.models.lora import peft_lora
 
-    from coachlm.models.lora import peft_without_deprecation_noise
-
-    targets = cfg.target_modules or default_targets(backbone)
-    names = {name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()}
-    if not names & set(targets):
-        raise CoachError(f"none of the LoRA target modules {list(targets)} exist in this "
-                         f"{type(backbone).__name__}; set lora.target_modules")
-    peft_cfg = PeftLoraConfig(task_type="FEATURE_EXTRACTION", r=cfg.r, lora_alpha=cfg.alpha,
-                              lora_dropout=cfg.dropout, target_modules=[t for t in targets if t in names],
-                              fan_in_fan_out=getattr(backbone.config, "model_type", "") == "gpt2")
-    with peft_without_deprecation_noise():
-        return get_peft_model(backbone, peft_cfg)
+    return peft_lora(backbone, cfg, "FEATURE_EXTRACTION")
 
 
 def build_reward_model(path: str | Path, tokenizer: Any, lora: LoRAConfig | None = None,

@@ -1,7 +1,9 @@
 """One cached stage: its key, its directory, its lineage manifest (`stage.json`).
 
 A stage is skipped when its `stage.json` records the same key: a hash of the stage's whole
-resolved config, of the keys of the stages it reads from, and of the package version. Nothing
+resolved config, of the keys of the stages it reads from, of the contents of every file or
+directory its config names directly by path (not through an input: a data file edited in place
+must re-run the stage), and of the package version. Nothing
 is picked by hand, so a setting cannot be forgotten: any change anywhere in the config re-runs
 the stage and everything downstream. `stage.json` is the lineage manifest: kind, inputs (with
 their keys), the resolved config, the code version, seconds and metrics.
@@ -44,10 +46,58 @@ def code_version() -> dict[str, str]:
     return out
 
 
-def stage_key(settings: Mapping[str, Any], inputs: Mapping[str, str]) -> str:
-    blob = json.dumps({"settings": settings, "inputs": dict(inputs),
-                       "version": coachlm.__version__}, sort_keys=True, default=str)
+def stage_key(settings: Mapping[str, Any], inputs: Mapping[str, str],
+              files: Mapping[str, str] | None = None) -> str:
+    body = {"settings": settings, "inputs": dict(inputs), "version": coachlm.__version__}
+    if files:  # only when there are some, so that keys without direct paths stay as they were
+        body["files"] = dict(files)
+    blob = json.dumps(body, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=4096)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's bytes (cached while its size and mtime stay the same)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def content_digest(path: Path) -> str:
+    """A file's sha256; for a directory (a model given by path), a hash of every file's
+    relative name and digest."""
+    if path.is_file():
+        st = path.stat()
+        return _file_digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path).as_posix()}\0{content_digest(f)}\n".encode())
+    return h.hexdigest()
+
+
+def path_digests(cfg: Any, prefix: str = "") -> dict[str, str]:
+    """The content digest of every existing file or directory a typed config names by a Path
+    field (nested configs, tuples and dicts of paths included), keyed by the dotted field.
+    Inputs are keyed by their stage's key instead and appear here as `<stage.output>`
+    placeholders, which name nothing on disk; string fields (a store URL) are not paths."""
+    from dataclasses import fields, is_dataclass
+
+    if is_dataclass(cfg):
+        items = [(f.name, getattr(cfg, f.name)) for f in fields(cfg)]
+    elif isinstance(cfg, Mapping):
+        items = [(str(k), v) for k, v in cfg.items()]
+    elif isinstance(cfg, (tuple, list)):
+        items = [(str(i), v) for i, v in enumerate(cfg)]
+    elif isinstance(cfg, Path) and cfg.exists():
+        return {prefix.rstrip("."): content_digest(cfg)}
+    else:
+        return {}
+    out: dict[str, str] = {}
+    for name, value in items:
+        out.update(path_digests(value, f"{prefix}{name}."))
+    return out
 
 
 def read_record(stage_dir: Path) -> dict[str, Any] | None:
@@ -57,14 +107,16 @@ def read_record(stage_dir: Path) -> dict[str, Any] | None:
 
 def run_stage(root: Path, name: str, settings: Mapping[str, Any], inputs: Mapping[str, str],
               fn: Callable[[Path], Mapping[str, Any]], force: bool = False,
-              manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
+              manifest: Mapping[str, Any] | None = None,
+              files: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Run `fn(stage_dir)` unless an identical run already finished (or `force`); return the
     stage's record. `settings` is the stage's whole config as keyed (inputs as references);
     `inputs` maps upstream stage names to their keys; `fn` returns JSON-able results (paths as
     strings, optional "metrics") that downstream stages read from the record's "result".
-    `manifest` adds fields to stage.json (kind, the config with real paths, input references)."""
+    `manifest` adds fields to stage.json (kind, the config with real paths, input references);
+    `files` maps the config's direct paths to their content digests (`path_digests`)."""
     stage_dir = root / name
-    key = stage_key(settings, inputs)
+    key = stage_key(settings, inputs, files)
     record = read_record(stage_dir)
     if record is not None and record.get("key") == key and not force:
         console.print(f"[dim]{name}: cached ({stage_dir})[/]")
@@ -75,7 +127,7 @@ def run_stage(root: Path, name: str, settings: Mapping[str, Any], inputs: Mappin
     result = dict(fn(stage_dir))
     metrics = result.pop("metrics", None) or _summary_metrics(stage_dir)
     record = {"stage": name, **dict(manifest or {}), "key": key, "inputs": dict(inputs),
-              "settings": settings, "code_version": code_version(), "result": result,
+              "files": dict(files or {}), "settings": settings, "code_version": code_version(), "result": result,
               "metrics": metrics, "seconds": round(time.perf_counter() - start, 1)}
     tmp = stage_dir / "stage.json.tmp"
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")

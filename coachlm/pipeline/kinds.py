@@ -14,7 +14,9 @@ from typing import Any, Callable, Mapping
 
 from coachlm import config as cfglib
 from coachlm.eval.compare import CompareConfig
-from coachlm.eval.leaderboard import LeaderboardConfig
+from coachlm.eval.leaderboard import LeaderboardConfig, VersionsConfig
+from coachlm.eval.run_data import ReportConfig
+from coachlm.pipeline.cai_kinds import cai_kinds
 from coachlm.pipeline.label import LabelConfig
 from coachlm.pipeline.spec import Pipeline, PipelineError, StageSpec, hint
 from coachlm.rollout.samples import SampleConfig
@@ -112,14 +114,34 @@ def _eval_resolve(data: dict[str, Any], up: Upstream) -> dict[str, Any]:
     return data
 
 
-def _leaderboard(cfg: LeaderboardConfig, d: Path, up: Upstream) -> dict[str, Any]:
+def _player_names(evals: Any) -> list[dict[str, str]]:
     """Players are named after the stage that made each model (`sft`, `r2/ppo`)."""
+    return [{f.split(".", 1)[1]: ref.rsplit(".", 1)[0] for f, ref in rec["input_refs"].items()
+             if f.startswith("models.")} for rec in evals]
+
+
+def _leaderboard(cfg: LeaderboardConfig, d: Path, up: Upstream) -> dict[str, Any]:
     from coachlm.eval.leaderboard import run_leaderboard
 
-    names = [{f.split(".", 1)[1]: ref.rsplit(".", 1)[0] for f, ref in rec["input_refs"].items()
-              if f.startswith("models.")} for rec in up["evals"]]
-    result = run_leaderboard(cfg, names)
+    result = run_leaderboard(cfg, _player_names(up["evals"]))
     return {"report": str(d / "leaderboard.json"), **result}
+
+
+def _versions(cfg: VersionsConfig, d: Path, up: Upstream) -> dict[str, Any]:
+    from coachlm.eval.leaderboard import write_versus
+
+    return write_versus(cfg, _player_names(up["evals"]))
+
+
+def _report(cfg: ReportConfig, d: Path, up: Upstream) -> dict[str, Any]:
+    """The run's report as a stage (a pipeline ends with it): every stage finished so far,
+    read from the run directory this stage is in."""
+    from dataclasses import replace
+
+    from coachlm.eval.report import write_report
+
+    run_dir = cfg.run_dir if cfg.run_dir is not None else d.parent
+    return {"report": str(write_report(replace(cfg, run_dir=run_dir)))}
 
 
 KINDS: dict[str, Kind] = {
@@ -136,7 +158,10 @@ KINDS: dict[str, Kind] = {
                   defaults={"ppo": {"algo": algo}}) for algo in RL_KINDS},
     "eval": Kind(CompareConfig, ("report",), _eval, resolve=_eval_resolve),
     "leaderboard": Kind(LeaderboardConfig, ("report",), _leaderboard),
+    "versions": Kind(VersionsConfig, ("samples",), _versions, out="samples.jsonl"),
+    "report": Kind(ReportConfig, ("report",), _report, out="report.html"),
 }
+KINDS.update(cai_kinds(Kind))  # RLAIF: cai_data, cai_revise, ai_label (`pipeline.cai_kinds`)
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:

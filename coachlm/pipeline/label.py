@@ -59,33 +59,51 @@ def _answer(sim: Any, task: Any, shown_order: list[int], seconds: float) -> tupl
 
 def simulated_workers(store: Any, project: str, cfg: SimulatedConfig, seconds: float) -> int:
     """Simulated labelers label every open task of `project` through the store API (claim,
-    then submit, in one transaction per label); returns how many labels they added."""
+    then submit, in one transaction per label); returns how many labels they added.
+
+    Every label is a function of the store's state, not of this process's history, so that a
+    run killed mid-way (kill -9) and run again ends with the labels of an uninterrupted run:
+    whose turn it is follows from the number of labels already in the project (round-robin),
+    the order the store shows the responses in and the labeler's own random draws are seeded
+    by (labeler, task), and the client id names the labeler and the task (a retry of a
+    committed label returns it instead of adding one)."""
+    import random
+
+    from sqlalchemy import func, select
+
     from coachlm.feedback.accounts import create_labeler
-    from coachlm.feedback.assign import next_assignment
+    from coachlm.feedback.assign import claim, expire, pending
     from coachlm.feedback.items import get_project
     from coachlm.feedback.labels import submit_label
-    from coachlm.feedback.tables import Labeler
+    from coachlm.feedback.tables import Label, Labeler, Task
     from coachlm.world.labelers import make_labelers
 
     pool = make_labelers(cfg.n_labelers, cfg.seed, cfg.population)
     names = [f"sim-{cfg.seed}-{i}" for i in range(len(pool))]
 
-    def step(s: Any, sim: Any, name: str) -> bool | None:
-        lab = s.query(Labeler).filter_by(name=name).one_or_none()
-        lab = lab or create_labeler(s, name, source="simulated")
-        a = next_assignment(s, lab, get_project(s, project))
-        if a is None:
-            return None
-        answer, spent = _answer(sim, a.task, list(a.shown_order), seconds)
-        return submit_label(s, lab, a.id, f"sim-assignment-{a.id:08d}", answer, spent)[1]
+    def step(s: Any) -> bool | None:
+        proj = get_project(s, project)
+        done = s.scalar(select(func.count(Label.id)).join(Task, Task.id == Label.task_id)
+                        .where(Task.project_id == proj.id))
+        for k in range(len(pool)):  # the labeler whose turn it is, else the next who can
+            sim, name = pool[(done + k) % len(pool)], names[(done + k) % len(pool)]
+            lab = s.query(Labeler).filter_by(name=name).one_or_none()
+            lab = lab or create_labeler(s, name, source="simulated")
+            # the store's next_assignment, with a seeded order of the responses on screen
+            a = pending(s, lab, proj)
+            if a is None:
+                expire(s, proj)
+                a = claim(s, lab, proj, random.Random(f"{cfg.seed}:{name}:{project}:{done}"))
+            if a is not None:
+                sim.rng = random.Random(f"{cfg.seed}:{name}:{a.task_id}")
+                answer, spent = _answer(sim, a.task, list(a.shown_order), seconds)
+                client = f"{name}-task-{a.task_id:08d}"
+                return submit_label(s, lab, a.id, client, answer, spent)[1]
+        return None
 
-    added, busy = 0, True
-    while busy:
-        busy = False
-        for sim, name in zip(pool, names):
-            created = store.run(lambda s, sim=sim, name=name: step(s, sim, name))
-            if created is not None:
-                busy, added = True, added + int(created)
+    added = 0
+    while (created := store.run(step)) is not None:
+        added += int(created)
     return added
 
 
@@ -100,8 +118,9 @@ def _wait(lab: StoreLabeler, task_ids: list[int], wanted: int, cfg: LabelConfig)
             time.sleep(cfg.poll_s)
             got = lab.count(task_ids)
             bar.update(t, completed=got)
-    if got < wanted:
-        console.print(f"[yellow]deadline: {got} of {wanted} labels in {cfg.project}[/]")
+    if got < wanted:  # people did not finish in time: go on with what they labeled
+        console.print(f"[yellow]deadline: {got} of {wanted} labels in {cfg.project} after "
+                      f"{cfg.deadline_s:g} s; going on with these {got}[/]")
     return got
 
 
@@ -112,7 +131,9 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     from coachlm.feedback.db import open_store
     from coachlm.labelers import group_samples
 
-    groups = group_samples(list(read_records(cfg.samples, kinds=["sample"])), min_size=2)
+    # an empty samples file: nothing to label (two versions that answered every prompt alike)
+    samples = list(read_records(cfg.samples, kinds=["sample"])) if cfg.samples.stat().st_size else []
+    groups = group_samples(samples, min_size=2)
     if cfg.store is None:
         records = SimulatedLabelers(cfg.simulated).label(groups)
         metrics: dict[str, Any] = {}
@@ -129,7 +150,7 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         got = _wait(lab, task_ids, wanted, cfg)
         records = lab.collect(task_ids)
         metrics = {"project": cfg.project, "tasks": len(task_ids), "wanted": wanted,
-                   "collected": got}
+                   "collected": got, "deadline_passed": got < wanted}
     path = cfg.out / f"{cfg.simulated.kind}.jsonl"
     write_records(path, records)
     metrics.update(records=len(records), by_source=dict(Counter(r.source for r in records)),

@@ -6,7 +6,12 @@ rounds); sends them to labelers through the label stage (with a store: one proje
 `<project>-<r>`); trains the reward model on every label so far (`rm_init: continue` from the
 round r-1 reward model, or `retrain` from the pipeline's own starting model); trains the next
 policy (`policy_init: previous` from the round r-1 policy, or `sft` from the pipeline's own
-starting model); evaluates it; and rates every version so far on a leaderboard.
+starting model); evaluates it; and rates every version so far on a leaderboard. With
+`version_prompts`, the round also sends the new policy's and the previous version's responses
+to the same test prompts to the labelers as comparisons (`r<r>/versions` picks them,
+`r<r>/versions_label` labels them through the store in project `<project>-<r>-versions`), and
+those labels rate the versions as matches between them; with `ai_judge` (a feedback model: a
+stage's output, `stage.model`, or a directory), an AI judge rates them too.
 
 The rounds are expanded into one pipeline, so every stage is cached and resumed like any other:
 running the same command after a kill reuses every finished stage and round, and `--rounds 4`
@@ -38,10 +43,12 @@ class LoopConfig:
     project: str = "round"  # store projects are <project>-1, <project>-2, ...
     store: str | None = None  # the label stage's store (--store; default RUN/feedback.db)
     leaderboard_bootstrap: int = 200
+    version_prompts: int = 0  # labelers compare the new and previous version on this many prompts
+    ai_judge: str | None = None  # the leaderboard's AI judge: `stage.output` or a model directory
 
     def __post_init__(self) -> None:
-        if self.prompts_per_round < 1:
-            raise ValueError("prompts_per_round must be >= 1")
+        if self.prompts_per_round < 1 or self.version_prompts < 0:
+            raise ValueError("prompts_per_round must be >= 1 and version_prompts >= 0")
 
 
 def loop_config(pipe: Pipeline) -> LoopConfig:
@@ -62,7 +69,7 @@ def _rename(ref: Ref, r: int, repeat: tuple[str, ...]) -> Ref:
     return Ref(f"r{r}/{ref.stage}", ref.output) if ref.stage in repeat else ref
 
 
-def _round_stage(s: StageSpec, r: int, cfg: LoopConfig) -> StageSpec:
+def _round_stage(pipe: Pipeline, s: StageSpec, r: int, cfg: LoopConfig) -> StageSpec:
     inputs: dict[str, Any] = {
         f: tuple(_rename(x, r, cfg.repeat) for x in v) if isinstance(v, tuple)
         else _rename(v, r, cfg.repeat) for f, v in s.inputs.items()}
@@ -73,9 +80,7 @@ def _round_stage(s: StageSpec, r: int, cfg: LoopConfig) -> StageSpec:
         if r > 1:
             inputs["model"] = Ref(prev + cfg.policy, "model")
     if s.name == cfg.label:
-        config["project"] = f"{cfg.project}-{r}"
-        if cfg.store is not None:
-            config.setdefault("store", cfg.store)
+        config = _label_config(pipe, cfg, f"{cfg.project}-{r}")
     if s.name == cfg.rm:
         inputs["data"] = tuple(Ref(f"r{q}/{cfg.label}", "data") for q in range(1, r + 1))
         if r > 1 and cfg.rm_init == "continue":
@@ -85,6 +90,42 @@ def _round_stage(s: StageSpec, r: int, cfg: LoopConfig) -> StageSpec:
     return StageSpec(f"r{r}/{s.name}", s.kind, config, inputs)
 
 
+def _label_config(pipe: Pipeline, cfg: LoopConfig, project: str, kind: str | None = None
+                  ) -> dict[str, Any]:
+    config = dict(pipe.stage(cfg.label).config, project=project)
+    if kind is not None:
+        config["simulated"] = {**dict(config.get("simulated") or {}), "kind": kind}
+    if cfg.store is not None:
+        config.setdefault("store", cfg.store)
+    return config
+
+
+def _versions(pipe: Pipeline, r: int, cfg: LoopConfig) -> list[StageSpec]:
+    """The round's cross-version comparisons: the new policy against the previous version."""
+    evals = tuple(Ref(f"r{q}/{cfg.eval}", "report") for q in (r - 1, r) if q >= 1)
+    return [StageSpec(f"r{r}/versions", "versions", {"limit": cfg.version_prompts},
+                      {"evals": evals}),
+            StageSpec(f"r{r}/versions_label", pipe.stage(cfg.label).kind,
+                      _label_config(pipe, cfg, f"{cfg.project}-{r}-versions", "comparisons"),
+                      {"samples": Ref(f"r{r}/versions", "samples")})]
+
+
+def _leaderboard(pipe: Pipeline, r: int, cfg: LoopConfig) -> StageSpec:
+    inputs: dict[str, Any] = {"evals": tuple(Ref(f"r{q}/{cfg.eval}", "report")
+                                             for q in range(1, r + 1)),
+                              "reward_model": Ref(f"r{r}/{cfg.rm}", "model")}
+    config: dict[str, Any] = {"bootstrap": cfg.leaderboard_bootstrap}
+    if cfg.version_prompts:
+        inputs["feedback"] = tuple(Ref(f"r{q}/versions_label", "data") for q in range(1, r + 1))
+    judge = cfg.ai_judge
+    if judge is not None and judge.count(".") == 1 and judge.split(".")[0] in {
+            s.name for s in pipe.stages if s.name not in cfg.repeat}:
+        inputs["ai_judge"] = Ref(*judge.split("."))
+    elif judge is not None:
+        config["ai_judge"] = judge
+    return StageSpec(f"r{r}/leaderboard", "leaderboard", config, inputs)
+
+
 def expand(pipe: Pipeline, rounds: int) -> Pipeline:
     """The pipeline with its `loop.repeat` stages once per round, plus a leaderboard per round."""
     if rounds < 1:
@@ -92,12 +133,9 @@ def expand(pipe: Pipeline, rounds: int) -> Pipeline:
     cfg = loop_config(pipe)
     stages = [s for s in pipe.stages if s.name not in cfg.repeat]
     for r in range(1, rounds + 1):
-        stages += [_round_stage(s, r, cfg) for s in pipe.stages if s.name in cfg.repeat]
-        stages.append(StageSpec(f"r{r}/leaderboard", "leaderboard",
-                                {"bootstrap": cfg.leaderboard_bootstrap},
-                                {"evals": tuple(Ref(f"r{q}/{cfg.eval}", "report")
-                                                for q in range(1, r + 1)),
-                                 "reward_model": Ref(f"r{r}/{cfg.rm}", "model")}))
+        stages += [_round_stage(pipe, s, r, cfg) for s in pipe.stages if s.name in cfg.repeat]
+        stages += _versions(pipe, r, cfg) if cfg.version_prompts else []
+        stages.append(_leaderboard(pipe, r, cfg))
     return checked(Pipeline(pipe.path, order(pipe.path, {s.name: s for s in stages}), pipe.loop))
 
 
@@ -121,7 +159,14 @@ def run_loop(pipe: Pipeline, out: Path, rounds: int, store: str | None = None,
                           "kl": ev.get("kl"), "if_rate": {m: x["if_rate"]
                                                           for m, x in ev["models"].items()},
                           "labels": label.get("records"), "by_source": label.get("by_source"),
-                          "project": label.get("project")})
+                          "project": label.get("project"),
+                          "deadline_passed": bool(label.get("deadline_passed"))})
+        if cfg.version_prompts:
+            versus = records[f"r{r}/versions_label"]["metrics"]
+            per_round[-1]["versions"] = {"players": records[f"r{r}/versions"]["metrics"]["players"],
+                                         "labels": versus.get("records"),
+                                         "by_source": versus.get("by_source"),
+                                         "project": versus.get("project")}
     summary = {"rounds": per_round, "leaderboard": records[f"r{rounds}/leaderboard"]["result"],
                "stage_seconds": {n: r["seconds"] for n, r in records.items()}}
     summary["total_seconds"] = round(sum(summary["stage_seconds"].values()), 1)
@@ -143,7 +188,8 @@ def print_loop(summary: dict[str, Any]) -> None:
         (key, w), = list(r["wins"].items())[:1]
         sampled = fmt(r["sampled"]["wins"][key]) if r.get("sampled") else "-"
         kl = f"{r['kl']['kl']:.2f}" if r.get("kl") else "-"
-        table.add_row(str(r["round"]), fmt(w), sampled, kl, json.dumps(r["by_source"]))
+        short = " (deadline: quota not met)" if r.get("deadline_passed") else ""
+        table.add_row(str(r["round"]), fmt(w), sampled, kl, json.dumps(r["by_source"]) + short)
     console = Console()
     console.print(table)
     for judge, rows in summary["leaderboard"]["boards"].items():

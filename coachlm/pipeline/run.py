@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from coachlm import config as cfglib
-from coachlm.pipeline.cache import console, run_stage
+from coachlm.pipeline.cache import console, path_digests, run_stage
 from coachlm.pipeline.kinds import KINDS, build_config
 from coachlm.pipeline.spec import Pipeline, StageSpec
 
@@ -49,9 +49,15 @@ def run_pipeline(pipe: Pipeline, out: Path, from_stage: str | None = None) -> di
         run = KINDS[spec.kind].run
         records[spec.name] = run_stage(out, spec.name, cfglib.to_dict(keyed), inputs,
                                        lambda d, cfg=cfg, up=up: run(cfg, d, up),
-                                       force=spec.name in force, manifest=manifest)
-    _write_run(pipe, out, records)
+                                       force=spec.name in force, manifest=manifest,
+                                       files=path_digests(keyed))
+        _write_run(pipe, out, records)  # after each stage: a report stage reads what finished
+    console.print(f"run: {len(records)} stages, {_total(records)} s of stage time ({out})")
     return records
+
+
+def _total(records: dict[str, dict[str, Any]]) -> float:
+    return round(sum(r["seconds"] for r in records.values()), 1)
 
 
 def _write_run(pipe: Pipeline, out: Path, records: dict[str, dict[str, Any]]) -> None:
@@ -59,6 +65,7 @@ def _write_run(pipe: Pipeline, out: Path, records: dict[str, dict[str, Any]]) ->
     run = {"pipeline": str(pipe.path),
            "stages": {n: {"kind": r.get("kind"), "key": r["key"], "seconds": r["seconds"],
                           "dir": str(out / n)} for n, r in records.items()}}
-    run["total_seconds"] = round(sum(s["seconds"] for s in run["stages"].values()), 1)
-    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-    console.print(f"run: {len(records)} stages, {run['total_seconds']} s of stage time ({out})")
+    run["total_seconds"] = _total(records)
+    tmp = out / "run.json.tmp"
+    tmp.write_text(json.dumps(run, indent=2) + "\n")
+    tmp.replace(out / "run.json")

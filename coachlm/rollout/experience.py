@@ -58,6 +58,9 @@ class Experience:
     rewards: Tensor | None = None  # (B, N) fp32: -beta * KL per token + score on the last token
     advantages: Tensor | None = None  # (B, N) fp32
     returns: Tensor | None = None  # (B, N) fp32: GAE targets for the critic
+    # (B, N) fp32: truncated importance weights min(pi_old / mu, C) when another engine sampled
+    # from mu (`coachlm.importance`); None: the learner sampled itself, no correction
+    is_weights: Tensor | None = None
     pad_id: int = 0  # the id on padding in `sequences`
 
     @property

@@ -40,6 +40,9 @@ class SampleConfig:
     # Longer prompts lose their oldest tokens (`sampling.fit_prompts`), counted in the summary.
     # None: as many as the model's context leaves after max_new_tokens.
     max_prompt_length: int | None = None
+    # The engine (`rollout.generators`): the built-in KV-cache sampler, or vLLM (optional, its
+    # own environment; README, 'vLLM rollouts').
+    generator: Literal["builtin", "vllm"] = "builtin"
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -73,9 +76,10 @@ def run_sample(cfg: SampleConfig) -> Path:
     import torch
 
     from coachlm.models.load import load_model, load_tokenizer, weights_hash
-    from coachlm.rollout.generators import BuiltinGenerator
+    from coachlm.rollout.generators import BuiltinGenerator, check_generator, make_generator
     from coachlm.rollout.sampling import SamplingConfig, decode_responses, fit_prompts
 
+    check_generator(cfg.generator)
     prompts = read_prompts(cfg.prompts)[cfg.offset:][: cfg.limit]
     if not prompts:
         raise CoachError(f"{cfg.prompts}: no prompts to sample from")
@@ -102,7 +106,12 @@ def run_sample(cfg: SampleConfig) -> Path:
             rate = tokens / max(time.perf_counter() - start, 1e-9)
             bar.update(task, advance=rows, rate=f"{rate:,.0f} tok/s")
 
-        gen = BuiltinGenerator(model, tokenizer)(ids, scfg, on_batch=on_batch)
+        engine = make_generator(cfg.generator, model, tokenizer, dtype=cfg.dtype, seed=cfg.seed)
+        try:
+            gen = (engine or BuiltinGenerator(model, tokenizer))(ids, scfg, on_batch=on_batch)
+        finally:
+            if engine is not None:
+                engine.close()
     seconds = time.perf_counter() - start
     name = cfg.model_name or model_name_for(cfg.model)
     version = cfg.model_version or weights_hash(cfg.model)

@@ -38,6 +38,7 @@ from coachlm.errors import CoachError
 from coachlm.memory import release_free_memory
 from coachlm.models.lora import trainable_fraction
 from coachlm.rl_math import AdaptiveKLController, FixedKLController
+from coachlm.rollout.generators import Generator, check_generator, make_generator
 from coachlm.rollout.rewards import Reward
 from coachlm.rollout.sampling import decode_responses, fit_prompts
 from coachlm.runlog import RunLog, progress, warn
@@ -178,7 +179,8 @@ class _GlobalNorm(RewardNorm):
 def _iteration(t: Trainee, ref_model: nn.Module | None, tokenizer: Any,
                prompts: Sequence[Prompt], prompt_ids: Sequence[Sequence[int]], reward: Reward,
                batch: list[int], cfg: PPOConfig, tcfg: TrainConfig, kl_ctl: Any,
-               norm: RewardNorm, run: _RunState) -> tuple[dict[str, float], dict[str, Any]]:
+               norm: RewardNorm, run: _RunState, generator: Generator | None = None
+               ) -> tuple[dict[str, float], dict[str, Any]]:
     """One PPO/GRPO/RLOO iteration on the prompts `batch` (this process samples and scores its
     share of them). Returns (metrics, sample table of this process's share)."""
     eng, ac = t.engine, t.model
@@ -190,7 +192,8 @@ def _iteration(t: Trainee, ref_model: nn.Module | None, tokenizer: Any,
     with eng.full_params():  # FSDP / ZeRO-3: sample and score with the whole weights
         exp, gen, entropy = rollout(ac, ref_model, tokenizer, sub_ids, cfg,
                                     seed=cfg.seed * 1_000_003 + run.step, autocast=eng.autocast,
-                                    row_offset=mine.start * cfg.samples_per_prompt)
+                                    row_offset=mine.start * cfg.samples_per_prompt,
+                                    generator=generator)
     texts = decode_responses(tokenizer, gen)
     # 2. score
     raw, exp.scores = score_responses(reward, sub_prompts, texts, gen, cfg, norm)
@@ -211,6 +214,8 @@ def _iteration(t: Trainee, ref_model: nn.Module | None, tokenizer: Any,
     metrics, run.opt_step = ppo_update(t, exp, cfg, tcfg, run.opt_step,
                                        seed=cfg.seed * 7_919 + run.step,
                                        kl_coef=kl_ctl.value)
+    if generator is not None:  # the engine samples the next rollout from the updated weights
+        generator.sync(ac.policy)
     metrics.update(rollout_metrics(exp, raw, entropy_sum / max(n_tokens, 1.0)),
                    kl_coef=kl_ctl.value)
     kl_ctl.update(metrics["kl"], cfg.episodes)
@@ -245,11 +250,14 @@ def _check_processes(engine: Engine, cfg: PPOConfig) -> None:
 
 def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], reward: Reward,
               cfg: PPOConfig, out_dir: str | Path, resume: bool = False,
-              critic: nn.Module | None = None, engine: Engine | None = None) -> PPOResult:
+              critic: nn.Module | None = None, engine: Engine | None = None,
+              generator: Generator | None = None) -> PPOResult:
     """Optimize `model` in place (a peft LoRA model, or any causal LM for full fine-tuning).
 
     `critic`: a separate critic module (`trainers.critic`); None: a value head on the policy.
-    `engine`: None builds one from `cfg` (device, bf16).
+    `engine`: None builds one from `cfg` (device, bf16). `generator`: the rollout engine
+    (`rollout.generators`), given the learner's weights at the start and after every update;
+    None: the built-in sampler on the policy itself.
 
     Writes metrics.jsonl, samples.jsonl, summary.json and checkpoints under `out_dir` (from the
     main process); with `resume` it continues exactly from the latest checkpoint there.
@@ -275,6 +283,8 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
     norm = _GlobalNorm(engine=engine)
     run = _restore(out_dir, ac, optimizer, stream, kl_ctl, norm, cfg) if resume else _RunState()
     t = prepare(engine, ac, partial(ppo_loss, cfg=cfg), optimizer)
+    if generator is not None:  # a resumed run's weights, or the LoRA model's first ones
+        generator.sync(ac.policy)
     log = RunLog(out_dir, resume=resume, from_step=run.step) if engine.is_main else None
     samples_path = out_dir / "samples.jsonl"
     if engine.is_main:
@@ -286,7 +296,7 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
             t0 = time.perf_counter()
             batch = stream.take(cfg.rollout_batch_size)
             metrics, table = _iteration(t, ref_model, tokenizer, prompts, prompt_ids, reward,
-                                        batch, cfg, tcfg, kl_ctl, norm, run)
+                                        batch, cfg, tcfg, kl_ctl, norm, run, generator)
             run.seconds += time.perf_counter() - t0
             run.step += 1
             tokens = run.generated + run.trained
@@ -336,6 +346,7 @@ def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
     from coachlm.models.lora import apply_lora
     from coachlm.trainers.critic import build_critic
 
+    check_generator(cfg.ppo.generator)
     tok = load_tokenizer(cfg.model)
     invalid = InvalidRecords(cfg.skip_invalid)
     with invalid.strict_hint():
@@ -349,11 +360,19 @@ def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
             model = apply_lora(model, cfg.ppo.lora)
     critic = build_critic(cfg.ppo.critic, cfg.reward, cfg.ppo.lora, cfg.ppo.seed, tokenizer=tok)
     engine = Engine(cfg.ppo.device, cfg.ppo.bf16)
+    if cfg.ppo.generator != "builtin" and engine.world_size > 1:
+        raise CoachError(f"generator {cfg.ppo.generator} runs in one process; launch without "
+                         f"several processes or use generator builtin")
+    generator = make_generator(cfg.ppo.generator, model, tok)
     if engine.is_main:
         cfg.out.mkdir(parents=True, exist_ok=True)
         config.save(cfg, cfg.out / "config.yaml")
-    train_ppo(model, tok, prompts, reward, cfg.ppo, cfg.out, resume=resume, critic=critic,
-              engine=engine)
+    try:
+        train_ppo(model, tok, prompts, reward, cfg.ppo, cfg.out, resume=resume, critic=critic,
+                  engine=engine, generator=generator)
+    finally:
+        if generator is not None:
+            generator.close()
     final = save_final(engine, model, tok, cfg.out / "final")
     del model, critic, reward  # the stage's tensors go before the freed heap is handed back
     release_free_memory()  # (coachlm.memory)

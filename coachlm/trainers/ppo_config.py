@@ -77,6 +77,15 @@ class PPOConfig:
     # for policy-gradient RL); alpha / r = 2 as in the usual r 8 / alpha 16. None: full FT.
     lora: LoRAConfig | None = field(default_factory=lambda: LoRAConfig(r=2, alpha=4.0))
     bf16: bool | None = False  # None: where bf16 matmuls are fast (engine.accel.fast_bf16)
+    # The rollout engine (`rollout.generators`): the built-in KV-cache sampler on the learner's
+    # own weights, or vLLM (optional, its own environment: README, 'vLLM rollouts'), which gets
+    # the learner's weights after every update.
+    generator: Literal["builtin", "vllm"] = "builtin"
+    # Truncated importance sampling for a rollout another engine sampled (its logprobs mu differ
+    # slightly from the learner's pi_old): each token's policy loss is weighted by
+    # min(pi_old / mu, importance_cap) (Yao et al., 2025, who use C = 2). None: no correction.
+    # The built-in sampler samples the learner itself and needs none.
+    importance_cap: float | None = 2.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     threads: int | None = None
@@ -130,6 +139,8 @@ class PPOConfig:
             (0 <= self.gamma <= 1 and 0 <= self.lam <= 1, "gamma and lam must be in [0, 1]"),
             (self.clip_eps > 0 and self.value_clip_eps > 0, "clip_eps, value_clip_eps must be > 0"),
             (self.vf_coef >= 0, "vf_coef must be >= 0"),
+            (self.importance_cap is None or self.importance_cap > 0,
+             "importance_cap must be > 0 or null"),
             (self.reward_clip is None or self.reward_clip > 0, "reward_clip must be > 0 or null"),
             (self.lr > 0, "lr must be > 0"),
             (self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be > 0"),

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from coachlm.data.schema import Prompt
+from coachlm.importance import truncated_importance_weights
 from coachlm.losses import kl_penalty, ppo_clip, value_clip
 from coachlm.models.lora import PeftModel, lora_view
 from coachlm.models.modes import eval_mode
@@ -158,7 +159,20 @@ def rollout(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
     share = _decide_sharing(ac, cfg, tokenizer.pad_token_id)
     with autocast():
         entropy = _recompute(ac, ref_model, exp, cfg, share)
+    if generator is not None and getattr(generator, "external", True) \
+            and cfg.importance_cap is not None:
+        exp.is_weights = truncated_importance_weights(
+            exp.logprobs, sampler_logprobs(gen, action_mask.shape[1]), action_mask,
+            cfg.importance_cap)
     return exp, gen, float(masked_mean(entropy, action_mask))
+
+
+def sampler_logprobs(gen: Generation, width: int) -> Tensor:
+    """(B, width) the engine's logprobs of the sampled tokens, right-padded with 0."""
+    out = torch.zeros(len(gen.response_ids), width)
+    for b, lp in enumerate(gen.logprobs):
+        out[b, :min(len(lp), width)] = torch.tensor(lp[:width], dtype=torch.float32)
+    return out
 
 
 @dataclass
@@ -233,7 +247,7 @@ def _micro_loss(ac: ActorCritic, e: Experience, shared: SharedPrompts | None, cf
     logprobs, values, _ = ac(e.sequences, e.attention_mask, e.action_mask, cfg.temperature,
                              shared=shared, pad_id=e.pad_id)  # (b, n)
     pg_loss, clipfrac, approx_kl = ppo_clip(logprobs, e.logprobs, e.advantages, e.action_mask,
-                                            cfg.clip_eps, cfg.aggregation)
+                                            cfg.clip_eps, cfg.aggregation, e.is_weights)
     weight = aggregation_weight(e.action_mask, cfg.aggregation) / mini_weight
     loss = pg_loss
     stats = {"policy_loss": float(pg_loss.detach()), "clipfrac": float(clipfrac),
@@ -265,6 +279,9 @@ def rollout_metrics(exp: Experience, raw: Tensor, entropy: float | None) -> dict
     }
     if entropy is not None:
         out["entropy"] = entropy
+    if exp.is_weights is not None:  # how far the engine's samples were off the learner's policy
+        out["is_weight_mean"] = float(masked_mean(exp.is_weights, mask))
+        out["is_weight_min"] = float(exp.is_weights[mask.bool()].min()) if mask.any() else 1.0
     if exp.values is not None:
         out["explained_variance"] = float(explained_variance(exp.values, exp.returns, mask))
         out["value_mean"] = float(masked_mean(exp.values, mask))

@@ -29,7 +29,8 @@ from coachlm.trainers.ppo_config import PPOConfig
 from coachlm.trainers.ppo_steps import ActorCritic, _micro_loss
 
 # Response-side (B, N) fields, right-padded with zeros when gathered.
-_RESPONSE = ("logprobs", "ref_logprobs", "values", "kl", "rewards", "advantages", "returns")
+_RESPONSE = ("logprobs", "ref_logprobs", "values", "kl", "rewards", "advantages", "returns",
+             "is_weights")
 
 
 def ppo_loss(ac: ActorCritic, batch: tuple[Experience, Any, Tensor, float],

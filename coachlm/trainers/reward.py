@@ -325,10 +325,11 @@ def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     ref, provenance = reference_groups(cfg, tok, train_g)
     if cfg.normalize_max is not None:
         ref = sample_groups(ref, cfg.normalize_max, tcfg.seed)
-    stats = fit_reference(model, ref, tok.pad_token_id, layout, tcfg.batch_size, engine.bf16)
     final = cfg.out / "final"
-    if engine.is_main:
-        save_reward_model(model, tok, final, {**provenance, **stats})
+    with engine.full_params():  # FSDP / ZeRO-3: the whole weights, on every process
+        stats = fit_reference(model, ref, tok.pad_token_id, layout, tcfg.batch_size, engine.bf16)
+        if engine.is_main:
+            save_reward_model(model, tok, final, {**provenance, **stats})
     engine.barrier()
     return result, final
 

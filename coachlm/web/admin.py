@@ -1,27 +1,30 @@
-"""Admin pages: projects, import, task creation and assignment, guidelines, labelers,
-quality dashboard, ratings leaderboard and export. Every route needs the admin role (the two
-dashboards also admit reviewers, read-only), and every form post the session's CSRF token."""
+"""Admin pages: projects, import, task creation and assignment, items with a gold toggle,
+guidelines, labelers, quality tables, ratings leaderboard and export. Every route needs the admin
+role (the quality tables also admit reviewers, read-only; the leaderboard names models, so it is
+not for reviewers, who judge blind), and every form post the session's CSRF token."""
 
 from __future__ import annotations
 
 import json
 import tempfile
 from pathlib import Path
+from urllib.parse import urlencode
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from coachlm.data import schema
 from coachlm.data.io import READ_SUFFIXES
 from coachlm.errors import CoachError
-from coachlm.feedback import accounts, assign, guidance, importer, items, quality, ratings
+from coachlm.feedback import (accounts, assign, guidance, importer, items, quality, ratings,
+                              review)
 from coachlm.feedback.dashboard import SOURCES, rows_for
 from coachlm.feedback.db import NotFound, StoreError
 from coachlm.feedback.export import ExportConfig, export_records
-from coachlm.feedback.tables import ROLES, TASK_KINDS, Labeler, Project
+from coachlm.feedback.tables import ROLES, TASK_KINDS, Label, Labeler, Project, Task
 from coachlm.web.dashboard import check_source
 from coachlm.web.deps import AdminUser, FormAdmin, ReviewerUser, render, store
 
@@ -68,6 +71,52 @@ def project(request: Request, project_id: int, user: AdminUser, m: str = "") -> 
         labelers = s.scalars(select(Labeler).where(Labeler.active).order_by(Labeler.name)).all()
     return render(request, "admin/project.html", p=p, stats=stats, guideline=g, guide=guide,
                   labelers=labelers, kinds=TASK_KINDS, note=m)
+
+
+ITEMS_PAGE = 100
+
+
+@router.get("/p/{project_id}/items")
+def items_page(request: Request, project_id: int, user: AdminUser, kind: str = "",
+               gold: str = "", page: int = 0, m: str = "") -> Response:
+    """Every item of the project, 100 a page, each with a gold toggle."""
+    with store(request).read() as s:
+        p = _project(s, project_id)
+        q = select(Task).where(Task.project_id == p.id).order_by(Task.id)
+        if kind:
+            q = q.where(Task.kind == kind)
+        if gold:
+            q = q.where(Task.gold.is_not(None) if gold == "yes" else Task.gold.is_(None))
+        tasks = s.scalars(q.offset(max(page, 0) * ITEMS_PAGE).limit(ITEMS_PAGE + 1)).all()
+        counts = dict(s.execute(select(Label.task_id, func.count()).where(
+            Label.task_id.in_([t.id for t in tasks])).group_by(Label.task_id)).all())
+        rows = [(t, t.prompt.messages[-1]["content"], counts.get(t.id, 0))
+                for t in tasks[:ITEMS_PAGE]]
+    return render(request, "admin/items.html", p=p, rows=rows, kinds=TASK_KINDS, note=m,
+                  f={"kind": kind, "gold": gold}, page=max(page, 0),
+                  more=len(tasks) > ITEMS_PAGE)
+
+
+@router.post("/p/{project_id}/items/{task_id}/gold")
+def toggle_gold(request: Request, project_id: int, task_id: int, user: FormAdmin,
+                mark: Annotated[bool, Form()] = False, kind: Annotated[str, Form()] = "",
+                gold: Annotated[str, Form()] = "", page: Annotated[int, Form()] = 0) -> Response:
+    """Mark an item gold with its labels' majority answer, or unmark it."""
+    def do(s: Session) -> None:
+        task = s.get(Task, task_id)
+        if task is None or task.project_id != project_id:
+            raise NotFound(f"no task {task_id} in project {project_id}")
+        answer = review.majority_answer(s, task_id) if mark else None
+        if mark and answer is None:
+            raise StoreError(f"task {task_id} has no label to take the gold answer from; "
+                             f"give it on /review/t/{task_id}")
+        review.promote_to_gold(s, task_id, answer)
+
+    store(request).run(do)
+    back = urlencode({"kind": kind, "gold": gold, "page": page,
+                      "m": f"{'gold' if mark else 'ungold'}-{task_id}"})
+    return RedirectResponse(f"/admin/p/{project_id}/items?{back}#task-{task_id}",
+                            status_code=303)
 
 
 def _upload_records(data: bytes, filename: str) -> list[schema.Record]:
@@ -159,7 +208,7 @@ def quality_page(request: Request, project_id: int, user: ReviewerUser,
 
 
 @router.get("/p/{project_id}/ratings")
-def ratings_page(request: Request, project_id: int, user: ReviewerUser,
+def ratings_page(request: Request, project_id: int, user: AdminUser,
                  rounds: int = 200, source: str = "") -> Response:
     sources = (check_source(source),) if source else ()
     with store(request).read() as s:

@@ -5,9 +5,14 @@ Answers are given in shown order, as on the pages: a comparison's `choice` is "f
 "second", "tie" or "both_bad" (with optional `margin` 1..3); a ranking's `ranks` list the rank
 of each response as listed; a rating has `score`, `flags`, `critique`; an ideal response `text`.
 Every submission carries a client-generated `client_id`: resending it returns the same label
-(and resending it with a different answer is a 409 naming the stored label). Every body is
-checked for text that cannot be stored (lone surrogates, NUL) before anything else; project
-names may contain "/" (the routes take the rest of the path).
+(and resending it with a different answer is a 409 naming the stored label). Submitting the
+stored answer again under a new client id (a second tab, a lost response) is 200 with that label
+and `"already_saved": true`; another answer to an answered item is a 409 that points to
+`POST /api/assignments/ID/revise`, which replaces one's own answer until it is reviewed (the
+replaced answer is kept for audit; 200 with `"revised": false` when nothing changed, 409 once
+reviewed or when the item has no answer yet). Every body is checked for text that cannot be
+stored (lone surrogates, NUL) before anything else; project names may contain "/" (the routes
+take the rest of the path).
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coachlm.data import schema
-from coachlm.feedback import accounts, assign, importer, items, labels, quality, views
-from coachlm.feedback.db import StoreError
+from coachlm.feedback import accounts, assign, flow, importer, items, labels, quality, views
+from coachlm.feedback.db import Conflict, StoreError
 from coachlm.feedback.tables import DEFAULT_TTL_S, MAX_ID, Labeler, Project
 from coachlm.feedback.text import check_tree
 from coachlm.web.admin import export_config, export_response
@@ -113,12 +118,13 @@ def projects(request: Request, user: ApiUser) -> list[dict[str, Any]]:
 
 
 @router.post("/projects/{name:path}/next")
-def next_assignment(request: Request, name: str, user: ApiUser) -> Response:
+async def next_assignment(request: Request, name: str, user: ApiUser) -> Response:
     def claim(s: Session) -> dict[str, Any] | None:
-        a = assign.next_assignment(s, s.get(Labeler, user.id), _project_named(s, name))
-        return _assignment_json(s, user, a.id) if a else None
+        found = assign.next_assignment_id(s, user.id, items.project_row(s, name))
+        return _assignment_json(s, user, found) if found else None
 
-    found = store(request).run(claim, durable=False)  # a lost claim is simply re-offered
+    # A lost claim is simply re-offered, so it need not wait for an fsync.
+    found = await store(request).run_async(claim, durable=False)
     return JSONResponse(found) if found else Response(status_code=204)
 
 
@@ -129,15 +135,41 @@ def get_assignment(request: Request, assignment_id: Id, user: ApiUser) -> dict[s
 
 
 @router.post("/assignments/{assignment_id}/label")
-def submit(request: Request, assignment_id: Id, body: LabelIn, user: ApiUser) -> Response:
-    def save(s: Session) -> tuple[int, bool]:
-        label, created = labels.submit_label(s, s.get(Labeler, user.id), assignment_id,
-                                             body.client_id, body.answer, body.time_spent_s)
-        return label.id, created
-
-    label_id, created = store(request).run(save)
-    return JSONResponse({"label_id": label_id, "created": created},
+async def submit(request: Request, assignment_id: Id, body: LabelIn, user: ApiUser) -> Response:
+    try:
+        label_id, created = await store(request).run_async(lambda s: labels.submit(
+            s, user, assignment_id, body.client_id, body.answer, body.time_spent_s))
+    except Conflict as e:  # nothing was written; an answered item may hold this very answer
+        label_id, created = await store(request).run_async(
+            lambda s: _already_saved(s, user, assignment_id, body.answer, e))
+    out = {"label_id": label_id, "created": created}
+    return JSONResponse(out if created else {**out, "already_saved": True},
                         status_code=201 if created else 200)
+
+
+def _already_saved(s: Session, user: Any, assignment_id: int, answer: dict,
+                   refused: Conflict) -> tuple[int, bool]:
+    """The stored label when `answer` is the one already stored (a second tab, a lost
+    response); otherwise the refusal, pointing to the revise route where one can revise."""
+    lab = s.get(Labeler, user.id)
+    stored = flow.answered_label(s, lab, assignment_id)
+    if stored is None:  # skipped, expired, or a client id of another item
+        raise refused
+    if flow.same_answer(s, stored, answer):
+        return stored.id, False
+    raise Conflict(f"{refused}; the stored label is {stored.id}; to change it, POST "
+                   f"/api/assignments/{assignment_id}/revise") from None
+
+
+@router.post("/assignments/{assignment_id}/revise")
+def revise(request: Request, assignment_id: Id, body: LabelIn, user: ApiUser) -> dict[str, Any]:
+    def save(s: Session) -> tuple[int, bool]:
+        label, changed = flow.revise(s, s.get(Labeler, user.id), assignment_id, body.client_id,
+                                     body.answer, body.time_spent_s)
+        return label.id, changed
+
+    label_id, changed = store(request).run(save)
+    return {"label_id": label_id, "revised": changed}
 
 
 @router.post("/assignments/{assignment_id}/skip")

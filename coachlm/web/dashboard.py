@@ -1,5 +1,6 @@
-"""The lead's dashboard (reviewers and admins): flagged metrics, progress and ETA, SVG charts,
-per-model rating summaries and the most disputed items, for one source of labels or all."""
+"""The lead's dashboard (reviewers and admins): flagged metrics, progress and ETA (per project
+and per labeler), SVG charts, per-model rating summaries (admins only: reviewers judge blind) and
+the most disputed items, for one source of labels or all."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from coachlm.feedback import dashboard as dash
-from coachlm.feedback import quality
+from coachlm.feedback import guidance, quality
 from coachlm.feedback.db import NotFound, StoreError
 from coachlm.feedback.tables import Project
 from coachlm.web import charts
@@ -32,7 +33,9 @@ def dashboard(request: Request, project_id: int, user: ReviewerUser, source: str
         rows = dash.rows_for(s, p, source)
         report = quality.report(rows)
         prog = dash.progress(s, p, rows)
-        models = dash.model_ratings(s, rows)
+        quota = guidance.get(p).quota
+        # Blind review: which model wrote what is for the lead only, never for reviewers.
+        models = dash.model_ratings(s, rows) if user.is_admin else []
     labelers = [(q.name, q.labels, str(q.labels)) for q in report.labelers]
     bias = [(q.name, q.first_rate, f"{q.first_rate:.0%}") for q in report.labelers
             if q.first_rate == q.first_rate]
@@ -45,5 +48,6 @@ def dashboard(request: Request, project_id: int, user: ReviewerUser, source: str
         figs.append(charts.hbars("Mean rating per model (0 worst, 1 best)",
                                  [(m, v, f"{v:.2f} (n={n})") for m, v, n in models], 1.0))
     return render(request, "admin/dashboard.html", p=p, source=source, sources=dash.SOURCES,
-                  metrics=dash.metrics(report, rows), prog=prog, figs=figs, models=models,
+                  metrics=dash.metrics(report, rows), prog=prog,
+                  paces=dash.paces(rows, prog, quota), quota=quota, figs=figs, models=models,
                   disputed=dash.disputed(rows), n_labels=len(rows))

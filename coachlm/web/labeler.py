@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from coachlm.feedback import assign, flow, guidance, items, labels
-from coachlm.feedback.db import Conflict, StoreError
+from coachlm.feedback.db import Conflict, NotFound, StoreError
 from coachlm.feedback.tables import DONE, Labeler, Project
 from coachlm.web.deps import FormUser, SessionUser, User, render, store
 from coachlm.web.task_view import task_view
@@ -84,6 +84,26 @@ def show(request: Request, assignment_id: int, user: SessionUser, m: str = "",
                   skip_reasons=view.guide.skip_reasons)
 
 
+def _number(value: str) -> int | None:
+    return int(value) if value.strip().isdigit() else None
+
+
+def _again(request: Request, user: User, assignment_id: int, error: str,
+           draft: dict[str, Any]) -> Response:
+    """The task page again, for a form post the server refused (a script-less browser: e.g. a
+    left/right choice without a strength), with the posted answer kept and the reason shown;
+    400 so that nothing mistakes it for a stored label."""
+    with store(request).read() as s:
+        view = task_view(s, user, assignment_id)
+    if len(draft["ranks"]) != len(view.texts):
+        draft = {**draft, "ranks": []}
+    if view.status == "pending" or view.revisable:
+        view = view.with_draft(draft)
+    return render(request, f"task_{view.kind}.html", 400, t=view, note="", moved="",
+                  client_id=uuid.uuid4().hex, strengths=STRENGTHS,
+                  skip_reasons=view.guide.skip_reasons, error=f"Not saved: {error}.")
+
+
 def _answer(kind: str, choice: str, strength: str, ranks: list[str], score: str,
             flags: list[str], critique: str, text: str) -> dict[str, Any]:
     if kind == "comparison":
@@ -126,7 +146,17 @@ def submit(request: Request, assignment_id: int, user: FormUser,
             raise
         return project_id, "saved"
 
-    project_id, note = store(request).run(save)  # committed here, before we answer
+    try:
+        project_id, note = store(request).run(save)  # committed here, before we answer
+    except (NotFound, Conflict):
+        raise
+    except StoreError as e:  # the answer itself was refused: keep it on the page
+        if request.headers.get("x-coachlm-fetch"):
+            raise  # the script keeps the answer on its page and shows the message
+        draft = {"choice": choice, "margin": _number(strength), "score": _number(score),
+                 "ranks": [_number(r) for r in ranks], "flags": flags, "critique": critique,
+                 "text": text}
+        return _again(request, user, assignment_id, str(e), draft)
     if note == "already":
         return _go(request, f"/a/{assignment_id}?m=already")
     return _go(request, _next_url(request, user, project_id, note))
