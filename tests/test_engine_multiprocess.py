@@ -175,26 +175,35 @@ def test_dpo_two_processes_equal_one(files, tmp_path):
     assert len(list((tmp_path / "two").glob("ref_logps-*.pt"))) == 1
 
 
+def ppo_args(files: Path, out: Path, algo: str) -> list[str]:
+    """A PPO/GRPO/RLOO run of 2 rollouts of 4 prompts x 2 samples (LoRA, the reference the
+    adapter-disabled policy), 2 epochs of one 4-row mini-batch in 2-row micro-batches."""
+    return ["ppo", "--model", str(files / "base"), "--prompts", str(files / "prompts.jsonl"),
+            "--out", str(out), f"ppo.algo={algo}", "ppo.steps=2",
+            "ppo.rollout_batch_size=4", "ppo.samples_per_prompt=2", "ppo.mini_batch_size=4",
+            "ppo.micro_batch_size=2", "ppo.ppo_epochs=2", "ppo.max_new_tokens=6",
+            "ppo.kl_target=0.5", "ppo.normalize_reward=true", "ppo.threads=1",
+            "ppo.device=cpu", "ppo.lr=1e-3"]
+
+
+def assert_same_ppo_run(one: Path, two: Path) -> None:
+    """The same per-iteration KL, reward, KL coefficient, losses and final weights."""
+    for key in ("kl", "kl_coef", "reward", "reward_raw", "response_length", "policy_loss",
+                "value_loss", "grad_norm", "entropy"):
+        assert losses(two, key) == pytest.approx(losses(one, key), rel=1e-4, abs=1e-6), key
+    w1, w2 = weights(one), weights(two)
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], **WEIGHTS, msg=name)
+    assert len(list((two / "checkpoints").iterdir())) == 1
+    assert json.loads((two / "summary.json").read_text())["processes"] == 2
+
+
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_ppo_two_processes_equal_one(files, tmp_path, algo):
     """Rollouts sharded (2 prompts x 2 samples per process), advantages whitened over the
     global batch, the adaptive KL controller on the global mean KL, reward normalization fitted
     on the whole first rollout: the same per-step KL, reward, KL coefficient and weights."""
-    def args(out):
-        return ["ppo", "--model", str(files / "base"), "--prompts", str(files / "prompts.jsonl"),
-                "--out", str(out), f"ppo.algo={algo}", "ppo.steps=2",
-                "ppo.rollout_batch_size=4", "ppo.samples_per_prompt=2", "ppo.mini_batch_size=4",
-                "ppo.micro_batch_size=2", "ppo.ppo_epochs=2", "ppo.max_new_tokens=6",
-                "ppo.kl_target=0.5", "ppo.normalize_reward=true", "ppo.threads=1",
-                "ppo.device=cpu", "ppo.lr=1e-3"]
-    launch(args(tmp_path / "two"))
-    run_cli(args(tmp_path / "one"))
-    for key in ("kl", "kl_coef", "reward", "reward_raw", "response_length", "policy_loss",
-                "value_loss", "grad_norm", "entropy"):
-        assert losses(tmp_path / "two", key) == pytest.approx(losses(tmp_path / "one", key),
-                                                              rel=1e-4, abs=1e-6), key
-    w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
-    for name in w1:
-        torch.testing.assert_close(w2[name], w1[name], **WEIGHTS, msg=name)
-    assert len(list((tmp_path / "two" / "checkpoints").iterdir())) == 1
-    assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
+    launch(ppo_args(files, tmp_path / "two", algo))
+    run_cli(ppo_args(files, tmp_path / "one", algo))
+    assert_same_ppo_run(tmp_path / "one", tmp_path / "two")

@@ -94,6 +94,10 @@ def _unsharded(root: Any, reshard_after_forward: bool) -> Iterator[None]:
     from torch.distributed.fsdp import FSDPModule
 
     groups = [m for m in root.modules() if isinstance(m, FSDPModule)]
+    # FSDP2 picks its root as the first module to run forward; a layer called here before any
+    # training step (PPO's first rollout) would make itself a root, and the wrapper's first
+    # forward then fails ("requires running forward through the root module first").
+    root._get_fsdp_state()._lazy_init()
     root.set_reshard_after_forward(False)
     for m in groups:
         m.unshard()

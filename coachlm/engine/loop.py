@@ -252,19 +252,19 @@ def _restore(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 def checkpoint(engine: Engine, out_dir: Path, step: int, model: nn.Module,
                optimizer: torch.optim.Optimizer, state: Mapping[str, Any], keep: int) -> None:
-    """Write checkpoint `step` once (the main process; the others' states are the same) and
-    let every process continue only when it is complete."""
-    if engine.sharded:
+    """Write checkpoint `step`: every process takes part (under FSDP each writes its shard of
+    the weights and optimizer state; whole tensors are written once), the main process writes
+    the run state (the others' are the same); every process continues once it is complete."""
+    if engine.deepspeed:
         return  # refused up front when asked for (`check_checkpointing`)
-    if engine.is_main:
-        save_checkpoint(out_dir, step, model, optimizer, state, keep)
-    engine.barrier()
+    save_checkpoint(out_dir, step, model, optimizer, state, keep, is_main=engine.is_main,
+                    barrier=engine.barrier)
 
 
 def check_checkpointing(engine: Engine, every: int) -> None:
-    if every and engine.sharded:
-        raise CoachError("checkpoints are not written under FSDP/DeepSpeed yet (their weights "
-                         "and optimizer states are sharded): set checkpoint_every: 0")
+    if every and engine.deepspeed:
+        raise CoachError("checkpoints are not written under DeepSpeed (its optimizer states live "
+                         "inside its own engine): set checkpoint_every: 0")
 
 
 def train(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainConfig,
@@ -287,10 +287,10 @@ def train(model: nn.Module, batches: BatchSource, loss_fn: LossFn, cfg: TrainCon
     threads = engine.threads(cfg.threads)
     model = engine.place(model)
     optimizer = make_optimizer(model, cfg)
-    state = _restore(out_dir, model, optimizer, batches, cfg, engine) if resume else None
-    if state is None:
-        seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     trainee = prepare(engine, model, loss_fn, optimizer)
+    # After `prepare`: a checkpoint loads into the run's own layout (FSDP shards or whole).
+    state = _restore(out_dir, model, optimizer, batches, cfg, engine) if resume else None
     step = state["step"] if state else 0
     tokens = state["tokens"] if state else 0
     seconds = state["seconds"] if state else 0.0  # training time only: no eval, no checkpoints

@@ -281,8 +281,9 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
         warn(f"{truncated} of {len(prompts)} prompts cut from the left to fit (max_prompt_length)")
     stream, kl_ctl = PromptStream(len(prompts), cfg.seed), _kl_controller(cfg)
     norm = _GlobalNorm(engine=engine)
-    run = _restore(out_dir, ac, optimizer, stream, kl_ctl, norm, cfg) if resume else _RunState()
     t = prepare(engine, ac, partial(ppo_loss, cfg=cfg), optimizer)
+    # After `prepare`: a checkpoint loads into the run's own layout (FSDP shards or whole).
+    run = _restore(out_dir, ac, optimizer, stream, kl_ctl, norm, cfg) if resume else _RunState()
     if generator is not None:  # a resumed run's weights, or the LoRA model's first ones
         generator.sync(ac.policy)
     log = RunLog(out_dir, resume=resume, from_step=run.step) if engine.is_main else None
@@ -319,7 +320,8 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
         trainable_fraction=round(trainable_fraction(ac), 6),
         trainable_params=sum(p.numel() for p in ac.parameters() if p.requires_grad),
         total_params=sum(p.numel() for p in ac.parameters()), threads=threads, bf16=engine.bf16,
-        device=str(engine.device), processes=engine.world_size)
+        device=str(engine.device), processes=engine.world_size,
+        distributed=engine.distributed_type)
     return PPOResult(run.step, metrics, summary)
 
 
