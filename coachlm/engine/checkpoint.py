@@ -72,7 +72,7 @@ def _state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> di
     model_sd, optim_sd = get_state_dict(model, optimizer,
                                         options=StateDictOptions(ignore_frozen_params=True))
     # ignore_frozen_params drops a frozen tensor under its first name only (torch 2.13): a
-    # LoRA model's LM head tied to the frozen embedding would be stored under the other
+    # LoRA model's LM head, tied to the frozen embedding, would still be stored as lm_head.
     trainable = {n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
     return {"model": {k: v for k, v in model_sd.items() if k in trainable}, "optimizer": optim_sd}
 
