@@ -1,5 +1,5 @@
 """Where and how a run computes: one `Engine` over accelerate's `Accelerator` (the only module,
-with `engine.loop`, that touches accelerate or the distributed backends).
+with `engine.loop` and `engine.checkpoint`, that touches accelerate or the distributed backends).
 
 One process needs no launcher. Under `accelerate launch` (or torchrun) with N processes the
 same command runs data-parallel: every process holds the model, takes its share of each step's
