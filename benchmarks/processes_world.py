@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +49,12 @@ def commands(f: dict[str, Path], base: Path, steps: int) -> dict[str, list[str]]
     }
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run(name: str, args: list[str], out: Path, processes: int) -> dict:
     accum = 2 if processes == 1 else 1  # the same global batch
     args = [a.format(accum=accum) for a in args] + ["--out", str(out)]
@@ -57,7 +64,7 @@ def run(name: str, args: list[str], out: Path, processes: int) -> dict:
              "coachlm.cli", *args]
     shell = ["sh", "-c", " ".join(f"'{a}'" if "$" not in a else f'"{a}"' for a in timed)]
     if processes > 1:
-        port = str(29700 + hash(name) % 200)
+        port = str(_free_port())  # a fixed port may be taken by another launch on the machine
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                str(processes), "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", port, "--no_python", *shell]
