@@ -73,8 +73,11 @@ def resume_run(out_dir, kill_at: int | None = None, resume: bool = False, lora: 
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=0)
     if lora:
+        import torch
+
         from coachlm.models.lora import LoRAConfig, apply_lora
 
+        torch.manual_seed(0)  # LoRA's A is drawn at random: every run must start from the same one
         model = apply_lora(model, LoRAConfig(r=4))
     examples = [encode_example(tok, d.prompt, d.response.text) for d in tiny_demos(40)]
     batches = ExampleBatches(examples, 4, tok.pad_token_id, seed=1, bucket_batches=2)
