@@ -15,15 +15,16 @@ import json
 import random
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
-from sqlalchemy import Row, bindparam, func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from coachlm.data import schema
 from coachlm.feedback.accounts import create_labeler
 from coachlm.feedback.db import NotFound, StoreError
 from coachlm.feedback.labels import check_answer
+from coachlm.feedback.sql import Db, Sql
 from coachlm.feedback.tables import (DEFAULT_TTL_S, PENDING, TASK_KINDS, Assignment, Guideline,
                                      Label, Labeler, Project, Prompt, Response, Task)
 from coachlm.feedback.text import check_text
@@ -100,18 +101,21 @@ def get_project(s: Session, name: str) -> Project:
     return project
 
 
-_P = Project.__table__
-_ROW_BY_NAME = select(_P.c.id, _P.c.name, _P.c.rating_scale, _P.c.flags,
-                      _P.c.assignment_ttl_s).where(_P.c.name == bindparam("name"))
+class ProjectKey(NamedTuple):
+    id: int
+    assignment_ttl_s: int
 
 
-def project_row(s: Session, name: str) -> Row[Any]:
-    """(id, name, rating_scale, flags, assignment_ttl_s) of a project, without loading an ORM
-    object (for the claim path of the API)."""
-    row = s.execute(_ROW_BY_NAME, {"name": name}).first()
+_KEY_BY_NAME = Sql("SELECT id, assignment_ttl_s FROM projects WHERE name = ?")
+
+
+def project_key(s: Session, name: str) -> ProjectKey:
+    """A project's id and assignment time-to-live, without loading an ORM object (plain SQL,
+    for the claim path of the API)."""
+    row = Db(s).row(_KEY_BY_NAME, (name,))
     if row is None:
         raise NotFound(f"no project named {name!r}")
-    return row
+    return ProjectKey(*row)
 
 
 def add_guidelines(s: Session, project: Project, text: str) -> Guideline:

@@ -8,12 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from coachlm.feedback.db import NotFound
-from coachlm.feedback.tables import MAX_ID, Assignment, Label, Project, Prompt, Task
-from coachlm.feedback.tables import Response as ResponseRow
+from coachlm.feedback.sql import Db, Sql
+from coachlm.feedback.tables import MAX_ID
 
 
 @dataclass(frozen=True)
@@ -39,26 +38,27 @@ def shown_answer(kind: str, answer: dict[str, Any], order: list[int]) -> dict[st
     return answer
 
 
-_VIEW = (select(Assignment.status, Assignment.shown_order, Assignment.labeler_id, Task.kind,
-                Task.response_ids, Project.name, Project.id.label("project_id"),
-                Project.rating_scale, Project.flags, Prompt.messages, Label.answer)
-         .join(Task, Assignment.task_id == Task.id).join(Project, Task.project_id == Project.id)
-         .join(Prompt, Task.prompt_id == Prompt.id)
-         .outerjoin(Label, Label.assignment_id == Assignment.id)
-         .where(Assignment.id == bindparam("id")))
-_TEXTS = select(ResponseRow.id, ResponseRow.text).where(
-    ResponseRow.id.in_(bindparam("ids", expanding=True)))
+# Plain SQL on the driver connection (see sql.py): the claim route answers with this view.
+_VIEW = Sql("SELECT a.status, a.shown_order, a.labeler_id, t.kind, t.response_ids, p.name, p.id, "
+            "p.rating_scale, p.flags, pr.messages, l.answer FROM assignments a "
+            "JOIN tasks t ON a.task_id = t.id JOIN projects p ON t.project_id = p.id "
+            "JOIN prompts pr ON t.prompt_id = pr.id LEFT JOIN labels l ON l.assignment_id = a.id "
+            "WHERE a.id = ?")
+_TEXTS = Sql("SELECT r.id, r.text FROM responses r JOIN tasks t ON r.prompt_id = t.prompt_id "
+             "JOIN assignments a ON a.task_id = t.id WHERE a.id = ?")
 
 
 def assignment_view(s: Session, labeler_id: int, assignment_id: int) -> AssignmentView:
     """One of the labeler's own assignments (anyone else's is not found)."""
-    row = s.execute(_VIEW, {"id": assignment_id}).one_or_none() \
-        if 1 <= assignment_id <= MAX_ID else None
-    if row is None or row.labeler_id != labeler_id:
+    db = Db(s)
+    row = db.row(_VIEW, (assignment_id,)) if 1 <= assignment_id <= MAX_ID else None
+    if row is None or row[2] != labeler_id:
         raise NotFound(f"no assignment {assignment_id} for this labeler")
-    texts = dict(s.execute(_TEXTS, {"ids": list(row.response_ids)}).all())
-    order = list(row.shown_order)
+    status, order, _, kind, response_ids, name, project_id, scale, flags, messages, answer = row
+    order, response_ids = db.parse(order), db.parse(response_ids)
+    texts = dict(db.rows(_TEXTS, (assignment_id,)))  # the prompt's responses
+    answer = db.parse(answer)
     return AssignmentView(
-        assignment_id, row.kind, row.status, row.name, row.project_id, row.messages,
-        [texts[row.response_ids[i]] for i in order], row.rating_scale, list(row.flags),
-        shown_answer(row.kind, row.answer, order) if row.answer is not None else None)
+        assignment_id, kind, status, name, project_id, db.parse(messages),
+        [texts[response_ids[i]] for i in order], scale, list(db.parse(flags)),
+        shown_answer(kind, answer, order) if answer is not None else None)

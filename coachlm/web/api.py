@@ -120,7 +120,7 @@ def projects(request: Request, user: ApiUser) -> list[dict[str, Any]]:
 @router.post("/projects/{name:path}/next")
 async def next_assignment(request: Request, name: str, user: ApiUser) -> Response:
     def claim(s: Session) -> dict[str, Any] | None:
-        found = assign.next_assignment_id(s, user.id, items.project_row(s, name))
+        found = assign.next_assignment_id(s, user.id, items.project_key(s, name))
         return _assignment_json(s, user, found) if found else None
 
     # A lost claim is simply re-offered, so it need not wait for an fsync.
