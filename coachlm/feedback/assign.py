@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
@@ -35,9 +35,6 @@ from coachlm.feedback.db import NotFound, StoreError
 from coachlm.feedback.tables import (DONE, MAX_ID, PENDING, SKIPPED, Assignment, Labeler,
                                      Project, Task, utcnow)
 from coachlm.feedback.sql import Db, Sql
-
-if TYPE_CHECKING:
-    from coachlm.feedback.items import ProjectKey
 
 
 def _shown_order(n: int, rng: random.Random) -> list[int]:
@@ -51,9 +48,13 @@ def _shown_order(n: int, rng: random.Random) -> list[int]:
 # UPDATE that picks the oldest open task this labeler has never had and counts the slot in
 # the same statement (PostgreSQL: the task row is locked FOR UPDATE SKIP LOCKED, the
 # job-queue idiom, so that concurrent claimers take different tasks), then one INSERT.
-_PENDING = Sql("SELECT a.id FROM assignments a JOIN tasks t ON a.task_id = t.id "
-               "WHERE a.labeler_id = ? AND a.status = 'pending' AND t.project_id = ? "
-               "ORDER BY a.id LIMIT 1")
+_PENDING = ("SELECT a.id FROM assignments a JOIN tasks t ON a.task_id = t.id "
+            "WHERE a.labeler_id = ? AND a.status = 'pending' AND t.project_id = p.id "
+            "ORDER BY a.id LIMIT 1")
+# A project's id and time-to-live with the labeler's oldest pending assignment there.
+_NEXT = "SELECT p.id, p.assignment_ttl_s, ({pending}) FROM projects p WHERE p.{key} = ?"
+_NEXT_BY_ID = Sql(_NEXT.format(pending=_PENDING, key="id"))
+_NEXT_BY_NAME = Sql(_NEXT.format(pending=_PENDING, key="name"))
 _EXPIRE = Sql("UPDATE assignments SET status = 'expired', slot = NULL, done_at = ? "
               "WHERE id IN (SELECT a.id FROM assignments a JOIN tasks t ON a.task_id = t.id "
               "WHERE a.status = 'pending' AND t.project_id = ? AND a.created_at < ?{lock}) "
@@ -81,7 +82,7 @@ def _slot(db: Db, task_id: int, n_labels: int) -> int | None:
 
 
 def _free_slot(s: Session, task: Task | Row[Any]) -> int | None:
-    return _slot(Db(s), task.id, task.n_labels)
+    return _slot(Db.of(s), task.id, task.n_labels)
 
 
 def assign_tasks(s: Session, project: Project, labelers: Sequence[Labeler],
@@ -111,8 +112,8 @@ def assign_tasks(s: Session, project: Project, labelers: Sequence[Labeler],
 
 
 def pending(s: Session, labeler: Labeler, project: Project) -> Assignment | None:
-    found = Db(s).row(_PENDING, (labeler.id, project.id))
-    return None if found is None else s.get(Assignment, found[0])
+    found = Db.of(s).row(_NEXT_BY_ID, (labeler.id, project.id))
+    return None if found is None or found[2] is None else s.get(Assignment, found[2])
 
 
 def claim_id(s: Session, labeler_id: int, project_id: int,
@@ -121,7 +122,7 @@ def claim_id(s: Session, labeler_id: int, project_id: int,
     (None if there is none). The unique (task, slot) and (task, labeler) constraints stay the
     last line of defence against a race (a violation is retried by `Store.run`)."""
     flush_orm(s)
-    db = Db(s)
+    db = Db.of(s)
     task = db.row(_OPEN_SKIP, (project_id, labeler_id))
     if task is None and db.pg:
         task = db.row(_OPEN_WAIT, (project_id, labeler_id))
@@ -141,7 +142,7 @@ def expire_stale(s: Session, project_id: int, ttl_s: int) -> int:
     PostgreSQL: rows another transaction holds (a submit in progress) are skipped."""
     if not ttl_s:
         return 0
-    db, now = Db(s), utcnow()
+    db, now = Db.of(s), utcnow()
     stale = db.rows(_EXPIRE, (db.time(now), project_id,
                               db.time(now - timedelta(seconds=ttl_s))))
     if stale:
@@ -149,16 +150,22 @@ def expire_stale(s: Session, project_id: int, ttl_s: int) -> int:
     return len(stale)
 
 
-def next_assignment_id(s: Session, labeler_id: int, project: Project | ProjectKey) -> int | None:
-    """The labeler's oldest pending assignment in `project`, else a newly claimed one (after
-    expiring stale assignments, whose slots are then free to claim): its id. Plain SQL only;
-    `s` may hold ORM changes (they are flushed first)."""
+def next_assignment_id(s: Session, labeler_id: int, project: Project | str) -> int | None:
+    """The labeler's oldest pending assignment in `project` (an ORM object, or a project's
+    name: NotFound if there is none), else a newly claimed one (after expiring stale
+    assignments, whose slots are then free to claim): its id. Plain SQL only; `s` may hold ORM
+    changes (they are flushed first)."""
     flush_orm(s)
-    found = Db(s).row(_PENDING, (labeler_id, project.id))
-    if found is not None:
-        return found[0]
-    expire_stale(s, project.id, project.assignment_ttl_s)
-    return claim_id(s, labeler_id, project.id)
+    by_name = isinstance(project, str)
+    found = Db.of(s).row(_NEXT_BY_NAME if by_name else _NEXT_BY_ID,
+                         (labeler_id, project if by_name else project.id))
+    if found is None:
+        raise NotFound(f"no project named {project!r}")
+    project_id, ttl_s, pending_id = found
+    if pending_id is not None:
+        return pending_id
+    expire_stale(s, project_id, ttl_s)
+    return claim_id(s, labeler_id, project_id)
 
 
 def claim(s: Session, labeler: Labeler, project: Project,
@@ -190,7 +197,7 @@ def _loaded(s: Session, assignment_id: int) -> Assignment:
 
 def retake_slot(s: Session, assignment_id: int, task_id: int) -> bool:
     """Give an expired assignment a free slot of its task again (False: the task is full)."""
-    db = Db(s)
+    db = Db.of(s)
     task = db.row(_TAKE, (task_id,))  # counts the slot, and locks the task on PostgreSQL
     slot = None if task is None else _slot(db, task_id, task[0])
     if slot is None:

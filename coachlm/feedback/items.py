@@ -15,7 +15,7 @@ import json
 import random
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
@@ -24,7 +24,6 @@ from coachlm.data import schema
 from coachlm.feedback.accounts import create_labeler
 from coachlm.feedback.db import NotFound, StoreError
 from coachlm.feedback.labels import check_answer
-from coachlm.feedback.sql import Db, Sql
 from coachlm.feedback.tables import (DEFAULT_TTL_S, PENDING, TASK_KINDS, Assignment, Guideline,
                                      Label, Labeler, Project, Prompt, Response, Task)
 from coachlm.feedback.text import check_text
@@ -99,23 +98,6 @@ def get_project(s: Session, name: str) -> Project:
     if project is None:
         raise NotFound(f"no project named {name!r}")
     return project
-
-
-class ProjectKey(NamedTuple):
-    id: int
-    assignment_ttl_s: int
-
-
-_KEY_BY_NAME = Sql("SELECT id, assignment_ttl_s FROM projects WHERE name = ?")
-
-
-def project_key(s: Session, name: str) -> ProjectKey:
-    """A project's id and assignment time-to-live, without loading an ORM object (plain SQL,
-    for the claim path of the API)."""
-    row = Db(s).row(_KEY_BY_NAME, (name,))
-    if row is None:
-        raise NotFound(f"no project named {name!r}")
-    return ProjectKey(*row)
 
 
 def add_guidelines(s: Session, project: Project, text: str) -> Guideline:

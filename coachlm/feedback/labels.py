@@ -176,7 +176,7 @@ def submit(s: Session, labeler: Caller, assignment_id: int, client_id: str,
     if not 8 <= len(client_id) <= 64 or not client_id.isprintable():
         raise StoreError("client_id must be 8 to 64 printable characters")
     flush_orm(s)
-    db = Db(s)
+    db = Db.of(s)
     # Lock the assignment first (PostgreSQL: FOR UPDATE; SQLite: the write lock is already
     # held), then look for the client id, so that two racing retries serialize here.
     a = db.row(_LOCKED, (assignment_id,)) if 1 <= assignment_id <= MAX_ID else None

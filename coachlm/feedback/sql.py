@@ -35,9 +35,20 @@ class Sql:
 
 
 class Db:
-    """The driver connection of a session's transaction, with the dialect's conversions."""
+    """The driver connection of a session's transaction, with the dialect's conversions.
+    `Db.of(session)`: made once per transaction (asking the session for its connection costs
+    more than a statement)."""
 
     __slots__ = ("conn", "pg", "error")
+
+    @classmethod
+    def of(cls, s: Session) -> Db:
+        found = s.info.get("coachlm_db")
+        if found is not None and found[0] is s.get_transaction():
+            return found[1]
+        db = cls(s)
+        s.info["coachlm_db"] = (s.get_transaction(), db)
+        return db
 
     def __init__(self, s: Session):
         conn = s.connection()  # begins the session's transaction if need be

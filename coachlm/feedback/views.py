@@ -39,24 +39,27 @@ def shown_answer(kind: str, answer: dict[str, Any], order: list[int]) -> dict[st
 
 
 # Plain SQL on the driver connection (see sql.py): the claim route answers with this view.
-_VIEW = Sql("SELECT a.status, a.shown_order, a.labeler_id, t.kind, t.response_ids, p.name, p.id, "
-            "p.rating_scale, p.flags, pr.messages, l.answer FROM assignments a "
-            "JOIN tasks t ON a.task_id = t.id JOIN projects p ON t.project_id = p.id "
-            "JOIN prompts pr ON t.prompt_id = pr.id LEFT JOIN labels l ON l.assignment_id = a.id "
-            "WHERE a.id = ?")
-_TEXTS = Sql("SELECT r.id, r.text FROM responses r JOIN tasks t ON r.prompt_id = t.prompt_id "
-             "JOIN assignments a ON a.task_id = t.id WHERE a.id = ?")
+_VIEW = ("SELECT a.status, a.shown_order, a.labeler_id, t.kind, t.response_ids, p.name, p.id, "
+         "p.rating_scale, p.flags, pr.messages, l.answer, (SELECT {texts} FROM responses r "
+         "WHERE r.prompt_id = t.prompt_id) FROM assignments a "
+         "JOIN tasks t ON a.task_id = t.id JOIN projects p ON t.project_id = p.id "
+         "JOIN prompts pr ON t.prompt_id = pr.id LEFT JOIN labels l ON l.assignment_id = a.id "
+         "WHERE a.id = ?")
+# The prompt's responses as one JSON list of [id, text] pairs, in the same statement.
+_VIEW = Sql(_VIEW.format(texts="json_group_array(json_array(r.id, r.text))"),
+            pg=_VIEW.format(texts="json_agg(json_build_array(r.id, r.text))"))
 
 
 def assignment_view(s: Session, labeler_id: int, assignment_id: int) -> AssignmentView:
     """One of the labeler's own assignments (anyone else's is not found)."""
-    db = Db(s)
+    db = Db.of(s)
     row = db.row(_VIEW, (assignment_id,)) if 1 <= assignment_id <= MAX_ID else None
     if row is None or row[2] != labeler_id:
         raise NotFound(f"no assignment {assignment_id} for this labeler")
-    status, order, _, kind, response_ids, name, project_id, scale, flags, messages, answer = row
+    status, order, _, kind, response_ids, name, project_id, scale, flags, messages, answer, \
+        texts = row
     order, response_ids = db.parse(order), db.parse(response_ids)
-    texts = dict(db.rows(_TEXTS, (assignment_id,)))  # the prompt's responses
+    texts = dict(db.parse(texts) or [])  # the prompt's responses, by id
     answer = db.parse(answer)
     return AssignmentView(
         assignment_id, kind, status, name, project_id, db.parse(messages),
