@@ -131,3 +131,24 @@ def test_refusals_are_answered_as_by_the_fastapi_routes(api):
         assert (hot.status_code, hot.content) == (fastapi.status_code, fastapi.content), path
         assert 400 <= hot.status_code < 500, (path, hot.text)
         assert hot.headers.get("www-authenticate") == fastapi.headers.get("www-authenticate")
+
+
+def test_a_dropped_database_connection_costs_no_request(api):
+    """PostgreSQL: the token is read on a kept-open asynchronous connection and the writes on
+    pooled ones; when the server drops them all, the next requests open new ones."""
+    if api.store.is_sqlite:
+        pytest.skip("PostgreSQL's connections")
+    import psycopg
+
+    url = api.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with api.client:  # one event loop for every request, as in a server process
+        first = api.next()
+        with psycopg.connect(url, autocommit=True) as conn:
+            killed = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE datname = current_database() AND pid <> "
+                                  "pg_backend_pid()").fetchall()
+        assert len(killed) >= 2  # the token reader's connection and the writer's
+        assert api.next()["id"] == first["id"]  # still pending: the same assignment
+        r = api.client.post(f"/api/assignments/{first['id']}/label", headers=api.labeler,
+                            json={"client_id": "after-drop-0001", "answer": {"choice": "tie"}})
+        assert r.status_code == 201, r.text

@@ -10,7 +10,6 @@ the token read that precedes them is inline on SQLite (see `api_user`).
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from http.cookies import CookieError, SimpleCookie
 from dataclasses import dataclass
@@ -138,15 +137,13 @@ async def api_user(request: Request) -> User:
 
 
 async def token_user(st: Store, authorization: str) -> User:
-    """The bearer token's labeler, read once per request, outside any write transaction. On
-    SQLite the read runs inline: a local indexed read (tens of microseconds; WAL readers never
-    wait for the writer) costs less than the trip to a worker thread that a `def` dependency
-    takes. PostgreSQL's read is a network round trip, so it goes to a thread."""
+    """The bearer token's labeler, read once per request, outside any write transaction and
+    without a worker thread (`Store.one_async`: inline on SQLite, where a local indexed read
+    costs less than the trip to a thread; on PostgreSQL over an asynchronous connection)."""
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise LoginRequired()
-    row = accounts.caller_by_token(st, token.strip()) if st.is_sqlite else \
-        await asyncio.to_thread(accounts.caller_by_token, st, token.strip())
+    row = await accounts.caller_by_token_async(st, token.strip())
     if row is None:
         raise LoginRequired()
     labeler_id, name, role, cost = row
