@@ -4,8 +4,9 @@ Browsers authenticate with a session cookie (HttpOnly, SameSite=Lax, Secure over
 every form carries the session's CSRF token; the JSON API authenticates with a bearer token and
 uses no cookies, so it needs no CSRF token. Handlers are plain `def`s: FastAPI runs them in its
 thread pool, so database calls never block the event loop. The two hot API routes (claim,
-submit) are coroutines instead: they await the store's group commit (`Store.run_async`), and
-the token read that precedes them is inline on SQLite (see `api_user`).
+submit) are coroutines instead, usually served by `hot.py` below FastAPI: they await the store's
+group commit (`Store.run_async`), and the token read that precedes them needs no thread
+(see `token_user`).
 """
 
 from __future__ import annotations
