@@ -7,7 +7,9 @@ submits a label with a client-generated id; 10% of submissions are sent twice (a
 to exercise idempotency. Afterwards it checks that exactly 2,000 labels are stored, with no
 duplicate client id, no labeler twice on a task and no task over its 3 labels, and prints
 p50/p99 submit latency and labels/s as JSON, with the CPU seconds the server processes used
-per label (a figure that depends less on what else the machine is running than labels/s).
+per label (a figure that depends less on what else the machine is running than labels/s) and
+the CPU the load generator itself used per label (a minimal keep-alive HTTP/1.1 client: real
+labelers sit on other machines, this one shares the server's CPUs).
 
     python benchmarks/label_load.py [--backend sqlite|postgresql|both] [--workers N]
 """
@@ -28,7 +30,6 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
 import numpy as np
 import psutil
 from sqlalchemy import func, select
@@ -61,53 +62,83 @@ def prepare(url: str, labelers: int, tasks: int) -> list[str]:
     return tokens
 
 
-async def post(client: httpx.AsyncClient, url: str, stats: dict[str, int],
-               **kw) -> httpx.Response:
-    """POST, resent on a dropped connection (e.g. an idle keep-alive closed by the server just
-    as we reused it): safe because every submission carries its client id."""
-    for attempt in range(5):
-        try:
-            return await client.post(url, **kw)
-        except httpx.TransportError:
-            stats["transport_retries"] += 1
-            if attempt == 4:
-                raise
-            await asyncio.sleep(0.05)
-    raise AssertionError("unreachable")
+class Conn:
+    """A minimal keep-alive HTTP/1.1 client on asyncio streams, one connection per labeler.
+    Real labelers sit on other machines; here the load generator shares the server's CPUs,
+    and httpx spent several times the CPU of this per request."""
+
+    def __init__(self, host: str, port: int, stats: dict[str, int]):
+        self.host, self.port, self.stats = host, port, stats
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, path: str, token: str, body: bytes = b"") -> tuple[int, bytes]:
+        """POST, resent on a dropped connection (e.g. an idle keep-alive closed by the server
+        just as we reused it): safe because every submission carries its client id."""
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {token}"
+                f"\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        for attempt in range(5):
+            try:
+                if self.streams is None:
+                    self.streams = await asyncio.open_connection(self.host, self.port)
+                reader, writer = self.streams
+                writer.write(head.encode() + body)
+                status = int((await reader.readline()).split()[1])
+                length, close = 0, False
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    name = name.strip().lower()
+                    length = int(value) if name == "content-length" else length
+                    close = close or (name == "connection" and "close" in value.lower())
+                data = await reader.readexactly(length)
+                if close:
+                    self.close()
+                return status, data
+            except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+                self.close()
+                self.stats["transport_retries"] += 1
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.05)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
 
 
-async def labeler(client: httpx.AsyncClient, token: str, n: int, latencies: list[float],
-                  rng: random.Random, stats: dict[str, int]) -> int:
-    h = {"Authorization": f"Bearer {token}"}
+async def labeler(conn: Conn, token: str, n: int, latencies: list[float],
+                  rng: random.Random) -> int:
     done = 0
     while done < n:
-        r = await post(client, "/api/projects/bench/next", stats, headers=h)
-        if r.status_code == 204:
+        status, data = await conn.post("/api/projects/bench/next", token)
+        if status == 204:
             break
-        r.raise_for_status()
-        a = r.json()
-        body = {"client_id": uuid.uuid4().hex, "time_spent_s": rng.uniform(2, 20),
-                "answer": {"choice": rng.choice(["first", "second", "tie"]), "margin": 2}}
+        if status != 200:
+            raise RuntimeError(f"claim: HTTP {status}: {data[:300]!r}")
+        a = json.loads(data)
+        body = json.dumps({"client_id": uuid.uuid4().hex, "time_spent_s": rng.uniform(2, 20),
+                           "answer": {"choice": rng.choice(["first", "second", "tie"]),
+                                      "margin": 2}}).encode()
         for _ in range(2 if rng.random() < 0.1 else 1):  # 10%: the client retries
             t0 = time.perf_counter()
-            r = await post(client, f"/api/assignments/{a['id']}/label", stats, headers=h,
-                           json=body)
+            status, data = await conn.post(f"/api/assignments/{a['id']}/label", token, body)
             latencies.append(time.perf_counter() - t0)
-            r.raise_for_status()
+            if status not in (200, 201):
+                raise RuntimeError(f"submit: HTTP {status}: {data[:300]!r}")
         done += 1
+    conn.close()
     return done
 
 
-async def run_load(base: str, tokens: list[str], per: int, stats: dict[str, int]
+async def run_load(port: int, tokens: list[str], per: int, stats: dict[str, int]
                    ) -> tuple[list[float], int, float]:
     latencies: list[float] = []
-    limits = httpx.Limits(max_connections=len(tokens) + 10)
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
-        t0 = time.perf_counter()
-        counts = await asyncio.gather(*(labeler(client, tok, per, latencies, random.Random(i),
-                                                stats) for i, tok in enumerate(tokens)))
-        wall = time.perf_counter() - t0
-    return latencies, sum(counts), wall
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*(labeler(Conn("127.0.0.1", port, stats), tok, per,
+                                            latencies, random.Random(i))
+                                    for i, tok in enumerate(tokens)))
+    return latencies, sum(counts), time.perf_counter() - t0
 
 
 def verify(url: str) -> dict[str, int]:
@@ -124,8 +155,9 @@ def verify(url: str) -> dict[str, int]:
             "labeler_twice_on_a_task": len(pairs), "tasks_over_3_labels": len(over)}
 
 
-def server_cpu_s(pid: int) -> float:
-    """CPU seconds used so far by the server and its worker processes."""
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by a process and its children (server workers, or PostgreSQL's
+    backends)."""
     procs = [psutil.Process(pid)]
     procs += procs[0].children(recursive=True)
     total = 0.0
@@ -136,6 +168,16 @@ def server_cpu_s(pid: int) -> float:
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+def postmaster(url: str) -> int | None:
+    """The PostgreSQL server process listening on the URL's port."""
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    for p in psutil.process_iter(["name", "cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if p.info["name"] == "postgres" and "-p" in cmd and port in cmd and "-D" in cmd:
+            return p.pid
+    return None
 
 
 def bench(backend: str, labelers: int, per: int, workers: int = 1) -> dict:
@@ -165,11 +207,14 @@ def bench(backend: str, labelers: int, per: int, workers: int = 1) -> dict:
                     raise RuntimeError(log.read().decode()[-4000:]) from None
                 time.sleep(0.1)
         stats = {"transport_retries": 0}
-        cpu0 = server_cpu_s(server.pid)
+        pg = postmaster(url) if backend == "postgresql" else None
+        cpu0, client0 = tree_cpu_s(server.pid), time.process_time()
+        db0 = tree_cpu_s(pg) if pg else 0.0
         try:
-            latencies, submitted, wall = asyncio.run(run_load(base, tokens, per, stats))
-            cpu = server_cpu_s(server.pid) - cpu0
-        except httpx.HTTPError:
+            latencies, submitted, wall = asyncio.run(run_load(port, tokens, per, stats))
+            cpu, client = tree_cpu_s(server.pid) - cpu0, time.process_time() - client0
+            db_cpu = tree_cpu_s(pg) - db0 if pg else None
+        except (OSError, RuntimeError, asyncio.IncompleteReadError):
             log.seek(0)
             print(log.read().decode()[-6000:], file=sys.stderr)  # the server's traceback
             raise
@@ -180,6 +225,9 @@ def bench(backend: str, labelers: int, per: int, workers: int = 1) -> dict:
     return {"backend": backend, "workers": workers, "labelers": labelers,
             "submissions_each": per, "machine_load_1min": round(os.getloadavg()[0], 2),
             "server_cpu_ms_per_label": round(cpu / max(submitted, 1) * 1000, 2),
+            "client_cpu_ms_per_label": round(client / max(submitted, 1) * 1000, 2),
+            "postgresql_cpu_ms_per_label": None if db_cpu is None else
+            round(db_cpu / max(submitted, 1) * 1000, 2),
             "submits_sent": len(latencies), "labels_submitted": submitted, **stats, **checks,
             "ok": ok,
             "p50_submit_ms": round(float(np.percentile(ms, 50)), 1),

@@ -257,6 +257,11 @@ def caller_by_token(store: Store, token: str) -> tuple[Any, ...] | None:
     return store.one(CALLER_BY_TOKEN, {"hash": token_hash(token)})
 
 
+async def caller_by_token_async(store: Store, token: str) -> tuple[Any, ...] | None:
+    """`caller_by_token` for a coroutine (the JSON API), without a worker thread."""
+    return await store.one_async(CALLER_BY_TOKEN, {"hash": token_hash(token)})
+
+
 def create_session(s: Session, lab: Labeler, hours: float = 12.0) -> tuple[str, WebSession]:
     """(cookie token, session row). The row carries this session's CSRF token."""
     token = secrets.token_urlsafe(32)

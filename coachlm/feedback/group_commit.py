@@ -1,4 +1,4 @@
-"""Group commit for SQLite: many small write transactions share one commit (one fsync).
+"""Group commit: many small write transactions share one commit (one fsync).
 
 SQLite has one writer at a time, and a durable commit waits for an fsync of the write-ahead
 log (milliseconds on most disks), so committing each label on its own caps a server at a few
@@ -10,6 +10,11 @@ runs them in one transaction, commits once, and only then wakes the callers (whe
 fails, the batch is rolled back and run again with each write in its own SAVEPOINT, so that
 the failed one is undone alone and gets its own error): every caller is told "saved" only
 after its write is on disk, exactly as before, but a busy server pays one fsync per batch.
+PostgreSQL commits concurrent transactions in parallel, but each request there also paid for a
+thread, a pooled connection, a session and a commit round trip: batched, a label cost ~30% less
+CPU in the server and in PostgreSQL (issue 12). Row locks taken by one write of a batch are held
+until the batch commits; a deadlock with another worker's batch is an error that `Store.run`
+retries like any other transient failure.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from sqlalchemy import Row, bindparam, func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from coachlm.data import schema
@@ -98,20 +98,6 @@ def get_project(s: Session, name: str) -> Project:
     if project is None:
         raise NotFound(f"no project named {name!r}")
     return project
-
-
-_P = Project.__table__
-_ROW_BY_NAME = select(_P.c.id, _P.c.name, _P.c.rating_scale, _P.c.flags,
-                      _P.c.assignment_ttl_s).where(_P.c.name == bindparam("name"))
-
-
-def project_row(s: Session, name: str) -> Row[Any]:
-    """(id, name, rating_scale, flags, assignment_ttl_s) of a project, without loading an ORM
-    object (for the claim path of the API)."""
-    row = s.execute(_ROW_BY_NAME, {"name": name}).first()
-    if row is None:
-        raise NotFound(f"no project named {name!r}")
-    return row
 
 
 def add_guidelines(s: Session, project: Project, text: str) -> Guideline:

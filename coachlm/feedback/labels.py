@@ -22,16 +22,16 @@ crashes), and text for characters that cannot be stored (`text.check_text`).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from coachlm.data.schema import CHOICES
 from coachlm.feedback.assign import flush_orm, retake_slot
 from coachlm.feedback.db import Conflict, NotFound, StoreError
-from coachlm.feedback.tables import (DONE, EXPIRED, MAX_ID, SKIPPED, Assignment, Guideline, Label,
-                                     Project, Task, utcnow)
+from coachlm.feedback.sql import Db, Sql
+from coachlm.feedback.tables import (DONE, EXPIRED, MAX_ID, PENDING, SKIPPED, Assignment, Label,
+                                     Task, utcnow)
 from coachlm.feedback.text import check_text
 
 SHOWN_CHOICES = {"first": 0, "second": 1}
@@ -148,19 +148,19 @@ class Caller(Protocol):
     cost_per_label: float
 
 
-# The submit path in SQLAlchemy Core, statements built once (see assign.py for why).
-_A, _T, _P, _L = Assignment.__table__, Task.__table__, Project.__table__, Label.__table__
-_BY_CLIENT_ID = select(_L.c.id, _L.c.assignment_id, _L.c.answer).where(
-    _L.c.client_id == bindparam("client_id"))
-_G = Guideline.__table__
-_GUIDELINES = select(func.max(_G.c.version)).where(_G.c.project_id == bindparam("project"))
-_LOCKED = (select(_A.c.id, _A.c.labeler_id, _A.c.status, _A.c.shown_order, _A.c.task_id,
-                  _T.c.kind, _T.c.response_ids, _T.c.project_id, _P.c.rating_scale, _P.c.flags)
-           .join(_T, _A.c.task_id == _T.c.id).join(_P, _T.c.project_id == _P.c.id)
-           .where(_A.c.id == bindparam("id")).with_for_update(of=_A))
-_NEW = insert(_L)
-_DONE = update(_A).where(_A.c.id == bindparam("aid")).values(status=DONE,
-                                                              done_at=bindparam("now"))
+# The submit path as plain SQL on the driver connection (see assign.py and sql.py for why):
+# lock the assignment (reading what the answer is checked against in the same statement),
+# insert the label unless its client id is stored already, mark the assignment done.
+_LOCKED = Sql("SELECT a.labeler_id, a.status, a.shown_order, a.task_id, t.kind, t.response_ids, "
+              "p.rating_scale, p.flags, (SELECT MAX(g.version) FROM guidelines g "
+              "WHERE g.project_id = t.project_id) FROM assignments a "
+              "JOIN tasks t ON a.task_id = t.id JOIN projects p ON t.project_id = p.id "
+              "WHERE a.id = ?{lock}", lock=" FOR UPDATE OF a")
+_NEW = Sql("INSERT INTO labels (client_id, assignment_id, task_id, labeler_id, answer, "
+           "time_spent_s, cost, created_at, guideline_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+           "ON CONFLICT (client_id) DO NOTHING RETURNING id")
+_BY_CLIENT_ID = Sql("SELECT id, assignment_id, answer FROM labels WHERE client_id = ?")
+_DONE = Sql("UPDATE assignments SET status = 'done', done_at = ? WHERE id = ?")
 
 
 def submit(s: Session, labeler: Caller, assignment_id: int, client_id: str,
@@ -169,49 +169,69 @@ def submit(s: Session, labeler: Caller, assignment_id: int, client_id: str,
 
     Returns (label id, created); a resubmission with the same `client_id` returns the stored
     label with created=False. Raises NotFound for someone else's assignment, Conflict if it is
-    already answered under another client id or skipped. Core statements only (`s` may hold
-    ORM changes: they are flushed first).
+    already answered under another client id or skipped. Plain SQL only (`s` may hold ORM
+    changes: they are flushed first).
     """
     client_id = str(client_id).strip()
     if not 8 <= len(client_id) <= 64 or not client_id.isprintable():
         raise StoreError("client_id must be 8 to 64 printable characters")
     flush_orm(s)
+    db = Db.of(s)
     # Lock the assignment first (PostgreSQL: FOR UPDATE; SQLite: the write lock is already
     # held), then look for the client id, so that two racing retries serialize here.
-    a = s.execute(_LOCKED, {"id": assignment_id}).first() if 1 <= assignment_id <= MAX_ID \
-        else None
-    if a is None or a.labeler_id != labeler.id:
+    a = db.row(_LOCKED, (assignment_id,)) if 1 <= assignment_id <= MAX_ID else None
+    if a is None or a[0] != labeler.id:
         raise NotFound(f"no assignment {assignment_id} for {labeler.name}")
+    _, status, shown, task_id, kind, response_ids, scale, flags, version = a
+    shown, k, flags = db.parse(shown), len(db.parse(response_ids)), db.parse(flags)
     canonical = lambda: check_answer(  # noqa: E731
-        a.kind, from_shown(a.kind, answer, a.shown_order), len(a.response_ids),
-        a.rating_scale, a.flags)
-    done = s.execute(_BY_CLIENT_ID, {"client_id": client_id}).first()
-    if done is not None:
-        if done.assignment_id != a.id:
-            raise Conflict("this client_id was already used for another assignment")
-        if canonical() != done.answer:
-            raise Conflict(f"client_id {client_id!r} is already stored as label {done.id} with "
-                           "another answer; a new answer needs a new client_id")
-        return done.id, False
-    _check_open(s, a)
-    now = utcnow()
-    new = s.execute(_NEW, {
-        "client_id": client_id, "assignment_id": a.id, "task_id": a.task_id,
-        "labeler_id": labeler.id, "answer": canonical(), "time_spent_s": _seconds(time_spent_s),
-        "cost": labeler.cost_per_label, "created_at": now,
-        "guideline_version": s.scalar(_GUIDELINES, {"project": a.project_id})})
-    s.execute(_DONE, {"aid": a.id, "now": now})
-    return new.inserted_primary_key[0], True
+        kind, from_shown(kind, answer, shown), k, scale, flags)
+    if status != PENDING:  # a retry of a stored label, or a refusal
+        if (stored := _stored(db, assignment_id, client_id, canonical)) is not None:
+            return stored
+        _check_open(s, status, assignment_id, task_id)
+    try:
+        clean = canonical()
+    except StoreError:  # a client id stored already is judged first, as for a done item
+        if status == PENDING:
+            _stored(db, assignment_id, client_id, canonical)
+        raise
+    now = db.time(utcnow())
+    new = db.row(_NEW, (client_id, assignment_id, task_id, labeler.id, db.json(clean),
+                        _seconds(time_spent_s), labeler.cost_per_label, now, version))
+    if new is None:  # this client id is stored already: a retry, or a reuse
+        stored = _stored(db, assignment_id, client_id, canonical)
+        if stored is None:
+            raise Conflict("this client_id was already used")
+        return stored
+    db.do(_DONE, (now, assignment_id))
+    return new[0], True
 
 
-def _check_open(s: Session, a: Row[Any]) -> None:
+def _stored(db: Db, assignment_id: int, client_id: str,
+            canonical: Callable[[], dict[str, Any]]) -> tuple[int, bool] | None:
+    """(label id, False) when `client_id` already stores this answer to this assignment; None
+    when the client id is new; a Conflict when it stores something else."""
+    done = db.row(_BY_CLIENT_ID, (client_id,))
+    if done is None:
+        return None
+    label_id, stored_assignment, stored = done
+    if stored_assignment != assignment_id:
+        raise Conflict("this client_id was already used for another assignment")
+    if canonical() != db.parse(stored):
+        raise Conflict(f"client_id {client_id!r} is already stored as label {label_id} with "
+                       "another answer; a new answer needs a new client_id")
+    return label_id, False
+
+
+def _check_open(s: Session, status: str, assignment_id: int, task_id: int) -> None:
     """A Conflict unless the assignment can take an answer (an expired one only if its task
     still has a free slot, which it then takes again)."""
-    if a.status == DONE:
+    if status == DONE:
         raise Conflict("this assignment is already labeled")
-    if a.status == SKIPPED:
+    if status == SKIPPED:
         raise Conflict("this assignment was skipped")
-    if a.status == EXPIRED and not retake_slot(s, s.get(Assignment, a.id)):
+    if status == EXPIRED and not retake_slot(s, assignment_id, task_id):
         raise Conflict("this assignment expired and its item has since been given to other "
                        "labelers; the answer was not stored")
 
@@ -222,8 +242,11 @@ def submit_label(s: Session, labeler: Caller, assignment_id: int, client_id: str
     """`submit` for ORM callers: (the Label, created)."""
     label_id, created = submit(s, labeler, assignment_id, client_id, answer, time_spent_s)
     a = s.identity_map.get(Session.identity_key(Assignment, assignment_id))
-    if a is not None:  # its status changed in SQL, behind the session's back
+    if a is not None:  # its status (and its task's count) changed in SQL, behind its back
+        task = s.identity_map.get(Session.identity_key(Task, a.task_id))
         s.expire(a)
+        if task is not None:
+            s.expire(task)
     return s.get(Label, label_id), created
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from coachlm.feedback.db import NotFound
-from coachlm.feedback.tables import MAX_ID, Assignment, Label, Project, Prompt, Task
-from coachlm.feedback.tables import Response as ResponseRow
+from coachlm.feedback.sql import Db, Sql
+from coachlm.feedback.tables import MAX_ID
 
 
 @dataclass(frozen=True)
@@ -39,26 +38,30 @@ def shown_answer(kind: str, answer: dict[str, Any], order: list[int]) -> dict[st
     return answer
 
 
-_VIEW = (select(Assignment.status, Assignment.shown_order, Assignment.labeler_id, Task.kind,
-                Task.response_ids, Project.name, Project.id.label("project_id"),
-                Project.rating_scale, Project.flags, Prompt.messages, Label.answer)
-         .join(Task, Assignment.task_id == Task.id).join(Project, Task.project_id == Project.id)
-         .join(Prompt, Task.prompt_id == Prompt.id)
-         .outerjoin(Label, Label.assignment_id == Assignment.id)
-         .where(Assignment.id == bindparam("id")))
-_TEXTS = select(ResponseRow.id, ResponseRow.text).where(
-    ResponseRow.id.in_(bindparam("ids", expanding=True)))
+# Plain SQL on the driver connection (see sql.py): the claim route answers with this view.
+_VIEW = ("SELECT a.status, a.shown_order, a.labeler_id, t.kind, t.response_ids, p.name, p.id, "
+         "p.rating_scale, p.flags, pr.messages, l.answer, (SELECT {texts} FROM responses r "
+         "WHERE r.prompt_id = t.prompt_id) FROM assignments a "
+         "JOIN tasks t ON a.task_id = t.id JOIN projects p ON t.project_id = p.id "
+         "JOIN prompts pr ON t.prompt_id = pr.id LEFT JOIN labels l ON l.assignment_id = a.id "
+         "WHERE a.id = ?")
+# The prompt's responses as one JSON list of [id, text] pairs, in the same statement.
+_VIEW = Sql(_VIEW.format(texts="json_group_array(json_array(r.id, r.text))"),
+            pg=_VIEW.format(texts="json_agg(json_build_array(r.id, r.text))"))
 
 
 def assignment_view(s: Session, labeler_id: int, assignment_id: int) -> AssignmentView:
     """One of the labeler's own assignments (anyone else's is not found)."""
-    row = s.execute(_VIEW, {"id": assignment_id}).one_or_none() \
-        if 1 <= assignment_id <= MAX_ID else None
-    if row is None or row.labeler_id != labeler_id:
+    db = Db.of(s)
+    row = db.row(_VIEW, (assignment_id,)) if 1 <= assignment_id <= MAX_ID else None
+    if row is None or row[2] != labeler_id:
         raise NotFound(f"no assignment {assignment_id} for this labeler")
-    texts = dict(s.execute(_TEXTS, {"ids": list(row.response_ids)}).all())
-    order = list(row.shown_order)
+    status, order, _, kind, response_ids, name, project_id, scale, flags, messages, answer, \
+        texts = row
+    order, response_ids = db.parse(order), db.parse(response_ids)
+    texts = dict(db.parse(texts) or [])  # the prompt's responses, by id
+    answer = db.parse(answer)
     return AssignmentView(
-        assignment_id, row.kind, row.status, row.name, row.project_id, row.messages,
-        [texts[row.response_ids[i]] for i in order], row.rating_scale, list(row.flags),
-        shown_answer(row.kind, row.answer, order) if row.answer is not None else None)
+        assignment_id, kind, status, name, project_id, db.parse(messages),
+        [texts[response_ids[i]] for i in order], scale, list(db.parse(flags)),
+        shown_answer(kind, answer, order) if answer is not None else None)

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from coachlm.data import schema
 from coachlm.feedback import accounts, assign, flow, importer, items, labels, quality, views
-from coachlm.feedback.db import Conflict, StoreError
+from coachlm.feedback.db import Conflict, Store, StoreError
 from coachlm.feedback.tables import DEFAULT_TTL_S, MAX_ID, Labeler, Project
 from coachlm.feedback.text import check_tree
 from coachlm.web.admin import export_config, export_response
@@ -119,13 +119,7 @@ def projects(request: Request, user: ApiUser) -> list[dict[str, Any]]:
 
 @router.post("/projects/{name:path}/next")
 async def next_assignment(request: Request, name: str, user: ApiUser) -> Response:
-    def claim(s: Session) -> dict[str, Any] | None:
-        found = assign.next_assignment_id(s, user.id, items.project_row(s, name))
-        return _assignment_json(s, user, found) if found else None
-
-    # A lost claim is simply re-offered, so it need not wait for an fsync.
-    found = await store(request).run_async(claim, durable=False)
-    return JSONResponse(found) if found else Response(status_code=204)
+    return await claim_next(store(request), user, name)
 
 
 @router.get("/assignments/{assignment_id}")
@@ -136,11 +130,29 @@ def get_assignment(request: Request, assignment_id: Id, user: ApiUser) -> dict[s
 
 @router.post("/assignments/{assignment_id}/label")
 async def submit(request: Request, assignment_id: Id, body: LabelIn, user: ApiUser) -> Response:
+    return await submit_label(store(request), user, assignment_id, body)
+
+
+# The two hot operations, called by the routes above and by `web.hot`, which serves the usual
+# requests of both below FastAPI's routing and dependency injection.
+async def claim_next(st: Store, user: User, name: str) -> Response:
+    """The labeler's next assignment in project `name` (200), or 204 when there is none."""
+    def claim(s: Session) -> dict[str, Any] | None:
+        found = assign.next_assignment_id(s, user.id, name)
+        return _assignment_json(s, user, found) if found else None
+
+    # A lost claim is simply re-offered, so it need not wait for an fsync.
+    found = await st.run_async(claim, durable=False)
+    return JSONResponse(found) if found else Response(status_code=204)
+
+
+async def submit_label(st: Store, user: User, assignment_id: int, body: LabelIn) -> Response:
+    """Store a label: 201 when new, 200 with `already_saved` for an answer stored already."""
     try:
-        label_id, created = await store(request).run_async(lambda s: labels.submit(
+        label_id, created = await st.run_async(lambda s: labels.submit(
             s, user, assignment_id, body.client_id, body.answer, body.time_spent_s))
     except Conflict as e:  # nothing was written; an answered item may hold this very answer
-        label_id, created = await store(request).run_async(
+        label_id, created = await st.run_async(
             lambda s: _already_saved(s, user, assignment_id, body.answer, e))
     out = {"label_id": label_id, "created": created}
     return JSONResponse(out if created else {**out, "already_saved": True},

@@ -24,11 +24,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coachlm.errors import CoachError
-from coachlm.feedback.db import Conflict, NotFound, Store, StoreConfig, open_store
+from coachlm.feedback.db import Store, StoreConfig, open_store
 from coachlm.feedback.throttle import ThrottleConfig
 from coachlm.web import admin, api, auth, dashboard, labeler, review
 from coachlm.web.body import BodyLimit
-from coachlm.web.deps import HERE, Forbidden, LoginRequired, admin_from_headers, render
+from coachlm.web.hot import HotRoutes
+from coachlm.web.deps import (HERE, Forbidden, LoginRequired, admin_from_headers, api_error,
+                              refusal_message, refusal_status, render)
 
 IMPORT_PATHS = r"/admin/p/\d+/import|/api/projects/.+/import"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -65,21 +67,18 @@ def _error(request: Request, status: int, message: str) -> Response:
 
 def _handlers(app: FastAPI) -> None:
     @app.exception_handler(LoginRequired)
-    def _login(request: Request, _exc: LoginRequired) -> Response:
+    def _login(request: Request, exc: LoginRequired) -> Response:
         if _is_api(request):
-            return JSONResponse({"error": "a valid API token is required"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+            return api_error(exc)
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
 
     @app.exception_handler(Forbidden)
-    def _forbidden(request: Request, exc: Forbidden) -> Response:
-        return _error(request, 403, str(exc) or "forbidden")
-
     @app.exception_handler(CoachError)  # bad input or a refused store operation
-    def _store(request: Request, exc: CoachError) -> Response:
-        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
-        return _error(request, status, str(exc))
+    def _refused(request: Request, exc: CoachError | Forbidden) -> Response:
+        if _is_api(request):
+            return api_error(exc)
+        return _error(request, refusal_status(exc), refusal_message(exc))
 
     @app.exception_handler(StarletteHTTPException)  # no such route, method not allowed
     def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -130,6 +129,7 @@ def create_app(cfg: WebConfig = WebConfig(), store: Store | None = None) -> Fast
                   openapi_url="/api/openapi.json")
     app.state.config = cfg
     app.state.store = store or open_store(StoreConfig(url=cfg.store))
+    app.add_middleware(HotRoutes, store=app.state.store)  # innermost: inside the body limit
     app.add_middleware(BodyLimit, limit=int(cfg.max_body_mb * 2**20),
                        large_limit=int(cfg.max_upload_mb * 2**20), large_paths=IMPORT_PATHS,
                        allow_large=lambda scope: admin_from_headers(app.state.store, scope))

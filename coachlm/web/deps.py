@@ -4,13 +4,13 @@ Browsers authenticate with a session cookie (HttpOnly, SameSite=Lax, Secure over
 every form carries the session's CSRF token; the JSON API authenticates with a bearer token and
 uses no cookies, so it needs no CSRF token. Handlers are plain `def`s: FastAPI runs them in its
 thread pool, so database calls never block the event loop. The two hot API routes (claim,
-submit) are coroutines instead: they await the store's group commit (`Store.run_async`), and
-the token read that precedes them is inline on SQLite (see `api_user`).
+submit) are coroutines instead, usually served by `hot.py` below FastAPI: they await the store's
+group commit (`Store.run_async`), and the token read that precedes them needs no thread
+(see `token_user`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from http.cookies import CookieError, SimpleCookie
 from dataclasses import dataclass
@@ -19,10 +19,11 @@ from typing import Annotated, Any
 
 import jinja2
 from fastapi import Depends, Form, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
+from coachlm.errors import CoachError
 from coachlm.feedback import accounts
-from coachlm.feedback.db import Store
+from coachlm.feedback.db import Conflict, NotFound, Store
 from coachlm.feedback.text import scrub
 from coachlm.web import diff, markdown
 
@@ -133,21 +134,40 @@ def form_admin(user: Annotated[User, Depends(form_user)]) -> User:
 
 
 async def api_user(request: Request) -> User:
-    """The token's labeler, read once per request, outside any write transaction. On SQLite
-    the read runs inline: a local indexed read (tens of microseconds; WAL readers never wait
-    for the writer) costs less than the trip to a worker thread that a `def` dependency takes.
-    PostgreSQL's read is a network round trip, so it goes to a thread."""
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
+    return await token_user(store(request), request.headers.get("authorization", ""))
+
+
+async def token_user(st: Store, authorization: str) -> User:
+    """The bearer token's labeler, read once per request, outside any write transaction and
+    without a worker thread (`Store.one_async`: inline on SQLite, where a local indexed read
+    costs less than the trip to a thread; on PostgreSQL over an asynchronous connection)."""
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise LoginRequired()
-    st = store(request)
-    row = accounts.caller_by_token(st, token.strip()) if st.is_sqlite else \
-        await asyncio.to_thread(accounts.caller_by_token, st, token.strip())
+    row = await accounts.caller_by_token_async(st, token.strip())
     if row is None:
         raise LoginRequired()
     labeler_id, name, role, cost = row
     return User(labeler_id, name, role, cost_per_label=cost)
+
+
+def refusal_status(exc: CoachError | Forbidden) -> int:
+    """The HTTP status of a refused request: bad input or a refused store operation."""
+    if isinstance(exc, Forbidden):
+        return 403
+    return 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
+
+
+def refusal_message(exc: Exception) -> str:
+    return str(exc) or ("forbidden" if isinstance(exc, Forbidden) else "")
+
+
+def api_error(exc: LoginRequired | Forbidden | CoachError) -> JSONResponse:
+    """The JSON API's answer to a refused request."""
+    if isinstance(exc, LoginRequired):
+        return JSONResponse({"error": "a valid API token is required"}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+    return JSONResponse({"error": refusal_message(exc)}, status_code=refusal_status(exc))
 
 
 def admin_from_headers(st: Store, scope: dict[str, Any]) -> bool:
