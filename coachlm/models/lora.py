@@ -13,6 +13,7 @@ import copy
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import torch
@@ -86,6 +87,15 @@ def peft_lora(model: torch.nn.Module, cfg: LoRAConfig, task_type: str) -> PeftMo
 def apply_lora(model: torch.nn.Module, cfg: LoRAConfig) -> PeftModel:
     """A causal LM with fresh LoRA adapters (Hu et al., 2021)."""
     return peft_lora(model, cfg, "CAUSAL_LM")
+
+
+def continue_lora(model: torch.nn.Module, adapter: str | Path) -> PeftModel:
+    """`model` with the LoRA adapter saved in `adapter` (by `save_pretrained`), trainable: an
+    earlier run's training continues, and the adapter switched off is still `model`."""
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise CoachError(f"{adapter}: no LoRA adapter there (adapter_config.json missing)")
+    with peft_without_deprecation_noise():
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
 
 
 def trainable_fraction(model: torch.nn.Module) -> float:

@@ -69,6 +69,15 @@ def _trainer(fn_path: str) -> Callable[[Any, Path, Upstream], dict[str, Any]]:
     return run
 
 
+def _policy(cfg: PPORunConfig, d: Path, up: Upstream) -> dict[str, Any]:
+    """An RL policy: the merged model, and its LoRA adapter, which a next round can continue
+    (`loop.kl_reference: sft`, `PPORunConfig.adapter`)."""
+    from coachlm.trainers.ppo import run_ppo
+
+    final = run_ppo(cfg, resume=True)
+    return {"model": str(final), "adapter": str(final / "adapter")}
+
+
 def _sample(cfg: SampleConfig, d: Path, up: Upstream) -> dict[str, Any]:
     from coachlm.data.io import read_prompts
     from coachlm.eval.prompt_sets import prompt_set_report
@@ -154,8 +163,8 @@ KINDS: dict[str, Kind] = {
     "label": Kind(LabelConfig, ("data",), _label),
     "rm": Kind(RMConfig, ("model",), _trainer("coachlm.trainers.reward.run_rm")),
     "dpo": Kind(DPOConfig, ("model",), _trainer("coachlm.trainers.dpo.run_dpo")),
-    **{algo: Kind(PPORunConfig, ("model",), _trainer("coachlm.trainers.ppo.run_ppo"),
-                  defaults={"ppo": {"algo": algo}}) for algo in RL_KINDS},
+    **{algo: Kind(PPORunConfig, ("model", "adapter"), _policy, defaults={"ppo": {"algo": algo}})
+       for algo in RL_KINDS},
     "eval": Kind(CompareConfig, ("report",), _eval, resolve=_eval_resolve),
     "leaderboard": Kind(LeaderboardConfig, ("report",), _leaderboard),
     "versions": Kind(VersionsConfig, ("samples",), _versions, out="samples.jsonl"),
