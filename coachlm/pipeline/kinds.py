@@ -3,6 +3,8 @@
 A stage's config is that config class, filled from the pipeline file (`config:`), its inputs
 (paths of upstream outputs, written into the named fields) and its directory (`out`). The
 trainers are called with resume=True, so a killed stage continues from its last checkpoint.
+They are imported only when a stage runs (the configs live apart from them), so that loading,
+checking and a fully cached run never load torch or transformers.
 """
 
 from __future__ import annotations
@@ -20,11 +22,8 @@ from coachlm.pipeline.cai_kinds import cai_kinds
 from coachlm.pipeline.label import LabelConfig
 from coachlm.pipeline.spec import Pipeline, PipelineError, StageSpec, hint
 from coachlm.rollout.samples import SampleConfig
-from coachlm.trainers.dpo import DPOConfig
+from coachlm.trainers.configs import DPOConfig, PretrainConfig, RMConfig, SFTConfig
 from coachlm.trainers.ppo_config import PPORunConfig
-from coachlm.trainers.pretrain import PretrainConfig
-from coachlm.trainers.reward import RMConfig
-from coachlm.trainers.sft import SFTConfig
 from coachlm.world.build import WorldConfig
 
 RL_KINDS = ("ppo", "grpo", "rloo")

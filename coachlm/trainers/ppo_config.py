@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from coachlm.models.lora import LoRAConfig
+from coachlm.models.lora_config import LoRAConfig
 
 
 @dataclass(frozen=True)
