@@ -132,7 +132,8 @@ def _leaderboard(cfg: LeaderboardConfig, d: Path, up: Upstream) -> dict[str, Any
     from coachlm.eval.leaderboard import run_leaderboard
 
     result = run_leaderboard(cfg, _player_names(up["evals"]))
-    return {"report": str(d / "leaderboard.json"), **result}
+    return {"report": str(d / "leaderboard.json"), **result,
+            "metrics": {k: result[k] for k in ("matches", "skipped_too_long")}}
 
 
 def _versions(cfg: VersionsConfig, d: Path, up: Upstream) -> dict[str, Any]:

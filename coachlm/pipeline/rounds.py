@@ -219,4 +219,7 @@ def print_loop(summary: dict[str, Any]) -> None:
                        f"{row['elo']:.0f} [{row['elo_lo']:.0f}, {row['elo_hi']:.0f}]",
                        str(row["matches"]))
         console.print(lb)
+        skipped = summary["leaderboard"].get("skipped_too_long", {}).get(judge)
+        if skipped:
+            console.print(f"{judge}: {skipped} pairs skipped, too long for its context")
     console.print(f"report: {summary['report']}")
