@@ -40,7 +40,7 @@ def store_labels(db: Path) -> list[tuple]:
 def test_expanded_rounds_chain_policies_and_labels():
     from coachlm.pipeline import load_pipeline
 
-    pipe = expand(load_pipeline(LOOP, ["loop.rm_init=continue"]), 3)
+    pipe = expand(load_pipeline(LOOP, ["loop.rm_init=continue", "loop.policy_init=previous"]), 3)
     r3 = {s.name: s for s in pipe.stages}
     assert str(r3["r3/sample"].inputs["model"]) == "r2/ppo.model"
     assert str(r3["r3/ppo"].inputs["model"]) == "sft.model"  # the KL reference stays SFT
@@ -55,7 +55,7 @@ def test_expanded_rounds_chain_policies_and_labels():
     assert str(retrain["r2/ppo"].inputs["model"]) == "sft.model"
     assert "adapter" not in retrain["r2/ppo"].inputs
     previous = {s.name: s for s in expand(load_pipeline(
-        LOOP, ["loop.kl_reference=previous"]), 2).stages}
+        LOOP, ["loop.policy_init=previous", "loop.kl_reference=previous"]), 2).stages}
     assert str(previous["r2/ppo"].inputs["model"]) == "r1/ppo.model"
     assert "adapter" not in previous["r2/ppo"].inputs
 
@@ -64,8 +64,10 @@ def test_kl_reference_sft_needs_a_lora_policy_to_continue():
     from coachlm.pipeline import PipelineError, load_pipeline
 
     with pytest.raises(PipelineError, match="loop.kl_reference: 'sft'.*LoRA adapter"):
-        expand(load_pipeline(LOOP, ["ppo.ppo.lora=null"]), 2)
-    expand(load_pipeline(LOOP, ["ppo.ppo.lora=null", "loop.kl_reference=previous"]), 2)
+        expand(load_pipeline(LOOP, ["ppo.ppo.lora=null", "loop.policy_init=previous"]), 2)
+    expand(load_pipeline(LOOP, ["ppo.ppo.lora=null", "loop.policy_init=previous",
+                                "loop.kl_reference=previous"]), 2)
+    expand(load_pipeline(LOOP, ["ppo.ppo.lora=null"]), 2)  # from SFT: nothing to continue
 
 
 VERSUS = ["loop.version_prompts=3", "loop.ai_judge=sft.model"]
@@ -286,7 +288,7 @@ def _up(url: str) -> bool:
 
 
 def test_round_2_continues_the_adapter_so_its_kl_reference_stays_sft(tmp_path):
-    """policy_init previous, kl_reference sft (the default): round 2's PPO starts from round 1's
+    """policy_init previous, kl_reference sft (its default): round 2's PPO starts from round 1's
     policy (its LoRA adapter, continued on SFT) while the reference its KL penalty uses (the
     adapter off) is SFT, not round 1's policy: its first rollout already measures the KL that
     round 1 added. Before, round 2 put a fresh adapter on round 1's merged policy, so the
@@ -298,7 +300,7 @@ def test_round_2_continues_the_adapter_so_its_kl_reference_stays_sft(tmp_path):
     from coachlm.models.lora import adapter_disabled, continue_lora
 
     out = tmp_path / "loop"
-    proc = subprocess.run(loop_cmd(out, 2, "ppo.ppo.lr=0.05"), capture_output=True, text=True,
+    proc = subprocess.run(loop_cmd(out, 2, "loop.policy_init=previous", "ppo.ppo.lr=0.05"), capture_output=True, text=True,
                           env=ENV, timeout=900)
     assert proc.returncode == 0, proc.stderr
     stage = json.loads((out / "r2" / "ppo" / "stage.json").read_text())

@@ -40,7 +40,7 @@ class LoopConfig:
     eval: str = "eval"
     prompts_per_round: int = 64  # fresh training prompts per round
     rm_init: Literal["continue", "retrain"] = "continue"
-    policy_init: Literal["previous", "sft"] = "previous"
+    policy_init: Literal["previous", "sft"] = "sft"  # measured: README, "Pipelines, rounds"
     # What the KL penalty pulls toward when a round starts from the previous policy. "sft": the
     # pipeline's own starting model (the round continues the previous round's LoRA adapter on
     # it, so the adapter switched off is still SFT), as InstructGPT keeps its KL to the SFT
