@@ -28,7 +28,8 @@ from pathlib import Path
 from coachlm import config
 from coachlm.data.io import read_prompts, read_records, write_records
 from coachlm.eval.kl import kl_to_reference
-from coachlm.eval.world_eval import EvalConfig, run_eval, stratified
+from coachlm.eval.compare import CompareConfig, run_compare
+from coachlm.eval.world_eval import stratified
 from coachlm.rollout.samples import SampleConfig, run_sample
 from coachlm.trainers.dpo import DPOConfig, dpo
 from coachlm.world import simulate_comparisons
@@ -74,9 +75,11 @@ def main(argv: list[str]) -> dict:
     timings["dpo"] = round(time.perf_counter() - t, 1)
     # 4. held-out win rate over SFT (rubric, greedy)
     t = time.perf_counter()
-    ev = run_eval(EvalConfig(model=final, against=args.sft, prompts=args.world / "prompts_heldout.jsonl",
-                             out=cfg.out / "eval", name="dpo", against_name="sft",
-                             limit=args.eval_limit, max_new_tokens=args.max_new_tokens))
+    report = run_compare(CompareConfig(models={"dpo": final, "sft": args.sft},
+                                       prompts=args.world / "prompts_heldout.jsonl",
+                                       out=cfg.out / "eval", pairs=(("dpo", "sft"),),
+                                       limit=args.eval_limit, max_new_tokens=args.max_new_tokens))
+    ev, sft = report["models"]["dpo"], report["models"]["sft"]
     timings["eval"] = round(time.perf_counter() - t, 1)
     # 5. KL to the SFT policy on held-out prompts
     kl = kl_to_reference(final, args.sft,
@@ -86,11 +89,12 @@ def main(argv: list[str]) -> dict:
     res = {"comparisons": choices, "dpo_config": config.to_dict(cfg),
            "train": {k: v for k, v in result.metrics.items() if k in keep},
            "tokens_per_s": result.summary["tokens_per_s"], "layout": result.summary["layout"],
-           "win_rate_dpo_over_sft": ev["win_rate"], "if_rate": {"dpo": ev["if_rate"], "sft": ev["against"]["if_rate"]},
-           "score": {"dpo": ev["score"], "sft": ev["against"]["score"]},
-           "per_family_if": {f: (v["if_rate"], ev["against"]["per_family"][f]["if_rate"])
+           "win_rate_dpo_over_sft": report["win_rate"]["dpo_over_sft"],
+           "if_rate": {"dpo": ev["if_rate"], "sft": sft["if_rate"]},
+           "score": {"dpo": ev["score"], "sft": sft["score"]},
+           "per_family_if": {f: (v["if_rate"], sft["per_family"][f]["if_rate"])
                              for f, v in ev["per_family"].items()},
-           "eval_prompts": ev["n"], **kl, "seconds": timings}
+           "eval_prompts": report["n"], **kl, "seconds": timings}
     (cfg.out / "result.json").write_text(json.dumps(res, indent=2) + "\n")
     return res
 

@@ -110,3 +110,70 @@ def test_versus_samples_pair_two_versions_on_shared_prompts_and_name_them():
                      choice="b", labeler="x", source="simulated")
     (m,) = version_matches([rec])
     assert (m.a, m.b, m.score) == ("r2/ppo", "r1/ppo", 0.0)
+
+
+def test_ai_judge_skips_and_counts_pairs_too_long_for_its_context(tmp_path):
+    """A feedback model whose context (here 200 tokens) cannot hold the question and both
+    responses: the leaderboard's AI judge skips those pairs and counts them (the AI labeler's
+    own check), the stage's metrics and the report say how many, and the pairs that fit are
+    judged as usual."""
+    import torch
+    from models_fixtures import model, tokenizer
+
+    from coachlm.data.schema import Response, Sample
+    from coachlm.eval.leaderboard import LeaderboardConfig, ai_judge_matches
+    from coachlm.eval.report import _leaderboard
+    from coachlm.models.load import save_pretrained
+
+    torch.set_num_threads(1)
+    judge = tmp_path / "judge"
+    save_pretrained(model(seed=3, max_position_embeddings=200), tokenizer(), judge)
+
+    def s(pid: str, text: str, name: str) -> Sample:
+        return Sample(prompt=as_prompt(f"Say hi {pid}."), response=Response(text, model=name),
+                      meta={"prompt_id": pid})
+
+    long = "the cat sat on the mat. " * 12
+    players = {"a": [s("1", "Hi.", "a"), s("2", long, "a"), s("3", "Hello.", "a")],
+               "b": [s("1", "Hey.", "b"), s("2", "Hi there.", "b"), s("3", long, "b")]}
+    cfg = LeaderboardConfig(evals=(), out=tmp_path / "lb", ai_judge=judge)
+    matches, skipped = ai_judge_matches(players, cfg)
+    assert skipped == 2 and len(matches) == 1 and {matches[0].a, matches[0].b} == {"a", "b"}
+    result = {"boards": {"ai_judge": []}, "matches": {"ai_judge": 1},
+              "skipped_too_long": {"ai_judge": 2}}
+    assert "ai_judge: 2 pairs skipped, too long for the judge's context (1 judged)" in \
+        _leaderboard({"r1/leaderboard": {"kind": "leaderboard", "result": result}})
+
+
+def test_eval_command_takes_compares_config(tmp_path):
+    """`coachlm eval` builds `coachlm compare`'s CompareConfig (one config for every rubric
+    evaluation): --against gives the pair, decoding settings are its keys, a key only the old
+    EvalConfig had is a clear error, and so is --against without --model."""
+    import json
+
+    import torch
+    from models_fixtures import model, tokenizer
+    from typer.testing import CliRunner
+
+    from coachlm.cli.app import app
+    from coachlm.data.io import write_records
+    from coachlm.models.load import save_pretrained
+
+    torch.set_num_threads(1)
+    for name, seed in (("sft", 0), ("ppo", 1)):
+        save_pretrained(model(seed=seed), tokenizer(), tmp_path / name)
+    prompts = tmp_path / "p.jsonl"
+    write_records(prompts, [prompt(i, f"What is {i} plus {i}?", "math") for i in range(4)])
+    base = ["eval", "--prompts", str(prompts)]
+    res = CliRunner().invoke(app, [*base, "--model", str(tmp_path / "ppo"), "--against",
+                                   str(tmp_path / "sft"), "--out", str(tmp_path / "out"),
+                                   "max_new_tokens=4", "test_fraction=null"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert set(report["models"]) == {"ppo", "sft"} and report["max_new_tokens"] == 4
+    w = report["wins"]["ppo_over_sft"]
+    assert w["wins"] + w["ties"] + w["losses"] == 4 and "win rate of ppo over sft" in res.output
+    res = CliRunner().invoke(app, [*base, "--model", str(tmp_path / "ppo"), "against_name=x"])
+    assert "unknown config key 'against_name'" in str(res.exception)  # (main: one line, exit 2)
+    res = CliRunner().invoke(app, [*base, "--against", str(tmp_path / "sft")])
+    assert "--against needs --model" in str(res.exception)

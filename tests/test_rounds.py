@@ -40,10 +40,11 @@ def store_labels(db: Path) -> list[tuple]:
 def test_expanded_rounds_chain_policies_and_labels():
     from coachlm.pipeline import load_pipeline
 
-    pipe = expand(load_pipeline(LOOP, ["loop.rm_init=continue"]), 3)
+    pipe = expand(load_pipeline(LOOP, ["loop.rm_init=continue", "loop.policy_init=previous"]), 3)
     r3 = {s.name: s for s in pipe.stages}
     assert str(r3["r3/sample"].inputs["model"]) == "r2/ppo.model"
-    assert str(r3["r3/ppo"].inputs["model"]) == "r2/ppo.model"
+    assert str(r3["r3/ppo"].inputs["model"]) == "sft.model"  # the KL reference stays SFT
+    assert str(r3["r3/ppo"].inputs["adapter"]) == "r2/ppo.adapter"  # the policy continues
     assert str(r3["r3/rm"].inputs["model"]) == "r2/rm.model"
     assert [str(x) for x in r3["r3/rm"].inputs["data"]] == [
         "r1/feedback.data", "r2/feedback.data", "r3/feedback.data"]
@@ -52,6 +53,21 @@ def test_expanded_rounds_chain_policies_and_labels():
         LOOP, ["loop.rm_init=retrain", "loop.policy_init=sft"]), 2).stages}
     assert str(retrain["r2/rm"].inputs["model"]) == "sft.model"
     assert str(retrain["r2/ppo"].inputs["model"]) == "sft.model"
+    assert "adapter" not in retrain["r2/ppo"].inputs
+    previous = {s.name: s for s in expand(load_pipeline(
+        LOOP, ["loop.policy_init=previous", "loop.kl_reference=previous"]), 2).stages}
+    assert str(previous["r2/ppo"].inputs["model"]) == "r1/ppo.model"
+    assert "adapter" not in previous["r2/ppo"].inputs
+
+
+def test_kl_reference_sft_needs_a_lora_policy_to_continue():
+    from coachlm.pipeline import PipelineError, load_pipeline
+
+    with pytest.raises(PipelineError, match="loop.kl_reference: 'sft'.*LoRA adapter"):
+        expand(load_pipeline(LOOP, ["ppo.ppo.lora=null", "loop.policy_init=previous"]), 2)
+    expand(load_pipeline(LOOP, ["ppo.ppo.lora=null", "loop.policy_init=previous",
+                                "loop.kl_reference=previous"]), 2)
+    expand(load_pipeline(LOOP, ["ppo.ppo.lora=null"]), 2)  # from SFT: nothing to continue
 
 
 VERSUS = ["loop.version_prompts=3", "loop.ai_judge=sft.model"]
@@ -269,3 +285,47 @@ def _up(url: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_round_2_continues_the_adapter_so_its_kl_reference_stays_sft(tmp_path):
+    """policy_init previous, kl_reference sft (its default): round 2's PPO starts from round 1's
+    policy (its LoRA adapter, continued on SFT) while the reference its KL penalty uses (the
+    adapter off) is SFT, not round 1's policy: its first rollout already measures the KL that
+    round 1 added. Before, round 2 put a fresh adapter on round 1's merged policy, so the
+    reference was round 1 and the KL to SFT grew each round."""
+    import torch
+
+    from coachlm.models.load import load_model, load_tokenizer
+    from coachlm.models.logprobs import sequence_logprobs
+    from coachlm.models.lora import adapter_disabled, continue_lora
+
+    out = tmp_path / "loop"
+    proc = subprocess.run(loop_cmd(out, 2, "loop.policy_init=previous", "ppo.ppo.lr=0.05"), capture_output=True, text=True,
+                          env=ENV, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    stage = json.loads((out / "r2" / "ppo" / "stage.json").read_text())
+    sft = json.loads((out / "sft" / "stage.json").read_text())["result"]["model"]
+    r1 = json.loads((out / "r1" / "ppo" / "stage.json").read_text())["result"]
+    assert stage["input_refs"]["model"] == "sft.model"
+    assert stage["input_refs"]["adapter"] == "r1/ppo.adapter"
+    assert stage["config"]["adapter"] == r1["adapter"]
+    # The policy round 2 starts from, built as run_ppo builds it: the adapter on is round 1's
+    # policy, the adapter off (the trainer's reference) is SFT.
+    tok = load_tokenizer(sft)
+    policy = continue_lora(load_model(stage["config"]["model"], tokenizer=tok),
+                           stage["config"]["adapter"])
+    ids = torch.tensor([tok.encode("Write a short email to Ann about the garden.")])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        with adapter_disabled(policy):
+            ref = sequence_logprobs(policy, ids, mask, mask)
+        start = sequence_logprobs(policy, ids, mask, mask)
+        want_ref = sequence_logprobs(load_model(sft, tokenizer=tok), ids, mask, mask)
+        want_start = sequence_logprobs(load_model(r1["model"], tokenizer=tok), ids, mask, mask)
+    torch.testing.assert_close(ref, want_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(start, want_start, atol=1e-4, rtol=0)
+    assert (want_start - want_ref).abs().max() > 1e-3  # round 1 moved away from SFT
+    # The trainer's first rollout of round 2 sees the KL to SFT that round 1 left (a fresh
+    # adapter, as before, measured 0 there).
+    first = json.loads((out / "r2" / "ppo" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["kl"] > 1e-3

@@ -121,11 +121,20 @@ def evaluate(model: Optional[Path] = typer.Option(None, help="Model to evaluate.
              against: Optional[Path] = typer.Option(None, help="Second model: report the win rate of --model over it."),
              out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for eval.json and samples."),
              config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """Instruction-following rate and rubric score per task family; win rate over another model."""
-    from coachlm.eval.world_eval import EvalConfig, print_report, run_eval
+    """Instruction-following rate and rubric score per task family; with --against, the win rate of --model over it (win/tie/loss, 95% CI). Takes `coachlm compare`'s config (e.g. max_new_tokens=64 greedy=false limit=100); models are named after their directories (`coachlm compare --model NAME=DIR` names them)."""
+    from coachlm.eval.compare import CompareConfig, print_comparison, run_compare
 
-    cfg = _load(EvalConfig, config, overrides, model=model, prompts=prompts, against=against, out=out)
-    print_report(run_eval(cfg))
+    if against is not None and model is None:
+        raise CoachError("--against needs --model (the model whose win rate over it is reported)")
+    models = pairs = None
+    if model is not None:
+        models = {model.name: str(model)}
+        if against is not None:
+            models[against.name + ("-2" if against.name == model.name else "")] = str(against)
+            pairs = [list(models)]
+    cfg = _load(CompareConfig, config, overrides, models=models, prompts=prompts, pairs=pairs,
+                out=out)
+    print_comparison(run_compare(cfg))
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""Compare models on held-out prompts by the world's rubric: the pipeline's `eval` stage.
+"""Compare models on held-out prompts by the world's rubric: the pipeline's `eval` stage and the
+`coachlm eval` (one model, or one over another) and `coachlm compare` commands: one config.
 
 Each model decodes every prompt once (greedy by default: the same model always gets the same
 numbers). The report gives, per model, the instruction-following (IF) rate and rubric score per
@@ -21,8 +22,7 @@ from typing import Any, Literal, Sequence
 from coachlm.data.schema import PromptRecord
 from coachlm.errors import CoachError
 from coachlm.eval.wins import outcome, split_dev_test, win_tie_loss
-from coachlm.eval.world_eval import (EvalConfig, generate_responses, score_responses, stratified,
-                                     write_samples)
+from coachlm.eval.world_eval import generate_responses, score_responses, stratified, write_samples
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,8 @@ def _decode(cfg: CompareConfig, name: str, prompts: Sequence[PromptRecord], gree
     model_dir = Path(cfg.models[name])
     if not model_dir.is_dir():
         raise CoachError(f"model directory {model_dir} does not exist")
-    ecfg = EvalConfig(model=model_dir, prompts=cfg.prompts, max_new_tokens=max_new_tokens,
-                      greedy=greedy, temperature=temperature, batch_size=cfg.batch_size,
-                      dtype=cfg.dtype, seed=cfg.seed)
-    responses = generate_responses(model_dir, prompts, ecfg)
+    responses = generate_responses(model_dir, prompts, max_new_tokens, greedy, temperature,
+                                   cfg.batch_size, cfg.dtype, cfg.seed)
     result = score_responses(prompts, responses)
     if cfg.out is not None:
         write_samples(cfg.out / f"samples_{name}{tag}.jsonl", prompts, responses, name,
@@ -151,16 +149,6 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     if cfg.out is not None:
         (cfg.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-def from_eval_config(ecfg: EvalConfig, models: dict[str, Path],
-                     pairs: Sequence[tuple[str, str]] = ()) -> CompareConfig:
-    """The comparison `coachlm eval` runs (its EvalConfig's decoding settings)."""
-    return CompareConfig(models=models, prompts=ecfg.prompts, out=ecfg.out, pairs=tuple(pairs),
-                         max_new_tokens=ecfg.max_new_tokens, greedy=ecfg.greedy,
-                         temperature=ecfg.temperature, limit=ecfg.limit,
-                         batch_size=ecfg.batch_size, dtype=ecfg.dtype, seed=ecfg.seed)
-
 
 
 def print_comparison(report: dict[str, Any]) -> None:

@@ -145,10 +145,14 @@ def versus_samples(players: Mapping[str, list[Sample]], a: str, b: str,
     return out[: 2 * limit] if limit is not None else out
 
 
-def ai_judge_matches(players: Mapping[str, list[Sample]], cfg: LeaderboardConfig) -> list[Match]:
+def ai_judge_matches(players: Mapping[str, list[Sample]], cfg: LeaderboardConfig
+                     ) -> tuple[list[Match], int]:
     """Every pair of players on (at most `ai_judge_prompts` of) the prompts both answered,
     judged by the feedback model: its soft label P(a better), read in both orders by default
-    (Bai et al., 2022, sec. 4.1; swapping cancels position bias), gives a win, loss or tie."""
+    (Bai et al., 2022, sec. 4.1; swapping cancels position bias), gives a win, loss or tie.
+    Also returns how many pairs were skipped because the question with both responses does
+    not fit the feedback model's context (the AI labeler's own check, `AILabeler.fitting`):
+    cutting a response short would judge an answer the player never gave."""
     from coachlm.constitution import load_constitution
     from coachlm.labelers.ai import AILabeler
     from coachlm.labelers.backends import LocalModel
@@ -164,7 +168,8 @@ def ai_judge_matches(players: Mapping[str, list[Sample]], cfg: LeaderboardConfig
                 ties.append(Match(a, b, 0.5))
             else:
                 groups += group_samples([x, y], min_size=2)
-    return ties + version_matches(labeler.label(groups))
+    matches = ties + version_matches(labeler.label(groups))
+    return matches, labeler.skipped_too_long
 
 
 def elo_intervals(matches: Sequence[Match], rounds: int, seed: int = 0,
@@ -201,17 +206,19 @@ def run_leaderboard(cfg: LeaderboardConfig, names: Sequence[Mapping[str, str]]) 
 
     players = read_players(cfg.evals, names)
     judges = {"rubric": rubric_matches(players)}
+    skipped: dict[str, int] = {}
     if cfg.reward_model is not None:
         judges["reward_model"] = reward_model_matches(players, cfg.reward_model)
     if cfg.ai_judge is not None:
-        judges["ai_judge"] = ai_judge_matches(players, cfg)
+        judges["ai_judge"], skipped["ai_judge"] = ai_judge_matches(players, cfg)
     if cfg.feedback:
         judges["feedback"] = version_matches(  # (a round whose versions all agreed: no file)
             r for p in cfg.feedback if Path(p).stat().st_size
             for r in read_records(p, kinds=PREFERENCE_KINDS))
     result = {"players": list(players),
               "boards": {j: board(m, cfg.bootstrap, cfg.seed) for j, m in judges.items()},
-              "matches": {j: len(m) for j, m in judges.items()}}
+              "matches": {j: len(m) for j, m in judges.items()},
+              "skipped_too_long": skipped}  # pairs too long for a judge's context
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "leaderboard.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -141,7 +141,12 @@ def _leaderboard(recs: dict[str, dict]) -> str:
     if not boards:
         return "<p>No leaderboard stage in this run.</p>"
     parts = []
-    for judge, rows in boards[-1]["result"]["boards"].items():
+    result = boards[-1]["result"]
+    for judge, rows in result["boards"].items():
+        skipped = (result.get("skipped_too_long") or {}).get(judge)
+        if skipped:
+            parts.append(f"<p class=alarm>{html.escape(judge)}: {skipped} pairs skipped, too "
+                         f"long for the judge's context ({result['matches'][judge]} judged)</p>")
         parts.append(f"<h3>by {html.escape(judge)}</h3>" + _table(
             ["player", "Bradley-Terry [95% CI]", "Elo [95% CI]", "wins", "matches"],
             [[html.escape(x["name"]), f"{x['bt']:.0f} [{x['bt_lo']:.0f}, {x['bt_hi']:.0f}]",

@@ -12,7 +12,7 @@ import contextlib
 import copy
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import torch
@@ -24,25 +24,12 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
 from coachlm.errors import CoachError
+from coachlm.models.lora_config import LoRAConfig
 
 # All attention and MLP projections: adapting every linear layer works best (Dettmers et al.,
 # 2023, QLoRA). Qwen2 and Mistral use the Llama names.
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
-
-
-@dataclass(frozen=True)
-class LoRAConfig:
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0  # off: policy and reference forward passes must be deterministic
-    target_modules: tuple[str, ...] | None = None  # None: chosen from the architecture
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"r must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 @contextmanager
@@ -86,6 +73,15 @@ def peft_lora(model: torch.nn.Module, cfg: LoRAConfig, task_type: str) -> PeftMo
 def apply_lora(model: torch.nn.Module, cfg: LoRAConfig) -> PeftModel:
     """A causal LM with fresh LoRA adapters (Hu et al., 2021)."""
     return peft_lora(model, cfg, "CAUSAL_LM")
+
+
+def continue_lora(model: torch.nn.Module, adapter: str | Path) -> PeftModel:
+    """`model` with the LoRA adapter saved in `adapter` (by `save_pretrained`), trainable: an
+    earlier run's training continues, and the adapter switched off is still `model`."""
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise CoachError(f"{adapter}: no LoRA adapter there (adapter_config.json missing)")
+    with peft_without_deprecation_noise():
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
 
 
 def trainable_fraction(model: torch.nn.Module) -> float:

@@ -3,6 +3,8 @@
 A stage's config is that config class, filled from the pipeline file (`config:`), its inputs
 (paths of upstream outputs, written into the named fields) and its directory (`out`). The
 trainers are called with resume=True, so a killed stage continues from its last checkpoint.
+They are imported only when a stage runs (the configs live apart from them), so that loading,
+checking and a fully cached run never load torch or transformers.
 """
 
 from __future__ import annotations
@@ -20,11 +22,8 @@ from coachlm.pipeline.cai_kinds import cai_kinds
 from coachlm.pipeline.label import LabelConfig
 from coachlm.pipeline.spec import Pipeline, PipelineError, StageSpec, hint
 from coachlm.rollout.samples import SampleConfig
-from coachlm.trainers.dpo import DPOConfig
+from coachlm.trainers.configs import DPOConfig, PretrainConfig, RMConfig, SFTConfig
 from coachlm.trainers.ppo_config import PPORunConfig
-from coachlm.trainers.pretrain import PretrainConfig
-from coachlm.trainers.reward import RMConfig
-from coachlm.trainers.sft import SFTConfig
 from coachlm.world.build import WorldConfig
 
 RL_KINDS = ("ppo", "grpo", "rloo")
@@ -67,6 +66,15 @@ def _trainer(fn_path: str) -> Callable[[Any, Path, Upstream], dict[str, Any]]:
         return {"model": str(getattr(importlib.import_module(module), name)(cfg, resume=True))}
 
     return run
+
+
+def _policy(cfg: PPORunConfig, d: Path, up: Upstream) -> dict[str, Any]:
+    """An RL policy: the merged model, and its LoRA adapter, which a next round can continue
+    (`loop.kl_reference: sft`, `PPORunConfig.adapter`)."""
+    from coachlm.trainers.ppo import run_ppo
+
+    final = run_ppo(cfg, resume=True)
+    return {"model": str(final), "adapter": str(final / "adapter")}
 
 
 def _sample(cfg: SampleConfig, d: Path, up: Upstream) -> dict[str, Any]:
@@ -124,7 +132,8 @@ def _leaderboard(cfg: LeaderboardConfig, d: Path, up: Upstream) -> dict[str, Any
     from coachlm.eval.leaderboard import run_leaderboard
 
     result = run_leaderboard(cfg, _player_names(up["evals"]))
-    return {"report": str(d / "leaderboard.json"), **result}
+    return {"report": str(d / "leaderboard.json"), **result,
+            "metrics": {k: result[k] for k in ("matches", "skipped_too_long")}}
 
 
 def _versions(cfg: VersionsConfig, d: Path, up: Upstream) -> dict[str, Any]:
@@ -154,8 +163,8 @@ KINDS: dict[str, Kind] = {
     "label": Kind(LabelConfig, ("data",), _label),
     "rm": Kind(RMConfig, ("model",), _trainer("coachlm.trainers.reward.run_rm")),
     "dpo": Kind(DPOConfig, ("model",), _trainer("coachlm.trainers.dpo.run_dpo")),
-    **{algo: Kind(PPORunConfig, ("model",), _trainer("coachlm.trainers.ppo.run_ppo"),
-                  defaults={"ppo": {"algo": algo}}) for algo in RL_KINDS},
+    **{algo: Kind(PPORunConfig, ("model", "adapter"), _policy, defaults={"ppo": {"algo": algo}})
+       for algo in RL_KINDS},
     "eval": Kind(CompareConfig, ("report",), _eval, resolve=_eval_resolve),
     "leaderboard": Kind(LeaderboardConfig, ("report",), _leaderboard),
     "versions": Kind(VersionsConfig, ("samples",), _versions, out="samples.jsonl"),

@@ -6,7 +6,8 @@ rounds); sends them to labelers through the label stage (with a store: one proje
 `<project>-<r>`); trains the reward model on every label so far (`rm_init: continue` from the
 round r-1 reward model, or `retrain` from the pipeline's own starting model); trains the next
 policy (`policy_init: previous` from the round r-1 policy, or `sft` from the pipeline's own
-starting model); evaluates it; and rates every version so far on a leaderboard. With
+starting model; with `previous`, `kl_reference: sft` keeps the KL penalty to that starting model
+by continuing the round r-1 LoRA adapter on it); evaluates it; and rates every version so far on a leaderboard. With
 `version_prompts`, the round also sends the new policy's and the previous version's responses
 to the same test prompts to the labelers as comparisons (`r<r>/versions` picks them,
 `r<r>/versions_label` labels them through the store in project `<project>-<r>-versions`), and
@@ -39,7 +40,13 @@ class LoopConfig:
     eval: str = "eval"
     prompts_per_round: int = 64  # fresh training prompts per round
     rm_init: Literal["continue", "retrain"] = "continue"
-    policy_init: Literal["previous", "sft"] = "previous"
+    policy_init: Literal["previous", "sft"] = "sft"  # measured: README, "Pipelines, rounds"
+    # What the KL penalty pulls toward when a round starts from the previous policy. "sft": the
+    # pipeline's own starting model (the round continues the previous round's LoRA adapter on
+    # it, so the adapter switched off is still SFT), as InstructGPT keeps its KL to the SFT
+    # model throughout (Ouyang et al., 2022, eq. 2). "previous": the previous policy itself
+    # (a fresh adapter on it), which lets the KL to SFT grow round after round.
+    kl_reference: Literal["sft", "previous"] = "sft"
     project: str = "round"  # store projects are <project>-1, <project>-2, ...
     store: str | None = None  # the label stage's store (--store; default RUN/feedback.db)
     leaderboard_bootstrap: int = 200
@@ -62,6 +69,14 @@ def loop_config(pipe: Pipeline) -> LoopConfig:
         if stage not in cfg.repeat or stage not in names:
             raise PipelineError(f"{pipe.path}: loop.{role}: '{stage}' must be a stage listed in "
                                 f"loop.repeat")
+    policy = pipe.stage(cfg.policy)
+    if cfg.policy_init == "previous" and cfg.kl_reference == "sft" and (
+            policy.kind not in ("ppo", "grpo", "rloo")
+            or (policy.config.get("ppo") or {}).get("lora", "default") is None):
+        raise PipelineError(f"{pipe.path}: loop.kl_reference: 'sft' with policy_init 'previous' "
+                            f"continues the previous round's LoRA adapter: stage '{cfg.policy}' "
+                            f"must be ppo, grpo or rloo with ppo.lora set (or set "
+                            f"loop.kl_reference: previous, or loop.policy_init: sft)")
     return cfg
 
 
@@ -86,7 +101,10 @@ def _round_stage(pipe: Pipeline, s: StageSpec, r: int, cfg: LoopConfig) -> Stage
         if r > 1 and cfg.rm_init == "continue":
             inputs["model"] = Ref(prev + cfg.rm, "model")
     if s.name == cfg.policy and r > 1 and cfg.policy_init == "previous":
-        inputs["model"] = Ref(prev + cfg.policy, "model")
+        if cfg.kl_reference == "sft":
+            inputs["adapter"] = Ref(prev + cfg.policy, "adapter")
+        else:
+            inputs["model"] = Ref(prev + cfg.policy, "model")
     return StageSpec(f"r{r}/{s.name}", s.kind, config, inputs)
 
 
@@ -201,4 +219,7 @@ def print_loop(summary: dict[str, Any]) -> None:
                        f"{row['elo']:.0f} [{row['elo_lo']:.0f}, {row['elo_hi']:.0f}]",
                        str(row["matches"]))
         console.print(lb)
+        skipped = summary["leaderboard"].get("skipped_too_long", {}).get(judge)
+        if skipped:
+            console.print(f"{judge}: {skipped} pairs skipped, too long for its context")
     console.print(f"report: {summary['report']}")

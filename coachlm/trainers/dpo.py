@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -46,74 +45,14 @@ from coachlm.losses import dpo as dpo_loss
 from coachlm.losses import ipo as ipo_loss
 from coachlm.models.load import load_model, load_tokenizer
 from coachlm.memory import release_free_memory
-from coachlm.models.lora import LoRAConfig, adapter_disabled, apply_lora
+from coachlm.models.lora import adapter_disabled, apply_lora
 from coachlm.runlog import warn
 from coachlm.trainers.dpo_logps import cached_reference, choose_layout, head_matches, sequence_logps
 from coachlm.trainers.epochs import steps_for_epochs
 from coachlm.engine.accel import Engine, to_device
-from coachlm.engine.config import TrainConfig
 from coachlm.engine.loop import LossOut, TrainResult, train
 from coachlm.trainers.final import save_final
-
-Reference = Literal["cached", "adapter"]
-
-
-@dataclass(frozen=True)
-class DPOConfig:
-    """DPO settings. `train.batch_size` counts pairs; `epochs`, when set, replaces
-    `train.max_steps` with the steps that many passes over the pairs take."""
-
-    DEFAULT_YIELDS: ClassVar[dict[str, tuple[str, str]]] = {"epochs": ("train", "max_steps")}
-
-    model: Path
-    data: tuple[Path, ...]
-    out: Path
-    val_data: tuple[Path, ...] = ()  # held-out files; empty: hold out val_fraction of the prompts
-    val_fraction: float = 0.05
-    loss: Literal["sigmoid", "ipo"] = "sigmoid"
-    beta: float = 0.1
-    label_smoothing: float = 0.0  # conservative DPO (sigmoid loss only)
-    # RPO (Pang et al., 2024, "Iterative Reasoning Preference Optimization", eq. 2): add
-    # nll_weight * (-log pi(chosen) / its tokens) per pair, so DPO cannot lower the likelihood of
-    # the chosen responses while it widens the margin (the failure Pal et al., 2024 analyse).
-    nll_weight: float = 0.0
-    reference: Reference = "cached"  # "adapter": LoRA only, the base weights each step
-    max_length: int = 512
-    layout: Literal["auto", "pad", "pack", "share"] = "auto"
-    bucket_batches: int = 1  # batches per length-sorted chunk; 1 = plain random batches
-    # Drop comparisons whose margin (1 slightly .. 3 much better, Touvron et al., 2023) is below
-    # this: near-even judgements are mostly labeler noise. Pairs without a margin are kept.
-    min_margin: float | None = None
-    lora: LoRAConfig | None = None
-    epochs: float | None = None
-    skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        lr=5e-5, weight_decay=0.0, warmup_ratio=0.1, max_steps=200, batch_size=32,
-        checkpoint_every=100, log_every=5))
-
-    def __post_init__(self) -> None:
-        if not self.data:
-            raise ValueError("data must name at least one file")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.nll_weight < 0:
-            raise ValueError(f"nll_weight must be >= 0, got {self.nll_weight}")
-        if self.label_smoothing and self.loss != "sigmoid":
-            raise ValueError("label_smoothing applies to the sigmoid loss only")
-        if self.reference == "adapter" and self.lora is None:
-            raise ValueError("reference: adapter needs LoRA (the reference is the base weights "
-                             "with the adapter off); use reference: cached without LoRA")
-        if self.max_length < 4:
-            raise ValueError(f"max_length must be >= 4, got {self.max_length}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.bucket_batches < 1:
-            raise ValueError(f"bucket_batches must be >= 1, got {self.bucket_batches}")
-
+from coachlm.trainers.configs import DPOConfig
 
 # ------------------------------------------------------------------------------- the loss
 

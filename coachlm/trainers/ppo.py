@@ -345,7 +345,7 @@ def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
     from coachlm.data.io import read_prompts
     from coachlm.models.load import load_model, load_tokenizer
     from coachlm.trainers.final import save_final
-    from coachlm.models.lora import apply_lora
+    from coachlm.models.lora import apply_lora, continue_lora
     from coachlm.trainers.critic import build_critic
 
     check_generator(cfg.ppo.generator)
@@ -356,7 +356,9 @@ def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
     invalid.warn()
     reward = build_reward(cfg.reward)  # the reward model encodes with its own tokenizer
     model = load_model(cfg.model, dtype=torch.float32, tokenizer=tok)
-    if cfg.ppo.lora is not None:
+    if cfg.adapter is not None:  # the reference stays `model`: see PPORunConfig.adapter
+        model = continue_lora(model, cfg.adapter)
+    elif cfg.ppo.lora is not None:
         with torch.random.fork_rng():  # LoRA init must not shift the run's seeded streams
             torch.manual_seed(cfg.ppo.seed)
             model = apply_lora(model, cfg.ppo.lora)

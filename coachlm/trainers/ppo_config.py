@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from coachlm.models.lora import LoRAConfig
+from coachlm.models.lora_config import LoRAConfig
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,11 @@ class PPORunConfig:
     """`coachlm ppo`: the starting policy, the RL prompts, where to write, and what rewards.
 
     `reward`: "rubric" (the built-in world's rubric) or the directory of a coachlm reward model.
+    `adapter`: a LoRA adapter an earlier run trained on this same `model` (its `final/adapter`):
+    training continues it instead of a fresh one, so the policy starts where that run ended
+    while the reference (the adapter off) stays `model`. Rounds of RLHF use it to keep the KL
+    penalty to SFT throughout, as InstructGPT does (Ouyang et al., 2022, eq. 2); the adapter's
+    own rank and targets are kept.
     """
 
     model: Path
@@ -183,3 +188,8 @@ class PPORunConfig:
     reward: str = "rubric"
     skip_invalid: bool = False  # skip (and count) malformed prompt records instead of stopping
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    adapter: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.adapter is not None and self.ppo.lora is None:
+            raise ValueError("adapter continues a LoRA adapter: it needs ppo.lora (not null)")

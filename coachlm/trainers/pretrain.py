@@ -12,7 +12,6 @@ Outputs under `out`: `config.yaml`, `tokenizer/` (the tokenizer used, so a resum
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,35 +26,10 @@ from coachlm.models.load import load_model, load_tokenizer
 from coachlm.models.presets import build_model
 from coachlm.models.tokenizer import train_tokenizer
 from coachlm.engine.accel import Engine
-from coachlm.engine.config import TrainConfig
 from coachlm.engine.loop import TrainResult, train
 from coachlm.trainers.final import save_final
 from coachlm.trainers.lm_loss import causal_lm_loss
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Pretraining settings; `train.batch_size` counts blocks of `seq_len` tokens."""
-
-    corpus: Path
-    out: Path
-    tokenizer: Path | None = None  # None: the init model's tokenizer, else train one on the corpus
-    vocab_size: int = 2048  # when training a tokenizer
-    preset: str = "world-small"  # network shape of a model built from scratch
-    init_model: Path | None = None  # continue pretraining this HF model instead
-    seq_len: int = 256
-    val_fraction: float = 0.02
-    max_val_blocks: int = 64  # evaluate on at most this many held-out blocks
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        lr=1e-3, warmup_ratio=0.05, max_steps=1000, batch_size=16, checkpoint_every=200))
-
-    def __post_init__(self) -> None:
-        if self.seq_len < 2:
-            raise ValueError(f"seq_len must be >= 2, got {self.seq_len}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.max_val_blocks < 1:
-            raise ValueError(f"max_val_blocks must be >= 1, got {self.max_val_blocks}")
+from coachlm.trainers.configs import PretrainConfig
 
 
 def read_corpus(path: Path) -> list[str]:

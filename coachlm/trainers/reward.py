@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,72 +51,14 @@ from coachlm.errors import CoachError, DataError
 from coachlm.memory import release_free_memory
 from coachlm.losses import bradley_terry, bradley_terry_soft, bradley_terry_tie, ranking
 from coachlm.models.load import load_tokenizer
-from coachlm.models.lora import LoRAConfig
 from coachlm.models.reward import (RewardModel, build_reward_model, choose_layout,
                                    fit_normalization, load_reward_model, save_reward_model,
                                    score_items, score_sequences, update_normalization)
 from coachlm.runlog import warn
 from coachlm.trainers.epochs import steps_for_epochs
 from coachlm.engine.accel import Engine, to_device
-from coachlm.engine.config import TrainConfig
 from coachlm.engine.loop import LossOut, TrainResult, train
-
-
-@dataclass(frozen=True)
-class RMConfig:
-    """Reward-model settings. `train.batch_size` counts prompts (groups of judgements);
-    `epochs` (1 by default: reward models overfit after one, Ouyang et al., 2022, sec. C.2)
-    replaces `train.max_steps` when set. A `train.max_steps` given without `epochs` wins over
-    the default epoch (`config.from_dict`'s DEFAULT_YIELDS); given both, the config is refused."""
-
-    DEFAULT_YIELDS: ClassVar[dict[str, tuple[str, str]]] = {"epochs": ("train", "max_steps")}
-
-    model: Path
-    data: tuple[Path, ...]
-    out: Path
-    val_data: tuple[Path, ...] = ()  # held-out files; empty: split val_fraction of the prompts
-    val_fraction: float = 0.05
-    max_length: int = 512
-    lora: LoRAConfig | None = None
-    epochs: float | None = 1.0
-    layout: Literal["auto", "pad", "pack", "share"] = "auto"
-    bucket_batches: int = 4  # batches per length-sorted chunk; 1 = no length bucketing
-    ties: Literal["skip", "davidson"] = "skip"
-    tie_log_nu: float = 0.0  # Davidson's log nu; 0: P(tie) = 1/3 for equal rewards
-    margin_scale: float = 0.0  # margin = margin_scale * record.margin; 0: no margin
-    # Soft labels (RL-CAI, Bai et al., 2022, sec. 4.1): a comparison with meta.probability
-    # (the AI labeler's P(a better)) trains Bradley-Terry against that target.
-    soft_labels: bool = True
-    # Mix of sources in the training records: the share of AI-labelled (source "ai") records,
-    # the rest human or simulated, reached by a seeded subsample of the larger side (Bai et al.
-    # mixed AI harmlessness labels with human helpfulness labels). None: use every record.
-    ai_share: float | None = None
-    max_group_responses: int = 16
-    normalize_on: Path | None = None  # Sample records of the reference policy
-    normalize_max: int | None = None  # fit on a seeded sample of ~this many responses; None: all
-    skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        lr=1e-4, weight_decay=0.0, warmup_ratio=0.05, max_steps=200, batch_size=32,
-        checkpoint_every=100, log_every=5))
-
-    def __post_init__(self) -> None:
-        if not self.data:
-            raise ValueError("data must name at least one file")
-        if self.max_length < 4:
-            raise ValueError(f"max_length must be >= 4, got {self.max_length}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.bucket_batches < 1 or self.max_group_responses < 2:
-            raise ValueError("bucket_batches must be >= 1 and max_group_responses >= 2")
-        if self.normalize_max is not None and self.normalize_max < 2:
-            raise ValueError(f"normalize_max must be >= 2, got {self.normalize_max}")
-        if self.ai_share is not None and not 0.0 < self.ai_share < 1.0:
-            raise ValueError(f"ai_share must be in (0, 1), got {self.ai_share}")
-        if self.ties == "davidson" and self.margin_scale:
-            raise ValueError("margin_scale and ties=davidson do not combine: Davidson's tie "
-                             "model has no margin term")
+from coachlm.trainers.configs import RMConfig
 
 
 # ------------------------------------------------------------------------------------ data

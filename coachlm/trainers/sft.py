@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,55 +32,16 @@ from coachlm.data.io import read_records
 from coachlm.errors import CoachError, DataError
 from coachlm.memory import release_free_memory
 from coachlm.models.load import load_model, load_tokenizer
-from coachlm.models.lora import LoRAConfig, apply_lora
+from coachlm.models.lora import apply_lora
 from coachlm.models.modes import eval_mode
 from coachlm.trainers.epochs import steps_for_epochs
 from coachlm.engine.accel import Engine, to_device
-from coachlm.engine.config import TrainConfig
 from coachlm.engine.loop import TrainResult, train
 from coachlm.trainers.final import save_final
 from coachlm.trainers.lm_loss import causal_lm_loss
+from coachlm.trainers.configs import SFTConfig
 
 Example = tuple[list[int], list[int]]  # (input_ids, labels)
-
-
-@dataclass(frozen=True)
-class SFTConfig:
-    """SFT settings. `train.batch_size` counts examples; `epochs`, when set, replaces
-    `train.max_steps` with the number of optimizer steps that many passes over the data take."""
-
-    DEFAULT_YIELDS: ClassVar[dict[str, tuple[str, str]]] = {"epochs": ("train", "max_steps")}
-
-    model: Path
-    data: tuple[Path, ...]
-    out: Path
-    max_length: int = 512
-    lora: LoRAConfig | None = None
-    epochs: float | None = None
-    val_fraction: float = 0.05
-    # Length bucketing: batches per length-sorted chunk (collate.ExampleBatches); 1 = plain random
-    # batches, the default. Bucketing pads less, but in the world data length tracks the task, so
-    # bucketed batches hold one task each, and at equal steps the held-out loss came out clearly
-    # worse (4.8 vs 4.1 nats after 30 steps of world-small); raise it only for homogeneous data.
-    bucket_batches: int = 1
-    # Pack each micro-batch's examples into shared rows (collate.pack_examples); None (auto): pack
-    # when the model's attention honours restarting position ids (checked on the model itself).
-    pack: bool | None = None
-    skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        lr=2e-4, warmup_ratio=0.03, max_steps=300, batch_size=16, checkpoint_every=100))
-
-    def __post_init__(self) -> None:
-        if not self.data:
-            raise ValueError("data must name at least one file")
-        if self.max_length < 2:
-            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.bucket_batches < 1:
-            raise ValueError(f"bucket_batches must be >= 1, got {self.bucket_batches}")
 
 
 def load_examples(paths: Sequence[Path], tokenizer: Any, max_length: int,
