@@ -61,6 +61,7 @@ def _win_plot(rounds: list[dict[str, Any]]) -> str:
                 err = [[w["rate"] - w["lo"] for _, w in pts], [w["hi"] - w["rate"] for _, w in pts]]
                 ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=4, label=label)
         ax.axhline(0.5, color="gray", lw=0.8)
+        ax.set_xticks(sorted({r["round"] for r in rounds}))  # rounds are whole numbers
         ax.set(title="win rate over the starting policy (95% CI)", xlabel="round", ylim=(0, 1))
         ax.legend(fontsize=7)
 
