@@ -12,6 +12,7 @@ sensitive to other processes on a shared machine), both over training only: coac
 steps, TRL's whole `trainer.train()`. TRL's log lines go to stderr; stdout is the JSON alone.
 TRL samples batches at random; run with `--trl-group-by-length` to give it length-grouped
 batches too (transformers' LengthGroupedSampler), the counterpart of coachlm's bucketing.
+`--compile` trains coachlm's side with `SFTConfig.compile` (torch.compile), compile time included.
 
 Afterwards both final models are scored with the same function on the same held-out examples.
 Prints one JSON object. Usage:
@@ -63,7 +64,7 @@ def world_demos(n: int, seed: int) -> list[Demonstration]:
 
 def run_ours(args: argparse.Namespace, root: Path, tcfg: TrainConfig) -> dict:
     cfg = SFTConfig(model=root / "base", data=(root / "train.jsonl",), out=root / "ours",
-                    max_length=args.max_length, val_fraction=0.0, train=tcfg)
+                    max_length=args.max_length, val_fraction=0.0, compile=args.compile, train=tcfg)
     start = time.perf_counter()
     result, final = sft(cfg)
     wall = time.perf_counter() - start
@@ -126,6 +127,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--examples", type=int, default=4000)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--trl-group-by-length", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="coachlm side with SFTConfig.compile (compile time counts in its seconds)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each, alternating; median reported")
     p.add_argument("--order", choices=("ours-first", "trl-first"), default="ours-first")
     args = p.parse_args(argv)
@@ -181,6 +184,7 @@ def main(argv: list[str]) -> dict:
                   "parameters": params, "peak_gflops": round(peak, 1), "train_examples": len(examples),
                   "mean_example_tokens": round(mean_len, 1),
                   "trl_sampler": "group_by_length" if args.trl_group_by_length else "random",
+                  "compile": args.compile,
                   "torch": torch.__version__, "trl": __import__("trl").__version__},
         "ours": runs["ours"], "trl": runs["trl"],
         "speedup_tokens_per_s": round(runs["ours"]["tokens_per_s"] / runs["trl"]["tokens_per_s"], 2),

@@ -32,6 +32,7 @@ from coachlm.data.invalid import InvalidRecords
 from coachlm.data.io import read_records
 from coachlm.errors import CoachError, DataError
 from coachlm.memory import release_free_memory
+from coachlm.models.compiled import compile_body
 from coachlm.models.load import load_model, load_tokenizer
 from coachlm.models.lora import LoRAConfig, apply_lora
 from coachlm.models.modes import eval_mode
@@ -68,6 +69,9 @@ class SFTConfig:
     # when the model's attention honours restarting position ids (checked on the model itself).
     pack: bool | None = None
     skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
+    # torch.compile the transformer body (`models.compiled`): fewer, fused elementwise kernels,
+    # ~20% less CPU per step at world-25m, after tens of CPU seconds of compiling; off by default.
+    compile: bool = False
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=2e-4, warmup_ratio=0.03, max_steps=300, batch_size=16, checkpoint_every=100))
 
@@ -157,6 +161,8 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     if pack and not supported:
         raise CoachError(f"{type(model).__name__} does not isolate packed examples by position "
                          "ids (their logits change when packed); set pack: false")
+    if cfg.compile:  # after the packing probe, whose no-grad forwards would compile a graph too
+        compile_body(model)
     tcfg = cfg.train
     batches = ExampleBatches(train_ex, tcfg.batch_size, tok.pad_token_id, seed=tcfg.seed,
                              bucket_batches=cfg.bucket_batches, pack=pack)
