@@ -175,7 +175,8 @@ def main(argv: list[str]) -> dict:
             run["tokens_per_s"] = statistics.median(speeds[name])
             run["tokens_per_cpu_s_runs"] = cpu_speeds[name]
             run["tokens_per_cpu_s"] = statistics.median(cpu_speeds[name])
-            run.update(utilization(params, run["tokens_per_s"], peak))  # 6N per trained token
+            run.update(utilization(params, run["tokens_per_s"], peak,  # 6N per trained token
+                                   tokens_per_cpu_s=run["tokens_per_cpu_s"]))
     mean_len = sum(len(ids) for ids, _ in examples) / len(examples)
     return {
         "setup": {"preset": args.preset, "steps": args.steps, "batch_size": args.batch_size,
