@@ -1,10 +1,11 @@
 """`torch.compile` of a causal LM's transformer body, in place (issue 15).
 
 Inductor fuses the small elementwise operators around the matmuls (RMSNorm, rotary embeddings,
-SwiGLU, residual adds; ~25% of an fp32 SFT step at world-25m on one CPU core) into generated
+SwiGLU, residual adds; ~20% of an fp32 SFT step at world-25m on one CPU core) into generated
 C++ loops. Measured on world-25m SFT (fp32, 1 thread, packed batches of 8, CPU seconds, loaded
-2-core machine): 0.71 -> 0.58 s per step, identical losses, after ~35 CPU s of compiling, so it
-pays off from a few hundred steps on; hence off by default (`SFTConfig.compile`).
+2-core machine): 0.71 -> 0.58 s per step with identical losses, after tens of CPU seconds of
+compiling (benchmarks/sft_vs_trl.py --compile counts them), so it pays off only over a few
+hundred steps; hence off by default (`SFTConfig.compile`).
 
 `nn.Module.compile` compiles the module's own call and keeps its parameters and state-dict keys
 (a `torch.compile(module)` wrapper would prefix every key with `_orig_mod.`), so checkpoints,

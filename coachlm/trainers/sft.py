@@ -32,6 +32,7 @@ from coachlm.data.invalid import InvalidRecords
 from coachlm.data.io import read_records
 from coachlm.errors import CoachError, DataError
 from coachlm.memory import release_free_memory
+from coachlm.models.attention import use_fp32_attention
 from coachlm.models.compiled import compile_body
 from coachlm.models.load import load_model, load_tokenizer
 from coachlm.models.lora import LoRAConfig, apply_lora
@@ -142,6 +143,7 @@ def packing_supported(model: torch.nn.Module) -> bool:
 
 def _model(cfg: SFTConfig, tok: Any) -> torch.nn.Module:
     model = load_model(cfg.model, dtype=torch.float32, tokenizer=tok)
+    use_fp32_attention(model)  # bf16 autocast on CPU: attention in fp32 is faster (models.attention)
     if cfg.lora is not None:
         with torch.random.fork_rng():  # LoRA init must not shift the run's seeded RNG streams
             torch.manual_seed(cfg.train.seed)
