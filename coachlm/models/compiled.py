@@ -3,9 +3,9 @@
 Inductor fuses the small elementwise operators around the matmuls (RMSNorm, rotary embeddings,
 SwiGLU, residual adds; ~20% of an fp32 SFT step at world-25m on one CPU core) into generated
 C++ loops. Measured on world-25m SFT (fp32, 1 thread, packed batches of 8, CPU seconds, loaded
-2-core machine): 0.71 -> 0.58 s per step with identical losses, after tens of CPU seconds of
-compiling (benchmarks/sft_vs_trl.py --compile counts them), so it pays off only over a few
-hundred steps; hence off by default (`SFTConfig.compile`).
+2-core machine): 0.71 -> 0.58 s per step with identical losses, after ~70 CPU s of compiling
+with a cold cache (~40 s in process, ~30 s in the C++ compiler), so it pays off only past ~500
+such steps (a 40-step run took 2.2x the CPU of eager); hence off by default (`SFTConfig.compile`).
 
 `nn.Module.compile` compiles the module's own call and keeps its parameters and state-dict keys
 (a `torch.compile(module)` wrapper would prefix every key with `_orig_mod.`), so checkpoints,
