@@ -21,11 +21,13 @@ def test_fp32_models_are_unchanged_and_still_pack():
     assert not use_fp32_attention(model)  # only an "sdpa" model is switched
 
 
-def test_bf16_inputs_attend_in_fp32_and_return_bf16():
+def test_autocast_attends_in_fp32_and_returns_bf16():
     layer = tiny_model(tiny_tokenizer()).model.layers[0].self_attn
-    q, k, v = (torch.randn(2, 4, 9, 8).bfloat16() for _ in range(3))  # (B, H, T, d)
+    # As Llama hands them over under autocast: query and key fp32 (rotary embedding), value bf16.
+    q, k = torch.randn(2, 4, 9, 8), torch.randn(2, 4, 9, 8)  # (B, H, T, d)
+    v = torch.randn(2, 4, 9, 8).bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, _ = sdpa_fp32_forward(layer, q, k, v, None)
-    exact, _ = sdpa_attention_forward(layer, q.float(), k.float(), v.float(), None)
+    exact, _ = sdpa_attention_forward(layer, q, k, v.float(), None)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, exact.bfloat16())  # computed in fp32, rounded once at the end

@@ -26,13 +26,17 @@ NAME = "sdpa_fp32"
 def sdpa_fp32_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                       value: torch.Tensor, attention_mask: torch.Tensor | None,
                       **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """transformers' SDPA attention, in fp32 when its inputs are bf16 on CPU."""
-    if query.device.type != "cpu" or query.dtype != torch.bfloat16:
+    """transformers' SDPA attention, in fp32 where it would run in bf16 on CPU: under CPU
+    autocast (which casts SDPA's inputs down; Llama's query and key arrive in fp32 from the
+    rotary embedding, its value in bf16) or with bf16 inputs. The output is bf16 there."""
+    low = query.device.type == "cpu" and (
+        torch.is_autocast_enabled("cpu") or torch.bfloat16 in (query.dtype, key.dtype, value.dtype))
+    if not low:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     with torch.autocast("cpu", enabled=False):
         out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(),
                                               attention_mask, **kwargs)
-    return out.to(query.dtype), weights
+    return out.to(torch.bfloat16), weights
 
 
 AttentionInterface.register(NAME, sdpa_fp32_forward)
