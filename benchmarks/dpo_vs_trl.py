@@ -175,7 +175,8 @@ def main(argv: list[str]) -> dict:
         for mode in [m for m in args.trl_modes.split(",") if m]:
             runs[f"trl_{mode}"] = run_trl(args, root, pairs, tok, precompute=mode == "precompute")
     for name, run in runs.items():  # TRL online forwards a live reference: 8N per token
-        run.update(utilization(params, run["tokens_per_s"], peak, 8 if name == "trl_online" else 6))
+        run.update(utilization(params, run["tokens_per_s"], peak, 8 if name == "trl_online" else 6,
+                               tokens_per_cpu_s=run["tokens_per_cpu_s"]))
     mean_tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)
                       for p in pairs) / len(pairs)
     out = {"setup": {"preset": args.preset, "data": str(args.data or "world comparisons"),

@@ -42,8 +42,14 @@ def parameters(model_or_dir) -> int:
 
 
 def utilization(params: int, tokens_per_s: float, peak: float, flops_per_token: int = 6,
-                forward_tokens_per_s: float = 0.0) -> dict[str, float]:
+                forward_tokens_per_s: float = 0.0,
+                tokens_per_cpu_s: float | None = None) -> dict[str, float]:
     """Model GFLOP/s and MFU of `tokens_per_s` trained tokens at `flops_per_token` x N each,
-    plus `forward_tokens_per_s` tokens forwarded without training (2N each: sampling)."""
+    plus `forward_tokens_per_s` tokens forwarded without training (2N each: sampling).
+    With `tokens_per_cpu_s` (1 thread), also `mfu_per_cpu_s`: the same per second the process
+    really ran, the figure that holds on a shared machine (pass a peak taken at low load)."""
     gflops = params * (flops_per_token * tokens_per_s + 2 * forward_tokens_per_s) / 1e9
-    return {"model_gflop_per_s": round(gflops, 2), "mfu": round(gflops / peak, 4)}
+    out = {"model_gflop_per_s": round(gflops, 2), "mfu": round(gflops / peak, 4)}
+    if tokens_per_cpu_s is not None:
+        out["mfu_per_cpu_s"] = round(params * flops_per_token * tokens_per_cpu_s / 1e9 / peak, 4)
+    return out

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import statistics
+import time
+from collections import defaultdict
+from typing import Any, Callable
 
 
 def rates(tokens: int, seconds: float, cpu: float, loop: float) -> dict[str, float]:
@@ -27,3 +30,19 @@ def median(runs: list[dict]) -> dict:
         out[f"{key}_runs"] = [r[key] for r in runs]
         out[key] = round(statistics.median(out[f"{key}_runs"]), 1)
     return out
+
+
+class Phases:
+    """Seconds spent in named calls (wrapped functions), summed over the run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, name: str, fn: Callable) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - t0
+        return timed

@@ -1,4 +1,5 @@
-"""Benchmark: `coachlm ppo --algo rloo` against TRL's RLOOTrainer, the same work through both.
+"""Benchmark: `coachlm ppo --algo rloo` against TRL's RLOOTrainer (or `--algo grpo` against its
+GRPOTrainer), the same work through both.
 
 Same model (a freshly initialized preset Llama, optionally fine-tuned briefly, saved once and
 loaded by both in fp32), same tokenizer (trained on the built-in world's texts; the script
@@ -26,6 +27,9 @@ TRL-side choices, made to keep the comparison fair:
   batch), `num_iterations` = coachlm's `ppo_epochs`, `max_steps` = coachlm's optimizer steps.
 - Optimizer: AdamW with coachlm's settings (betas 0.9/0.95, eps 1e-8, weight decay 0), constant
   learning rate, no warm-up, gradient clipping at 1.0, clip epsilon 0.2.
+- GRPO (`--algo grpo`): group advantages scaled by the group's std, the per-sequence mean loss
+  (TRL's loss_type "grpo"), beta * k3 KL in the loss without TRL's bias correction, on both
+  sides; missing-EOS penalty and reward clipping off as for RLOO.
 - Reward shaping as TRL's RLOO does it: the sequence reward is score - beta * sum of k1 KL, the
   leave-one-out baseline, no advantage normalization, no reward clipping; coachlm's missing-EOS
   penalty and reward clipping are turned off to match. (The losses differ as the designs do:
@@ -76,21 +80,20 @@ import os
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 from unittest import mock
 
 import torch
 
 from background import busy_core
-from rl_figures import median, phase_times, rates
+from rl_figures import Phases, median, phase_times, rates
+from rl_trl import run_trl
 from mfu import add_peak_arg, parameters, peak_gflops, utilization
-from trl_common import trl_args as common_trl_args
 from coachlm.data.chat import encode_prompt
 from coachlm.data.schema import Prompt
 from coachlm.models.load import load_model, load_tokenizer, save_pretrained
-from coachlm.models.lora import LLAMA_TARGETS, LoRAConfig, apply_lora
+from coachlm.models.lora import LoRAConfig, apply_lora
 from coachlm.models.presets import build_model, preset_vocab_size
 from coachlm.models.tokenizer import train_tokenizer
 from coachlm.trainers import ppo as ppo_module
@@ -98,22 +101,6 @@ from coachlm.rollout import generators as generators_module
 from coachlm.engine.accel import set_threads
 from coachlm.trainers.ppo import PromptStream, train_ppo
 from coachlm.trainers.ppo_config import PPOConfig
-
-
-class Phases:
-    """Seconds spent in named calls (wrapped functions), summed over the run."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    def wrap(self, name: str, fn: Callable) -> Callable:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[name] += time.perf_counter() - t0
-        return timed
 
 
 class CountingRubric:
@@ -145,11 +132,12 @@ class CountingRubric:
 
 def ppo_config(args: argparse.Namespace, threads: int) -> PPOConfig:
     return PPOConfig(
-        algo="rloo", steps=args.steps, rollout_batch_size=args.prompts,
+        algo=args.algo, steps=args.steps, rollout_batch_size=args.prompts,
         samples_per_prompt=args.samples, mini_batch_size=args.mini_batch_size,
         micro_batch_size=args.micro_batch_size, ppo_epochs=args.epochs,
         max_new_tokens=args.max_new_tokens, temperature=1.0, kl_coef=args.beta,
-        kl_estimator="k1", clip_eps=0.2, normalize_reward=False, reward_clip=None,
+        kl_estimator="k1" if args.algo == "rloo" else None, clip_eps=0.2,
+        normalize_reward=False, reward_clip=None,
         no_eos_penalty=None, lr=args.lr, weight_decay=0.0, max_grad_norm=1.0,
         schedule="constant", lora=None if args.full_ft else LoRAConfig(r=2, alpha=4.0),
         bf16=args.precision == "bf16", seed=args.seed, threads=threads, sample_every=0,
@@ -158,7 +146,7 @@ def ppo_config(args: argparse.Namespace, threads: int) -> PPOConfig:
 
 def run_ours(root: Path, base: Path, prompts: list[Prompt], counter: CountingRubric,
              cfg: PPOConfig) -> dict:
-    """`coachlm ppo --algo rloo` as `run_ppo` does it (fp32 model, LoRA seeded), timed phases."""
+    """`coachlm ppo --algo rloo|grpo` as `run_ppo` does it (fp32 model, LoRA seeded), timed phases."""
     tok = load_tokenizer(base)
     model = load_model(base, dtype=torch.float32, tokenizer=tok)
     if cfg.lora is not None:
@@ -186,87 +174,6 @@ def run_ours(root: Path, base: Path, prompts: list[Prompt], counter: CountingRub
             "phases": phase_times(seconds, generate=s["generate"],
                               logprobs_ref=s["rollout"] - s["generate"],
                               score=s["score_responses"], update=s["ppo_update"])}
-
-
-def _timed_trl_trainer(phases: Phases, **kwargs: Any) -> Any:
-    """TRL's RLOOTrainer, unchanged, with its sampling, scoring and rollout calls timed, and a
-    callback timing its training loop alone (after `train()` has set itself up) as "loop"."""
-    from transformers import TrainerCallback
-    from trl import RLOOTrainer
-
-    class LoopClock(TrainerCallback):
-        start = 0.0
-
-        def on_train_begin(self, *a: Any, **k: Any) -> None:
-            self.start = time.perf_counter()
-
-        def on_train_end(self, *a: Any, **k: Any) -> None:
-            phases.seconds["loop"] += time.perf_counter() - self.start
-
-    class TimedRLOOTrainer(RLOOTrainer):
-        def _generate_single_turn(self, *a: Any, **k: Any) -> Any:
-            return phases.wrap("generate", super()._generate_single_turn)(*a, **k)
-
-        def _calculate_rewards(self, *a: Any, **k: Any) -> Any:
-            return phases.wrap("score", super()._calculate_rewards)(*a, **k)
-
-        def _generate_and_score_completions(self, *a: Any, **k: Any) -> Any:
-            return phases.wrap("rollout", super()._generate_and_score_completions)(*a, **k)
-
-    return TimedRLOOTrainer(callbacks=[LoopClock()], **kwargs)
-
-
-def trl_args(root: Path, cfg: PPOConfig) -> Any:
-    """RLOOConfig doing coachlm's work: see the module docstring for each choice."""
-    from trl import RLOOConfig
-
-    micro = cfg.micro_batch_size
-    return RLOOConfig(**common_trl_args(
-        root, cfg.optimizer_steps, micro, cfg.lr, "bf16" if cfg.bf16 else "fp32",
-        gradient_accumulation_steps=cfg.mini_batch_size // micro,
-        steps_per_generation=cfg.episodes // micro, num_iterations=cfg.ppo_epochs,
-        num_generations=cfg.samples_per_prompt, max_completion_length=cfg.max_new_tokens,
-        temperature=1.0, top_k=0, top_p=1.0, min_p=None, repetition_penalty=1.0,
-        use_vllm=False, beta=cfg.kl_coef, epsilon=cfg.clip_eps, normalize_advantages=False,
-        reward_clip_range=None, mask_truncated_completions=False, shuffle_dataset=False,
-        lr_scheduler_type="constant", warmup_steps=0, adam_beta2=0.95, seed=cfg.seed,
-        data_seed=cfg.seed, disable_dropout=True, logging_steps=cfg.optimizer_steps,
-        log_completions=False))
-
-
-def run_trl(root: Path, base: Path, ordered: list[Prompt], counter: CountingRubric,
-            cfg: PPOConfig) -> dict:
-    from datasets import Dataset
-    from peft import LoraConfig
-
-    def rubric(prompts: list, completions: list, completion_ids: list, **_: Any) -> list[float]:
-        return counter.score([p[-1]["content"] for p in prompts],
-                             [c[-1]["content"] for c in completions], completion_ids)
-
-    tok = load_tokenizer(base)
-    model = load_model(base, dtype=torch.float32, tokenizer=tok)
-    peft_config = None if cfg.lora is None else LoraConfig(
-        task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
-        target_modules=list(LLAMA_TARGETS))
-    data = Dataset.from_dict({"prompt": [[{"role": m.role, "content": m.content} for m in p]
-                                         for p in ordered]})
-    phases = Phases()
-    with contextlib.redirect_stdout(sys.stderr):  # TRL prints its logs; keep stdout JSON
-        trainer = _timed_trl_trainer(
-            phases, model=model, reward_funcs=rubric, args=trl_args(root, cfg),
-            train_dataset=data, processing_class=tok, peft_config=peft_config)
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        trainer.train()
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    s = phases.seconds
-    counts = counter.counts(cfg.ppo_epochs)
-    num_tokens = int(trainer.state.num_input_tokens_seen)
-    return {**counts, **rates(counts["tokens"], seconds, cpu, s["loop"]),
-            "own_counts": {"num_tokens": num_tokens,
-                           "num_tokens_x_iterations": num_tokens * cfg.ppo_epochs},
-            "phases": phase_times(seconds, generate=s["generate"],
-                              logprobs_ref=s["rollout"] - s["generate"] - s["score"],
-                              score=s["score"], update=s["loop"] - s["rollout"])}
 
 
 def world_setup(args: argparse.Namespace, root: Path, threads: int) -> tuple[Path, list[Prompt]]:
@@ -307,6 +214,7 @@ def _check_trl_prompt_ids(tok: Any, prompts: list[Prompt]) -> None:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--algo", choices=("rloo", "grpo"), default="rloo")
     p.add_argument("--preset", default="world-small")
     p.add_argument("--sft-steps", type=int, default=0,
                    help="fine-tune the fresh model on world demonstrations first (0: fresh)")
@@ -348,7 +256,7 @@ def _utilization(run: dict, params: int, peak: float) -> dict[str, float]:
 def _setup(args: argparse.Namespace, cfg: PPOConfig, threads: int,
            prompt_tokens: float) -> dict[str, Any]:
     training = "full" if cfg.lora is None else f"lora r={cfg.lora.r} alpha={cfg.lora.alpha}"
-    return {"preset": args.preset, "sft_steps": args.sft_steps, "rollouts": cfg.steps,
+    return {"algo": cfg.algo, "preset": args.preset, "sft_steps": args.sft_steps, "rollouts": cfg.steps,
             "prompts_per_rollout": cfg.rollout_batch_size,
             "samples_per_prompt": cfg.samples_per_prompt, "episodes": cfg.steps * cfg.episodes,
             "max_new_tokens": cfg.max_new_tokens, "mini_batch_size": cfg.mini_batch_size,

@@ -206,10 +206,12 @@ def main(argv: list[str]) -> dict:
             run["heldout_accuracy"] = run_rm_eval(RMEvalConfig(
                 model=run.pop("_model"), data=(root / "heldout.jsonl",), max_length=args.max_length))["accuracy"]
             median_speeds(run, speeds[layout], speeds[f"{layout}_cpu"])
-            run.update(utilization(params, run["tokens_per_s"], peak))
+            run.update(utilization(params, run["tokens_per_s"], peak,
+                                   tokens_per_cpu_s=run["tokens_per_cpu_s"]))
         trl["heldout_accuracy"] = trl_accuracy(trl.pop("_model"), held, tok, args.max_length)
         median_speeds(trl, speeds["trl"], speeds["trl_cpu"])
-        trl.update(utilization(params, trl["tokens_per_s"], peak))
+        trl.update(utilization(params, trl["tokens_per_s"], peak,
+                               tokens_per_cpu_s=trl["tokens_per_cpu_s"]))
     first = ours[args.layouts.split(",")[0]]
     return {
         "setup": {"data": args.data, "backbone": args.preset if args.data == "world" else "stories260K",

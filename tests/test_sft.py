@@ -190,3 +190,35 @@ def test_packing_check_detects_models_that_leak_across_examples():
 
     assert not packing_supported(Leaky())
     assert packing_supported(GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=32)))
+
+
+@pytest.mark.slow
+def test_compiled_sft_has_the_eager_losses_and_saves_plain_keys(base_and_data, tmp_path):
+    root = base_and_data
+    losses = {}
+    for compiled in (False, True):
+        out = tmp_path / str(compiled)
+        cfg = SFTConfig(model=root / "base", data=(root / "demos.jsonl",), out=out, val_fraction=0.0,
+                        compile=compiled, train=TrainConfig(lr=5e-3, max_steps=2, batch_size=8,
+                                                            log_every=1, bf16=False, threads=1))
+        final = sft(cfg)[1]
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[compiled] = [r["loss"] for r in rows if "loss" in r]
+        load_model(final)  # state-dict keys unprefixed: the saved model loads as any other
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_compile_needs_a_body_and_a_compiler(tok, monkeypatch):
+    from coachlm.errors import CoachError
+    from coachlm.models.compiled import compile_body
+
+    with pytest.raises(CoachError, match="no separate transformer body"):
+        compile_body(torch.nn.Linear(2, 2))
+    model = tiny_model(tok)
+    keys = list(model.state_dict())
+    assert compile_body(model) is model.model and model.model._compiled_call_impl is not None
+    assert list(model.state_dict()) == keys  # compiled in place: no `_orig_mod.` prefixes
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(CoachError, match="needs a C\\+\\+ compiler"):
+        compile_body(tiny_model(tok))

@@ -46,6 +46,7 @@ from coachlm.data.schema import Prompt
 from coachlm.errors import CoachError
 from coachlm.models.load import (ModelLoadError, _check_dir, disable_dropout, load_tokenizer,
                                   resolve_dtype, save_pretrained)
+from coachlm.models.attention import use_fp32_attention
 from coachlm.models.lora import LoRAConfig
 
 REWARD_FILE = "reward.json"
@@ -181,6 +182,7 @@ def build_reward_model(path: str | Path, tokenizer: Any, lora: LoRAConfig | None
                        seed: int = 0) -> RewardModel:
     """A fresh reward model on the backbone in `path`, in fp32 (autocast does bf16)."""
     backbone = load_backbone(path, torch.float32, tokenizer)
+    use_fp32_attention(backbone)  # bf16 autocast on CPU: attention in fp32 is faster
     if lora is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -59,6 +59,9 @@ class SFTConfig:
     # when the model's attention honours restarting position ids (checked on the model itself).
     pack: bool | None = None
     skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
+    # torch.compile the transformer body (`models.compiled`): fewer, fused elementwise kernels,
+    # ~20% less CPU per step at world-25m, after ~70 CPU s of compiling; off by default.
+    compile: bool = False
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=2e-4, warmup_ratio=0.03, max_steps=300, batch_size=16, checkpoint_every=100))
 

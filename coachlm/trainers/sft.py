@@ -31,6 +31,8 @@ from coachlm.data.invalid import InvalidRecords
 from coachlm.data.io import read_records
 from coachlm.errors import CoachError, DataError
 from coachlm.memory import release_free_memory
+from coachlm.models.attention import use_fp32_attention
+from coachlm.models.compiled import compile_body
 from coachlm.models.load import load_model, load_tokenizer
 from coachlm.models.lora import apply_lora
 from coachlm.models.modes import eval_mode
@@ -98,6 +100,7 @@ def packing_supported(model: torch.nn.Module) -> bool:
 
 def _model(cfg: SFTConfig, tok: Any) -> torch.nn.Module:
     model = load_model(cfg.model, dtype=torch.float32, tokenizer=tok)
+    use_fp32_attention(model)  # bf16 autocast on CPU: attention in fp32 is faster (models.attention)
     if cfg.lora is not None:
         with torch.random.fork_rng():  # LoRA init must not shift the run's seeded RNG streams
             torch.manual_seed(cfg.train.seed)
@@ -117,6 +120,8 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     if pack and not supported:
         raise CoachError(f"{type(model).__name__} does not isolate packed examples by position "
                          "ids (their logits change when packed); set pack: false")
+    if cfg.compile:  # after the packing probe, whose no-grad forwards would compile a graph too
+        compile_body(model)
     tcfg = cfg.train
     batches = ExampleBatches(train_ex, tcfg.batch_size, tok.pad_token_id, seed=tcfg.seed,
                              bucket_batches=cfg.bucket_batches, pack=pack)
