@@ -36,8 +36,10 @@ vllm-env:
 demo: install
 	$(VENV)/bin/coachlm demo --out $(OUT)
 
+# One pytest worker per usable CPU (tests/conftest.py gives each its own cores); a file's tests
+# stay on one worker, so its module fixtures are built once. `pytest tests/test_x.py` runs serially.
 test: install-dev system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs
