@@ -41,6 +41,20 @@ def pytest_xdist_auto_num_workers(config):
     return usable_cpus()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with `slow` tests first, the most first (a stable sort: order within a file and among
+    the rest is kept). A worker that draws a long file late keeps the run going alone after the
+    other workers are done; longest-first scheduling leaves the short files to fill in the end.
+    `make test` passes --no-loadscope-reorder, which makes xdist keep this order."""
+    def file(item) -> str:
+        return item.nodeid.split("::")[0]
+
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[file(item)] = slow.get(file(item), 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[file(item)])
+
+
 @pytest.fixture(autouse=True)
 def _quiet(monkeypatch):
     monkeypatch.setenv("COACHLM_NO_PROGRESS", "1")

@@ -27,6 +27,7 @@ def _common(out: Path, accum: int) -> list[str]:
             "train.device=cpu", "train.checkpoint_every=0", "val_fraction=0.1"]
 
 
+@pytest.mark.slow
 def test_fsdp_sft_two_processes_equal_one(files, tmp_path):  # noqa: F811
     def args(out, accum):
         return [*_sft_args(files, out, accum), "train.checkpoint_every=0"]
@@ -35,6 +36,7 @@ def test_fsdp_sft_two_processes_equal_one(files, tmp_path):  # noqa: F811
     assert_same_run(tmp_path / "one", tmp_path / "two", distributed="FSDP")
 
 
+@pytest.mark.slow
 def test_fsdp_dpo_lora_adapter_reference_equal_one(files, tmp_path):  # noqa: F811
     """LoRA under FSDP: frozen base and trainable adapter in the same shards, the reference
     policy the same sharded weights with the adapter off; saved merged and as an adapter."""
@@ -48,6 +50,7 @@ def test_fsdp_dpo_lora_adapter_reference_equal_one(files, tmp_path):  # noqa: F8
     assert (tmp_path / "two" / "final" / "adapter" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_fsdp_reward_model_equal_one(files, tmp_path):  # noqa: F811
     def args(out, accum):
         return ["rm", "--model", str(files / "base"), "--data", str(files / "prefs.jsonl"),
