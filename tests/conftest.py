@@ -17,7 +17,8 @@ from coachlm.cpus import usable_cpus
 
 def _worker_cpus() -> set[int] | None:
     """This xdist worker's share of the CPUs (None: not a worker, or fewer CPUs than workers)."""
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not worker or not count or not hasattr(os, "sched_setaffinity"):
         return None
     index, workers = int(worker.removeprefix("gw")), int(count)
