@@ -33,6 +33,7 @@ def _common(out: Path, accum: int) -> list[str]:
             "train.device=cpu", "train.checkpoint_every=0", "val_fraction=0.1"]
 
 
+<<<<<<< HEAD
 def _interrupted(run: Path, to: Path) -> Path:
     """A copy of a finished 4-step run as if it had stopped after step 2 (its step-2
     checkpoint the latest, no final model); the lines of steps 3 and 4 stay, to be replaced."""
@@ -64,8 +65,18 @@ def test_fsdp_sft_equal_one_and_checkpoints_resume_on_any_processes(files, tmp_p
     on_two = _interrupted(one, tmp_path / "on-two")
     launch([*_sft_args(files, on_two, 1), "--resume"], config_file=FSDP)
     assert_same_run(one, on_two, distributed="FSDP")
+=======
+@pytest.mark.slow
+def test_fsdp_sft_two_processes_equal_one(files, tmp_path):  # noqa: F811
+    def args(out, accum):
+        return [*_sft_args(files, out, accum), "train.checkpoint_every=0"]
+    launch(args(tmp_path / "two", 1), config_file=FSDP)
+    run_cli(args(tmp_path / "one", 2))
+    assert_same_run(tmp_path / "one", tmp_path / "two", distributed="FSDP")
+>>>>>>> suite
 
 
+@pytest.mark.slow
 def test_fsdp_dpo_lora_adapter_reference_equal_one(files, tmp_path):  # noqa: F811
     """LoRA under FSDP: frozen base and trainable adapter in the same shards, the reference
     policy the same sharded weights with the adapter off; saved merged and as an adapter."""
@@ -79,6 +90,7 @@ def test_fsdp_dpo_lora_adapter_reference_equal_one(files, tmp_path):  # noqa: F8
     assert (tmp_path / "two" / "final" / "adapter" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_fsdp_reward_model_equal_one(files, tmp_path):  # noqa: F811
     def args(out, accum):
         return ["rm", "--model", str(files / "base"), "--data", str(files / "prefs.jsonl"),

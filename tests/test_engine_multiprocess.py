@@ -128,6 +128,7 @@ def _sft_args(files: Path, out: Path, accum: int, steps: int = 4) -> list[str]:
             "train.bf16=false", "train.device=cpu", "val_fraction=0.1"]
 
 
+@pytest.mark.slow
 def test_sft_two_processes_equal_one_and_resume_on_one(files, tmp_path):
     launch(_sft_args(files, tmp_path / "two", accum=1))
     run_cli(_sft_args(files, tmp_path / "one", accum=2))
@@ -147,6 +148,7 @@ def test_sft_two_processes_equal_one_and_resume_on_one(files, tmp_path):
         run_cli([*_sft_args(files, resumed, accum=1), "--resume"])
 
 
+@pytest.mark.slow
 def test_reward_model_two_processes_equal_one(files, tmp_path):
     def args(out, accum):
         return ["rm", "--model", str(files / "base"), "--data", str(files / "prefs.jsonl"),
@@ -162,6 +164,7 @@ def test_reward_model_two_processes_equal_one(files, tmp_path):
     assert (two["gain"], two["bias"]) == pytest.approx((one["gain"], one["bias"]), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_dpo_two_processes_equal_one(files, tmp_path):
     def args(out, accum):
         return ["dpo", "--model", str(files / "base"), "--data", str(files / "prefs.jsonl"),
@@ -199,6 +202,7 @@ def assert_same_ppo_run(one: Path, two: Path) -> None:
     assert json.loads((two / "summary.json").read_text())["processes"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_ppo_two_processes_equal_one(files, tmp_path, algo):
     """Rollouts sharded (2 prompts x 2 samples per process), advantages whitened over the

@@ -186,6 +186,7 @@ def test_prompt_stream_resumes():
 # ------------------------------------------------------------------------------- learning
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["ppo", "grpo", "rloo"])
 def test_learns_rule_reward(tmp_path, algo):
     # Reward = fraction of response tokens in the lower half of the vocabulary: about 0.5 for
@@ -221,6 +222,7 @@ def _weights(model):
     return {k: v.clone() for k, v in trainable_state(model).items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["ppo", "rloo"])
 def test_resume_equals_uninterrupted(tmp_path, algo):
     spp = 1 if algo == "ppo" else 2
