@@ -33,7 +33,6 @@ def _common(out: Path, accum: int) -> list[str]:
             "train.device=cpu", "train.checkpoint_every=0", "val_fraction=0.1"]
 
 
-<<<<<<< HEAD
 def _interrupted(run: Path, to: Path) -> Path:
     """A copy of a finished 4-step run as if it had stopped after step 2 (its step-2
     checkpoint the latest, no final model); the lines of steps 3 and 4 stay, to be replaced."""
@@ -43,6 +42,7 @@ def _interrupted(run: Path, to: Path) -> Path:
     return to
 
 
+@pytest.mark.slow
 def test_fsdp_sft_equal_one_and_checkpoints_resume_on_any_processes(files, tmp_path):  # noqa: F811
     """SFT, 4 steps, checkpoints at steps 2 and 4 (torch.distributed.checkpoint)."""
     two, one = tmp_path / "two", tmp_path / "one"
@@ -65,15 +65,6 @@ def test_fsdp_sft_equal_one_and_checkpoints_resume_on_any_processes(files, tmp_p
     on_two = _interrupted(one, tmp_path / "on-two")
     launch([*_sft_args(files, on_two, 1), "--resume"], config_file=FSDP)
     assert_same_run(one, on_two, distributed="FSDP")
-=======
-@pytest.mark.slow
-def test_fsdp_sft_two_processes_equal_one(files, tmp_path):  # noqa: F811
-    def args(out, accum):
-        return [*_sft_args(files, out, accum), "train.checkpoint_every=0"]
-    launch(args(tmp_path / "two", 1), config_file=FSDP)
-    run_cli(args(tmp_path / "one", 2))
-    assert_same_run(tmp_path / "one", tmp_path / "two", distributed="FSDP")
->>>>>>> suite
 
 
 @pytest.mark.slow

@@ -93,7 +93,7 @@ def test_two_rounds_through_the_store_then_all_cached(tmp_path):
     assert len({x[1] for x in labels}) == len(labels)  # no label twice
     rm2 = json.loads((out / "r2" / "rm" / "stage.json").read_text())
     assert rm2["input_refs"]["data"] == ["r1/feedback.data", "r2/feedback.data"]
-    assert rm2["input_refs"]["model"] == "r1/rm.model"
+    assert rm2["input_refs"]["model"] == "sft.model"  # the shipped loop retrains its RM
     sample2 = json.loads((out / "r2" / "sample" / "stage.json").read_text())
     assert sample2["input_refs"]["model"] == "r1/ppo.model" and sample2["config"]["offset"] == 6
     board = summary["leaderboard"]
@@ -328,4 +328,4 @@ def test_round_2_continues_the_adapter_so_its_kl_reference_stays_sft(tmp_path):
     # The trainer's first rollout of round 2 sees the KL to SFT that round 1 left (a fresh
     # adapter, as before, measured 0 there).
     first = json.loads((out / "r2" / "ppo" / "metrics.jsonl").read_text().splitlines()[0])
-    assert first["kl"] > 1e-3
+    assert abs(first["kl"]) > 1e-3  # a k1 estimate: nonzero, of either sign on few samples
