@@ -339,3 +339,85 @@ def test_samples_of_one_prompt_equal_a_prompt_alone(dtype):
     if dtype == "model":
         for i, lp in enumerate(shared.logprobs):
             assert lp == pytest.approx(alone.logprobs[i // 2], abs=1e-5)
+
+
+# ------------------------------------------------------------------- bf16 (issue 15)
+
+BF16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+
+
+@pytest.mark.parametrize("view", ["merged", "fused", "base"])
+def test_lora_views_with_weights_cast_once_equal_autocast_bit_for_bit(view):
+    """Under bf16 autocast the views' frozen weights cast once on entry give exactly what
+    autocast's own cast in every forward gives (logits, and the adapter's gradients)."""
+    model = lora_policy()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.tensor([random_prompts([9], len(tokenizer()))[0]])  # (1, 9)
+    out = []
+    for dtype in (None, torch.bfloat16):
+        model.zero_grad()
+        with BF16(), lora_view(model, view, dtype):
+            logits = model(input_ids=ids).logits
+            if dtype is not None and view != "base":  # the swapped layer holds bf16 weights
+                layer = model.base_model.model.model.layers[0].self_attn.q_proj
+                assert next(t for t in (getattr(layer, "weight", None),
+                                        getattr(getattr(layer, "base", None), "weight", None))
+                            if t is not None).dtype == torch.bfloat16
+        if view == "fused":  # the only view that trains the adapter
+            logits.float().logsumexp(-1).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()
+                 if p.requires_grad and p.grad is not None}
+        out.append((logits, grads))
+    assert torch.equal(out[0][0], out[1][0])
+    assert out[0][1].keys() == out[1][1].keys()
+    assert all(torch.equal(out[0][1][k], out[1][1][k]) for k in out[0][1])
+    assert (len(out[0][1]) == 28) == (view == "fused")  # base and merged: no adapter in the graph
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # fp32, untouched
+
+
+def test_bf16_sampling_copy_keeps_the_policy_ties_and_rotary_frequencies():
+    from coachlm.models.attention import use_fp32_attention
+    from coachlm.rollout.sampling import cast_copy
+
+    model = lora_policy()
+    assert use_fp32_attention(model)
+    with torch.no_grad(), lora_view(model, "merged", torch.bfloat16):
+        c = cast_copy(model, torch.bfloat16)
+    assert {p.dtype for p in c.parameters()} == {torch.bfloat16}
+    assert not any(p.requires_grad for p in c.parameters())
+    assert c.lm_head.weight is c.model.embed_tokens.weight  # tied as in the policy
+    assert c.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert c.config._attn_implementation == "sdpa"  # decode attends in bf16 ...
+    assert model.config._attn_implementation == "sdpa_fp32"  # ... the policy's config unchanged
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    ids = torch.tensor([random_prompts([9], len(tokenizer()))[0]])  # (1, 9)
+    with torch.no_grad():
+        want = model(input_ids=ids).logits.log_softmax(-1)
+        got = c(input_ids=ids).logits.float().log_softmax(-1)
+    assert (got - want).abs().max() < 0.1  # the policy, up to bf16 rounding
+
+
+def test_bf16_rollout_samples_a_bf16_copy_and_recomputes_under_autocast(monkeypatch):
+    """A bf16 rollout decodes on a bf16 copy of the merged policy (a static cache, no casts),
+    leaves the fp32 policy as it was, and its recomputed logprobs are the policy's."""
+    tok = tokenizer()
+    ac = ActorCritic(lora_policy(), None)
+    before = {k: v.clone() for k, v in ac.state_dict().items()}
+    seen = []
+    plain = sampling._generate_batch
+
+    def spy(model, *args, **kwargs):
+        seen.append({p.dtype for p in model.parameters()})
+        return plain(model, *args, **kwargs)
+
+    monkeypatch.setattr(sampling, "_generate_batch", spy)
+    ids = [encode_prompt(tok, p) for p in PROMPTS]
+    cfg = config(2, algo="rloo")
+    exp, gen, _ = rollout(ac, None, tok, ids, cfg, seed=3, autocast=BF16, dtype=torch.bfloat16)
+    assert seen == [{torch.bfloat16}]
+    assert all(torch.equal(before[k], v) for k, v in ac.state_dict().items())
+    with torch.no_grad():  # the fp32 policy's logprobs of the sampled tokens
+        want, _, _ = ac(exp.sequences, exp.attention_mask, exp.action_mask, 1.0)
+    mask = exp.action_mask
+    assert (exp.logprobs - want).abs()[mask].max() < 0.1
+    assert (exp.logprobs - want).abs()[mask].mean() < 0.02

@@ -143,7 +143,7 @@ def test_pad_is_never_sampled_and_logprobs_use_the_temperature():
     assert lp.item() == pytest.approx(math.log(3.0) - math.log(1 + 3), abs=1e-5)
 
 
-def test_bf16_autocast_keeps_the_model_and_its_mode():
+def test_bf16_sampling_keeps_the_model_and_its_mode():
     tok, model = tokenizer(), tiny_model()
     model.train()
     gen = generate(model, tok, random_prompts([4, 6], len(tok)),

@@ -108,21 +108,40 @@ def merge_lora(model: PeftModel) -> torch.nn.Module:
     return model.merge_and_unload()
 
 
+class _BaseLinear(nn.Module):
+    """A frozen base Linear, its weight cast once to `dtype`.
+
+    Under bf16 autocast a frozen weight is cast again by every forward: autocast caches only
+    casts of leaf tensors that require grad, and LoRA's base weights do not. At world-25m those
+    casts (`aten::copy_`) took about as long as the matmuls of the no-grad logprob passes; one
+    cast per view is 50 MB of bf16 for 25M weights, alive for the view's block only."""
+
+    def __init__(self, base: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        with torch.no_grad():
+            self.register_buffer("weight", base.weight.to(dtype), persistent=False)
+        self.bias = base.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
 class _FusedLoRA(nn.Module):
     """y = x W^T + b + s (dropout(x) A^T) B^T, peft's LoRA Linear (Hu et al., 2021) in two
     matmuls: the low-rank update joins the base output in one `addmm` (scale and add fused),
     where peft runs a matmul, a scale and an add over a fresh (tokens, out) tensor each, together
     half the cost of the base matmul on world-small. Shares the LoRA layer's parameters."""
 
-    def __init__(self, layer: nn.Module, adapter: str):
+    def __init__(self, layer: nn.Module, adapter: str, dtype: torch.dtype | None = None):
         super().__init__()
-        self.base = layer.get_base_layer()
+        base = layer.get_base_layer()
+        self.base = base if dtype is None else _BaseLinear(base, dtype)
         self.lora_A, self.lora_B = layer.lora_A[adapter], layer.lora_B[adapter]
         self.dropout, self.scaling = layer.lora_dropout[adapter], layer.scaling[adapter]
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, x.shape[-1])  # (M, in)
-        y = F.linear(flat, self.base.weight, self.base.bias)  # (M, out)
+        y = self.base(flat)  # (M, out)
         low = F.linear(self.dropout(flat), self.lora_A.weight)  # (M, r)
         y = torch.addmm(y, low, self.lora_B.weight.t(), alpha=self.scaling)  # (M, out)
         return y.reshape(*x.shape[:-1], y.shape[-1])
@@ -131,11 +150,12 @@ class _FusedLoRA(nn.Module):
 class _MergedLinear(nn.Module):
     """A LoRA Linear with its update merged: W + s B A, a new tensor (the layer is untouched)."""
 
-    def __init__(self, layer: nn.Module, adapter: str):
+    def __init__(self, layer: nn.Module, adapter: str, dtype: torch.dtype | None = None):
         super().__init__()
         base = layer.get_base_layer()
         with torch.no_grad():
-            self.register_buffer("weight", base.weight + layer.get_delta_weight(adapter))
+            weight = base.weight + layer.get_delta_weight(adapter)
+            self.register_buffer("weight", weight if dtype is None else weight.to(dtype))
         self.bias = base.bias
 
     def forward(self, x: Tensor) -> Tensor:
@@ -153,13 +173,18 @@ def _plain_adapter(layer: nn.Module) -> str | None:
 
 
 @contextlib.contextmanager
-def lora_view(model: nn.Module, view: Literal["merged", "fused", "base"]) -> Iterator[None]:
+def lora_view(model: nn.Module, view: Literal["merged", "fused", "base"],
+              dtype: torch.dtype | None = None) -> Iterator[None]:
     """Within the block, each LoRA layer of a peft model is swapped for a plain module:
 
       "merged": the base weights plus the update (sampling: one matmul per projection; the
                 adapter path cost ~20% of a decode step),
       "fused":  `_FusedLoRA`, the same parameters (the policy's no-grad pass and the update),
       "base":   the base layer alone (the reference policy, as with the adapter disabled).
+
+    `dtype` (bf16 under autocast): the frozen base (or merged) weights are used as copies in
+    `dtype`, cast once on entry rather than by every forward (`_BaseLinear`); the trainable
+    LoRA weights are never cast here.
 
     The peft modules are put back afterwards, untouched: the trained and the base weights stay
     bit-identical. A layer that is not plain LoRA keeps its peft module (the same function,
@@ -175,11 +200,13 @@ def lora_view(model: nn.Module, view: Literal["merged", "fused", "base"]) -> Ite
                                  "compute the reference policy")
             adapter = _plain_adapter(layer)
             if view == "base":
-                plain = layer.get_base_layer()
+                base = layer.get_base_layer()
+                plain = base if dtype is None or type(base) is not nn.Linear \
+                    else _BaseLinear(base, dtype)
             elif adapter is None:
                 continue
             else:
-                plain = (_MergedLinear if view == "merged" else _FusedLoRA)(layer, adapter)
+                plain = (_MergedLinear if view == "merged" else _FusedLoRA)(layer, adapter, dtype)
             parent, _, attr = name.rpartition(".")
             swaps.append((model.get_submodule(parent), attr, layer, plain))
     for parent, attr, _, plain in swaps:

@@ -36,6 +36,7 @@ from coachlm.data.chat import encode_prompt
 from coachlm.data.schema import Prompt
 from coachlm.errors import CoachError
 from coachlm.memory import release_free_memory
+from coachlm.models.attention import use_fp32_attention
 from coachlm.models.lora import trainable_fraction
 from coachlm.rl_math import AdaptiveKLController, FixedKLController
 from coachlm.rollout.generators import Generator, check_generator, make_generator
@@ -48,9 +49,9 @@ from coachlm.engine.config import TrainConfig
 from coachlm.engine.loop import (Trainee, check_checkpointing, checkpoint, make_optimizer, prepare,
                                  seed_everything)
 from coachlm.trainers.ppo_config import PPOConfig, PPORunConfig
-from coachlm.trainers.ppo_steps import (ActorCritic, RewardNorm, group_relative_advantages,
-                                        ppo_advantages, rollout, rollout_metrics, score_responses,
-                                        shape_rewards)
+from coachlm.trainers.ppo_steps import (ActorCritic, RewardNorm, frozen_dtype,
+                                        group_relative_advantages, ppo_advantages, rollout,
+                                        rollout_metrics, score_responses, shape_rewards)
 from coachlm.trainers.ppo_update import gather_experience, ppo_loss, ppo_update
 
 # Settings that fix the data order, the sampling streams and the update: a resume keeps them.
@@ -193,7 +194,7 @@ def _iteration(t: Trainee, ref_model: nn.Module | None, tokenizer: Any,
         exp, gen, entropy = rollout(ac, ref_model, tokenizer, sub_ids, cfg,
                                     seed=cfg.seed * 1_000_003 + run.step, autocast=eng.autocast,
                                     row_offset=mine.start * cfg.samples_per_prompt,
-                                    generator=generator)
+                                    generator=generator, dtype=frozen_dtype(eng))
     texts = decode_responses(tokenizer, gen)
     # 2. score
     raw, exp.scores = score_responses(reward, sub_prompts, texts, gen, cfg, norm)
@@ -272,6 +273,7 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
         out_dir.mkdir(parents=True, exist_ok=True)
     threads = engine.threads(cfg.threads)
     seed_everything(cfg.seed)
+    use_fp32_attention(model)  # bf16 autocast on CPU: attention in fp32 is faster (models.attention)
     ac, ref_model, tcfg, optimizer = _setup(engine, model, cfg, critic)
     lora = ref_model is None
     prompt_ids, truncated = fit_prompts(model, tokenizer,

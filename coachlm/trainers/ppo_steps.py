@@ -78,7 +78,8 @@ class ActorCritic(nn.Module):
         return logprobs, values, entropy
 
 
-def reference_context(ac: ActorCritic, ref_model: nn.Module | None) -> Any:
+def reference_context(ac: ActorCritic, ref_model: nn.Module | None,
+                      dtype: torch.dtype | None = None) -> Any:
     """(model, context) computing the reference policy: the same weights with the LoRA adapter
     off (its layers swapped for their base layers), or a separate frozen copy when fine-tuning
     every weight."""
@@ -87,7 +88,13 @@ def reference_context(ac: ActorCritic, ref_model: nn.Module | None) -> Any:
     if not isinstance(ac.policy, PeftModel):
         raise TypeError(f"the reference of a {type(ac.policy).__name__} policy without LoRA must "
                         "be a separate frozen copy")
-    return ac.policy, lora_view(ac.policy, "base")
+    return ac.policy, lora_view(ac.policy, "base", dtype)
+
+
+def frozen_dtype(engine: Any) -> torch.dtype | None:
+    """bf16 when the engine autocasts in bf16 (and holds whole weights): the frozen weights are
+    then cast once per rollout or update rather than by every forward (`lora_view`, `cast_copy`)."""
+    return torch.bfloat16 if engine.bf16 and not engine.sharded else None
 
 
 def _decide_sharing(ac: ActorCritic, cfg: PPOConfig, pad_id: int) -> bool:
@@ -100,16 +107,17 @@ def _decide_sharing(ac: ActorCritic, cfg: PPOConfig, pad_id: int) -> bool:
 
 
 def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cfg: PPOConfig,
-               share: bool) -> Tensor:
+               share: bool, dtype: torch.dtype | None = None) -> Tensor:
     """Fill exp.logprobs, exp.values and exp.ref_logprobs (no grad), micro-batch by
-    micro-batch, as the update will forward them. Returns the policy's entropy (B, N)."""
+    micro-batch, as the update will forward them (frozen weights cast once to `dtype` under
+    autocast). Returns the policy's entropy (B, N)."""
     entropy = torch.zeros_like(exp.logprobs)  # (B, N)
     rows_all = torch.arange(exp.sequences.shape[0])
     batches = [(rows, *exp.micro_batch(rows, share)) for rows in
                sorted_micro_batches(rows_all, exp, cfg.micro_batch_size, by_prompt=share)]
     # Eval mode: a dropout left in the model (the update leaves it in train mode) must not
     # make the old logprobs, values and the KL to the reference noisy.
-    with eval_mode(ac), lora_view(ac.policy, "fused"):  # as the update computes the policy
+    with eval_mode(ac), lora_view(ac.policy, "fused", dtype):  # as the update computes it
         for rows, e, shared in batches:
             n = e.action_mask.shape[1]
             lp, v, ent = ac(e.sequences, e.attention_mask, e.action_mask, cfg.temperature,
@@ -117,7 +125,7 @@ def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cf
             exp.logprobs[rows, :n], entropy[rows, :n] = lp.float(), ent.float()
             if exp.values is not None:
                 exp.values[rows, :n] = v.float()
-    ref, ref_ctx = reference_context(ac, ref_model)
+    ref, ref_ctx = reference_context(ac, ref_model, dtype)
     with eval_mode(ref), ref_ctx:
         for rows, e, shared in batches:
             lp = policy_forward(ref, None, e.sequences, e.attention_mask, e.action_mask,
@@ -130,12 +138,15 @@ def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cf
 def rollout(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
             prompt_ids: Sequence[Sequence[int]], cfg: PPOConfig, seed: int,
             autocast: Callable[[], Any], row_offset: int = 0,
-            generator: Generator | None = None) -> tuple[Experience, Generation, float]:
+            generator: Generator | None = None,
+            dtype: torch.dtype | None = None) -> tuple[Experience, Generation, float]:
     """# 1. generate: sample, then recompute logprobs / values / reference logprobs.
 
     Returns (experience, generation, mean token entropy of the policy on its samples).
     `generator`: the sampling engine (`rollout.generators`); None: the built-in sampler on the
-    policy's merged weights.
+    policy's merged weights. `dtype` (bf16: the engine's autocast precision): the built-in
+    sampler runs on a bf16 copy of the merged policy (`sampling.cast_copy`), and the no-grad
+    passes use the frozen weights cast once (`lora_view`'s dtype).
 
     Logprobs are recomputed rather than taken from the sampler (which ran on merged weights)
     so that the first PPO epoch's ratio is exactly 1: the same kernels as the update, on the
@@ -143,8 +154,9 @@ def rollout(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
     """
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                           top_k=0, top_p=1.0, n=cfg.samples_per_prompt,
-                          batch_size=cfg.episodes, seed=seed)
-    with lora_view(ac.policy, "merged"):
+                          batch_size=cfg.episodes, seed=seed,
+                          dtype="bf16" if dtype == torch.bfloat16 else "model")
+    with lora_view(ac.policy, "merged", None if generator else dtype):
         sample = generator or BuiltinGenerator(ac.policy, tokenizer)
         gen = sample(prompt_ids, scfg, row_offset=row_offset)
     sequences, attention_mask, action_mask = pack_rollout(
@@ -158,7 +170,7 @@ def rollout(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
         values=torch.zeros(B, N) if ac.has_critic else None, pad_id=tokenizer.pad_token_id)
     share = _decide_sharing(ac, cfg, tokenizer.pad_token_id)
     with autocast():
-        entropy = _recompute(ac, ref_model, exp, cfg, share)
+        entropy = _recompute(ac, ref_model, exp, cfg, share, dtype)
     if generator is not None and getattr(generator, "external", True) \
             and cfg.importance_cap is not None:
         exp.is_weights = truncated_importance_weights(

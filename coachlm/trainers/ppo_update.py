@@ -26,7 +26,7 @@ from coachlm.models.lora import lora_view
 from coachlm.rl_math import aggregation_weight
 from coachlm.rollout.experience import Experience, sorted_micro_batches
 from coachlm.trainers.ppo_config import PPOConfig
-from coachlm.trainers.ppo_steps import ActorCritic, _micro_loss
+from coachlm.trainers.ppo_steps import ActorCritic, _micro_loss, frozen_dtype
 
 # Response-side (B, N) fields, right-padded with zeros when gathered.
 _RESPONSE = ("logprobs", "ref_logprobs", "values", "kl", "rewards", "advantages", "returns",
@@ -61,7 +61,8 @@ def ppo_update(t: Trainee, exp: Experience, cfg: PPOConfig, tcfg: TrainConfig, o
     ac.train()
     # Sharded parameters exist whole only inside the wrapper's forward: there, peft's own LoRA
     # layers (the same function as the fused view, slower) must run.
-    with contextlib.nullcontext() if eng.sharded else lora_view(ac.policy, "fused"):
+    with contextlib.nullcontext() if eng.sharded else \
+            lora_view(ac.policy, "fused", frozen_dtype(eng)):
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(exp.sequences.shape[0], generator=generator)  # (B,)
             for mini in order.split(cfg.mini_batch_size):
