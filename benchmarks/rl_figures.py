@@ -33,16 +33,20 @@ def median(runs: list[dict]) -> dict:
 
 
 class Phases:
-    """Seconds spent in named calls (wrapped functions), summed over the run."""
+    """Seconds spent in named calls (wrapped functions), summed over the run: wall-clock
+    (`seconds`) and CPU of the process (`cpu`; on a shared machine the wall-clock of a phase
+    also holds the time other processes had the core)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
 
     def wrap(self, name: str, fn: Callable) -> Callable:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds[name] += time.perf_counter() - t0
+                self.cpu[name] += time.process_time() - c0
         return timed

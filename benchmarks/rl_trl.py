@@ -27,13 +27,14 @@ def _timed_trl_trainer(algo: str, phases: Phases, **kwargs: Any) -> Any:
     import trl
 
     class LoopClock(TrainerCallback):
-        start = 0.0
+        start = cpu = 0.0
 
         def on_train_begin(self, *a: Any, **k: Any) -> None:
-            self.start = time.perf_counter()
+            self.start, self.cpu = time.perf_counter(), time.process_time()
 
         def on_train_end(self, *a: Any, **k: Any) -> None:
             phases.seconds["loop"] += time.perf_counter() - self.start
+            phases.cpu["loop"] += time.process_time() - self.cpu
 
     class Timed(trl.GRPOTrainer if algo == "grpo" else trl.RLOOTrainer):
         def _generate_single_turn(self, *a: Any, **k: Any) -> Any:
@@ -98,12 +99,13 @@ def run_trl(root: Path, base: Path, ordered: list[Prompt], counter: Any,
         t0, cpu0 = time.perf_counter(), time.process_time()
         trainer.train()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    s = phases.seconds
     counts = counter.counts(cfg.ppo_epochs)
     num_tokens = int(trainer.state.num_input_tokens_seen)
-    return {**counts, **rates(counts["tokens"], seconds, cpu, s["loop"]),
+    return {**counts, **rates(counts["tokens"], seconds, cpu, phases.seconds["loop"]),
             "own_counts": {"num_tokens": num_tokens,
                            "num_tokens_x_iterations": num_tokens * cfg.ppo_epochs},
-            "phases": phase_times(seconds, generate=s["generate"],
-                              logprobs_ref=s["rollout"] - s["generate"] - s["score"],
-                              score=s["score"], update=s["loop"] - s["rollout"])}
+            **{key: phase_times(total, generate=s["generate"],
+                                logprobs_ref=s["rollout"] - s["generate"] - s["score"],
+                                score=s["score"], update=s["loop"] - s["rollout"])
+               for key, total, s in (("phases", seconds, phases.seconds),
+                                     ("phases_cpu", cpu, phases.cpu))}}

@@ -51,8 +51,8 @@ them so that a reader can check that the definitions agree.
 Speed is (generated + trained) tokens per wall-clock second and per CPU second of the process,
 over the training call (`train_ppo`, `trainer.train()`; model loading excluded for both), and
 per second of the loop alone (coachlm's summary seconds; TRL from its on_train_begin to
-on_train_end). `--repeats N` alternates the runs and reports medians. `phases` splits each
-side's seconds into sampling, the no-grad logprob passes (policy and reference; for coachlm also
+on_train_end). `--repeats N` alternates the runs and reports medians. `phases` (wall-clock) and
+`phases_cpu` (CPU seconds of the process) split each side's seconds into sampling, the no-grad logprob passes (policy and reference; for coachlm also
 merging the adapter before sampling), scoring and the update; "other" is the rest (set-up,
 coachlm's final checkpoint, decoding, logging).
 TRL's logs go to stderr; stdout is the JSON alone.
@@ -167,13 +167,14 @@ def run_ours(root: Path, base: Path, prompts: list[Prompt], counter: CountingRub
         t0, cpu0 = time.perf_counter(), time.process_time()
         result = train_ppo(model, tok, prompts, reward, cfg, root / "ours")
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    s = phases.seconds
     counts = counter.counts(cfg.ppo_epochs)
     return {**counts, **rates(counts["tokens"], seconds, cpu, result.summary["seconds"]),
             "own_counts": {k: result.summary[k] for k in ("generated_tokens", "trained_tokens")},
-            "phases": phase_times(seconds, generate=s["generate"],
-                              logprobs_ref=s["rollout"] - s["generate"],
-                              score=s["score_responses"], update=s["ppo_update"])}
+            **{key: phase_times(total, generate=s["generate"],
+                                logprobs_ref=s["rollout"] - s["generate"],
+                                score=s["score_responses"], update=s["ppo_update"])
+               for key, total, s in (("phases", seconds, phases.seconds),
+                                     ("phases_cpu", cpu, phases.cpu))}}
 
 
 def world_setup(args: argparse.Namespace, root: Path, threads: int) -> tuple[Path, list[Prompt]]:

@@ -421,3 +421,25 @@ def test_bf16_rollout_samples_a_bf16_copy_and_recomputes_under_autocast(monkeypa
     mask = exp.action_mask
     assert (exp.logprobs - want).abs()[mask].max() < 0.1
     assert (exp.logprobs - want).abs()[mask].mean() < 0.02
+
+
+def test_cast_base_weights_are_shared_and_follow_in_place_changes():
+    model = lora_policy()
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    ids = torch.tensor([random_prompts([9], len(tokenizer()))[0]])  # (1, 9)
+
+    def cast_weight():
+        with lora_view(model, "base", torch.bfloat16):
+            return model.base_model.model.model.layers[0].self_attn.q_proj.weight
+
+    first = cast_weight()
+    assert cast_weight() is first  # one cast for the policy's, the reference's and the update's
+    with torch.no_grad():
+        layer.base_layer.weight.mul_(2.0)  # e.g. a checkpoint loaded into the model
+    assert cast_weight() is not first
+    for view in ("fused", "base"):
+        with BF16(), torch.no_grad():
+            with lora_view(model, view):
+                want = model(input_ids=ids).logits
+            with lora_view(model, view, torch.bfloat16):
+                assert torch.equal(model(input_ids=ids).logits, want)
