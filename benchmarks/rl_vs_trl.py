@@ -67,7 +67,9 @@ length, where stopping rows early and padding matter). Run niced on a shared mac
 
 `--background-load [CORE]` runs a busy process pinned to one core (the last usable one by
 default) for the whole of both sides, the figure under load that issue 15 asks for; the JSON's
-setup.background_load says which core and how many CPU seconds the competitor got. `--preset
+setup.background_load says which core and how many CPU seconds the competitor got. It starts
+before the thread count is chosen: without `--threads` both sides get coachlm's default
+(`engine.accel.set_threads`), which leaves out cores that other work keeps busy. `--preset
 world-25m --precision bf16` is the real-shape run; MFU is nominal (see `_utilization`).
 """
 
@@ -271,6 +273,11 @@ def _setup(args: argparse.Namespace, cfg: PPOConfig, threads: int,
 def main(argv: list[str]) -> dict:
     args = parse(argv)
     os.environ.setdefault("COACHLM_NO_PROGRESS", "1")
+    with busy_core(args.background_load) as load:  # there before the thread count is chosen
+        return _main(args, load)
+
+
+def _main(args: argparse.Namespace, load: dict) -> dict:
     threads = set_threads(args.threads)
     peak = peak_gflops(args.peak, args.precision)
     try:
@@ -288,10 +295,9 @@ def main(argv: list[str]) -> dict:
         ordered = [prompts[i] for i in PromptStream(len(prompts), cfg.seed).take(
             cfg.steps * cfg.rollout_batch_size)]
         runs: dict[str, list[dict]] = {"ours": [], "trl": []}
-        with busy_core(args.background_load) as load:
-            for _ in range(args.repeats):  # alternate, so that load from other processes hits both
-                runs["ours"].append(run_ours(root, base, prompts, CountingRubric(lengths), cfg))
-                runs["trl"].append(run_trl(root, base, ordered, CountingRubric(lengths), cfg))
+        for _ in range(args.repeats):  # alternate, so that load from other processes hits both
+            runs["ours"].append(run_ours(root, base, prompts, CountingRubric(lengths), cfg))
+            runs["trl"].append(run_trl(root, base, ordered, CountingRubric(lengths), cfg))
     ours, trl = median(runs["ours"]), median(runs["trl"])
     for run in (ours, trl):
         run.update(_utilization(run, params, peak))

@@ -73,3 +73,65 @@ def test_v1_minus_one_is_no_quota(tmp_path):
 
 def test_this_machine_gives_at_least_one_cpu():
     assert 1 <= usable_cpus() <= len(__import__("os").sched_getaffinity(0))
+
+
+# ------------------------------------------------------------------- cores other work keeps busy
+
+STAT_0 = """cpu  300 200 100 1000 10 0 0 0 0 0
+cpu0 100 100 50 500 5 0 0 0 0 0
+cpu1 200 100 50 500 5 0 0 0 0 0
+intr 12345
+"""
+# 100 ticks later: core 0 idle 90 of them, core 1 busy 80 (user 30, nice 50) and idle 20.
+STAT_1 = """cpu  330 250 105 1110 10 0 0 0 0 0
+cpu0 100 100 55 590 5 0 0 0 0 0
+cpu1 230 150 50 520 5 0 0 0 0 0
+intr 12399
+"""
+
+
+def test_busy_share_per_core_with_and_without_nice(tmp_path):
+    from coachlm.cpus import busy_share, cpu_times
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text(STAT_0)
+    b.write_text(STAT_1)
+    assert cpu_times(a) == {0: (250, 755), 1: (350, 855)}  # the "cpu" total line is skipped
+    share = busy_share(cpu_times(a), cpu_times(b))
+    assert share == {0: 5 / 95, 1: 80 / 100}
+    # For a process at nice 0, niced work is no competition: core 1 was busy 30 of 100 ticks.
+    plain = busy_share(cpu_times(a, count_nice=False), cpu_times(b, count_nice=False))
+    assert plain[1] == 30 / 100
+
+
+def test_free_cpus_leaves_out_a_core_another_process_keeps_busy(tmp_path, monkeypatch):
+    from coachlm import cpus
+
+    stat = tmp_path / "stat"
+    stat.write_text(STAT_0)
+    monkeypatch.setattr(cpus.time, "sleep", lambda s: stat.write_text(STAT_1))
+    monkeypatch.setattr(cpus.os, "getpriority", lambda *a: 19)  # niced, as on a shared machine
+    assert cpus.free_cpus({0, 1}, stat=stat) == {0}
+    stat.write_text(STAT_0)
+    monkeypatch.setattr(cpus.os, "getpriority", lambda *a: 0)
+    assert cpus.free_cpus({0, 1}, stat=stat) == {0, 1}  # only niced work on core 1
+    assert cpus.free_cpus({0, 1}, stat=tmp_path / "missing") == {0, 1}  # no /proc/stat
+
+
+def test_default_threads_leave_busy_cores_to_their_owner(monkeypatch):
+    import torch
+
+    from coachlm.engine import accel
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(accel, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(accel, "free_cpus", lambda: {0})
+    try:
+        assert accel.set_threads(None) == 1  # one core busy with other work: one thread
+        assert accel.set_threads(2) == 2  # asked for: as asked
+        monkeypatch.setattr(accel, "free_cpus", lambda: set())
+        assert accel.set_threads(None) == 1  # at least one
+        monkeypatch.setattr(accel, "free_cpus", lambda: {0, 1})
+        assert accel.set_threads(None) == 2
+    finally:
+        torch.set_num_threads(before)

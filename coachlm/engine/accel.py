@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from coachlm.cpus import usable_cpus
+from coachlm.cpus import free_cpus, usable_cpus
 from coachlm.errors import CoachError
 
 
@@ -45,8 +45,11 @@ def fast_bf16(device: torch.device) -> bool:
 def set_threads(threads: int | None, processes: int = 1) -> int:
     """Set torch's intra-op threads: `threads`, else the cores this process may run on shared
     among the `processes` of this machine (N processes of all cores each oversubscribe); the
-    cores are those of the affinity mask within the cgroup CPU quota (`coachlm.cpus`)."""
+    cores are those of the affinity mask within the cgroup CPU quota (`coachlm.cpus`), and for
+    one process only those that no other process keeps busy (`free_cpus`)."""
     n = threads or max(1, usable_cpus() // max(processes, 1))
+    if not threads and processes <= 1:  # several processes of one job would see each other
+        n = max(1, min(n, len(free_cpus())))
     torch.set_num_threads(n)
     return n
 
