@@ -22,14 +22,11 @@ from pathlib import Path
 from typing import Any, Callable
 from unittest import mock
 
-import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import rl_vs_trl
 from profile_steps import group_of
 from coachlm.engine.accel import set_threads
-from coachlm.models.load import load_model, load_tokenizer
-from coachlm.models.lora import apply_lora
 from coachlm.trainers import ppo as ppo_module
 from coachlm.trainers import ppo_steps
 from coachlm.rollout import generators as generators_module
@@ -105,16 +102,8 @@ def main(argv: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         base, prompts = rl_vs_trl.world_setup(args, root, threads)
-        tok = load_tokenizer(base)
-        model = load_model(base, dtype=torch.float32, tokenizer=tok)
-        if cfg.lora is not None:
-            with torch.random.fork_rng():
-                torch.manual_seed(cfg.seed)
-                model = apply_lora(model, cfg.lora)
         counter = rl_vs_trl.CountingRubric({p[-1].content: 0 for p in prompts})
-
-        def reward(ps, texts, ids):
-            return torch.tensor(counter.score([p[-1].content for p in ps], texts, ids))
+        tok, model, reward = rl_vs_trl.our_policy(base, cfg, counter)
 
         patches = [mock.patch.object(generators_module, "generate",
                                      clock.wrap("generate", generators_module.generate)),

@@ -146,9 +146,9 @@ def ppo_config(args: argparse.Namespace, threads: int) -> PPOConfig:
         log_every=1)
 
 
-def run_ours(root: Path, base: Path, prompts: list[Prompt], counter: CountingRubric,
-             cfg: PPOConfig) -> dict:
-    """`coachlm ppo --algo rloo|grpo` as `run_ppo` does it (fp32 model, LoRA seeded), timed phases."""
+def our_policy(base: Path, cfg: PPOConfig, counter: CountingRubric) -> tuple[Any, Any, Any]:
+    """(tokenizer, policy, reward) as `run_ppo` makes them: the fp32 model, LoRA seeded, and
+    the counting rubric as coachlm's reward function."""
     tok = load_tokenizer(base)
     model = load_model(base, dtype=torch.float32, tokenizer=tok)
     if cfg.lora is not None:
@@ -158,6 +158,13 @@ def run_ours(root: Path, base: Path, prompts: list[Prompt], counter: CountingRub
 
     def reward(ps: Sequence[Prompt], texts: Sequence[str], ids: Sequence[Sequence[int]]):
         return torch.tensor(counter.score([p[-1].content for p in ps], texts, ids))  # (B,)
+    return tok, model, reward
+
+
+def run_ours(root: Path, base: Path, prompts: list[Prompt], counter: CountingRubric,
+             cfg: PPOConfig) -> dict:
+    """`coachlm ppo --algo rloo|grpo` as `run_ppo` does it, timed phases."""
+    tok, model, reward = our_policy(base, cfg, counter)
 
     phases = Phases()
     patches = [mock.patch.object(module, name, phases.wrap(name, getattr(module, name)))
