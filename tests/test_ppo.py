@@ -399,3 +399,20 @@ def test_long_prompts_are_cut_from_the_left_and_counted(tmp_path):
     cfg = small(steps=1, rollout_batch_size=4, mini_batch_size=4)
     result = train_ppo(policy(), tokenizer(), [long] + PROMPTS[:3], LowIds(), cfg, tmp_path)
     assert result.summary["truncated_prompts"] == 1
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_bf16_run_keeps_fp32_weights_and_attends_in_fp32(tmp_path, lora):
+    """bf16 (CPU autocast): the sampler's bf16 copy and the cast base weights are transient;
+    the policy stays fp32, trains, and attends in fp32 (`models.attention`)."""
+    model = policy(lora=lora)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = small(algo="rloo", bf16=True, steps=1, rollout_batch_size=4, samples_per_prompt=2,
+                mini_batch_size=8, micro_batch_size=4, ppo_epochs=1, sample_every=0)
+    result = train_ppo(model, tokenizer(), PROMPTS, LowIds(), cfg, tmp_path)
+    assert result.summary["bf16"] and model.config._attn_implementation == "sdpa_fp32"
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(("lora_" in k) == lora for k in changed)  # LoRA: the adapter only
+    assert all(v == v for v in result.metrics.values() if isinstance(v, float))  # no NaN
