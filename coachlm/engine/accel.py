@@ -48,7 +48,8 @@ def set_threads(threads: int | None, processes: int = 1) -> int:
     cores are those of the affinity mask within the cgroup CPU quota (`coachlm.cpus`), and for
     one process only those that no other process keeps busy (`free_cpus`)."""
     n = threads or max(1, usable_cpus() // max(processes, 1))
-    if not threads and processes <= 1:  # several processes of one job would see each other
+    # several processes of one job would see each other busy; one core has nothing to leave out
+    if not threads and processes <= 1 and n > 1:
         n = max(1, min(n, len(free_cpus())))
     torch.set_num_threads(n)
     return n
