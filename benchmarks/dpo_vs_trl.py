@@ -45,11 +45,13 @@ from coachlm.engine.accel import set_threads
 from coachlm.engine.config import TrainConfig
 
 
-def _final(rows: list[dict], keys: dict[str, str]) -> dict[str, float]:
-    """Means of the last logged values (up to 5 logs) of `keys` (ours name -> reported name)."""
+def _final(rows: list[dict], keys: dict[str, str], last: int) -> dict[str, float]:
+    """Means of the last `last` logged values of `keys` (ours name -> reported name). Both sides
+    report the last 5 steps: coachlm logs every step, TRL every 5 steps the mean over those 5
+    (averaging TRL's last few logs against coachlm's single last steps would favour coachlm)."""
     out = {}
     for ours, name in keys.items():
-        vals = [r[ours] for r in rows if ours in r][-5:]
+        vals = [r[ours] for r in rows if ours in r][-last:]
         if vals:
             out[name] = round(sum(vals) / len(vals), 4)
     return out
@@ -72,7 +74,7 @@ def run_ours(args: argparse.Namespace, root: Path, tcfg: TrainConfig) -> dict:
             "tokens_per_s": round(result.tokens / result.seconds, 1),
             "tokens_per_cpu_s": result.summary["tokens_per_cpu_s"],
             "layout": result.summary["layout"], "share_saving": result.summary["share_saving"],
-            **_final(rows, METRICS)}
+            **_final(rows, METRICS, last=5)}
 
 
 def run_trl(args: argparse.Namespace, root: Path, pairs: list, tok, precompute: bool) -> dict:
@@ -107,7 +109,7 @@ def run_trl(args: argparse.Namespace, root: Path, pairs: list, tok, precompute: 
     return {"tokens": tokens, "train_seconds": round(seconds, 3),
             "end_to_end_seconds": round(wall, 3), "end_to_end_cpu_seconds": round(cpu_all, 3),
             "tokens_per_s": round(tokens / seconds, 1), "tokens_per_cpu_s": round(tokens / cpu, 1),
-            **_final(logs, TRL_METRICS)}
+            **_final(logs, TRL_METRICS, last=1)}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -158,6 +160,7 @@ def main(argv: list[str]) -> dict:
     os.environ.setdefault("COACHLM_NO_PROGRESS", "1")
     threads = set_threads(args.threads)
     peak = peak_gflops(args.peak, args.precision)
+    cpu_peak = peak_gflops(args.peak, args.precision, per_cpu_second=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         base = _prepare(args, root)
@@ -167,7 +170,7 @@ def main(argv: list[str]) -> dict:
                            schedule="cosine", min_lr_ratio=0.0, warmup_steps=args.warmup,
                            max_steps=args.steps, batch_size=args.batch_size, grad_accum=1,
                            max_grad_norm=1.0, bf16=args.precision == "bf16", seed=0,
-                           log_every=5, threads=threads)
+                           log_every=1, threads=threads)
         probe = DPOConfig(model=base, data=(root / "train.jsonl",), out=root / "x",
                           max_length=args.max_length)
         pairs, _ = read_pairs(probe.data, tok, probe)
@@ -176,7 +179,7 @@ def main(argv: list[str]) -> dict:
             runs[f"trl_{mode}"] = run_trl(args, root, pairs, tok, precompute=mode == "precompute")
     for name, run in runs.items():  # TRL online forwards a live reference: 8N per token
         run.update(utilization(params, run["tokens_per_s"], peak, 8 if name == "trl_online" else 6,
-                               tokens_per_cpu_s=run["tokens_per_cpu_s"]))
+                               tokens_per_cpu_s=run["tokens_per_cpu_s"], cpu_peak=cpu_peak))
     mean_tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)
                       for p in pairs) / len(pairs)
     out = {"setup": {"preset": args.preset, "data": str(args.data or "world comparisons"),
@@ -184,6 +187,7 @@ def main(argv: list[str]) -> dict:
                      "lr": args.lr, "beta": args.beta, "max_length": args.max_length,
                      "precision": args.precision, "threads": threads,
                      "parameters": params, "peak_gflops": round(peak, 1),
+                     "peak_gflops_per_cpu_s": round(cpu_peak, 1),
                      "mean_pair_tokens": round(mean_tokens, 1),
                      "torch": torch.__version__, "trl": __import__("trl").__version__},
            **runs}

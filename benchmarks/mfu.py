@@ -26,11 +26,15 @@ def add_peak_arg(parser: argparse.ArgumentParser) -> None:
                         help="benchmarks/peak.py JSON for MFU (default: measure briefly now)")
 
 
-def peak_gflops(path: Path | None, precision: str) -> float:
-    """The matmul peak of `precision` ("fp32"/"bf16"): from peak.py's JSON, or measured now."""
+def peak_gflops(path: Path | None, precision: str, per_cpu_second: bool = False) -> float:
+    """The matmul peak of `precision` ("fp32"/"bf16") per wall second, or per CPU second: from
+    peak.py's JSON, or measured now (in the same run and under the same load as the benchmark)."""
     if path is not None:
-        return float(json.loads(path.read_text())[f"{precision}_gflops"])
-    return matmul_gflops(precision, size=1024, rounds=3, min_seconds=0.2)
+        data = json.loads(path.read_text())
+        key = f"{precision}_gflops_per_cpu_s" if per_cpu_second else f"{precision}_gflops"
+        return float(data.get(key, data[f"{precision}_gflops"]))  # older files: wall only
+    return matmul_gflops(precision, size=1024, rounds=3, min_seconds=0.2,
+                         per_cpu_second=per_cpu_second)
 
 
 def parameters(model_or_dir) -> int:
@@ -43,13 +47,17 @@ def parameters(model_or_dir) -> int:
 
 def utilization(params: int, tokens_per_s: float, peak: float, flops_per_token: int = 6,
                 forward_tokens_per_s: float = 0.0,
-                tokens_per_cpu_s: float | None = None) -> dict[str, float]:
+                tokens_per_cpu_s: float | None = None,
+                cpu_peak: float | None = None) -> dict[str, float]:
     """Model GFLOP/s and MFU of `tokens_per_s` trained tokens at `flops_per_token` x N each,
     plus `forward_tokens_per_s` tokens forwarded without training (2N each: sampling).
     With `tokens_per_cpu_s` (1 thread), also `mfu_per_cpu_s`: the same per second the process
-    really ran, the figure that holds on a shared machine (pass a peak taken at low load)."""
+    really ran, the figure that holds on a shared machine, over `cpu_peak` (the peak per CPU
+    second, `peak_gflops(..., per_cpu_second=True)`; without it, `peak`: then pass a peak taken
+    at low load)."""
     gflops = params * (flops_per_token * tokens_per_s + 2 * forward_tokens_per_s) / 1e9
     out = {"model_gflop_per_s": round(gflops, 2), "mfu": round(gflops / peak, 4)}
     if tokens_per_cpu_s is not None:
-        out["mfu_per_cpu_s"] = round(params * flops_per_token * tokens_per_cpu_s / 1e9 / peak, 4)
+        out["mfu_per_cpu_s"] = round(params * flops_per_token * tokens_per_cpu_s / 1e9
+                                     / (cpu_peak or peak), 4)
     return out

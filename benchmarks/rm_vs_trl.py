@@ -177,6 +177,7 @@ def main(argv: list[str]) -> dict:
     os.environ.setdefault("COACHLM_NO_PROGRESS", "1")
     threads = set_threads(args.threads)
     peak = peak_gflops(args.peak, args.precision)
+    cpu_peak = peak_gflops(args.peak, args.precision, per_cpu_second=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         records, base = world_data(args.pairs, root, args.preset) if args.data == "world" else hh_data(root)
@@ -207,17 +208,18 @@ def main(argv: list[str]) -> dict:
                 model=run.pop("_model"), data=(root / "heldout.jsonl",), max_length=args.max_length))["accuracy"]
             median_speeds(run, speeds[layout], speeds[f"{layout}_cpu"])
             run.update(utilization(params, run["tokens_per_s"], peak,
-                                   tokens_per_cpu_s=run["tokens_per_cpu_s"]))
+                                   tokens_per_cpu_s=run["tokens_per_cpu_s"], cpu_peak=cpu_peak))
         trl["heldout_accuracy"] = trl_accuracy(trl.pop("_model"), held, tok, args.max_length)
         median_speeds(trl, speeds["trl"], speeds["trl_cpu"])
         trl.update(utilization(params, trl["tokens_per_s"], peak,
-                               tokens_per_cpu_s=trl["tokens_per_cpu_s"]))
+                               tokens_per_cpu_s=trl["tokens_per_cpu_s"], cpu_peak=cpu_peak))
     first = ours[args.layouts.split(",")[0]]
     return {
         "setup": {"data": args.data, "backbone": args.preset if args.data == "world" else "stories260K",
                   "steps": args.steps, "batch_size_pairs": args.batch_size, "lr": args.lr,
                   "precision": args.precision, "max_length": args.max_length, "threads": threads,
                   "parameters": params, "peak_gflops": round(peak, 1),
+                  "peak_gflops_per_cpu_s": round(cpu_peak, 1),
                   "bucket_batches": args.bucket_batches, "normalize_max": args.normalize_max,
                   "repeats": args.repeats,
                   "train_pairs": len(train), "heldout_pairs": len(held),

@@ -142,6 +142,30 @@ def test_cached_and_adapter_disabled_reference_give_the_same_training(base_dir, 
     assert not list((tmp_path / "adapter").glob("ref_logps-*.pt"))
 
 
+def test_bf16_policy_and_reference_attend_in_fp32(base_dir, tmp_path, monkeypatch):
+    """Under CPU bf16 autocast the reference pass and the training steps attend through
+    "sdpa_fp32" (models.attention: fp32 SDPA is the faster kernel there), and the saved model
+    names no coachlm-only attention."""
+    from coachlm.models import attention
+
+    seen = []
+    sdpa = attention.sdpa_attention_forward
+
+    def spy(module, query, key, value, mask, **kwargs):
+        seen.append((query.dtype, key.dtype, value.dtype, torch.is_autocast_enabled("cpu")))
+        return sdpa(module, query, key, value, mask, **kwargs)
+
+    monkeypatch.setattr(attention, "sdpa_attention_forward", spy)
+    data = tmp_path / "prefs.jsonl"
+    write_records(data, toy_comparisons(16, seed=2))
+    result, final = dpo(_cfg(base_dir, data, tmp_path / "run", val_fraction=0.0,
+                             train=dict(max_steps=2, bf16=True)))
+    assert seen and set(seen) == {(torch.float32, torch.float32, torch.float32, False)}
+    first = _metrics(tmp_path / "run")[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-2)  # policy == cached reference
+    assert "sdpa_fp32" not in (final / "config.json").read_text()
+
+
 def test_reads_trl_and_hh_rlhf_preferences(tok, tmp_path):
     trl = tmp_path / "trl.jsonl"
     trl.write_text(json.dumps({"prompt": "Is it red?", "chosen": "Yes.", "rejected": "No."}) + "\n"

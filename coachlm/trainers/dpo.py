@@ -43,6 +43,7 @@ from coachlm.data.split import held_out
 from coachlm.errors import CoachError, DataError
 from coachlm.losses import dpo as dpo_loss
 from coachlm.losses import ipo as ipo_loss
+from coachlm.models.attention import use_fp32_attention
 from coachlm.models.load import load_model, load_tokenizer
 from coachlm.memory import release_free_memory
 from coachlm.models.lora import adapter_disabled, apply_lora
@@ -161,6 +162,9 @@ def _model(cfg: DPOConfig, tok: Any) -> torch.nn.Module:
     if not head_matches(model):
         raise CoachError(f"{type(model).__name__} transforms its logits beyond the LM head "
                          "(scaling or soft-capping), which DPO's log-probabilities do not apply")
+    # bf16 autocast on CPU: attention in fp32 is faster (models.attention); the policy's and the
+    # reference's forwards (cached or adapter-disabled) both run through this model
+    use_fp32_attention(model)
     if cfg.lora is not None:
         with torch.random.fork_rng():  # LoRA init must not shift the run's seeded RNG streams
             torch.manual_seed(cfg.train.seed)
