@@ -156,11 +156,16 @@ _LOCKED = Sql("SELECT a.labeler_id, a.status, a.shown_order, a.task_id, t.kind, 
               "WHERE g.project_id = t.project_id) FROM assignments a "
               "JOIN tasks t ON a.task_id = t.id JOIN projects p ON t.project_id = p.id "
               "WHERE a.id = ?{lock}", lock=" FOR UPDATE OF a")
-_NEW = Sql("INSERT INTO labels (client_id, assignment_id, task_id, labeler_id, answer, "
-           "time_spent_s, cost, created_at, guideline_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-           "ON CONFLICT (client_id) DO NOTHING RETURNING id")
-_BY_CLIENT_ID = Sql("SELECT id, assignment_id, answer FROM labels WHERE client_id = ?")
+_NEW = ("INSERT INTO labels (client_id, assignment_id, task_id, labeler_id, answer, "
+        "time_spent_s, cost, created_at, guideline_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (client_id) DO NOTHING RETURNING id")
 _DONE = Sql("UPDATE assignments SET status = 'done', done_at = ? WHERE id = ?")
+# PostgreSQL marks the assignment done in the same statement (a data-modifying CTE; SQLite has
+# none and runs `_DONE` after it): one round trip fewer in the group commit's transaction.
+_SAVE = Sql(_NEW, pg=f"WITH new AS ({_NEW}, assignment_id, created_at) UPDATE assignments a "
+            "SET status = 'done', done_at = new.created_at FROM new "
+            "WHERE a.id = new.assignment_id RETURNING new.id")
+_BY_CLIENT_ID = Sql("SELECT id, assignment_id, answer FROM labels WHERE client_id = ?")
 
 
 def submit(s: Session, labeler: Caller, assignment_id: int, client_id: str,
@@ -197,14 +202,15 @@ def submit(s: Session, labeler: Caller, assignment_id: int, client_id: str,
             _stored(db, assignment_id, client_id, canonical)
         raise
     now = db.time(utcnow())
-    new = db.row(_NEW, (client_id, assignment_id, task_id, labeler.id, db.json(clean),
-                        _seconds(time_spent_s), labeler.cost_per_label, now, version))
+    new = db.row(_SAVE, (client_id, assignment_id, task_id, labeler.id, db.json(clean),
+                         _seconds(time_spent_s), labeler.cost_per_label, now, version))
     if new is None:  # this client id is stored already: a retry, or a reuse
         stored = _stored(db, assignment_id, client_id, canonical)
         if stored is None:
             raise Conflict("this client_id was already used")
         return stored
-    db.do(_DONE, (now, assignment_id))
+    if not db.pg:
+        db.do(_DONE, (now, assignment_id))
     return new[0], True
 
 
