@@ -86,11 +86,15 @@ _RETAKE = Sql("UPDATE assignments SET slot = ?, status = 'pending' WHERE id = ?"
 # this statement's snapshot (the task's row lock is current, the slot read is not): the insert
 # then does nothing, and the caller picks the slot again with a fresh snapshot.
 _CLAIM_PG = """WITH p AS (SELECT id, assignment_ttl_s FROM projects WHERE {key} = ?),
-mine AS (SELECT a.id FROM assignments a JOIN tasks t ON a.task_id = t.id JOIN p
-  ON t.project_id = p.id WHERE a.labeler_id = ? AND a.status = 'pending' ORDER BY a.id LIMIT 1),
-stale AS (SELECT 1 FROM assignments a JOIN tasks t ON a.task_id = t.id JOIN p
-  ON t.project_id = p.id WHERE ? AND p.assignment_ttl_s > 0 AND a.status = 'pending'
-  AND a.created_at < ?::timestamp - p.assignment_ttl_s * interval '1 second' LIMIT 1),
+own AS MATERIALIZED (SELECT id, task_id FROM assignments WHERE labeler_id = ?
+  AND status = 'pending'),
+mine AS (SELECT own.id FROM own JOIN tasks t ON own.task_id = t.id JOIN p
+  ON t.project_id = p.id ORDER BY own.id LIMIT 1),
+old AS MATERIALIZED (SELECT task_id FROM assignments WHERE ? AND status = 'pending'
+  AND created_at < ?::timestamp - (SELECT assignment_ttl_s FROM p) * interval '1 second'
+  AND (SELECT assignment_ttl_s FROM p) > 0),
+stale AS (SELECT 1 FROM old JOIN tasks t ON old.task_id = t.id JOIN p ON t.project_id = p.id
+  LIMIT 1),
 task AS (UPDATE tasks SET filled = filled + 1 WHERE id = (SELECT t.id FROM tasks t JOIN p
   ON t.project_id = p.id WHERE t.filled < t.n_labels
   AND t.id NOT IN (SELECT task_id FROM assignments WHERE labeler_id = ?)

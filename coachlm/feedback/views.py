@@ -42,10 +42,11 @@ def shown_answer(kind: str, answer: dict[str, Any], order: list[int]) -> dict[st
 # `{a}`: rows (id, task_id, status, shown_order, labeler_id) of assignments: the table itself,
 # or on PostgreSQL the assignment a claim statement has just made (`assign.py`).
 _VIEW = ("SELECT a.id, a.status, a.shown_order, a.labeler_id, t.kind, t.response_ids, p.name, "
-         "p.id, p.rating_scale, p.flags, pr.messages, l.answer, (SELECT {texts} FROM responses r "
+         "p.id, p.rating_scale, p.flags, pr.messages, (SELECT l.answer FROM labels l "
+         "WHERE l.assignment_id = a.id), (SELECT {texts} FROM responses r "
          "WHERE r.prompt_id = t.prompt_id) FROM {a} a "
          "JOIN tasks t ON a.task_id = t.id JOIN projects p ON t.project_id = p.id "
-         "JOIN prompts pr ON t.prompt_id = pr.id LEFT JOIN labels l ON l.assignment_id = a.id")
+         "JOIN prompts pr ON t.prompt_id = pr.id")
 # The prompt's responses as one JSON list of [id, text] pairs, in the same statement.
 VIEW_PG = _VIEW.replace("{texts}", "json_agg(json_build_array(r.id, r.text))")
 _BY_ID = Sql(_VIEW.format(texts="json_group_array(json_array(r.id, r.text))", a="assignments")
