@@ -43,11 +43,15 @@ class Db:
 
     @classmethod
     def of(cls, s: Session) -> Db:
+        # Keyed by the innermost transaction: SQLAlchemy emits a SAVEPOINT only when a nested
+        # transaction first asks for the connection, so each one must ask (`cls(s)` does);
+        # else a failing write of an isolated group-commit batch is not undone alone.
+        tx = s.get_nested_transaction() or s.get_transaction()
         found = s.info.get("coachlm_db")
-        if found is not None and found[0] is s.get_transaction():
+        if found is not None and found[0] is tx:
             return found[1]
         db = cls(s)
-        s.info["coachlm_db"] = (s.get_transaction(), db)
+        s.info["coachlm_db"] = (tx, db)
         return db
 
     def __init__(self, s: Session):
