@@ -11,9 +11,10 @@ Two ways, both safe under concurrency because the database enforces the rules it
 Each assignment fixes a random order in which the task's responses are shown (blind, with no
 model names), so that position bias can be measured and averaged out.
 
-The claim path (`next_assignment_id`) is plain SQL on the driver connection (`sql.py`): the JSON
-API calls it for every item, and the ORM and Core cost more than the queries; `next_assignment`
-wraps it for ORM callers.
+The claim path (`next_assignment_id`, `next_view`) is plain SQL on the driver connection
+(`sql.py`): the JSON API calls it for every item, and the ORM and Core cost more than the
+queries; on PostgreSQL it is one statement (`_CLAIM_PG`). `next_assignment` wraps it for ORM
+callers.
 
 Expiry: a pending assignment older than its project's `assignment_ttl_s` loses its slot
 (status "expired") when someone next claims work in that project, so an absent labeler cannot

@@ -12,9 +12,11 @@ the failed one is undone alone and gets its own error): every caller is told "sa
 after its write is on disk, exactly as before, but a busy server pays one fsync per batch.
 PostgreSQL commits concurrent transactions in parallel, but each request there also paid for a
 thread, a pooled connection, a session and a commit round trip: batched, a label cost ~30% less
-CPU in the server and in PostgreSQL (issue 12). Row locks taken by one write of a batch are held
-until the batch commits; a deadlock with another worker's batch is an error that `Store.run`
-retries like any other transient failure.
+CPU in the server and in PostgreSQL (issue 12). There the batch's writes also run side by side,
+their plain-SQL statements pipelined (`_pipelined`): the writer thread had spent most of its
+time waiting for one statement after another. Row locks taken by one write of a batch are
+held until the batch commits; a deadlock with another worker's batch is an error that
+`Store.run` retries like any other transient failure.
 """
 
 from __future__ import annotations
@@ -148,9 +150,10 @@ def _pipelined(s: Session, db: Db, batch: list[tuple[Callable[..., Any], bool, F
             waiting.append((i, g, value))
 
     db.defer = lambda sql, params: driver.switch((sql, params))
+    started: list[greenlet.greenlet] = []
     try:
         for i, (fn, _, _) in enumerate(batch):
-            g = greenlet.greenlet(fn)
+            started.append(g := greenlet.greenlet(fn))
             step(i, g, g.switch(s))
         while waiting:
             now, waiting[:] = list(waiting), []
@@ -162,8 +165,9 @@ def _pipelined(s: Session, db: Db, batch: list[tuple[Callable[..., Any], bool, F
         raise _Redo from e
     finally:
         db.defer = None
-        for _, g, _ in waiting:  # the writes a failure left waiting end here
-            g.throw()
+        for g in started:  # the writes a failure left waiting end here
+            if not g.dead:
+                g.throw()
     return [(done, True, result) for (_, _, done), result in zip(batch, results)]
 
 
