@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import psycopg
@@ -124,4 +124,29 @@ def test_a_failing_write_fails_alone_and_the_rest_of_its_batch_commits(store_url
         assert {s.get(Assignment, out[0]).labeler_id, s.get(Assignment, out[4]).labeler_id} == {
             a.id, c.id}
         assert accounts.get_labeler(s, "lab2").id == c.id  # not renamed
+    st.close()
+
+
+def test_a_hinted_submit_is_one_statement_and_a_wrong_hint_changes_nothing(store_url, rounds):  # noqa: F811
+    """A claim leaves a hint (kind, shown order, scale, flags) for the submit that follows: on
+    PostgreSQL the label is then stored in one statement. The statement checks every hinted
+    fact, so a hint that is wrong (here: the other shown order, as from another store with the
+    same ids) stores nothing, and the usual path stores the right answer."""
+    st, (a, b, _, _) = _store(store_url)
+    views = [st.run(lambda s, who=who: assign.next_view(s, who.id, "demo")) for who in (a, b)]
+    labels.remember(views[0])
+    wrong = views[1]
+    labels.remember(replace(wrong, shown_order=wrong.shown_order[::-1]))
+    rounds[0] = 0
+    out = _one_batch(st, [
+        lambda s: labels.submit(s, a, views[0].id, uuid.uuid4().hex, {"choice": "first"}),
+        lambda s: labels.submit(s, b, wrong.id, uuid.uuid4().hex, {"choice": "first"})])
+    assert [created for _, created in out] == [True, True]
+    if not st.is_sqlite:
+        assert rounds[0] == 3  # both hinted statements; then the wrong one's locked read, insert
+    with st.read() as s:
+        for v, (label_id, _) in zip(views, out):
+            first = "ab"[v.shown_order[0]]  # the response shown first, canonically
+            assert s.get(Label, label_id).answer["choice"] == first
+            assert s.get(Assignment, v.id).status == "done"
     st.close()

@@ -27,6 +27,7 @@ class AssignmentView:
     scale: int
     flags: list[str]
     answer: dict[str, Any] | None  # the submitted answer, in shown terms
+    shown_order: list[int]  # canonical index of the response shown in each position
 
 
 def shown_answer(kind: str, answer: dict[str, Any], order: list[int]) -> dict[str, Any]:
@@ -73,4 +74,4 @@ def view_of(db: Db, row: Sequence[Any]) -> AssignmentView:
     return AssignmentView(
         assignment_id, kind, status, name, project_id, db.parse(messages),
         [texts[response_ids[i]] for i in order], scale, list(db.parse(flags)),
-        shown_answer(kind, answer, order) if answer is not None else None)
+        shown_answer(kind, answer, order) if answer is not None else None, order)

@@ -142,7 +142,10 @@ async def claim_next(st: Store, user: User, name: str) -> Response:
     """The labeler's next assignment in project `name` (200), or 204 when there is none."""
     def claim(s: Session) -> dict[str, Any] | None:
         found = assign.next_view(s, user.id, name)
-        return _view_json(found) if found else None
+        if found is None:
+            return None
+        labels.remember(found)  # for the submit that follows
+        return _view_json(found)
 
     # A lost claim is simply re-offered, so it need not wait for an fsync.
     found = await st.run_async(claim, durable=False)
