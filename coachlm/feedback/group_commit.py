@@ -22,12 +22,12 @@ held until the batch commits; a deadlock with another worker's batch is an error
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-import greenlet
 from sqlalchemy.orm import Session
 
 from coachlm.feedback.sql import Db
@@ -110,7 +110,7 @@ class GroupCommit:
         outcomes: list[tuple[Future, bool, Any]] = []
         with self.store.write(durable=any(d for _, d, _ in batch)) as s:
             db = Db.of(s)
-            if db.pg and not isolated and len(batch) > 1:
+            if db.pg and not isolated and len(batch) > 1 and _can_pipeline():
                 return _pipelined(s, db, batch)
             for fn, _, done in batch:
                 if not isolated:
@@ -129,6 +129,18 @@ class GroupCommit:
         return outcomes
 
 
+@functools.cache
+def _can_pipeline() -> bool:
+    """psycopg's pipeline mode needs libpq 14 or newer; greenlet comes with the postgres extra."""
+    import psycopg
+
+    try:
+        import greenlet  # noqa: F401
+    except ImportError:
+        return False
+    return psycopg.Pipeline.is_supported()
+
+
 def _pipelined(s: Session, db: Db, batch: list[tuple[Callable[..., Any], bool, Future]]
                ) -> list[tuple[Future, bool, Any]]:
     """Run a batch's writes side by side on PostgreSQL, their statements pipelined: each write
@@ -139,6 +151,8 @@ def _pipelined(s: Session, db: Db, batch: list[tuple[Callable[..., Any], bool, F
     (a claim and a submit are one statement each in the usual case). Statements of different
     writes still run one after another in one transaction, as they did unpipelined; ORM and
     Core statements run at once, as before. Any failure rolls the batch back (`_Redo`)."""
+    import greenlet
+
     driver = greenlet.getcurrent()
     waiting: list[tuple[int, greenlet.greenlet, Any]] = []  # (write, greenlet, its statement)
     results: list[Any] = [None] * len(batch)
