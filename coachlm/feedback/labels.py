@@ -191,7 +191,10 @@ def remember(view: AssignmentView) -> None:
     locked read and an insert, one round trip after the other (issue 12). A hint is only a
     guess: the statement checks every fact it relies on, and the usual path runs otherwise."""
     if len(_HINTS) >= MAX_HINTS:  # forget the oldest (dicts keep insertion order)
-        del _HINTS[next(iter(_HINTS))]
+        try:
+            _HINTS.pop(next(iter(_HINTS)), None)
+        except (RuntimeError, StopIteration):  # another store's writer thread changed it
+            pass
     _HINTS[view.id] = (view.kind, view.shown_order, view.scale, view.flags)
 
 
