@@ -11,7 +11,12 @@ per label (a figure that depends less on what else the machine is running than l
 the CPU the load generator itself used per label (a minimal keep-alive HTTP/1.1 client: real
 labelers sit on other machines, this one shares the server's CPUs).
 
-    python benchmarks/label_load.py [--backend sqlite|postgresql|both] [--workers N]
+`--direct` measures the store path alone: the same labelers call the API's claim and submit
+functions in this process, through one event loop, without HTTP; its group-commit batches then
+hold about one write per labeler whatever else the machine runs, so its CPU per label compares
+code, not machine load.
+
+    python benchmarks/label_load.py [--backend sqlite|postgresql|both] [--workers N] [--direct]
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import urllib.request
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -235,15 +241,64 @@ def bench(backend: str, labelers: int, per: int, workers: int = 1) -> dict:
             "labels_per_s": round(submitted / wall, 1), "wall_s": round(wall, 2)}
 
 
+async def direct_load(st: db.Store, users: list, per: int) -> None:
+    """Every labeler claims and submits `per` times through the API's own functions."""
+    from coachlm.web import api
+
+    async def one(user: Any) -> None:
+        for _ in range(per):
+            claimed = await api.claim_next(st, user, "bench")
+            body = api.LabelIn(client_id=uuid.uuid4().hex, time_spent_s=3.0,
+                               answer={"choice": "first", "margin": 2})
+            saved = await api.submit_label(st, user, json.loads(claimed.body)["id"], body)
+            if saved.status_code != 201:
+                raise RuntimeError(f"submit: HTTP {saved.status_code}: {saved.body[:300]!r}")
+
+    await asyncio.gather(*(one(u) for u in users))
+
+
+def bench_direct(backend: str, labelers: int, per: int) -> dict:
+    from coachlm.web.deps import User
+
+    with ExitStack() as stack:
+        if backend == "postgresql":
+            url = new_database(stack.enter_context(postgres_server(fsync=True)))
+        else:
+            url = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "bench.db")
+        prepare(url, labelers, labelers * per // 2)
+        st = db.open_store(url)
+        with st.read() as s:
+            users = [User(lab.id, lab.name, lab.role) for lab in
+                     (accounts.get_labeler(s, f"sim{k}") for k in range(labelers))]
+        pg = postmaster(url) if backend == "postgresql" else None
+        cpu0, db0, t0 = time.process_time(), tree_cpu_s(pg) if pg else 0.0, time.perf_counter()
+        asyncio.run(direct_load(st, users, per))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        db_cpu = tree_cpu_s(pg) - db0 if pg else None
+        st.close()
+        checks = verify(url)
+    n = labelers * per
+    return {"backend": backend, "direct": True, "labelers": labelers, "submissions_each": per,
+            "machine_load_1min": round(os.getloadavg()[0], 2),
+            "server_cpu_ms_per_label": round(cpu / n * 1000, 2),
+            "postgresql_cpu_ms_per_label": None if db_cpu is None else round(db_cpu / n * 1000, 2),
+            **checks, "ok": checks["labels_stored"] == n and not any(
+                v for k, v in checks.items() if k != "labels_stored"),
+            "labels_per_s": round(n / wall, 1), "wall_s": round(wall, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     ap.add_argument("--labelers", type=int, default=50)
     ap.add_argument("--submissions", type=int, default=40)
     ap.add_argument("--workers", type=int, default=1, help="server processes")
+    ap.add_argument("--direct", action="store_true",
+                    help="the store path alone, in this process, without HTTP")
     args = ap.parse_args()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    results = [bench(b, args.labelers, args.submissions, args.workers) for b in backends]
+    results = [bench_direct(b, args.labelers, args.submissions) if args.direct else
+               bench(b, args.labelers, args.submissions, args.workers) for b in backends]
     print(json.dumps(results, indent=2))
     sys.exit(0 if all(r["ok"] for r in results) else 1)
 

@@ -3,13 +3,14 @@ overlap, concurrency, idempotent resubmission, gold, cost and export filters."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from feedback_support import pg_admin_url, store_url  # noqa: F401  (fixtures)
+from feedback_support import new_database, pg_admin_url, store_url  # noqa: F401  (fixtures)
 from sqlalchemy import func, select, text
 
 from coachlm.data import schema
@@ -355,4 +356,27 @@ def test_set_gold_and_project_stats(tmp_path):
         assert (stats.prompts, stats.responses, stats.tasks, stats.gold) == (1, 3, {"ranking": 1}, 1)
         items.set_gold(s, task, None)
         assert items.project_stats(s, p).gold == 0
+    st.close()
+
+
+def test_requests_arriving_at_once_open_one_token_connection(pg_admin_url, monkeypatch):  # noqa: F811
+    """PostgreSQL: the token reads of a worker's first requests, arriving together, wait for
+    one kept-open connection (each of 50 labelers had opened its own)."""
+    import psycopg
+
+    st = db.open_store(new_database(pg_admin_url))
+    opened, connect = [], psycopg.AsyncConnection.connect
+
+    async def counted(cls, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        opened.append(1)
+        return await connect(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", classmethod(counted))
+
+    async def requests() -> list:
+        return await asyncio.gather(*(accounts.caller_by_token_async(st, f"token{i}")
+                                      for i in range(20)))
+
+    assert asyncio.run(requests()) == [None] * 20
+    assert len(opened) == 1
     st.close()

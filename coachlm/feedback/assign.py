@@ -11,9 +11,10 @@ Two ways, both safe under concurrency because the database enforces the rules it
 Each assignment fixes a random order in which the task's responses are shown (blind, with no
 model names), so that position bias can be measured and averaged out.
 
-The claim path (`next_assignment_id`) is plain SQL on the driver connection (`sql.py`): the JSON
-API calls it for every item, and the ORM and Core cost more than the queries; `next_assignment`
-wraps it for ORM callers.
+The claim path (`next_assignment_id`, `next_view`) is plain SQL on the driver connection
+(`sql.py`): the JSON API calls it for every item, and the ORM and Core cost more than the
+queries; on PostgreSQL it is one statement (`_CLAIM_PG`). `next_assignment` wraps it for ORM
+callers.
 
 Expiry: a pending assignment older than its project's `assignment_ttl_s` loses its slot
 (status "expired") when someone next claims work in that project, so an absent labeler cannot
@@ -31,6 +32,7 @@ from typing import Any, Sequence
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
+from coachlm.feedback import views
 from coachlm.feedback.db import NotFound, StoreError
 from coachlm.feedback.tables import (DONE, MAX_ID, PENDING, SKIPPED, Assignment, Labeler,
                                      Project, Task, utcnow)
@@ -73,6 +75,45 @@ _TAKEN = Sql("SELECT slot FROM assignments WHERE task_id = ? AND slot IS NOT NUL
 _NEW = Sql("INSERT INTO assignments (task_id, labeler_id, slot, status, shown_order, "
            "created_at) VALUES (?, ?, ?, 'pending', ?, ?) RETURNING id")
 _RETAKE = Sql("UPDATE assignments SET slot = ?, status = 'pending' WHERE id = ?")
+
+# PostgreSQL: a whole claim is ONE statement (data-modifying CTEs, which SQLite lacks: there
+# the steps above run one by one): the project; the labeler's oldest pending assignment there;
+# whether any pending assignment is stale (then nothing is claimed: the caller expires them
+# first, so that their slots can be claimed; the check is an index range scan that finds
+# nothing unless something is stale); else the claim of a free slot on the next task, with a
+# random shown order; and the view of the assignment handed out (`views.py`). Every statement
+# is a sequential round trip in a group commit's transaction, and a label was ~9 of them
+# (issue 12). A slot chosen here may have been taken by a transaction that committed after
+# this statement's snapshot (the task's row lock is current, the slot read is not): the insert
+# then does nothing, and the caller picks the slot again with a fresh snapshot.
+_CLAIM_PG = """WITH p AS (SELECT id, assignment_ttl_s FROM projects WHERE {key} = ?),
+own AS MATERIALIZED (SELECT id, task_id FROM assignments WHERE labeler_id = ?
+  AND status = 'pending'),
+mine AS (SELECT own.id FROM own JOIN tasks t ON own.task_id = t.id JOIN p
+  ON t.project_id = p.id ORDER BY own.id LIMIT 1),
+old AS MATERIALIZED (SELECT task_id FROM assignments WHERE ? AND status = 'pending'
+  AND created_at < ?::timestamp - (SELECT assignment_ttl_s FROM p) * interval '1 second'
+  AND (SELECT assignment_ttl_s FROM p) > 0),
+stale AS (SELECT 1 FROM old JOIN tasks t ON old.task_id = t.id JOIN p ON t.project_id = p.id
+  LIMIT 1),
+task AS (UPDATE tasks SET filled = filled + 1 WHERE id = (SELECT t.id FROM tasks t JOIN p
+  ON t.project_id = p.id WHERE t.filled < t.n_labels
+  AND t.id NOT IN (SELECT task_id FROM assignments WHERE labeler_id = ?)
+  AND NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM stale)
+  ORDER BY t.id LIMIT 1 FOR UPDATE OF t SKIP LOCKED) RETURNING id, n_labels, response_ids),
+new AS (INSERT INTO assignments (task_id, labeler_id, slot, status, shown_order, created_at)
+  SELECT task.id, ?, f.slot, 'pending', (SELECT json_agg(i ORDER BY random())
+    FROM generate_series(0, json_array_length(task.response_ids) - 1) i), ?
+  FROM task, LATERAL (SELECT min(i) AS slot FROM generate_series(0, task.n_labels - 1) i
+    WHERE i NOT IN (SELECT slot FROM assignments WHERE task_id = task.id AND slot IS NOT NULL)
+  ) f WHERE f.slot IS NOT NULL ON CONFLICT DO NOTHING
+  RETURNING id, task_id, status, shown_order, labeler_id),
+given AS (SELECT * FROM new UNION ALL SELECT id, task_id, status, shown_order, labeler_id
+  FROM assignments WHERE id = (SELECT id FROM mine))
+SELECT p.id, p.assignment_ttl_s, EXISTS (SELECT 1 FROM stale), task.id, task.n_labels,
+  task.response_ids, v.* FROM p LEFT JOIN task ON true LEFT JOIN ({view}) v ON true"""
+_CLAIM_BY = {key: Sql(_CLAIM_PG.format(key=key, view=views.VIEW_PG.format(a="given")))
+             for key in ("id", "name")}
 
 
 def _slot(db: Db, task_id: int, n_labels: int) -> int | None:
@@ -126,9 +167,12 @@ def claim_id(s: Session, labeler_id: int, project_id: int,
     task = db.row(_OPEN_SKIP, (project_id, labeler_id))
     if task is None and db.pg:
         task = db.row(_OPEN_WAIT, (project_id, labeler_id))
-    if task is None:
-        return None
-    task_id, n_labels, response_ids = task
+    return None if task is None else _take(db, labeler_id, *task, rng=rng)
+
+
+def _take(db: Db, labeler_id: int, task_id: int, n_labels: int, response_ids: Any,
+          rng: random.Random | None = None) -> int | None:
+    """The assignment of a free slot of a task whose count already includes it."""
     slot = _slot(db, task_id, n_labels)
     if slot is None:  # `filled` disagreed with the slots (never expected): undo the count
         db.do(_FILL, (-1, task_id))
@@ -155,17 +199,58 @@ def next_assignment_id(s: Session, labeler_id: int, project: Project | str) -> i
     name: NotFound if there is none), else a newly claimed one (after expiring stale
     assignments, whose slots are then free to claim): its id. Plain SQL only; `s` may hold ORM
     changes (they are flushed first)."""
+    found = _next(s, labeler_id, project)
+    return None if found is None else found[0]
+
+
+def next_view(s: Session, labeler_id: int, project: str) -> views.AssignmentView | None:
+    """`next_assignment_id`, as the labeler sees it (on PostgreSQL, in the same statement)."""
+    found = _next(s, labeler_id, project)
+    if found is None:
+        return None
+    assignment_id, row = found
+    return views.view_of(Db.of(s), row) if row else views.assignment_view(
+        s, labeler_id, assignment_id)
+
+
+def _next(s: Session, labeler_id: int, project: Project | str
+          ) -> tuple[int, Sequence[Any] | None] | None:
+    """`next_assignment_id` with the view's row when the statement read it (PostgreSQL)."""
     flush_orm(s)
-    by_name = isinstance(project, str)
-    found = Db.of(s).row(_NEXT_BY_NAME if by_name else _NEXT_BY_ID,
-                         (labeler_id, project if by_name else project.id))
+    db, key = Db.of(s), project if isinstance(project, str) else project.id
+    if db.pg:
+        return _next_pg(s, db, labeler_id, key)
+    found = db.row(_NEXT_BY_NAME if isinstance(key, str) else _NEXT_BY_ID, (labeler_id, key))
     if found is None:
         raise NotFound(f"no project named {project!r}")
     project_id, ttl_s, pending_id = found
     if pending_id is not None:
-        return pending_id
+        return pending_id, None
     expire_stale(s, project_id, ttl_s)
-    return claim_id(s, labeler_id, project_id)
+    claimed = claim_id(s, labeler_id, project_id)
+    return None if claimed is None else (claimed, None)
+
+
+def _next_pg(s: Session, db: Db, labeler_id: int, key: int | str
+             ) -> tuple[int, Sequence[Any] | None] | None:
+    q, check = _CLAIM_BY["name" if isinstance(key, str) else "id"], True
+    while True:
+        now = utcnow()
+        row = db.row(q, (key, labeler_id, check, now, labeler_id, labeler_id, now))
+        if row is None:
+            raise NotFound(f"no project named {key!r}")
+        project_id, ttl_s, stale, task_id, n_labels, response_ids, *view = row
+        if view[0] is not None:  # the pending assignment, or the one just claimed
+            return view[0], view
+        if not stale:
+            break
+        expire_stale(s, project_id, ttl_s)  # then claim, without checking again
+        check = False
+    if task_id is not None:  # its slot was taken after this statement's snapshot
+        claimed = _take(db, labeler_id, task_id, n_labels, response_ids)
+    else:  # no free task, or each one locked at that instant: wait for one (`claim_id`)
+        claimed = claim_id(s, labeler_id, project_id)
+    return None if claimed is None else (claimed, None)
 
 
 def claim(s: Session, labeler: Labeler, project: Project,

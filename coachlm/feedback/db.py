@@ -155,6 +155,7 @@ class Store:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []  # `one()`'s connections, closed by close()
         self._async: dict[asyncio.AbstractEventLoop, Any] = {}  # `one_async()`'s (PostgreSQL)
+        self._connecting: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._write = {durable: sessionmaker(self.engine.execution_options(
             coachlm_write="durable" if durable else "fast"), expire_on_commit=False)
             for durable in (True, False)}
@@ -213,15 +214,9 @@ class Store:
             return self.one(statement, params)
         import psycopg
 
-        sql, loop = self._sql(statement)[0], asyncio.get_running_loop()
+        sql = self._sql(statement)[0]
         for attempt in range(2):
-            conn = self._async.get(loop)
-            if conn is None or conn.closed:
-                for gone in [lp for lp in self._async if lp.is_closed()]:  # e.g. test clients'
-                    self._async.pop(gone).pgconn.finish()
-                url = self.engine.url.set(drivername="postgresql")
-                conn = self._async[loop] = await psycopg.AsyncConnection.connect(
-                    url.render_as_string(hide_password=False), autocommit=True)
+            conn = await self._async_connection(asyncio.get_running_loop())
             try:
                 return await (await conn.execute(sql, params)).fetchone()
             except psycopg.OperationalError:  # a dropped connection: open a new one once
@@ -229,6 +224,25 @@ class Store:
                 if attempt:
                     raise
         raise AssertionError("unreachable")
+
+    async def _async_connection(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """The event loop's kept-open connection, opened once: the requests that find none
+        wait for one connect (50 labelers arriving at once had opened 50)."""
+        import psycopg
+
+        conn = self._async.get(loop)
+        if conn is not None and not conn.closed:
+            return conn
+        async with self._connecting.setdefault(loop, asyncio.Lock()):
+            conn = self._async.get(loop)
+            if conn is None or conn.closed:
+                for gone in [lp for lp in self._async if lp.is_closed()]:  # e.g. test clients'
+                    self._async.pop(gone).pgconn.finish()
+                    self._connecting.pop(gone, None)
+                url = self.engine.url.set(drivername="postgresql")
+                conn = self._async[loop] = await psycopg.AsyncConnection.connect(
+                    url.render_as_string(hide_password=False), autocommit=True)
+        return conn
 
     @contextmanager
     def write(self, durable: bool = True) -> Iterator[Session]:

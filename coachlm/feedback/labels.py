@@ -33,6 +33,7 @@ from coachlm.feedback.sql import Db, Sql
 from coachlm.feedback.tables import (DONE, EXPIRED, MAX_ID, PENDING, SKIPPED, Assignment, Label,
                                      Task, utcnow)
 from coachlm.feedback.text import check_text
+from coachlm.feedback.views import AssignmentView
 
 SHOWN_CHOICES = {"first": 0, "second": 1}
 MAX_TEXT = 100_000
@@ -156,11 +157,64 @@ _LOCKED = Sql("SELECT a.labeler_id, a.status, a.shown_order, a.task_id, t.kind, 
               "WHERE g.project_id = t.project_id) FROM assignments a "
               "JOIN tasks t ON a.task_id = t.id JOIN projects p ON t.project_id = p.id "
               "WHERE a.id = ?{lock}", lock=" FOR UPDATE OF a")
-_NEW = Sql("INSERT INTO labels (client_id, assignment_id, task_id, labeler_id, answer, "
-           "time_spent_s, cost, created_at, guideline_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-           "ON CONFLICT (client_id) DO NOTHING RETURNING id")
-_BY_CLIENT_ID = Sql("SELECT id, assignment_id, answer FROM labels WHERE client_id = ?")
+_NEW = ("INSERT INTO labels (client_id, assignment_id, task_id, labeler_id, answer, "
+        "time_spent_s, cost, created_at, guideline_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (client_id) DO NOTHING RETURNING id")
 _DONE = Sql("UPDATE assignments SET status = 'done', done_at = ? WHERE id = ?")
+# PostgreSQL marks the assignment done in the same statement (a data-modifying CTE; SQLite has
+# none and runs `_DONE` after it): one round trip fewer in the group commit's transaction.
+_MARK = ("UPDATE assignments a SET status = 'done', done_at = new.created_at FROM new "
+         "WHERE a.id = new.assignment_id RETURNING new.id")
+_SAVE = Sql(_NEW, pg=f"WITH new AS ({_NEW}, assignment_id, created_at) {_MARK}")
+# PostgreSQL, with a hint (`remember`): the whole submit in one statement, which stores the
+# label only if the assignment is this labeler's, pending, and still has the hinted facts.
+# The assignment is found by its key alone, its task and project in a correlated subquery: with
+# joins, PostgreSQL's generic plan for a table it has no statistics for yet (a new store) went
+# through every task of the project (4.6 ms a label, measured).
+_SAVE_HINTED = Sql(  # (never run on SQLite)
+    "WITH mine AS (SELECT a.id, a.task_id, t.project_id FROM assignments a, LATERAL "
+    "(SELECT t.project_id, t.kind = ? AND p.rating_scale = ? AND p.flags::jsonb = ?::jsonb "
+    "AS same FROM tasks t JOIN projects p ON t.project_id = p.id WHERE t.id = a.task_id "
+    "OFFSET 0) t WHERE a.id = ? AND a.labeler_id = ? AND a.status = 'pending' "
+    "AND a.shown_order::jsonb = ?::jsonb AND t.same FOR UPDATE OF a), new AS (INSERT INTO labels (client_id, assignment_id, task_id, "
+    "labeler_id, answer, time_spent_s, cost, created_at, guideline_version) "
+    "SELECT ?, mine.id, mine.task_id, ?, ?, ?, ?, ?, (SELECT MAX(g.version) FROM guidelines g "
+    "WHERE g.project_id = mine.project_id) FROM mine ON CONFLICT (client_id) DO NOTHING "
+    f"RETURNING id, assignment_id, created_at) {_MARK}")
+_HINTS: dict[int, tuple[str, list[int], int, list[str]]] = {}
+MAX_HINTS = 100_000
+
+
+def remember(view: AssignmentView) -> None:
+    """Keep what a claim showed (kind, shown order, scale, flags) for the submit that usually
+    follows in this process: with it, PostgreSQL stores a label in one statement instead of a
+    locked read and an insert, one round trip after the other (issue 12). A hint is only a
+    guess: the statement checks every fact it relies on, and the usual path runs otherwise."""
+    if len(_HINTS) >= MAX_HINTS:  # forget the oldest (dicts keep insertion order)
+        try:
+            _HINTS.pop(next(iter(_HINTS)), None)
+        except (RuntimeError, StopIteration):  # another store's writer thread changed it
+            pass
+    _HINTS[view.id] = (view.kind, view.shown_order, view.scale, view.flags)
+
+
+def _save_hinted(db: Db, labeler: Caller, assignment_id: int, client_id: str,
+                 answer: Mapping[str, Any], time_spent_s: Any) -> int | None:
+    """The new label's id when the hint's one statement stored it, else None (nothing done)."""
+    hint = _HINTS.pop(assignment_id, None)
+    if hint is None or not db.pg:
+        return None
+    kind, shown, scale, flags = hint
+    try:
+        clean = check_answer(kind, from_shown(kind, answer, shown), len(shown), scale, flags)
+    except StoreError:  # the usual path says which error comes first
+        return None
+    new = db.row(_SAVE_HINTED, (
+        kind, scale, db.json(flags), assignment_id, labeler.id, db.json(shown), client_id,
+        labeler.id, db.json(clean), _seconds(time_spent_s), labeler.cost_per_label,
+        db.time(utcnow())))
+    return None if new is None else new[0]
+_BY_CLIENT_ID = Sql("SELECT id, assignment_id, answer FROM labels WHERE client_id = ?")
 
 
 def submit(s: Session, labeler: Caller, assignment_id: int, client_id: str,
@@ -177,6 +231,9 @@ def submit(s: Session, labeler: Caller, assignment_id: int, client_id: str,
         raise StoreError("client_id must be 8 to 64 printable characters")
     flush_orm(s)
     db = Db.of(s)
+    if 1 <= assignment_id <= MAX_ID and (saved := _save_hinted(
+            db, labeler, assignment_id, client_id, answer, time_spent_s)) is not None:
+        return saved, True
     # Lock the assignment first (PostgreSQL: FOR UPDATE; SQLite: the write lock is already
     # held), then look for the client id, so that two racing retries serialize here.
     a = db.row(_LOCKED, (assignment_id,)) if 1 <= assignment_id <= MAX_ID else None
@@ -197,14 +254,15 @@ def submit(s: Session, labeler: Caller, assignment_id: int, client_id: str,
             _stored(db, assignment_id, client_id, canonical)
         raise
     now = db.time(utcnow())
-    new = db.row(_NEW, (client_id, assignment_id, task_id, labeler.id, db.json(clean),
-                        _seconds(time_spent_s), labeler.cost_per_label, now, version))
+    new = db.row(_SAVE, (client_id, assignment_id, task_id, labeler.id, db.json(clean),
+                         _seconds(time_spent_s), labeler.cost_per_label, now, version))
     if new is None:  # this client id is stored already: a retry, or a reuse
         stored = _stored(db, assignment_id, client_id, canonical)
         if stored is None:
             raise Conflict("this client_id was already used")
         return stored
-    db.do(_DONE, (now, assignment_id))
+    if not db.pg:
+        db.do(_DONE, (now, assignment_id))
     return new[0], True
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -39,15 +39,19 @@ class Db:
     `Db.of(session)`: made once per transaction (asking the session for its connection costs
     more than a statement)."""
 
-    __slots__ = ("conn", "pg", "error")
+    __slots__ = ("conn", "pg", "error", "defer")
 
     @classmethod
     def of(cls, s: Session) -> Db:
+        # Keyed by the innermost transaction: SQLAlchemy emits a SAVEPOINT only when a nested
+        # transaction first asks for the connection, so each one must ask (`cls(s)` does);
+        # else a failing write of an isolated group-commit batch is not undone alone.
+        tx = s.get_nested_transaction() or s.get_transaction()
         found = s.info.get("coachlm_db")
-        if found is not None and found[0] is s.get_transaction():
+        if found is not None and found[0] is tx:
             return found[1]
         db = cls(s)
-        s.info["coachlm_db"] = (s.get_transaction(), db)
+        s.info["coachlm_db"] = (tx, db)
         return db
 
     def __init__(self, s: Session):
@@ -55,6 +59,9 @@ class Db:
         self.conn = conn.connection.driver_connection
         self.pg = conn.dialect.name == "postgresql"
         self.error = conn.dialect.loaded_dbapi.Error
+        # Set by a group commit that pipelines its batch (`group_commit.py`): takes a
+        # statement and returns its cursor once the statement has run.
+        self.defer: Callable[[str, Sequence[Any]], Any] | None = None
 
     def rows(self, q: Sql, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._run(q, params).fetchall()
@@ -75,6 +82,8 @@ class Db:
 
     def _run(self, q: Sql, params: Sequence[Any]) -> Any:
         sql = q.postgresql if self.pg else q.sqlite
+        if self.defer is not None:
+            return self.defer(sql, params)
         try:
             return self.conn.execute(sql, params)
         except self.error as e:

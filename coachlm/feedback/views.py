@@ -6,7 +6,7 @@ alone; the web page (`web.task_view`) adds progress, guidelines and review state
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from sqlalchemy.orm import Session
 
@@ -27,6 +27,7 @@ class AssignmentView:
     scale: int
     flags: list[str]
     answer: dict[str, Any] | None  # the submitted answer, in shown terms
+    shown_order: list[int]  # canonical index of the response shown in each position
 
 
 def shown_answer(kind: str, answer: dict[str, Any], order: list[int]) -> dict[str, Any]:
@@ -39,29 +40,38 @@ def shown_answer(kind: str, answer: dict[str, Any], order: list[int]) -> dict[st
 
 
 # Plain SQL on the driver connection (see sql.py): the claim route answers with this view.
-_VIEW = ("SELECT a.status, a.shown_order, a.labeler_id, t.kind, t.response_ids, p.name, p.id, "
-         "p.rating_scale, p.flags, pr.messages, l.answer, (SELECT {texts} FROM responses r "
-         "WHERE r.prompt_id = t.prompt_id) FROM assignments a "
+# `{a}`: rows (id, task_id, status, shown_order, labeler_id) of assignments: the table itself,
+# or on PostgreSQL the assignment a claim statement has just made (`assign.py`).
+_VIEW = ("SELECT a.id, a.status, a.shown_order, a.labeler_id, t.kind, t.response_ids, p.name, "
+         "p.id, p.rating_scale, p.flags, pr.messages, (SELECT l.answer FROM labels l "
+         "WHERE l.assignment_id = a.id), (SELECT {texts} FROM responses r "
+         "WHERE r.prompt_id = t.prompt_id) FROM {a} a "
          "JOIN tasks t ON a.task_id = t.id JOIN projects p ON t.project_id = p.id "
-         "JOIN prompts pr ON t.prompt_id = pr.id LEFT JOIN labels l ON l.assignment_id = a.id "
-         "WHERE a.id = ?")
+         "JOIN prompts pr ON t.prompt_id = pr.id")
 # The prompt's responses as one JSON list of [id, text] pairs, in the same statement.
-_VIEW = Sql(_VIEW.format(texts="json_group_array(json_array(r.id, r.text))"),
-            pg=_VIEW.format(texts="json_agg(json_build_array(r.id, r.text))"))
+VIEW_PG = _VIEW.replace("{texts}", "json_agg(json_build_array(r.id, r.text))")
+_BY_ID = Sql(_VIEW.format(texts="json_group_array(json_array(r.id, r.text))", a="assignments")
+             + " WHERE a.id = ?", pg=VIEW_PG.format(a="assignments") + " WHERE a.id = ?")
+VIEW_COLUMNS = 13
 
 
 def assignment_view(s: Session, labeler_id: int, assignment_id: int) -> AssignmentView:
     """One of the labeler's own assignments (anyone else's is not found)."""
     db = Db.of(s)
-    row = db.row(_VIEW, (assignment_id,)) if 1 <= assignment_id <= MAX_ID else None
-    if row is None or row[2] != labeler_id:
+    row = db.row(_BY_ID, (assignment_id,)) if 1 <= assignment_id <= MAX_ID else None
+    if row is None or row[3] != labeler_id:
         raise NotFound(f"no assignment {assignment_id} for this labeler")
-    status, order, _, kind, response_ids, name, project_id, scale, flags, messages, answer, \
-        texts = row
+    return view_of(db, row)
+
+
+def view_of(db: Db, row: Sequence[Any]) -> AssignmentView:
+    """The view from a row of `_VIEW`'s columns."""
+    assignment_id, status, order, _, kind, response_ids, name, project_id, scale, flags, \
+        messages, answer, texts = row
     order, response_ids = db.parse(order), db.parse(response_ids)
     texts = dict(db.parse(texts) or [])  # the prompt's responses, by id
     answer = db.parse(answer)
     return AssignmentView(
         assignment_id, kind, status, name, project_id, db.parse(messages),
         [texts[response_ids[i]] for i in order], scale, list(db.parse(flags)),
-        shown_answer(kind, answer, order) if answer is not None else None)
+        shown_answer(kind, answer, order) if answer is not None else None, order)

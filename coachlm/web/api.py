@@ -90,7 +90,10 @@ class LabelerIn(Body):
 
 
 def _assignment_json(s: Session, user: User, assignment_id: int) -> dict[str, Any]:
-    v = views.assignment_view(s, user.id, assignment_id)
+    return _view_json(views.assignment_view(s, user.id, assignment_id))
+
+
+def _view_json(v: views.AssignmentView) -> dict[str, Any]:
     return {"id": v.id, "kind": v.kind, "status": v.status, "project": v.project,
             "prompt": v.messages, "responses": v.texts, "rating_scale": v.scale,
             "flags": v.flags, "answer": v.answer}
@@ -138,8 +141,11 @@ async def submit(request: Request, assignment_id: Id, body: LabelIn, user: ApiUs
 async def claim_next(st: Store, user: User, name: str) -> Response:
     """The labeler's next assignment in project `name` (200), or 204 when there is none."""
     def claim(s: Session) -> dict[str, Any] | None:
-        found = assign.next_assignment_id(s, user.id, name)
-        return _assignment_json(s, user, found) if found else None
+        found = assign.next_view(s, user.id, name)
+        if found is None:
+            return None
+        labels.remember(found)  # for the submit that follows
+        return _view_json(found)
 
     # A lost claim is simply re-offered, so it need not wait for an fsync.
     found = await st.run_async(claim, durable=False)
