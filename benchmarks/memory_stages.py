@@ -96,9 +96,11 @@ def run_demo_stages(mon: RSSMonitor, overrides: list[str]) -> dict:
 
 def batch_shapes(cfg, steps: int) -> dict:
     """The distinct shapes and padded share of the first `steps` training batches that
-    `run_sft(cfg)` draws (same examples, split and seed), and of the logits kept per batch."""
+    `run_sft(cfg)` draws (same examples, split and seed), and the distinct shapes of the LM
+    head's input (rows, positions from causal_lm_loss's start)."""
     from coachlm.data.collate import ExampleBatches
     from coachlm.models.load import load_tokenizer
+    from coachlm.trainers.lm_loss import HEAD_START_MULTIPLE
     from coachlm.trainers.sft import load_examples, split_examples
 
     tok = load_tokenizer(cfg.model)
@@ -110,7 +112,8 @@ def batch_shapes(cfg, steps: int) -> dict:
     for _ in range(steps):
         b = src.next_batch()
         shapes.add(tuple(b.input_ids.shape))
-        kept.add((b.input_ids.shape[0], int((b.labels[:, 1:] != -100).any(dim=0).sum())))
+        first = int((b.labels[:, 1:] != -100).any(dim=0).nonzero()[0])  # as causal_lm_loss
+        kept.add((b.input_ids.shape[0], b.input_ids.shape[1] - first + first % HEAD_START_MULTIPLE))
         real, total = real + b.num_tokens, total + b.input_ids.numel()
     return {"distinct_shapes": len(shapes), "distinct_logit_shapes": len(kept),
             "padded_share": round(1 - real / total, 3), "positions_per_step": round(total / steps, 1)}

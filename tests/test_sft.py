@@ -120,6 +120,23 @@ def test_rounded_packing_is_inert(tok):
         torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5)
 
 
+def test_lm_head_sees_a_span_of_a_multiple_of_16_positions(tok):
+    """With widths rounded to 16 the head's input takes few shapes (oneDNN compiles one kernel
+    set per shape): it starts at the first labelled position rounded down to a multiple of 16."""
+    model = tiny_model(tok)
+    examples = [(torch.tensor(i), torch.tensor(l)) for i, l in _examples(tok, 6)]
+    assert min(int((l != IGNORE_INDEX).nonzero()[0]) for _, l in examples) >= 16  # prompts skip
+    seen = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda _, x: seen.append(x[0].shape))
+    batch = pack_examples(examples, tok.pad_token_id, width_multiple=16)
+    out = causal_lm_loss(model, batch)
+    rows, width = batch.input_ids.shape
+    assert seen == [(rows, width - 16, model.config.hidden_size)]
+    tight = causal_lm_loss(model, pad_examples(examples, tok.pad_token_id))  # the same loss
+    assert out.count == tight.count
+    assert float(out.loss_sum) == pytest.approx(float(tight.loss_sum), rel=1e-5)
+
+
 def test_bucketing_covers_each_example_once_per_epoch_with_little_padding(tok):
     examples = _examples(tok, 40)
     src = ExampleBatches(examples, 4, tok.pad_token_id, seed=0, bucket_batches=5)
