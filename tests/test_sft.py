@@ -195,7 +195,7 @@ def test_sft_config_from_yaml(tmp_path):
     cfg = config.load(SFTConfig, path, overrides=["epochs=2", "train.grad_accum=2"])
     assert cfg.data == (tmp_path.__class__("a.jsonl"), tmp_path.__class__("b.jsonl"))
     assert cfg.lora == LoRAConfig(r=4) and cfg.train.batch_size == 2 and cfg.train.grad_accum == 2
-    assert cfg.pack_width_multiple == 16 and cfg.pack_rows_multiple == 1  # the shipped defaults
+    assert cfg.pack_width_multiple == 64 and cfg.pack_rows_multiple == 1  # the shipped defaults
     cfg = config.load(SFTConfig, path, overrides=["pack_width_multiple=32", "pack_rows_multiple=2"])
     assert (cfg.pack_width_multiple, cfg.pack_rows_multiple) == (32, 2)
     with pytest.raises(ConfigError, match="pack_width_multiple must be >= 1, got 0"):

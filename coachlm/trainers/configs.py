@@ -61,8 +61,10 @@ class SFTConfig:
     # Packed rows are widened to a multiple of this many tokens and the row count rounded up to a
     # multiple of `pack_rows_multiple`: few distinct batch shapes, so oneDNN's per-shape kernel
     # cache stops churning and fragmenting the heap (collate.pack_examples; coachlm.memory has the
-    # figures). Padding is inert (no labels, its own position-id block); 1 packs tightly.
-    pack_width_multiple: int = 16
+    # figures). Padding is inert (no labels, its own position-id block); 1 packs tightly. 64, not
+    # 16 or 32: wider rows also hold more examples each, so the world's SFT padded 6.6% of
+    # positions vs 13.3% tight (16: 15.0%), with 10 shapes in 900 steps and the same CPU per step.
+    pack_width_multiple: int = 64
     pack_rows_multiple: int = 1
     skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
     # torch.compile the transformer body (`models.compiled`): fewer, fused elementwise kernels,
