@@ -23,10 +23,12 @@ rounded up to a multiple of `rows_multiple` (extra rows are all padding). Why: o
 and caches matmul kernels per input shape (~0.6 MB each, 1,024 kept); tight packing gives almost
 every batch a new (rows, width) shape, and the churning cache fragments the heap (coachlm.memory:
 the demo's SFT held 2.6 GB for a 2M-parameter model). Padding stays inert: it carries no labels
-and forms its own position-id block, so no real token attends to it. Optionally, examples are *length-bucketed*: the
-epoch's shuffled order is cut into chunks of `bucket_batches` batches, each chunk is sorted by
-length and cut into batches, and the batches are shuffled again, so a batch holds examples of
-similar length (less padding) while the epoch stays random. It is off by default
+and forms its own position-id block, so no real token attends to it.
+
+Optionally, examples are *length-bucketed*: the epoch's shuffled order is cut into chunks of
+`bucket_batches` batches, each chunk is sorted by length and cut into batches, and the batches
+are shuffled again, so a batch holds examples of similar length (less padding) while the epoch
+stays random. It is off by default
 (`bucket_batches=1`): when length tracks the kind of example, as in the built-in world, bucketed
 batches are each one kind of task, and learning per step was measurably worse.
 """
