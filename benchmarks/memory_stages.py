@@ -9,6 +9,10 @@ with and the peak in between. Run it with the stage settings of interest, e.g. t
     python benchmarks/memory_stages.py --demo pretrain.train.max_steps=40 ppo.ppo.steps=4
     MALLOC_ARENA_MAX=2 python benchmarks/memory_stages.py ...   # glibc arenas capped
     python benchmarks/memory_stages.py --mmap-threshold 1048576   # see coachlm.memory
+    python benchmarks/memory_stages.py --sft-steps 900 --pack-width-multiple 1  # tight packing
+
+Standalone runs also report the SFT loop's CPU seconds, its final losses, and the SFT batches'
+distinct shapes and padded share (the same batches replayed without a model).
 """
 
 from __future__ import annotations
@@ -48,11 +52,12 @@ class RSSMonitor:
     def stage(self, name: str) -> Iterator[None]:
         start = self.proc.memory_info().rss
         self.peak = start
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         yield
         end = self.proc.memory_info().rss
         self.stages[name] = {"start_mb": round(start / MB), "peak_mb": round(max(self.peak, end) / MB),
-                             "end_mb": round(end / MB), "seconds": round(time.perf_counter() - t0, 1)}
+                             "end_mb": round(end / MB), "seconds": round(time.perf_counter() - t0, 1),
+                             "cpu_s": round(time.process_time() - c0, 1)}
 
 
 def model_bytes(path: Path) -> dict[str, float]:
@@ -84,7 +89,34 @@ def run_demo_stages(mon: RSSMonitor, overrides: list[str]) -> dict:
         summary = run_demo(Path(tmp), overrides)
         models = {name: model_bytes(Path(tmp) / name / "final")
                   for name in ("pretrain", "sft", "rm", "ppo") if (Path(tmp) / name / "final").is_dir()}
-    return {"models": models, "stage_seconds": summary["stage_seconds"]}
+    return {"models": models, "stage_seconds": summary["stage_seconds"],
+            "quality": {"if_rate": summary["if_rate"], "ppo_over_sft": summary["wins"]["ppo_over_sft"],
+                        "kl_ppo_sft": summary["kl_ppo_sft"]["kl"]}}
+
+
+def batch_shapes(cfg, steps: int) -> dict:
+    """The distinct shapes and padded share of the first `steps` training batches that
+    `run_sft(cfg)` draws (same examples, split and seed), and the distinct shapes of the LM
+    head's input (rows, positions from causal_lm_loss's start)."""
+    from coachlm.data.collate import ExampleBatches
+    from coachlm.models.load import load_tokenizer
+    from coachlm.trainers.lm_loss import HEAD_START_MULTIPLE
+    from coachlm.trainers.sft import load_examples, split_examples
+
+    tok = load_tokenizer(cfg.model)
+    train_ex, _ = split_examples(load_examples(cfg.data, tok, cfg.max_length), cfg.val_fraction,
+                                 cfg.train.seed)
+    src = ExampleBatches(train_ex, cfg.train.batch_size, tok.pad_token_id, seed=cfg.train.seed,
+                         width_multiple=cfg.pack_width_multiple, rows_multiple=cfg.pack_rows_multiple)
+    shapes, kept, real, total = set(), set(), 0, 0
+    for _ in range(steps):
+        b = src.next_batch()
+        shapes.add(tuple(b.input_ids.shape))
+        first = int((b.labels[:, 1:] != -100).any(dim=0).nonzero()[0])  # as causal_lm_loss
+        kept.add((b.input_ids.shape[0], b.input_ids.shape[1] - first + first % HEAD_START_MULTIPLE))
+        real, total = real + b.num_tokens, total + b.input_ids.numel()
+    return {"distinct_shapes": len(shapes), "distinct_logit_shapes": len(kept),
+            "padded_share": round(1 - real / total, 3), "positions_per_step": round(total / steps, 1)}
 
 
 def _numel(shape: list[int]) -> int:
@@ -105,6 +137,10 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--pretrain-steps", type=int, default=20)
     p.add_argument("--sft-steps", type=int, default=20)
     p.add_argument("--sft-batch-size", type=int, default=32)  # the demo's
+    p.add_argument("--pack-width-multiple", type=int, default=None,
+                   help="SFTConfig.pack_width_multiple (default: the shipped one)")
+    p.add_argument("--pack-rows-multiple", type=int, default=None,
+                   help="SFTConfig.pack_rows_multiple (default: the shipped one)")
     p.add_argument("--trim", action="store_true", help="malloc_trim(0) between stages")
     p.add_argument("--mmap-threshold", type=int, default=0,
                    help="coachlm.memory.fix_mmap_threshold(BYTES) first (0: glibc's default)")
@@ -123,7 +159,7 @@ def main(argv: list[str]) -> dict:
         return {"setup": {"demo_overrides": args.demo, "mmap_threshold": args.mmap_threshold},
                 **out, "stages": mon.stages,
                 "process_end_mb": round(psutil.Process().memory_info().rss / MB),
-                "process_peak_mb": peak_rss_mb()}
+            "process_peak_mb": peak_rss_mb()}
     with mon.stage("import"):
         from coachlm.engine.config import TrainConfig
         from coachlm.trainers.pretrain import PretrainConfig, run_pretrain
@@ -141,17 +177,27 @@ def main(argv: list[str]) -> dict:
                 train=TrainConfig(lr=2e-3, max_steps=args.pretrain_steps, batch_size=16,
                                   checkpoint_every=0, threads=1, log_every=20)))
         trim(0)
+        rounding = {f"pack_{k}_multiple": getattr(args, f"pack_{k}_multiple") for k in ("width", "rows")}
+        sft_cfg = SFTConfig(model=base, data=(Path(world["sft"]),), out=root / "sft", max_length=256,
+                            train=TrainConfig(lr=1e-3, max_steps=args.sft_steps,
+                                              batch_size=args.sft_batch_size, checkpoint_every=0,
+                                              threads=1, log_every=20),
+                            **{k: v for k, v in rounding.items() if v is not None})
         with mon.stage("sft"):
-            run_sft(SFTConfig(model=base, data=(Path(world["sft"]),), out=root / "sft",
-                              max_length=256, train=TrainConfig(
-                                  lr=1e-3, max_steps=args.sft_steps, batch_size=args.sft_batch_size,
-                                  checkpoint_every=0, threads=1, log_every=20)))
+            run_sft(sft_cfg)
         trim(0)
         sizes = model_bytes(base)
+        summary = json.loads((root / "sft" / "summary.json").read_text())
+        sft_out = {"pack_width_multiple": sft_cfg.pack_width_multiple,
+                   "pack_rows_multiple": sft_cfg.pack_rows_multiple,
+                   "loop_cpu_s": summary["cpu_seconds"], "bf16": summary["bf16"],
+                   "cpu_s_per_step": round(summary["cpu_seconds"] / summary["steps"], 4),
+                   "final_metrics": summary["final_metrics"],
+                   **batch_shapes(sft_cfg, args.sft_steps)}
     return {"setup": {**vars(args), "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX")},
-            "model": sizes, "stages": mon.stages,
+            "model": sizes, "sft": sft_out, "stages": mon.stages,
             "process_end_mb": round(psutil.Process().memory_info().rss / MB),
-                "process_peak_mb": peak_rss_mb()}
+            "process_peak_mb": peak_rss_mb()}
 
 
 if __name__ == "__main__":

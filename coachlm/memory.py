@@ -18,13 +18,18 @@ What holds the demo SFT's ~2.6 GB is mostly not tensors but oneDNN (issue 15; wo
 batch 32, 900 steps, bf16 on an AMX CPU, one thread, glibc mallinfo2 every 25 steps). Every
 bf16 matmul shape gets its own oneDNN primitive (~13 per batch shape, forward and backward,
 ~0.6 MB each), kept in oneDNN's primitive cache (1,024 entries, ONEDNN_PRIMITIVE_CACHE_CAPACITY).
-Packed SFT batches take 141 (rows, width) shapes in 900 steps, so the cache fills by step ~200
+Tightly packed SFT batches take 141 (rows, width) shapes in 900 steps, so the cache fills by step ~200
 (malloc in-use 163 -> 792 MB, then flat) and churns from then on; its small blocks, between
 each step's freed activations, keep the heap from shrinking: its free part grew 380 -> 1,360 MB
-and malloc_trim returns little of it. Peak RSS 2,622 MB. Widths rounded up to a multiple of 16
-(27 shapes): 1,872 MB, but the losses are not bit-identical (val 0.214 vs 0.223). A smaller
-cache is no cure: capacity 256 with widths rounded to 32 held 399 vs 520 MB in use but 1,217 vs
-912 MB free, peak 2,042 vs 1,902 MB. The model, its gradients and AdamW's moments hold ~32 MB.
+and malloc_trim returns little of it. Peak RSS 2,622 MB. A smaller cache is no cure: capacity 256
+with widths rounded to 32 held 399 vs 520 MB in use but 1,217 vs 912 MB free, peak 2,042 vs
+1,902 MB. Fewer shapes are: SFT rounds packed widths up to a multiple of 64
+(`SFTConfig.pack_width_multiple`) and the LM head's span starts at a multiple of 16
+(`trainers.lm_loss`), so 900 steps take 10 batch shapes and 13 head shapes instead of 141 and
+143; peak RSS of the SFT stage 2,676 -> 857 MB, 0.247 -> 0.221 CPU s per step, 13.3% -> 6.6%
+of positions padded (same settings, one run each on the loaded machine; README has 16 and 32),
+losses equal up to floating point (padding is inert, tested).
+The model, its gradients and AdamW's moments hold ~32 MB.
 
 Not glibc (macOS, musl), or the user's own MALLOC_MMAP_THRESHOLD_ set: nothing is changed.
 """

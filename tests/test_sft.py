@@ -72,6 +72,71 @@ def test_packed_loss_equals_padded_loss(tok):
     assert float(a.loss_sum) == pytest.approx(float(b.loss_sum), rel=1e-5)
 
 
+def test_packed_rows_are_rounded_to_the_configured_multiples():
+    examples = [(torch.tensor([5, 6, 7, 8, 9]), torch.tensor([-100, -100, 7, 8, 9])),
+                (torch.tensor([9, 10]), torch.tensor([9, 10])),
+                (torch.tensor([11, 12, 13]), torch.tensor([-100, 12, 13]))]
+    batch = pack_examples(examples, pad_id=0, width_multiple=8, rows_multiple=3)
+    # Rows of 8 (5 rounded up): ex0 (5) opens row 0; ex2 (3) fits beside it; ex1 (2) opens row 1;
+    # row 2 is all padding, so the batch has 3 rows.
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9, 11, 12, 13], [9, 10, 0, 0, 0, 0, 0, 0],
+                                         [0] * 8]
+    assert batch.labels.tolist() == [[-100, -100, 7, 8, 9, -100, 12, 13], [-100, 10] + [-100] * 6,
+                                     [-100] * 8]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4, 5],
+                                           list(range(8))]
+    assert batch.num_tokens == 10
+    src = ExampleBatches([(list(i), list(l)) for i, l in examples] * 4, 5, pad_id=0, seed=0,
+                         width_multiple=16, rows_multiple=2)
+    for _ in range(6):
+        rows, width = src.next_batch().input_ids.shape
+        assert width == 16 and rows % 2 == 0
+
+
+def test_rounded_packing_is_inert(tok):
+    """Padding to the rounded width and whole padding rows change no loss: they carry no labels
+    and form their own position-id blocks, which no real token attends to."""
+    model = tiny_model(tok)
+    demos = tiny_demos(12, seed=2)
+    examples = [encode_example(tok, d.prompt, d.response.text + " so" * (4 * k)) for k, d in enumerate(demos)]
+    examples = [(torch.tensor(i), torch.tensor(l)) for i, l in examples]
+    tight = pack_examples(examples, tok.pad_token_id)
+    rows, width = tight.input_ids.shape
+    rounded = pack_examples(examples, tok.pad_token_id, width_multiple=width + 5,
+                            rows_multiple=rows + 2)
+    assert rounded.input_ids.shape == (rows + 2, width + 5)  # wider rows fit no more examples here
+    assert (rounded.input_ids[-2:] == tok.pad_token_id).all()  # two all-padding rows
+    losses, grads = [], []
+    for batch in (rounded, pad_examples(examples, tok.pad_token_id)):
+        model.zero_grad()
+        out = causal_lm_loss(model, batch)
+        out.loss_sum.backward()
+        losses.append(out)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    a, b = losses
+    assert a.count == b.count and a.tokens == b.tokens
+    assert float(a.loss_sum) == pytest.approx(float(b.loss_sum), rel=1e-5)
+    for ga, gb in zip(*grads):  # the same gradients: padding neither adds nor leaks signal
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5)
+
+
+def test_lm_head_sees_a_span_of_a_multiple_of_16_positions(tok):
+    """With widths rounded to 16 the head's input takes few shapes (oneDNN compiles one kernel
+    set per shape): it starts at the first labelled position rounded down to a multiple of 16."""
+    model = tiny_model(tok)
+    examples = [(torch.tensor(i), torch.tensor(l)) for i, l in _examples(tok, 6)]
+    assert min(int((l != IGNORE_INDEX).nonzero()[0]) for _, l in examples) >= 16  # prompts skip
+    seen = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda _, x: seen.append(x[0].shape))
+    batch = pack_examples(examples, tok.pad_token_id, width_multiple=16)
+    out = causal_lm_loss(model, batch)
+    rows, width = batch.input_ids.shape
+    assert seen == [(rows, width - 16, model.config.hidden_size)]
+    tight = causal_lm_loss(model, pad_examples(examples, tok.pad_token_id))  # the same loss
+    assert out.count == tight.count
+    assert float(out.loss_sum) == pytest.approx(float(tight.loss_sum), rel=1e-5)
+
+
 def test_bucketing_covers_each_example_once_per_epoch_with_little_padding(tok):
     examples = _examples(tok, 40)
     src = ExampleBatches(examples, 4, tok.pad_token_id, seed=0, bucket_batches=5)
@@ -130,6 +195,11 @@ def test_sft_config_from_yaml(tmp_path):
     cfg = config.load(SFTConfig, path, overrides=["epochs=2", "train.grad_accum=2"])
     assert cfg.data == (tmp_path.__class__("a.jsonl"), tmp_path.__class__("b.jsonl"))
     assert cfg.lora == LoRAConfig(r=4) and cfg.train.batch_size == 2 and cfg.train.grad_accum == 2
+    assert cfg.pack_width_multiple == 64 and cfg.pack_rows_multiple == 1  # the shipped defaults
+    cfg = config.load(SFTConfig, path, overrides=["pack_width_multiple=32", "pack_rows_multiple=2"])
+    assert (cfg.pack_width_multiple, cfg.pack_rows_multiple) == (32, 2)
+    with pytest.raises(ConfigError, match="pack_width_multiple must be >= 1, got 0"):
+        config.load(SFTConfig, path, overrides=["pack_width_multiple=0"])
     with pytest.raises(ConfigError, match="epochs must be > 0"):
         config.load(SFTConfig, path, overrides=["epochs=0"])
     with pytest.raises(ConfigError, match="unknown config key 'train.batchsize'"):

@@ -16,10 +16,19 @@ ids restarting at 0 at each example. Given position ids that restart and no atte
 transformers (>= 4.54) builds a block-diagonal causal mask, so no example attends to another and
 each one's logits equal those it gets alone (tested), while the rows carry far less padding
 than one padded row per example (1.4x faster per step on world-small SFT). The alternative,
-`pad_examples`, right-pads one row per example. Optionally, examples are *length-bucketed*: the
-epoch's shuffled order is cut into chunks of `bucket_batches` batches, each chunk is sorted by
-length and cut into batches, and the batches are shuffled again, so a batch holds examples of
-similar length (less padding) while the epoch stays random. It is off by default
+`pad_examples`, right-pads one row per example.
+
+Packed rows can be widened to a multiple of `width_multiple` tokens and a batch's row count
+rounded up to a multiple of `rows_multiple` (extra rows are all padding). Why: oneDNN compiles
+and caches matmul kernels per input shape (~0.6 MB each, 1,024 kept); tight packing gives almost
+every batch a new (rows, width) shape, and the churning cache fragments the heap (coachlm.memory:
+the demo's SFT held 2.6 GB for a 2M-parameter model). Padding stays inert: it carries no labels
+and forms its own position-id block, so no real token attends to it.
+
+Optionally, examples are *length-bucketed*: the epoch's shuffled order is cut into chunks of
+`bucket_batches` batches, each chunk is sorted by length and cut into batches, and the batches
+are shuffled again, so a batch holds examples of similar length (less padding) while the epoch
+stays random. It is off by default
 (`bucket_batches=1`): when length tracks the kind of example, as in the built-in world, bucketed
 batches are each one kind of task, and learning per step was measurably worse.
 """
@@ -27,6 +36,7 @@ batches are each one kind of task, and learning per step was measurably worse.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -77,17 +87,20 @@ def pad_examples(examples: Sequence[tuple[Tensor, Tensor]], pad_id: int) -> Toke
     return TokenBatch(input_ids, labels, attention_mask, sum(lengths))
 
 
-def pack_examples(examples: Sequence[tuple[Tensor, Tensor]], pad_id: int) -> TokenBatch:
-    """Pack (input_ids, labels) pairs into rows as long as the longest example.
+def pack_examples(examples: Sequence[tuple[Tensor, Tensor]], pad_id: int, width_multiple: int = 1,
+                  rows_multiple: int = 1) -> TokenBatch:
+    """Pack (input_ids, labels) pairs into rows as long as the longest example, rounded up to a
+    multiple of `width_multiple`; the number of rows is rounded up to a multiple of `rows_multiple`.
 
     First-fit decreasing: longest examples first, each into the first row with room. Each
     example's first label is dropped (IGNORE_INDEX): it would be predicted from the previous
-    example. The padding tail of a row gets its own restarting position ids, so it forms a
-    separate (unlabelled) sequence.
+    example. The padding tail of a row (and every padding row) gets its own restarting position
+    ids, so it forms a separate (unlabelled) sequence.
     """
     lengths = [len(ids) for ids, _ in examples]
-    width = max(lengths)
+    width = _round_up(max(lengths), width_multiple)
     rows = first_fit_decreasing(lengths, width)  # example indices of each row
+    rows += [[] for _ in range(_round_up(len(rows), rows_multiple) - len(rows))]
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (R, T)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # (R, T)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (R, T)
@@ -105,6 +118,10 @@ def pack_examples(examples: Sequence[tuple[Tensor, Tensor]], pad_id: int) -> Tok
             start = end
         position_ids[r, start:] = positions[: width - start]
     return TokenBatch(input_ids, labels, attention_mask, sum(lengths), position_ids)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def first_fit_decreasing(lengths: Sequence[int], width: int) -> list[list[int]]:
@@ -218,11 +235,11 @@ class PackedBatches(_Resumable):
 
 class ExampleBatches(_Resumable):
     """Shuffled (optionally length-bucketed) batches of (input_ids, labels) examples, packed
-    (`pack_examples`) or right-padded (`pad_examples`)."""
+    (`pack_examples`, with its width and row rounding) or right-padded (`pad_examples`)."""
 
     def __init__(self, examples: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int,
                  pad_id: int, seed: int = 0, bucket_batches: int = 1, shuffle: bool = True,
-                 pack: bool = True):
+                 pack: bool = True, width_multiple: int = 1, rows_multiple: int = 1):
         if not examples:
             raise ValueError("no examples to batch")
         self.examples = [(torch.tensor(ids, dtype=torch.long), torch.tensor(lab, dtype=torch.long))
@@ -230,7 +247,8 @@ class ExampleBatches(_Resumable):
         self.lengths = np.array([len(ids) for ids, _ in examples])
         self.batch_size, self.pad_id = batch_size, pad_id
         self.bucket_batches, self.shuffle = bucket_batches, shuffle
-        self._collate = pack_examples if pack else pad_examples
+        self._collate = (partial(pack_examples, width_multiple=width_multiple,
+                                 rows_multiple=rows_multiple) if pack else pad_examples)
         super().__init__(seed)
 
     def _epoch_order(self, epoch: int) -> list[np.ndarray]:

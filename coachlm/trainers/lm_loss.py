@@ -10,6 +10,13 @@ from coachlm.data.collate import TokenBatch
 from coachlm.engine.loop import LossOut
 
 
+# The LM head runs on positions from the first labelled one on, that start rounded down to a
+# multiple of this: with packed widths rounded to a multiple of it too (SFTConfig.pack_width_multiple)
+# the head's matmul takes few distinct shapes, so oneDNN's per-shape kernel cache stays small
+# (coachlm.memory). The positions this adds before the first label cost a few head rows.
+HEAD_START_MULTIPLE = 16
+
+
 def causal_lm_loss(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
     """Summed next-token cross-entropy over labelled tokens (all tokens when pretraining,
     response tokens for SFT).
@@ -21,14 +28,17 @@ def causal_lm_loss(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
     transformers builds the block-diagonal mask itself (only without a KV cache: use_cache=False).
     """
     targets = batch.labels[:, 1:]  # (B, T-1): the token each position predicts
-    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,) positions with a label
+    labelled = (targets != IGNORE_INDEX).any(dim=0).nonzero()  # (K, 1) positions with a label
+    first = int(labelled[0]) if len(labelled) else 0
+    start = first - first % HEAD_START_MULTIPLE
     inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "use_cache": False}
-    if len(keep) == targets.shape[1]:
+    if start == 0:
         logits = model(**inputs).logits[:, :-1]  # (B, T-1, V)
     else:
-        # Only positions some row has a label for go through the LM head (SFT prompts do not).
-        logits = model(**inputs, logits_to_keep=keep).logits  # (B, K, V)
-        targets = targets[:, keep]  # (B, K)
+        # Prompt positions before `start` (SFT) skip the LM head: it sees the last T - start
+        # positions, of which the last predicts nothing.
+        logits = model(**inputs, logits_to_keep=targets.shape[1] + 1 - start).logits[:, :-1]
+        targets = targets[:, start:]  # (B, T-1-start)
     loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
                                ignore_index=IGNORE_INDEX, reduction="sum")
     count = int((targets != IGNORE_INDEX).sum())

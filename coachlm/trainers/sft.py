@@ -123,15 +123,16 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     if cfg.compile:  # after the packing probe, whose no-grad forwards would compile a graph too
         compile_body(model)
     tcfg = cfg.train
+    rounding = {"width_multiple": cfg.pack_width_multiple, "rows_multiple": cfg.pack_rows_multiple}
     batches = ExampleBatches(train_ex, tcfg.batch_size, tok.pad_token_id, seed=tcfg.seed,
-                             bucket_batches=cfg.bucket_batches, pack=pack)
+                             bucket_batches=cfg.bucket_batches, pack=pack, **rounding)
     tcfg = steps_for_epochs(tcfg, cfg.epochs, len(batches), engine.world_size)
     cfg = dataclasses.replace(cfg, train=tcfg, pack=pack, epochs=None)  # resolved length
     if engine.is_main:
         cfg.out.mkdir(parents=True, exist_ok=True)
         config.save(cfg, cfg.out / "config.yaml")
     val = ExampleBatches(val_ex, tcfg.batch_size, tok.pad_token_id, shuffle=False,
-                         pack=pack) if val_ex else None
+                         pack=pack, **rounding) if val_ex else None
     result = train(model, batches, causal_lm_loss, tcfg, cfg.out,
                    eval_fn=(lambda m: response_loss(m, val)) if val else None,
                    resume=resume, description="sft",
