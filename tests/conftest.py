@@ -14,6 +14,11 @@ import pytest
 
 from coachlm.cpus import usable_cpus
 
+# The feedback store's fixtures (a throwaway PostgreSQL server per test session, fresh stores on
+# both backends) are defined here once, so that every module shares one server per worker: a
+# session fixture imported into each module is a separate fixture there, one server per module.
+from feedback_support import pg_admin_url, store_url  # noqa: F401  (fixtures)
+
 
 def _worker_cpus() -> set[int] | None:
     """This xdist worker's share of the CPUs (None: not a worker, or fewer CPUs than workers)."""

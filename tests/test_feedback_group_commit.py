@@ -12,7 +12,6 @@ from typing import Any, Callable
 
 import psycopg
 import pytest
-from feedback_support import pg_admin_url, store_url  # noqa: F401  (fixtures)
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from feedback_support import new_database, pg_admin_url, store_url  # noqa: F401  (fixtures)
+from feedback_support import new_database
 from sqlalchemy import func, select, text
 
 from coachlm.data import schema

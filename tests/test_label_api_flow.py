@@ -7,7 +7,6 @@ reviewed, keeping the replaced answer as a `LabelRevision`."""
 from __future__ import annotations
 
 import pytest
-from feedback_support import pg_admin_url, store_url  # noqa: F401  (fixtures)
 from label_fixtures import Api, make_api
 from sqlalchemy import select
 

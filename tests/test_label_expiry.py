@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from feedback_support import pg_admin_url, store_url  # noqa: F401  (fixtures)
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 

@@ -10,7 +10,6 @@ import tracemalloc
 import uuid
 
 import pytest
-from feedback_support import pg_admin_url, store_url  # noqa: F401  (fixtures)
 from label_fixtures import Api, make_api
 from sqlalchemy import select
 from typer.testing import CliRunner

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from feedback_support import pg_admin_url, store_url  # noqa: F401  (fixtures)
 from label_fixtures import Api, make_api
 
 from coachlm.web.hot import HotRoutes

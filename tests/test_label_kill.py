@@ -9,7 +9,7 @@ import threading
 import uuid
 
 import httpx
-from feedback_support import label_server, pg_admin_url, store_url  # noqa: F401  (fixtures)
+from feedback_support import label_server
 from sqlalchemy import func, select
 
 from coachlm.data import schema
