@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from coachlm.data import schema
-from coachlm.feedback import accounts, assign, db, importer, items, labels
+from coachlm.feedback import accounts, assign, db, flow, importer, items, labels
 from coachlm.feedback.db import NotFound
 from coachlm.feedback.sql import Db, Sql
 from coachlm.feedback.tables import Assignment, Label, Labeler, Project, utcnow
@@ -203,5 +203,25 @@ def test_a_claim_takes_a_task_whose_label_another_batch_is_inserting(
                 taken = assign.claim(s2, s2.get(Labeler, b.id), project).id
     assert _task(st, taken) == _task(st, first.id)  # the oldest open task, not skipped over
     with st.read() as s:
+        assert len(s.scalars(select(Label)).all()) == 1
+    st.close()
+
+
+def test_taking_back_a_skipped_item_never_waits_for_another_batchs_submit(
+        pg_admin_url):  # noqa: F811
+    """`flow.revisit` locked the task FOR UPDATE too: the same wait as a claim's."""
+    st, (a, b, _, _) = _store(new_database(pg_admin_url))
+    mine, theirs = (st.run(lambda s, who=who: assign.next_view(s, who.id, "demo"))
+                    for who in (a, b))
+    with st.write() as s:
+        assign.skip(s, s.get(Labeler, a.id), mine.id)
+    with st.write() as s1:
+        _no_waits(s1)
+        flow.revisit(s1, s1.get(Labeler, a.id), mine.id)
+        with st.write() as s2:
+            _no_waits(s2)
+            labels.submit(s2, b, theirs.id, uuid.uuid4().hex, {"choice": "first"})
+    with st.read() as s:
+        assert s.get(Assignment, mine.id).status == "pending"
         assert len(s.scalars(select(Label)).all()) == 1
     st.close()
