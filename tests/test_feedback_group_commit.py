@@ -12,14 +12,15 @@ from typing import Any, Callable
 
 import psycopg
 import pytest
-from sqlalchemy import select
+from feedback_support import new_database
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from coachlm.data import schema
-from coachlm.feedback import accounts, assign, db, importer, items, labels
+from coachlm.feedback import accounts, assign, db, flow, importer, items, labels
 from coachlm.feedback.db import NotFound
 from coachlm.feedback.sql import Db, Sql
-from coachlm.feedback.tables import Assignment, Label, utcnow
+from coachlm.feedback.tables import Assignment, Label, Labeler, Project, utcnow
 
 
 @dataclass(frozen=True)
@@ -148,4 +149,79 @@ def test_a_hinted_submit_is_one_statement_and_a_wrong_hint_changes_nothing(store
             first = "ab"[v.shown_order[0]]  # the response shown first, canonically
             assert s.get(Label, label_id).answer["choice"] == first
             assert s.get(Assignment, v.id).status == "done"
+    st.close()
+
+
+
+def _no_waits(s: Any) -> None:
+    """Make any lock wait of this transaction an error (a wait is what could deadlock)."""
+    s.execute(text("SET LOCAL lock_timeout = '100ms'"))
+
+
+def _task(st: db.Store, assignment_id: int) -> int:
+    with st.read() as s:
+        return s.get(Assignment, assignment_id).task_id
+
+
+def test_a_claim_and_another_batchs_submit_on_one_task_never_wait_for_each_other(
+        pg_admin_url):  # noqa: F811
+    """Issue 12: two server workers' batches deadlocked (a 1 s stall until PostgreSQL noticed).
+    A claim locked its task FOR UPDATE, which conflicts with the FOR KEY SHARE lock that the
+    foreign key check of a label's insert takes on the same task: one batch's submit waited for
+    the other's claim and vice versa. Each wait here would be a `lock_timeout` error."""
+    st, (a, b, _, _) = _store(new_database(pg_admin_url))
+    first = st.run(lambda s: assign.next_view(s, a.id, "demo"))  # committed: a holds slot 0
+    # One batch claims the task's other slot and holds its locks; another submits a's label.
+    with st.write() as s1:
+        _no_waits(s1)
+        got = assign.next_view(s1, b.id, "demo")
+        with st.write() as s2:
+            _no_waits(s2)
+            labels.remember(first)  # the one-statement submit (the usual path: the next test)
+            labels.submit(s2, a, first.id, uuid.uuid4().hex, {"choice": "first"})
+    assert _task(st, got.id) == _task(st, first.id)
+    st.close()
+
+
+@pytest.mark.parametrize("path", ["statement", "orm"])
+def test_a_claim_takes_a_task_whose_label_another_batch_is_inserting(
+        pg_admin_url, path):  # noqa: F811
+    """The other way round: while one batch inserts a label on a task, a claim by another
+    takes that task's free slot without waiting and without skipping it (FOR UPDATE SKIP
+    LOCKED skipped it, then the claim waited for it: `claim_id`'s second query)."""
+    st, (a, b, _, _) = _store(new_database(pg_admin_url))
+    first = st.run(lambda s: assign.next_view(s, a.id, "demo"))
+    with st.write() as s1:
+        _no_waits(s1)
+        labels.submit(s1, a, first.id, uuid.uuid4().hex, {"choice": "first"})
+        with st.write() as s2:
+            _no_waits(s2)
+            if path == "statement":
+                taken = assign.next_view(s2, b.id, "demo").id
+            else:
+                project = s2.scalar(select(Project).where(Project.name == "demo"))
+                taken = assign.claim(s2, s2.get(Labeler, b.id), project).id
+    assert _task(st, taken) == _task(st, first.id)  # the oldest open task, not skipped over
+    with st.read() as s:
+        assert len(s.scalars(select(Label)).all()) == 1
+    st.close()
+
+
+def test_taking_back_a_skipped_item_never_waits_for_another_batchs_submit(
+        pg_admin_url):  # noqa: F811
+    """`flow.revisit` locked the task FOR UPDATE too: the same wait as a claim's."""
+    st, (a, b, _, _) = _store(new_database(pg_admin_url))
+    mine, theirs = (st.run(lambda s, who=who: assign.next_view(s, who.id, "demo"))
+                    for who in (a, b))
+    with st.write() as s:
+        assign.skip(s, s.get(Labeler, a.id), mine.id)
+    with st.write() as s1:
+        _no_waits(s1)
+        flow.revisit(s1, s1.get(Labeler, a.id), mine.id)
+        with st.write() as s2:
+            _no_waits(s2)
+            labels.submit(s2, b, theirs.id, uuid.uuid4().hex, {"choice": "first"})
+    with st.read() as s:
+        assert s.get(Assignment, mine.id).status == "pending"
+        assert len(s.scalars(select(Label)).all()) == 1
     st.close()

@@ -48,7 +48,7 @@ def _shown_order(n: int, rng: random.Random) -> list[int]:
 # The claim path as plain SQL on the driver connection (`sql.py`): through the ORM a label's
 # claim and submit took ~18 ms of server CPU, through Core ~9 ms (issue 12). Claiming is one
 # UPDATE that picks the oldest open task this labeler has never had and counts the slot in
-# the same statement (PostgreSQL: the task row is locked FOR UPDATE SKIP LOCKED, the
+# the same statement (PostgreSQL: the task row is locked FOR NO KEY UPDATE SKIP LOCKED, the
 # job-queue idiom, so that concurrent claimers take different tasks), then one INSERT.
 _PENDING = ("SELECT a.id FROM assignments a JOIN tasks t ON a.task_id = t.id "
             "WHERE a.labeler_id = ? AND a.status = 'pending' AND t.project_id = p.id "
@@ -66,8 +66,14 @@ _OPEN = ("UPDATE tasks SET filled = filled + 1 WHERE id = (SELECT t.id FROM task
          "(SELECT task_id FROM assignments WHERE labeler_id = ?) ORDER BY t.id LIMIT 1{lock}) "
          "RETURNING id, n_labels, response_ids")
 # If every open task is locked at that instant, wait for one rather than wrongly report an
-# empty queue (PostgreSQL; SQLite runs only the first).
-_OPEN_SKIP, _OPEN_WAIT = Sql(_OPEN, " FOR UPDATE SKIP LOCKED"), Sql(_OPEN, " FOR UPDATE")
+# empty queue (PostgreSQL; SQLite runs only the first). The lock is FOR NO KEY UPDATE, the
+# lock an UPDATE of `filled` takes anyway: FOR UPDATE also conflicts with the FOR KEY SHARE
+# lock that inserting a label or an assignment takes on its task (the foreign key check), so
+# a claim and another transaction's submit on one task waited for each other, and two server
+# workers' group-commit batches deadlocked (a 1 s stall, issue 12).
+_TASK_LOCK = " FOR NO KEY UPDATE"
+_OPEN_SKIP = Sql(_OPEN, _TASK_LOCK + " SKIP LOCKED")
+_OPEN_WAIT = Sql(_OPEN, _TASK_LOCK)
 _TAKE = Sql("UPDATE tasks SET filled = filled + 1 WHERE id = ? AND filled < n_labels "
             "RETURNING n_labels")
 _FILL = Sql("UPDATE tasks SET filled = filled + ? WHERE id = ?")  # atomic in SQL
@@ -100,7 +106,7 @@ task AS (UPDATE tasks SET filled = filled + 1 WHERE id = (SELECT t.id FROM tasks
   ON t.project_id = p.id WHERE t.filled < t.n_labels
   AND t.id NOT IN (SELECT task_id FROM assignments WHERE labeler_id = ?)
   AND NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM stale)
-  ORDER BY t.id LIMIT 1 FOR UPDATE OF t SKIP LOCKED) RETURNING id, n_labels, response_ids),
+  ORDER BY t.id LIMIT 1 FOR NO KEY UPDATE OF t SKIP LOCKED) RETURNING id, n_labels, response_ids),
 new AS (INSERT INTO assignments (task_id, labeler_id, slot, status, shown_order, created_at)
   SELECT task.id, ?, f.slot, 'pending', (SELECT json_agg(i ORDER BY random())
     FROM generate_series(0, json_array_length(task.response_ids) - 1) i), ?

@@ -96,7 +96,9 @@ def revisit(s: Session, labeler: Labeler, assignment_id: int) -> Assignment:
     a = assign.get_assignment(s, labeler, assignment_id)
     if a.status != SKIPPED:
         raise Conflict("this item was not skipped")
-    task = s.scalar(select(Task).where(Task.id == a.task_id).with_for_update())
+    # FOR NO KEY UPDATE (key_share): FOR UPDATE would also block other transactions' label
+    # inserts on this task (their foreign key check), a deadlock risk (`assign.py`).
+    task = s.scalar(select(Task).where(Task.id == a.task_id).with_for_update(key_share=True))
     taken = set(s.scalars(select(Assignment.slot).where(Assignment.task_id == task.id,
                                                         Assignment.slot.is_not(None))))
     free = next((i for i in range(task.n_labels) if i not in taken), None)

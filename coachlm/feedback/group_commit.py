@@ -15,8 +15,11 @@ thread, a pooled connection, a session and a commit round trip: batched, a label
 CPU in the server and in PostgreSQL (issue 12). There the batch's writes also run side by side,
 their plain-SQL statements pipelined (`_pipelined`): the writer thread had spent most of its
 time waiting for one statement after another. Row locks taken by one write of a batch are
-held until the batch commits; a deadlock with another worker's batch is an error that
-`Store.run` retries like any other transient failure.
+held until the batch commits, so a write must not wait for a lock that another worker's
+batch holds while that batch waits for one of its own: a claim locks its task FOR NO KEY
+UPDATE, not FOR UPDATE, which blocked the foreign-key check of another batch's label on the
+same task, and two workers' batches deadlocked (`assign.py`). A deadlock that remains is an
+error that `Store.run` retries like any other transient failure.
 """
 
 from __future__ import annotations
