@@ -67,7 +67,7 @@ def rounds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return count
 
 
-def test_a_batch_of_claims_and_submits_comes_out_as_if_run_one_by_one(store_url, rounds):  # noqa: F811
+def test_a_batch_of_claims_and_submits_comes_out_as_if_run_one_by_one(store_url, rounds):
     st, (a, b, c, d) = _store(store_url)
     claim = lambda who: lambda s: assign.next_view(s, who.id, "demo")  # noqa: E731
     views = _one_batch(st, [claim(a), claim(b), claim(c)])
@@ -100,7 +100,7 @@ def test_a_batch_of_claims_and_submits_comes_out_as_if_run_one_by_one(store_url,
     st.close()
 
 
-def test_a_failing_write_fails_alone_and_the_rest_of_its_batch_commits(store_url):  # noqa: F811
+def test_a_failing_write_fails_alone_and_the_rest_of_its_batch_commits(store_url):
     st, (a, b, c, _) = _store(store_url)
     theirs = st.run(lambda s: assign.next_assignment_id(s, b.id, "demo"))
     duplicate = Sql("INSERT INTO labelers (id, name, role, source, cost_per_label, active, "
@@ -127,7 +127,7 @@ def test_a_failing_write_fails_alone_and_the_rest_of_its_batch_commits(store_url
     st.close()
 
 
-def test_a_hinted_submit_is_one_statement_and_a_wrong_hint_changes_nothing(store_url, rounds):  # noqa: F811
+def test_a_hinted_submit_is_one_statement_and_a_wrong_hint_changes_nothing(store_url, rounds):
     """A claim leaves a hint (kind, shown order, scale, flags) for the submit that follows: on
     PostgreSQL the label is then stored in one statement. The statement checks every hinted
     fact, so a hint that is wrong (here: the other shown order, as from another store with the
@@ -164,7 +164,7 @@ def _task(st: db.Store, assignment_id: int) -> int:
 
 
 def test_a_claim_and_another_batchs_submit_on_one_task_never_wait_for_each_other(
-        pg_admin_url):  # noqa: F811
+        pg_admin_url):
     """Issue 12: two server workers' batches deadlocked (a 1 s stall until PostgreSQL noticed).
     A claim locked its task FOR UPDATE, which conflicts with the FOR KEY SHARE lock that the
     foreign key check of a label's insert takes on the same task: one batch's submit waited for
@@ -185,7 +185,7 @@ def test_a_claim_and_another_batchs_submit_on_one_task_never_wait_for_each_other
 
 @pytest.mark.parametrize("path", ["statement", "orm"])
 def test_a_claim_takes_a_task_whose_label_another_batch_is_inserting(
-        pg_admin_url, path):  # noqa: F811
+        pg_admin_url, path):
     """The other way round: while one batch inserts a label on a task, a claim by another
     takes that task's free slot without waiting and without skipping it (FOR UPDATE SKIP
     LOCKED skipped it, then the claim waited for it: `claim_id`'s second query)."""
@@ -208,7 +208,7 @@ def test_a_claim_takes_a_task_whose_label_another_batch_is_inserting(
 
 
 def test_taking_back_a_skipped_item_never_waits_for_another_batchs_submit(
-        pg_admin_url):  # noqa: F811
+        pg_admin_url):
     """`flow.revisit` locked the task FOR UPDATE too: the same wait as a claim's."""
     st, (a, b, _, _) = _store(new_database(pg_admin_url))
     mine, theirs = (st.run(lambda s, who=who: assign.next_view(s, who.id, "demo"))

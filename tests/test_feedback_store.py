@@ -38,7 +38,7 @@ def _uid() -> str:
     return uuid.uuid4().hex
 
 
-def test_migrations_match_models(store_url):  # noqa: F811
+def test_migrations_match_models(store_url):
     st = db.open_store(store_url)
     head = db.head_revision()
     assert db.current_revision(st.engine) == head == "0003"
@@ -60,7 +60,7 @@ def test_migrations_match_models(store_url):  # noqa: F811
     st.close()
 
 
-def test_import_is_idempotent_and_keeps_provenance(store_url):  # noqa: F811
+def test_import_is_idempotent_and_keeps_provenance(store_url):
     st = db.open_store(store_url)
     a, b = schema.Response("yes", "m1", "v2"), schema.Response("no", "m2")
     cmp_ab = schema.Comparison(prompt=schema.as_prompt("q?"), a=a, b=b, choice="a",
@@ -86,7 +86,7 @@ def test_import_is_idempotent_and_keeps_provenance(store_url):  # noqa: F811
     st.close()
 
 
-def test_assignment_overlap_no_labeler_twice(store_url):  # noqa: F811
+def test_assignment_overlap_no_labeler_twice(store_url):
     st = db.open_store(store_url)
     _setup(st, n_prompts=3, n_labelers=4, n_labels=3)  # 9 comparison tasks, 3 labels each
     with st.write() as s:
@@ -140,7 +140,7 @@ def _label_everything(st: db.Store, name: str, errors: list) -> None:
         errors.append(e)
 
 
-def test_concurrent_labelers_fill_each_task_exactly(store_url):  # noqa: F811
+def test_concurrent_labelers_fill_each_task_exactly(store_url):
     st = db.open_store(store_url)
     _setup(st, n_prompts=4, n_labelers=6, n_labels=3)  # 12 tasks x 3 labels
     errors: list = []
@@ -160,7 +160,7 @@ def test_concurrent_labelers_fill_each_task_exactly(store_url):  # noqa: F811
     st.close()
 
 
-def test_idempotent_resubmission_and_ownership(store_url):  # noqa: F811
+def test_idempotent_resubmission_and_ownership(store_url):
     st = db.open_store(store_url)
     _setup(st, n_prompts=1, n_labelers=2, n_labels=1)
     with st.write() as s:
@@ -211,7 +211,7 @@ def test_shown_order_is_mapped_back_to_canonical():
     assert labels.from_shown("ranking", {"ranks": [2, 1, 3]}, [2, 0, 1])["ranks"] == [1, 3, 2]
 
 
-def test_gold_quality_and_export_filters(store_url):  # noqa: F811
+def test_gold_quality_and_export_filters(store_url):
     st = db.open_store(store_url)
     good, bad = schema.Response("good", "m1"), schema.Response("bad", "m2")
     golds = [schema.Comparison(prompt=schema.as_prompt(f"gold {i}"), a=good, b=bad, choice="a")
@@ -359,7 +359,7 @@ def test_set_gold_and_project_stats(tmp_path):
     st.close()
 
 
-def test_requests_arriving_at_once_open_one_token_connection(pg_admin_url, monkeypatch):  # noqa: F811
+def test_requests_arriving_at_once_open_one_token_connection(pg_admin_url, monkeypatch):
     """PostgreSQL: the token reads of a worker's first requests, arriving together, wait for
     one kept-open connection (each of 50 labelers had opened its own)."""
     import psycopg

@@ -15,7 +15,7 @@ from coachlm.feedback.tables import Label, LabelRevision
 
 
 @pytest.fixture()
-def api(store_url) -> Api:  # noqa: F811
+def api(store_url) -> Api:
     a = make_api(store_url)
     yield a
     a.store.close()

@@ -45,7 +45,7 @@ def _submit(st: db.Store, name: str, aid: int, client_id: str) -> bool:
                                                 {"choice": "first"})[1])
 
 
-def test_expired_assignment_is_reassigned_and_late_answer_refused(store_url):  # noqa: F811
+def test_expired_assignment_is_reassigned_and_late_answer_refused(store_url):
     st = _store(store_url, ttl=600)
     held = _next(st, "absent")
     assert _next(st, "busy") is None  # the only slot is held
@@ -65,7 +65,7 @@ def test_expired_assignment_is_reassigned_and_late_answer_refused(store_url):  #
     st.close()
 
 
-def test_late_answer_is_kept_while_a_slot_is_free(store_url):  # noqa: F811
+def test_late_answer_is_kept_while_a_slot_is_free(store_url):
     st = _store(store_url, ttl=60, n_labels=2)
     held = _next(st, "absent")
     _age(st, held, 120)

@@ -25,7 +25,7 @@ SURROGATE = '"bad \\ud800 text"'  # JSON for a string holding a lone surrogate
 
 
 @pytest.fixture()
-def api(store_url) -> Api:  # noqa: F811
+def api(store_url) -> Api:
     a = make_api(store_url)
     yield a
     a.store.close()
@@ -221,7 +221,7 @@ def test_admin_input_limits(api):
     assert api.client.post("/api/projects/nope/next", headers=api.labeler).status_code == 404
 
 
-def test_web_pages_of_missing_things_are_4xx(store_url):  # noqa: F811
+def test_web_pages_of_missing_things_are_4xx(store_url):
     api = make_api(store_url)
     c, csrf = login(api.client.app, "ann", "ann-password")
     assert c.post("/p/999/start", data={"csrf": csrf}).status_code == 404

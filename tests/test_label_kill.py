@@ -56,7 +56,7 @@ def _labeler(base: str, token: str, acked: set, in_flight: dict, lock: threading
             return
 
 
-def test_kill_9_loses_no_acknowledged_label(store_url):  # noqa: F811
+def test_kill_9_loses_no_acknowledged_label(store_url):
     tokens = _prepare(store_url)
     acked: set[str] = set()
     in_flight: dict[str, tuple[int, str]] = {}
