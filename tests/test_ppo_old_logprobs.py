@@ -12,7 +12,7 @@ import torch
 from coachlm.engine.checkpoint import trainable_state
 from coachlm.trainers import ppo as ppo_module
 from coachlm.trainers.ppo import train_ppo
-from coachlm.trainers.ppo_steps import ActorCritic
+from coachlm.trainers.ppo_steps import ActorCritic, old_logprobs_from_update
 from test_ppo import PROMPTS, LowIds, policy, small
 from models_fixtures import tokenizer
 
@@ -72,3 +72,12 @@ def test_the_skip_changes_no_number(tmp_path, monkeypatch, bf16):
     # The weights moved: two updates happened on both paths.
     assert any(not torch.equal(w, policy().state_dict().get(n, w)) for n, w in weights.items()
                if "lora_B" in n)
+
+
+def test_dropout_another_engine_or_processes_keep_the_pass():
+    ac, cfg = ActorCritic(policy(), None), grpo()
+    assert old_logprobs_from_update(ac, cfg, 1, None)
+    assert not old_logprobs_from_update(ac, cfg, 2, None)  # each process has a share of rows
+    assert not old_logprobs_from_update(ac, cfg, 1, object())  # importance weights need pi_old
+    ac.policy.config.attention_dropout = 0.1  # train mode would drop in the update's forward
+    assert not old_logprobs_from_update(ac, cfg, 1, None)

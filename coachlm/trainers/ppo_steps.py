@@ -2,7 +2,9 @@
 
   1. generate   `rollout`: pure sampling (top_k 0, top_p 1) with the KV cache, the LoRA update
                 merged into the weights; then one no-grad pass for the policy's logprobs and
-                values and one, adapter off, for the reference, in the update's micro-batches.
+                values and one, adapter off, for the reference, in the update's micro-batches
+                (the policy's is skipped when the update's forward gives the same numbers:
+                `old_logprobs_from_update`).
   2. score      `score_responses`: reward, optional normalization, clipping, no-EOS penalty.
   3. KL-shape   `shape_rewards`: -beta * KL on every response token, score on the last (EOS).
   4. advantages `ppo_advantages` (GAE + whitening) or `group_relative_advantages` (GRPO/RLOO).
