@@ -50,7 +50,9 @@ class Experience:
     action_mask: Tensor  # (B, N) bool: 1 on response tokens up to and including the stop token
     finished: Tensor  # (B,) bool: the response ended with a stop token (EOS)
     prompt_index: Tensor  # (B,) long: which prompt of the rollout each row answers
-    logprobs: Tensor  # (B, N) fp32: log pi_old(token), the policy that sampled
+    # (B, N) fp32: log pi_old(token), the policy that sampled; None until the update's forward
+    # gives it (`ppo_steps.old_logprobs_from_update`)
+    logprobs: Tensor | None
     ref_logprobs: Tensor  # (B, N) fp32: log pi_ref(token), the frozen starting policy
     values: Tensor | None = None  # (B, N) fp32: V_old(state before token); None without a critic
     scores: Tensor | None = None  # (B,) fp32: reward after normalization, clipping, EOS penalty

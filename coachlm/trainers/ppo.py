@@ -50,7 +50,8 @@ from coachlm.engine.loop import (Trainee, check_checkpointing, checkpoint, make_
                                  seed_everything)
 from coachlm.trainers.ppo_config import PPOConfig, PPORunConfig
 from coachlm.trainers.ppo_steps import (ActorCritic, RewardNorm, frozen_dtype,
-                                        group_relative_advantages, ppo_advantages, rollout,
+                                        group_relative_advantages, measure_kl,
+                                        old_logprobs_from_update, ppo_advantages, rollout,
                                         rollout_metrics, score_responses, shape_rewards)
 from coachlm.trainers.ppo_update import gather_experience, ppo_loss, ppo_update
 
@@ -189,19 +190,23 @@ def _iteration(t: Trainee, ref_model: nn.Module | None, tokenizer: Any,
     sub_prompts = [prompts[batch[i]] for i in mine]
     sub_ids = [prompt_ids[batch[i]] for i in mine]
     # 1. generate (pure sampling, seeded streams per iteration and row so a resumed or sharded
-    # run repeats them)
+    # run repeats them); GRPO with one step per rollout takes pi_old from the update's forward
+    policy_pass = not old_logprobs_from_update(ac, cfg, eng.world_size, generator)
     with eng.full_params():  # FSDP / ZeRO-3: sample and score with the whole weights
         exp, gen, entropy = rollout(ac, ref_model, tokenizer, sub_ids, cfg,
                                     seed=cfg.seed * 1_000_003 + run.step, autocast=eng.autocast,
                                     row_offset=mine.start * cfg.samples_per_prompt,
-                                    generator=generator, dtype=frozen_dtype(eng))
+                                    generator=generator, dtype=frozen_dtype(eng),
+                                    policy_pass=policy_pass)
     texts = decode_responses(tokenizer, gen)
     # 2. score
     raw, exp.scores = score_responses(reward, sub_prompts, texts, gen, cfg, norm)
     table = {"prompts": sub_prompts, "texts": texts, "raw": raw, "scores": exp.scores,
              "prompt_index": gen.prompt_index}
-    local_tokens = float(exp.action_mask.sum())
-    entropy_sum, n_tokens = eng.sum([entropy * local_tokens, local_tokens])
+    if entropy is not None:
+        local_tokens = float(exp.action_mask.sum())
+        entropy_sum, n_tokens = eng.sum([entropy * local_tokens, local_tokens])
+        entropy = entropy_sum / max(n_tokens, 1.0)
     exp = gather_experience(eng, exp, mine.start)
     raw = eng.gather_rows(raw)
     # 3. KL-shape
@@ -215,9 +220,12 @@ def _iteration(t: Trainee, ref_model: nn.Module | None, tokenizer: Any,
     metrics, run.opt_step = ppo_update(t, exp, cfg, tcfg, run.opt_step,
                                        seed=cfg.seed * 7_919 + run.step,
                                        kl_coef=kl_ctl.value)
+    if not policy_pass:  # the update's forward gave pi_old: its KL and entropy, for the logs
+        measure_kl(exp, cfg)
+        entropy = metrics.pop("entropy")
     if generator is not None:  # the engine samples the next rollout from the updated weights
         generator.sync(ac.policy)
-    metrics.update(rollout_metrics(exp, raw, entropy_sum / max(n_tokens, 1.0)),
+    metrics.update(rollout_metrics(exp, raw, entropy),
                    kl_coef=kl_ctl.value)
     kl_ctl.update(metrics["kl"], cfg.episodes)
     run.generated += int(exp.response_lengths.sum())

@@ -2,7 +2,9 @@
 
   1. generate   `rollout`: pure sampling (top_k 0, top_p 1) with the KV cache, the LoRA update
                 merged into the weights; then one no-grad pass for the policy's logprobs and
-                values and one, adapter off, for the reference, in the update's micro-batches.
+                values and one, adapter off, for the reference, in the update's micro-batches
+                (the policy's is skipped when the update's forward gives the same numbers:
+                `old_logprobs_from_update`).
   2. score      `score_responses`: reward, optional normalization, clipping, no-EOS penalty.
   3. KL-shape   `shape_rewards`: -beta * KL on every response token, score on the last (EOS).
   4. advantages `ppo_advantages` (GAE + whitening) or `group_relative_advantages` (GRPO/RLOO).
@@ -106,15 +108,65 @@ def _decide_sharing(ac: ActorCritic, cfg: PPOConfig, pad_id: int) -> bool:
     return ac.shares_prompts
 
 
+def _has_dropout(model: nn.Module) -> bool:
+    """Whether `model` in train mode drops anything: a dropout module, or a config's dropout
+    probability that attention applies functionally (e.g. Llama's attention_dropout)."""
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    cfg = getattr(model, "config", None)
+    return any(("dropout" in k or "pdrop" in k) and isinstance(v, float) and v > 0
+               for k, v in (vars(cfg).items() if cfg is not None else ()))
+
+
+def old_logprobs_from_update(ac: ActorCritic, cfg: PPOConfig, world_size: int,
+                             generator: Any) -> bool:
+    """Whether the update's own forward can give pi_old, so that the rollout's no-grad policy
+    pass is skipped (GRPO with one optimizer step per rollout).
+
+    With one epoch and the whole rollout as the one mini-batch, no optimizer step happens
+    between sampling and the update's forward: on the same weights, micro-batches (the sorted
+    order depends on the set of rows only), kernels (the fused LoRA view, the frozen weights'
+    dtype, autocast) and no dropout, that forward's logprobs equal the no-grad pass's. Then
+    pi_old = pi_theta.detach(): the ratio r = pi_theta / pi_old is 1 and the clipped objective's
+    gradient (Schulman et al., 2017, eq. 7) is the plain policy gradient A * grad log pi_theta,
+    with clipfrac and approx_kl 0, exactly as with the no-grad pass. It also needs nothing to
+    read pi_old *before* the update: GRPO's advantages come from the scores alone (its KL is a
+    loss term, measured for the logs after the update), there is no critic (values come from
+    the no-grad pass), no external engine's importance weights (min(pi_old / mu, C)), and one
+    process (each would forward only its share of the rows that the logged KL covers)."""
+    return (cfg.algo == "grpo" and cfg.ppo_epochs == 1 and cfg.mini_batch_size == cfg.episodes
+            and not ac.has_critic and generator is None and world_size == 1
+            and not _has_dropout(ac.policy))
+
+
 def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cfg: PPOConfig,
-               share: bool, dtype: torch.dtype | None = None) -> Tensor:
+               share: bool, dtype: torch.dtype | None = None,
+               policy_pass: bool = True) -> Tensor | None:
     """Fill exp.logprobs, exp.values and exp.ref_logprobs (no grad), micro-batch by
     micro-batch, as the update will forward them (frozen weights cast once to `dtype` under
-    autocast). Returns the policy's entropy (B, N)."""
-    entropy = torch.zeros_like(exp.logprobs)  # (B, N)
+    autocast). Returns the policy's entropy (B, N). Without `policy_pass`
+    (`old_logprobs_from_update`): the reference only; exp.logprobs stays None and the
+    entropy is None, both left to the update's forward."""
     rows_all = torch.arange(exp.sequences.shape[0])
     batches = [(rows, *exp.micro_batch(rows, share)) for rows in
                sorted_micro_batches(rows_all, exp, cfg.micro_batch_size, by_prompt=share)]
+    entropy = None
+    if policy_pass:
+        exp.logprobs = torch.zeros_like(exp.ref_logprobs)  # (B, N)
+        entropy = _policy_pass(ac, exp, batches, cfg, dtype)
+    ref, ref_ctx = reference_context(ac, ref_model, dtype)
+    with eval_mode(ref), ref_ctx:
+        for rows, e, shared in batches:
+            lp = policy_forward(ref, None, e.sequences, e.attention_mask, e.action_mask,
+                                cfg.temperature, shared=shared, pad_id=e.pad_id)[0]  # (b, n)
+            exp.ref_logprobs[rows, :lp.shape[1]] = lp.float()
+    return entropy
+
+
+def _policy_pass(ac: ActorCritic, exp: Experience, batches: list, cfg: PPOConfig,
+                 dtype: torch.dtype | None) -> Tensor:
+    """Fill exp.logprobs and exp.values; returns the entropy (B, N)."""
+    entropy = torch.zeros_like(exp.logprobs)  # (B, N)
     # Eval mode: a dropout left in the model (the update leaves it in train mode) must not
     # make the old logprobs, values and the KL to the reference noisy.
     with eval_mode(ac), lora_view(ac.policy, "fused", dtype):  # as the update computes it
@@ -125,12 +177,6 @@ def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cf
             exp.logprobs[rows, :n], entropy[rows, :n] = lp.float(), ent.float()
             if exp.values is not None:
                 exp.values[rows, :n] = v.float()
-    ref, ref_ctx = reference_context(ac, ref_model, dtype)
-    with eval_mode(ref), ref_ctx:
-        for rows, e, shared in batches:
-            lp = policy_forward(ref, None, e.sequences, e.attention_mask, e.action_mask,
-                                cfg.temperature, shared=shared, pad_id=e.pad_id)[0]  # (b, n)
-            exp.ref_logprobs[rows, :lp.shape[1]] = lp.float()
     return entropy
 
 
@@ -138,11 +184,13 @@ def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cf
 def rollout(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
             prompt_ids: Sequence[Sequence[int]], cfg: PPOConfig, seed: int,
             autocast: Callable[[], Any], row_offset: int = 0,
-            generator: Generator | None = None,
-            dtype: torch.dtype | None = None) -> tuple[Experience, Generation, float]:
+            generator: Generator | None = None, dtype: torch.dtype | None = None,
+            policy_pass: bool = True) -> tuple[Experience, Generation, float | None]:
     """# 1. generate: sample, then recompute logprobs / values / reference logprobs.
 
     Returns (experience, generation, mean token entropy of the policy on its samples).
+    Without `policy_pass` (`old_logprobs_from_update`) the policy's no-grad pass is skipped:
+    exp.logprobs and the entropy are None, the update's forward gives them.
     `generator`: the sampling engine (`rollout.generators`); None: the built-in sampler on the
     policy's merged weights. `dtype` (bf16: the engine's autocast precision): the built-in
     sampler runs on a bf16 copy of the merged policy (`sampling.cast_copy`), and the no-grad
@@ -166,17 +214,17 @@ def rollout(ac: ActorCritic, ref_model: nn.Module | None, tokenizer: Any,
         sequences=sequences, attention_mask=attention_mask, action_mask=action_mask,
         finished=torch.tensor(gen.finished, dtype=torch.bool),
         prompt_index=torch.tensor(gen.prompt_index, dtype=torch.long),
-        logprobs=torch.zeros(B, N), ref_logprobs=torch.zeros(B, N),
+        logprobs=None, ref_logprobs=torch.zeros(B, N),
         values=torch.zeros(B, N) if ac.has_critic else None, pad_id=tokenizer.pad_token_id)
     share = _decide_sharing(ac, cfg, tokenizer.pad_token_id)
     with autocast():
-        entropy = _recompute(ac, ref_model, exp, cfg, share, dtype)
+        entropy = _recompute(ac, ref_model, exp, cfg, share, dtype, policy_pass)
     if generator is not None and getattr(generator, "external", True) \
             and cfg.importance_cap is not None:
         exp.is_weights = truncated_importance_weights(
             exp.logprobs, sampler_logprobs(gen, action_mask.shape[1]), action_mask,
             cfg.importance_cap)
-    return exp, gen, float(masked_mean(entropy, action_mask))
+    return exp, gen, None if entropy is None else float(masked_mean(entropy, action_mask))
 
 
 def sampler_logprobs(gen: Generation, width: int) -> Tensor:
@@ -222,10 +270,23 @@ def score_responses(reward: Reward, prompts: Sequence[Prompt], texts: Sequence[s
 def shape_rewards(exp: Experience, kl_coef: float, cfg: PPOConfig) -> None:
     """# 3. KL-shape: per-token -beta * KL, plus the score on the last response token. GRPO
     keeps its KL out of the reward (it is a loss term, `_micro_loss`): the score alone, and the
-    KL measured for the logs and the KL controller."""
-    beta = 0.0 if cfg.algo == "grpo" else kl_coef
+    KL measured for the logs and the KL controller (`measure_kl`; after the update when the
+    update's forward gives pi_old)."""
+    if cfg.algo == "grpo":
+        zero = torch.zeros_like(exp.ref_logprobs)  # (B, N)
+        exp.rewards = kl_shaped_rewards(exp.scores, zero, zero, exp.action_mask, 0.0)[0]
+        measure_kl(exp, cfg)
+        return
     exp.rewards, exp.kl = kl_shaped_rewards(exp.scores, exp.logprobs, exp.ref_logprobs,
-                                            exp.action_mask, beta, cfg.kl_kind)
+                                            exp.action_mask, kl_coef, cfg.kl_kind)
+
+
+def measure_kl(exp: Experience, cfg: PPOConfig) -> None:
+    """exp.kl (B, N): the per-token KL estimate of pi_old to the reference, 0 after EOS; left
+    None while pi_old is unknown (`old_logprobs_from_update`)."""
+    if exp.logprobs is not None:
+        exp.kl = kl_shaped_rewards(exp.scores, exp.logprobs, exp.ref_logprobs, exp.action_mask,
+                                   0.0, cfg.kl_kind)[1]
 
 
 def ppo_advantages(exp: Experience, cfg: PPOConfig) -> None:
@@ -253,12 +314,21 @@ def group_relative_advantages(exp: Experience, cfg: PPOConfig) -> None:
 
 
 def _micro_loss(ac: ActorCritic, e: Experience, shared: SharedPrompts | None, cfg: PPOConfig,
-                mini_weight: Tensor, kl_coef: float) -> tuple[Tensor, dict[str, float]]:
+                mini_weight: Tensor, kl_coef: float,
+                record: Callable[[Tensor, Tensor], None] | None = None
+                ) -> tuple[Tensor, dict[str, float]]:
     """Loss of one micro-batch, weighted so that the mini-batch's loss is its `aggregate`
-    (`mini_weight`: the mini-batch's `aggregation_weight`)."""
-    logprobs, values, _ = ac(e.sequences, e.attention_mask, e.action_mask, cfg.temperature,
-                             shared=shared, pad_id=e.pad_id)  # (b, n)
-    pg_loss, clipfrac, approx_kl = ppo_clip(logprobs, e.logprobs, e.advantages, e.action_mask,
+    (`mini_weight`: the mini-batch's `aggregation_weight`). Without old logprobs
+    (e.logprobs None, `old_logprobs_from_update`) pi_old is this forward's, detached, and
+    `record` gets (those logprobs, the entropy), each (b, n), for the rollout's logs."""
+    logprobs, values, entropy = ac(e.sequences, e.attention_mask, e.action_mask,
+                                   cfg.temperature, with_entropy=e.logprobs is None,
+                                   shared=shared, pad_id=e.pad_id)  # (b, n)
+    old = e.logprobs
+    if old is None:
+        old = logprobs.detach()  # r = pi_theta / pi_old = 1 (Schulman et al., 2017, eq. 7)
+        record(old, entropy)
+    pg_loss, clipfrac, approx_kl = ppo_clip(logprobs, old, e.advantages, e.action_mask,
                                             cfg.clip_eps, cfg.aggregation, e.is_weights)
     weight = aggregation_weight(e.action_mask, cfg.aggregation) / mini_weight
     loss = pg_loss

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import fields, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from coachlm.engine.accel import Engine
 from coachlm.engine.config import TrainConfig, lr_at
 from coachlm.engine.loop import LossOut, Trainee, update
 from coachlm.models.lora import lora_view
-from coachlm.rl_math import aggregation_weight
+from coachlm.rl_math import aggregation_weight, masked_mean
 from coachlm.rollout.experience import Experience, sorted_micro_batches
 from coachlm.trainers.ppo_config import PPOConfig
 from coachlm.trainers.ppo_steps import ActorCritic, _micro_loss, frozen_dtype
@@ -38,11 +39,11 @@ def ppo_loss(ac: ActorCritic, batch: tuple[Experience, Any, Tensor, float],
     """The engine's loss for one micro-batch (e, shared prompts, the mini-batch's global
     `aggregation_weight` n: its tokens, or its sequences with loss_aggregation "sequence", and
     GRPO's KL coefficient). `_micro_loss` returns the micro-batch's loss already weighted by its
-    own weight m / n; as a *sum* over the micro-batch's m units that is loss * n (the engine
+    own weight m / n (and, without old logprobs, hands this forward's to `record`); as a *sum* over the micro-batch's m units that is loss * n (the engine
     divides by the global count, n), and its stats, weighted by m / n, are sums once
     multiplied by n."""
-    e, shared, n_units, kl_coef = batch
-    loss, stats = _micro_loss(ac, e, shared, cfg, n_units, kl_coef)
+    e, shared, n_units, kl_coef, record = batch
+    loss, stats = _micro_loss(ac, e, shared, cfg, n_units, kl_coef, record)
     n = float(n_units)
     return LossOut(loss * n, int(aggregation_weight(e.action_mask, cfg.aggregation)),
                    int(e.attention_mask.sum()), {k: v * n for k, v in stats.items()})
@@ -52,9 +53,16 @@ def ppo_update(t: Trainee, exp: Experience, cfg: PPOConfig, tcfg: TrainConfig, o
                seed: int, kl_coef: float = 0.0) -> tuple[dict[str, float], int]:
     """`ppo_epochs` passes over shuffled mini-batches, one optimizer step each. `kl_coef`: beta
     of GRPO's KL loss term (PPO and RLOO have their KL in the reward). Returns (metrics
-    averaged over optimizer steps, the new optimizer step count)."""
+    averaged over optimizer steps, the new optimizer step count).
+
+    Without old logprobs (exp.logprobs None, `ppo_steps.old_logprobs_from_update`: one step on
+    the whole rollout) the step's forward gives them: exp.logprobs is filled with its detached
+    logprobs and metrics["entropy"] is the policy's mean token entropy on the rollout."""
     eng, ac = t.engine, t.model
     generator = torch.Generator().manual_seed(seed)
+    logprobs = entropy = None  # (B, N) each, recorded from the forward without old logprobs
+    if exp.logprobs is None:
+        logprobs, entropy = torch.zeros_like(exp.ref_logprobs), torch.zeros_like(exp.ref_logprobs)
     share = bool(ac.shares_prompts)
     sums: dict[str, float] = {}
     n_updates = 0
@@ -70,7 +78,8 @@ def ppo_update(t: Trainee, exp: Experience, cfg: PPOConfig, tcfg: TrainConfig, o
                 mine = mini[eng.rank::eng.world_size]
                 # This process's rows, regrouped by length (and prompt) and trimmed: the step's
                 # loss is still the mini-batch's token (or sequence) mean.
-                micro = [(*exp.micro_batch(m, share), n_units, kl_coef)
+                micro = [(*exp.micro_batch(m, share), n_units, kl_coef,
+                          None if entropy is None else partial(_record, logprobs, entropy, m))
                          for m in sorted_micro_batches(mine, exp, cfg.micro_batch_size, share)]
                 metrics, _ = update(t, micro, lr_at(opt_step, tcfg), cfg.max_grad_norm)
                 metrics.pop("loss")
@@ -80,7 +89,18 @@ def ppo_update(t: Trainee, exp: Experience, cfg: PPOConfig, tcfg: TrainConfig, o
                 opt_step, n_updates = opt_step + 1, n_updates + 1
     out = {k: v / n_updates for k, v in sums.items()}
     out["lr"] = lr_at(opt_step - 1, tcfg)
+    if entropy is not None:
+        exp.logprobs = logprobs
+        out["entropy"] = float(masked_mean(entropy, exp.action_mask))
     return out, opt_step
+
+
+def _record(logprobs: Tensor, entropy: Tensor, rows: Tensor, logprobs_rows: Tensor,
+            entropy_rows: Tensor) -> None:
+    """Rows `rows` of `logprobs` and `entropy` (B, N) from a micro-batch's (b, n) ones."""
+    n = logprobs_rows.shape[1]
+    logprobs[rows, :n] = logprobs_rows.float().cpu()
+    entropy[rows, :n] = entropy_rows.float().cpu()
 
 
 def gather_experience(engine: Engine, exp: Experience, prompt_offset: int) -> Experience:
