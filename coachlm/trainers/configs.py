@@ -74,17 +74,8 @@ class SFTConfig:
         lr=2e-4, warmup_ratio=0.03, max_steps=300, batch_size=16, checkpoint_every=100))
 
     def __post_init__(self) -> None:
-        if not self.data:
-            raise ValueError("data must name at least one file")
-        if self.max_length < 2:
-            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.bucket_batches < 1:
-            raise ValueError(f"bucket_batches must be >= 1, got {self.bucket_batches}")
-        for key in ("pack_width_multiple", "pack_rows_multiple"):
+        _check_examples(self, min_length=2)
+        for key in ("bucket_batches", "pack_width_multiple", "pack_rows_multiple"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
@@ -127,14 +118,7 @@ class RMConfig:
         checkpoint_every=100, log_every=5))
 
     def __post_init__(self) -> None:
-        if not self.data:
-            raise ValueError("data must name at least one file")
-        if self.max_length < 4:
-            raise ValueError(f"max_length must be >= 4, got {self.max_length}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        _check_examples(self, min_length=4)
         if self.bucket_batches < 1 or self.max_group_responses < 2:
             raise ValueError("bucket_batches must be >= 1 and max_group_responses >= 2")
         if self.normalize_max is not None and self.normalize_max < 2:
@@ -183,8 +167,6 @@ class DPOConfig:
         checkpoint_every=100, log_every=5))
 
     def __post_init__(self) -> None:
-        if not self.data:
-            raise ValueError("data must name at least one file")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
@@ -196,11 +178,18 @@ class DPOConfig:
         if self.reference == "adapter" and self.lora is None:
             raise ValueError("reference: adapter needs LoRA (the reference is the base weights "
                              "with the adapter off); use reference: cached without LoRA")
-        if self.max_length < 4:
-            raise ValueError(f"max_length must be >= 4, got {self.max_length}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        _check_examples(self, min_length=4)
         if self.bucket_batches < 1:
             raise ValueError(f"bucket_batches must be >= 1, got {self.bucket_batches}")
+
+
+def _check_examples(cfg: SFTConfig | RMConfig | DPOConfig, min_length: int) -> None:
+    """The checks every example-based trainer's config shares: data, length, epochs, split."""
+    if not cfg.data:
+        raise ValueError("data must name at least one file")
+    if cfg.max_length < min_length:
+        raise ValueError(f"max_length must be >= {min_length}, got {cfg.max_length}")
+    if cfg.epochs is not None and cfg.epochs <= 0:
+        raise ValueError(f"epochs must be > 0, got {cfg.epochs}")
+    if not 0 <= cfg.val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
