@@ -176,11 +176,13 @@ _SAVE_HINTED = Sql(  # (never run on SQLite)
     "(SELECT t.project_id, t.kind = ? AND p.rating_scale = ? AND p.flags::jsonb = ?::jsonb "
     "AS same FROM tasks t JOIN projects p ON t.project_id = p.id WHERE t.id = a.task_id "
     "OFFSET 0) t WHERE a.id = ? AND a.labeler_id = ? AND a.status = 'pending' "
-    "AND a.shown_order::jsonb = ?::jsonb AND t.same FOR UPDATE OF a), new AS (INSERT INTO labels (client_id, assignment_id, task_id, "
-    "labeler_id, answer, time_spent_s, cost, created_at, guideline_version) "
+    "AND a.shown_order::jsonb = ?::jsonb AND t.same FOR UPDATE OF a), "
+    "new AS (INSERT INTO labels (client_id, assignment_id, task_id, labeler_id, answer, "
+    "time_spent_s, cost, created_at, guideline_version) "
     "SELECT ?, mine.id, mine.task_id, ?, ?, ?, ?, ?, (SELECT MAX(g.version) FROM guidelines g "
     "WHERE g.project_id = mine.project_id) FROM mine ON CONFLICT (client_id) DO NOTHING "
     f"RETURNING id, assignment_id, created_at) {_MARK}")
+_BY_CLIENT_ID = Sql("SELECT id, assignment_id, answer FROM labels WHERE client_id = ?")
 _HINTS: dict[int, tuple[str, list[int], int, list[str]]] = {}
 MAX_HINTS = 100_000
 
@@ -214,7 +216,6 @@ def _save_hinted(db: Db, labeler: Caller, assignment_id: int, client_id: str,
         labeler.id, db.json(clean), _seconds(time_spent_s), labeler.cost_per_label,
         db.time(utcnow())))
     return None if new is None else new[0]
-_BY_CLIENT_ID = Sql("SELECT id, assignment_id, answer FROM labels WHERE client_id = ?")
 
 
 def submit(s: Session, labeler: Caller, assignment_id: int, client_id: str,

@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session
 
 
 class Sql:
-    """One statement's text for both dialects. `{lock}` and `{lock_of}` mark where PostgreSQL
-    takes row locks (SQLite's writer already holds the whole database)."""
+    """One statement's text for both dialects. `{lock}` marks where PostgreSQL takes row
+    locks (SQLite's writer already holds the whole database)."""
 
     def __init__(self, text: str, lock: str = "", pg: str | None = None):
         self.sqlite = text.format(lock="")
