@@ -158,14 +158,10 @@ def update(t: Trainee, micro_batches: Sequence[Any], lr: float,
         for k, v in out.metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v)
     count, tokens, loss_sum, sums = _global(eng, count, tokens, loss_sum, sums)
-    grads = [p.grad for p in t.params if p.grad is not None]
-    if count > 0 and grads:
-        # The wrapper averaged over processes; N / count turns that into the global item mean.
-        torch._foreach_mul_(grads, eng.world_size / count)
-    grad_norm = eng.clip_grad_norm(t.params, max_grad_norm if max_grad_norm is not None
-                                   else float("inf"))
-    t.optimizer.step()
-    t.optimizer.zero_grad(set_to_none=True)
+    # The wrapper averaged over processes; N / count turns that into the global item mean.
+    scale = eng.world_size / count if count > 0 else 1.0
+    grad_norm = eng.step(t.optimizer, t.params, scale,
+                         max_grad_norm if max_grad_norm is not None else float("inf"))
     return _metrics(count, loss_sum, sums, lr, grad_norm), tokens
 
 
