@@ -31,6 +31,9 @@ of positions padded (same settings, one run each on the loaded machine; README h
 losses equal up to floating point (padding is inert, tested).
 The model, its gradients and AdamW's moments hold ~32 MB.
 
+The other way round, for speed, `keep_freed_memory` (every training run, `Engine.prepare`) keeps
+a step's freed memory for the next step instead of returning it and faulting it in again.
+
 Not glibc (macOS, musl), or the user's own MALLOC_MMAP_THRESHOLD_ set: nothing is changed.
 """
 
@@ -40,21 +43,47 @@ import ctypes
 import ctypes.util
 import os
 
-M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
 DEFAULT_THRESHOLD = 1 << 20
+_fixed = False  # fix_mmap_threshold was called: keep_freed_memory leaves its choice alone
+
+
+def _mallopt(*settings: str):
+    """glibc's mallopt, or None (another C library, or the user's own MALLOC_<setting>_)."""
+    if any(f"MALLOC_{k}_" in os.environ for k in settings):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
 
 
 def fix_mmap_threshold(threshold: int = DEFAULT_THRESHOLD) -> bool:
     """Serve every allocation of `threshold` bytes or more by mmap (returned to the system when
     freed); True when set. Call once, early, in a process that trains or samples on CPU."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    global _fixed
+    mallopt = _mallopt("MMAP_THRESHOLD")
+    if mallopt is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
+    _fixed = True
     return bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))
+
+
+def keep_freed_memory() -> bool:
+    """Keep the memory a training step frees for the next step; True when set.
+
+    A step allocates its activations and gradients afresh and frees them at its end (the
+    gradients are dropped, not zeroed: zeroing is one more pass over them). With glibc's dynamic
+    thresholds the heap's free top past twice the largest freed block goes back to the system,
+    so the next step takes a page fault (the kernel zeroing 4 KiB) for each of those pages
+    again. Measured at world-25m (SFT, batch 8, bf16, one thread): ~8,000 faults and ~20 ms of
+    system CPU per ~370 ms step, ~1 ms with this; peak RSS not higher. Blocks up to 32 MiB
+    (glibc's upper bound for the mmap threshold) come from the heap, and up to 1 GiB of its
+    free top is kept (`release_free_memory` still returns it when a stage ends)."""
+    mallopt = _mallopt("MMAP_THRESHOLD", "TRIM_THRESHOLD")
+    if mallopt is None or _fixed:
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
 def release_free_memory() -> bool:

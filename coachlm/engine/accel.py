@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from coachlm.cpus import free_cpus, usable_cpus
 from coachlm.errors import CoachError
+from coachlm.memory import keep_freed_memory
 
 
 def resolve_device(device: str) -> torch.device:
@@ -276,6 +277,7 @@ class Engine:
                 ds["train_micro_batch_size_per_gpu"] = 1
         wrapped, opt = self.accelerator.prepare(_LossModule(model, loss_fn), optimizer)
         self._wrapped = wrapped
+        keep_freed_memory()  # each step's activations and gradients reuse the last step's pages
         return wrapped, opt
 
     def release(self, wrapped: nn.Module) -> None:
