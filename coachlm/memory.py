@@ -77,7 +77,7 @@ def keep_freed_memory() -> bool:
     thresholds the heap's free top past twice the largest freed block goes back to the system,
     so the next step takes a page fault (the kernel zeroing 4 KiB) for each of those pages
     again. Measured at world-25m (SFT, batch 8, bf16, one thread): ~8,000 faults and ~20 ms of
-    system CPU per ~370 ms step, ~1 ms with this; peak RSS not higher. Blocks up to 32 MiB
+    system CPU per ~370 ms step, ~1 ms with this; peak RSS within ~1%. Blocks up to 32 MiB
     (glibc's upper bound for the mmap threshold) come from the heap, and up to 1 GiB of its
     free top is kept (`release_free_memory` still returns it when a stage ends)."""
     mallopt = _mallopt("MMAP_THRESHOLD", "TRIM_THRESHOLD")
