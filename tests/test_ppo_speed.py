@@ -463,3 +463,34 @@ def test_cast_base_weights_are_shared_and_follow_in_place_changes():
                 want = model(input_ids=ids).logits
             with lora_view(model, view, torch.bfloat16):
                 assert torch.equal(model(input_ids=ids).logits, want)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_full_fine_tuning_reference_cast_once_equals_autocast_bit_for_bit(tied):
+    """Full fine-tuning's frozen reference under bf16 holds its Linear weights in bf16, cast
+    once (no fp32 copy), and gives under autocast the logits of an fp32 copy bit for bit;
+    embeddings, norms and a Linear weight tied to the embeddings stay fp32; the policy is
+    untouched."""
+    from coachlm.models.attention import use_fp32_attention
+    from coachlm.trainers.ppo_steps import frozen_reference
+
+    model = tiny_model(seed=0, tie_word_embeddings=tied)
+    assert use_fp32_attention(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ref32, ref16 = frozen_reference(model), frozen_reference(model, torch.bfloat16)
+    emb = ref16.get_input_embeddings().weight
+    assert (ref16.lm_head.weight is emb) == tied
+    linear = [m.weight for m in ref16.modules() if type(m) is torch.nn.Linear]
+    assert {w.dtype for w in linear if w is not emb} == {torch.bfloat16}
+    others = [p for n, p in ref16.named_parameters() if "norm" in n] + [emb]
+    assert {p.dtype for p in others} == {torch.float32}
+    assert not ref16.training and not any(p.requires_grad for p in ref16.parameters())
+    ids = torch.tensor(random_prompts([9, 9], len(tokenizer())))  # (2, 9)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # a left-padded row
+    with BF16(), torch.no_grad():
+        want = ref32(input_ids=ids, attention_mask=mask).logits
+        got = ref16(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(want, got)
+    assert all(p.requires_grad and p.dtype == torch.float32 for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

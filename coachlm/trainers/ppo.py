@@ -19,7 +19,6 @@ policy, and the adapter alone in final/adapter).
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from coachlm.engine.loop import (Trainee, check_checkpointing, checkpoint, make_
                                  seed_everything)
 from coachlm.trainers.ppo_config import PPOConfig, PPORunConfig
 from coachlm.trainers.ppo_steps import (ActorCritic, RewardNorm, frozen_dtype,
-                                        group_relative_advantages, measure_kl,
+                                        frozen_reference, group_relative_advantages, measure_kl,
                                         old_logprobs_from_update, ppo_advantages, rollout,
                                         rollout_metrics, score_responses, shape_rewards)
 from coachlm.trainers.ppo_update import gather_experience, ppo_loss, ppo_update
@@ -240,9 +239,8 @@ def _setup(engine: Engine, model: nn.Module, cfg: PPOConfig, critic: nn.Module |
     from peft import PeftModel
 
     model = engine.place(model)
-    # Full fine-tuning: the reference is a frozen copy taken before any update.
     ref_model = None if isinstance(model, PeftModel) else \
-        copy.deepcopy(model).eval().requires_grad_(False)
+        frozen_reference(model, frozen_dtype(engine))
     with torch.random.fork_rng():  # the value head is zero-initialized; keep the streams intact
         ac = engine.place(ActorCritic(model, _hidden_size(model) if cfg.algo == "ppo" else None,
                                       critic))

@@ -37,7 +37,7 @@ from coachlm.rollout.experience import (Experience, SharedPrompts, pack_rollout,
                                         shared_prompts_supported, sorted_micro_batches)
 from coachlm.rollout.rewards import Reward
 from coachlm.rollout.generators import BuiltinGenerator, Generator
-from coachlm.rollout.sampling import Generation, SamplingConfig
+from coachlm.rollout.sampling import Generation, SamplingConfig, frozen_copy
 from coachlm.trainers.ppo_config import PPOConfig
 
 
@@ -97,6 +97,22 @@ def frozen_dtype(engine: Any) -> torch.dtype | None:
     """bf16 when the engine autocasts in bf16 (and holds whole weights): the frozen weights are
     then cast once per rollout or update rather than by every forward (`lora_view`, `cast_copy`)."""
     return torch.bfloat16 if engine.bf16 and not engine.sharded else None
+
+
+def frozen_reference(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """The reference policy of full fine-tuning: a frozen copy of `model` taken before any
+    update, in eval mode. With `dtype` (`frozen_dtype`: bf16 under autocast) the weights and
+    biases of its Linear layers are cast once, straight into the copy (no fp32 copy kept):
+    autocast would cast them again on every forward (it caches casts of weights that require
+    grad only), and it computes every Linear in bf16 anyway, so the reference's numbers are
+    the same bit for bit. Everything autocast keeps in fp32 (embeddings, norms, and so the
+    residual stream) stays fp32, and so does a Linear weight shared with such a module (tied
+    input and output embeddings)."""
+    fp32 = {id(p) for m in model.modules() if type(m) is not nn.Linear
+            for p in m.parameters(recurse=False)}
+    linear = [] if dtype is None else [p for m in model.modules() if type(m) is nn.Linear
+                                       for p in m.parameters(recurse=False) if id(p) not in fp32]
+    return frozen_copy(model, dtype or torch.float32, linear).eval()
 
 
 def _decide_sharing(ac: ActorCritic, cfg: PPOConfig, pad_id: int) -> bool:
