@@ -190,7 +190,7 @@ def _iteration(t: Trainee, ref_model: nn.Module | None, tokenizer: Any,
     sub_ids = [prompt_ids[batch[i]] for i in mine]
     # 1. generate (pure sampling, seeded streams per iteration and row so a resumed or sharded
     # run repeats them); GRPO with one step per rollout takes pi_old from the update's forward
-    policy_pass = not old_logprobs_from_update(ac, cfg, eng.world_size, generator)
+    policy_pass = not old_logprobs_from_update(ac, cfg, generator)
     with eng.full_params():  # FSDP / ZeRO-3: sample and score with the whole weights
         exp, gen, entropy = rollout(ac, ref_model, tokenizer, sub_ids, cfg,
                                     seed=cfg.seed * 1_000_003 + run.step, autocast=eng.autocast,

@@ -134,8 +134,7 @@ def _has_dropout(model: nn.Module) -> bool:
                for k, v in (vars(cfg).items() if cfg is not None else ()))
 
 
-def old_logprobs_from_update(ac: ActorCritic, cfg: PPOConfig, world_size: int,
-                             generator: Any) -> bool:
+def old_logprobs_from_update(ac: ActorCritic, cfg: PPOConfig, generator: Any) -> bool:
     """Whether the update's own forward can give pi_old, so that the rollout's no-grad policy
     pass is skipped (GRPO with one optimizer step per rollout).
 
@@ -148,11 +147,14 @@ def old_logprobs_from_update(ac: ActorCritic, cfg: PPOConfig, world_size: int,
     with clipfrac and approx_kl 0, exactly as with the no-grad pass. It also needs nothing to
     read pi_old *before* the update: GRPO's advantages come from the scores alone (its KL is a
     loss term, measured for the logs after the update), there is no critic (values come from
-    the no-grad pass), no external engine's importance weights (min(pi_old / mu, C)), and one
-    process (each would forward only its share of the rows that the logged KL covers)."""
+    the no-grad pass), and no external engine's importance weights (min(pi_old / mu, C)).
+    With N processes each forwards its rows of the one mini-batch (row i on process i mod N)
+    and they share those rows' logprobs after the step, for the logged KL and entropy
+    (`ppo_update`); there the no-grad pass ran on each process's sampled rows, other
+    micro-batches, so its pi_old matched the update's to float noise only, and the skip's
+    ratio is exactly 1."""
     return (cfg.algo == "grpo" and cfg.ppo_epochs == 1 and cfg.mini_batch_size == cfg.episodes
-            and not ac.has_critic and generator is None and world_size == 1
-            and not _has_dropout(ac.policy))
+            and not ac.has_critic and generator is None and not _has_dropout(ac.policy))
 
 
 def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cfg: PPOConfig,
