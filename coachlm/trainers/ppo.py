@@ -320,6 +320,11 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
                     or run.step == cfg.steps:
                 _checkpoint(out_dir, t, stream, kl_ctl, norm, cfg, run)
             bar.update(task, advance=1, rate=f"reward {metrics['reward_raw']:.3f}")
+            if cfg.threads is None and run.step < cfg.steps:
+                # The cores that other work leaves free, again for each rollout: a run that
+                # started on a quiet machine kept two threads when a busy process came, at ~10x
+                # the CPU seconds per operator (`coachlm.cpus`); a check sleeps 0.2 s.
+                threads = engine.threads(None)
     engine.release(t.wrapped)
     summary = {} if log is None else log.summary(
         steps=run.step, tokens=run.generated + run.trained, seconds=run.seconds,
