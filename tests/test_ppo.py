@@ -416,3 +416,18 @@ def test_bf16_run_keeps_fp32_weights_and_attends_in_fp32(tmp_path, lora):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(("lora_" in k) == lora for k in changed)  # LoRA: the adapter only
     assert all(v == v for v in result.metrics.values() if isinstance(v, float))  # no NaN
+
+
+def test_default_threads_follow_the_free_cores_each_rollout(tmp_path, monkeypatch):
+    """threads None: the thread count is chosen again before each rollout from the cores other
+    work leaves free (a busy process that comes mid-run takes one of two cores away)."""
+    from coachlm.engine import accel
+
+    free = iter([{0, 1}, {0}, {0, 1}])
+    chosen = []
+    monkeypatch.setattr(accel, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(accel, "free_cpus", lambda: next(free))
+    monkeypatch.setattr(accel.torch, "set_num_threads", chosen.append)  # the suite's count stays
+    result = train_ppo(policy(), tokenizer(), PROMPTS, LowIds(),
+                       small(threads=None, steps=3, sample_every=0), tmp_path)
+    assert chosen == [2, 1, 2] and result.summary["threads"] == 2

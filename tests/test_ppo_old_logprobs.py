@@ -5,6 +5,9 @@ then, and the run (loss, gradients through the weights, logged metrics) equals t
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,6 +18,8 @@ from coachlm.trainers.ppo import train_ppo
 from coachlm.trainers.ppo_steps import ActorCritic, old_logprobs_from_update
 from test_ppo import PROMPTS, LowIds, policy, small
 from models_fixtures import tokenizer
+from test_engine_multiprocess import _free_port, assert_same_ppo_run, ppo_args
+from test_engine_multiprocess import files  # noqa: F401  (fixture)
 
 
 def grpo(**changes):
@@ -74,10 +79,57 @@ def test_the_skip_changes_no_number(tmp_path, monkeypatch, bf16):
                if "lora_B" in n)
 
 
-def test_dropout_another_engine_or_processes_keep_the_pass():
+def test_dropout_or_another_engine_keep_the_pass():
     ac, cfg = ActorCritic(policy(), None), grpo()
-    assert old_logprobs_from_update(ac, cfg, 1, None)
-    assert not old_logprobs_from_update(ac, cfg, 2, None)  # each process has a share of rows
-    assert not old_logprobs_from_update(ac, cfg, 1, object())  # importance weights need pi_old
+    assert old_logprobs_from_update(ac, cfg, None)
+    assert not old_logprobs_from_update(ac, cfg, object())  # importance weights need pi_old
     ac.policy.config.attention_dropout = 0.1  # train mode would drop in the update's forward
-    assert not old_logprobs_from_update(ac, cfg, 1, None)
+    assert not old_logprobs_from_update(ac, cfg, None)
+
+
+# `coachlm ppo` with the decision wrapped: "pass" forces the no-grad pass; each process writes
+# what was decided to decisions-RANK.txt in the run's directory.
+_LAUNCHED = """
+import os, sys
+from coachlm.trainers import ppo
+mode, out = sys.argv.pop(1), sys.argv[sys.argv.index("--out") + 1]
+decide = ppo.old_logprobs_from_update
+
+def decided(*args):
+    skip = mode == "skip" and decide(*args)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"decisions-{os.environ.get('RANK', '0')}.txt"), "a") as f:
+        f.write(f"{skip}\\n")
+    return skip
+
+ppo.old_logprobs_from_update = decided
+from coachlm.cli.app import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_skip_the_pass_and_change_no_number(files, tmp_path):
+    """GRPO, one step per rollout, on 2 processes (`accelerate launch`): each process's update
+    forward gives its own rows' pi_old and the processes share them for the logged KL and
+    entropy; the run equals the one with the no-grad pass (per-step KL, reward, losses,
+    entropy, final weights)."""
+    script = tmp_path / "launched.py"
+    script.write_text(_LAUNCHED)
+    args = {}
+    for mode in ("skip", "pass"):
+        args[mode] = [a.replace("ppo.ppo_epochs=2", "ppo.ppo_epochs=1").replace(
+            "ppo.mini_batch_size=4", "ppo.mini_batch_size=8")
+            for a in ppo_args(files, tmp_path / mode, "grpo")]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+               str(script), mode, *args[mode]]
+        env = {**os.environ, "COACHLM_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+        for rank in (0, 1):  # two rollouts, each skipped (or not) on both processes
+            decisions = (tmp_path / mode / f"decisions-{rank}.txt").read_text().split()
+            assert decisions == [str(mode == "skip")] * 2
+    assert "ppo.mini_batch_size=8" in args["skip"]  # the whole rollout: one step per rollout
+    assert_same_ppo_run(tmp_path / "pass", tmp_path / "skip")

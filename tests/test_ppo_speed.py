@@ -59,8 +59,11 @@ def config(samples: int, **changes) -> PPOConfig:
 def make_rollout(samples: int):
     tok = tokenizer()
     ac = ActorCritic(lora_policy(), 32)
-    with torch.no_grad():  # a nonzero value head, so that values are checked too
-        ac.value_head.weight.normal_(0, 0.1)
+    # A nonzero value head, so that values are checked too; drawn from its own stream: from the
+    # global one, the module's data depended on whatever ran before in the process (the tests
+    # an xdist worker drew, which varies with load), and so did the float noise checked below.
+    with torch.no_grad():
+        ac.value_head.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
     ids = [encode_prompt(tok, p) for p in PROMPTS]
     cfg = config(samples)
     exp, gen, _ = rollout(ac, None, tok, ids, cfg, seed=3, autocast=NO_AUTOCAST)
@@ -166,14 +169,20 @@ def test_first_epoch_ratio_is_exactly_one(request, fixture, shares):
 def test_micro_losses_sum_to_the_mini_batch_token_mean(request, fixture, aggregation):
     """The regrouped, trimmed (and prompt-sharing, fused-LoRA) micro-batch losses add up to the
     clipped loss of the whole mini-batch in one plain padded pass through peft (a token mean
-    over it), gradients included."""
+    over it), gradients included.
+
+    In float64: the two paths add the same terms in different orders and layouts, and in fp32
+    that noise reached ~7e-6 on gradient entries near 0 (entries up to ~2.6, sums over ~300
+    tokens: ~300 * 2^-24 * 2.6 ~ 5e-5 at worst), past atol 1e-6 for 4 in 10 draws of the value
+    head. In float64 it is ~1e-13; what is left is the rounding of logprobs and values to fp32
+    (`policy_forward` returns fp32), ~1e-7 on a gradient, 20x under the tolerance."""
     from coachlm.losses import ppo_clip, value_clip
 
     from coachlm.rl_math import aggregation_weight
 
     ac, exp, _, cfg = request.getfixturevalue(fixture)
     cfg = replace(cfg, loss_aggregation=aggregation)
-    ac = copy.deepcopy(ac)  # perturbed below; the fixture's stays as it sampled
+    ac = copy.deepcopy(ac).double()  # perturbed below; the fixture's stays as it sampled
     g = torch.Generator().manual_seed(2)
     exp = replace(exp, advantages=torch.randn(exp.logprobs.shape, generator=g) * exp.action_mask,
                   returns=torch.randn(exp.logprobs.shape, generator=g) * exp.action_mask)
@@ -182,7 +191,7 @@ def test_micro_losses_sum_to_the_mini_batch_token_mean(request, fixture, aggrega
     with torch.no_grad():
         for name, p in ac.named_parameters():
             if "lora_" in name:
-                p.add_(0.2 * torch.randn(p.shape, generator=g))
+                p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     m = exp.select(mini)
     ac.zero_grad()
     logprobs, values, _ = ac(m.sequences, m.attention_mask, m.action_mask, 1.0, pad_id=m.pad_id)
@@ -207,6 +216,17 @@ def test_micro_losses_sum_to_the_mini_batch_token_mean(request, fixture, aggrega
     assert clipped > 0  # the clip is active on some tokens
     assert total == pytest.approx(float(whole), abs=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(want, got))
+
+
+def test_the_rollouts_checked_here_do_not_depend_on_the_global_rng():
+    """The module's fixtures give the same data whatever ran before them in the process."""
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        _, exp, _, _ = make_rollout(1)
+        runs.append(exp)
+    assert torch.equal(runs[0].sequences, runs[1].sequences)
+    assert torch.equal(runs[0].values, runs[1].values)
 
 
 @pytest.mark.parametrize("lora", [True, False])
@@ -443,3 +463,34 @@ def test_cast_base_weights_are_shared_and_follow_in_place_changes():
                 want = model(input_ids=ids).logits
             with lora_view(model, view, torch.bfloat16):
                 assert torch.equal(model(input_ids=ids).logits, want)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_full_fine_tuning_reference_cast_once_equals_autocast_bit_for_bit(tied):
+    """Full fine-tuning's frozen reference under bf16 holds its Linear weights in bf16, cast
+    once (no fp32 copy), and gives under autocast the logits of an fp32 copy bit for bit;
+    embeddings, norms and a Linear weight tied to the embeddings stay fp32; the policy is
+    untouched."""
+    from coachlm.models.attention import use_fp32_attention
+    from coachlm.trainers.ppo_steps import frozen_reference
+
+    model = tiny_model(seed=0, tie_word_embeddings=tied)
+    assert use_fp32_attention(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ref32, ref16 = frozen_reference(model), frozen_reference(model, torch.bfloat16)
+    emb = ref16.get_input_embeddings().weight
+    assert (ref16.lm_head.weight is emb) == tied
+    linear = [m.weight for m in ref16.modules() if type(m) is torch.nn.Linear]
+    assert {w.dtype for w in linear if w is not emb} == {torch.bfloat16}
+    others = [p for n, p in ref16.named_parameters() if "norm" in n] + [emb]
+    assert {p.dtype for p in others} == {torch.float32}
+    assert not ref16.training and not any(p.requires_grad for p in ref16.parameters())
+    ids = torch.tensor(random_prompts([9, 9], len(tokenizer())))  # (2, 9)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # a left-padded row
+    with BF16(), torch.no_grad():
+        want = ref32(input_ids=ids, attention_mask=mask).logits
+        got = ref16(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(want, got)
+    assert all(p.requires_grad and p.dtype == torch.float32 for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -260,6 +260,17 @@ def _assemble(history: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
                       logprobs=[row[:k] for row, k in zip(logprobs.tolist(), n)])
 
 
+def frozen_copy(root: torch.nn.Module, dtype: torch.dtype, cast: Sequence[torch.Tensor]) -> Any:
+    """A deep copy of `root` with no parameter requiring grad, in which the tensors `cast` (its
+    parameters or buffers) are cast straight into the copy, with no full-precision copy first;
+    the rest are copied as they are."""
+    memo: dict[int, Any] = {}
+    for t in cast:
+        memo[id(t)] = torch.nn.Parameter(t.detach().to(dtype), requires_grad=False) \
+            if isinstance(t, torch.nn.Parameter) else t.detach().to(dtype)
+    return copy.deepcopy(root, memo).requires_grad_(False)
+
+
 def cast_copy(model: Any, dtype: torch.dtype) -> Any:
     """A frozen copy of `model` (a peft model's base model, in whatever `lora_view` is active)
     with its weights in `dtype`, to sample from without autocast.
@@ -278,13 +289,9 @@ def cast_copy(model: Any, dtype: torch.dtype) -> Any:
     from coachlm.models.lora import PeftModel
 
     root = model.get_base_model() if isinstance(model, PeftModel) else model
-    memo: dict[int, Any] = {}
-    for p in root.parameters():
-        memo[id(p)] = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
-    for name, b in root.named_buffers():
-        if name.rpartition(".")[2] == "weight" and b.is_floating_point():
-            memo[id(b)] = b.to(dtype)
-    out = copy.deepcopy(root, memo)
+    weights = [b for name, b in root.named_buffers()
+               if name.rpartition(".")[2] == "weight" and b.is_floating_point()]
+    out = frozen_copy(root, dtype, [*root.parameters(), *weights])
     if getattr(out.config, "_attn_implementation", None) == FP32_ATTENTION:
         out.set_attn_implementation("sdpa")  # the copy's own config (deep-copied)
     return out

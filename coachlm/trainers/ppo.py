@@ -19,7 +19,6 @@ policy, and the adapter alone in final/adapter).
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from coachlm.engine.loop import (Trainee, check_checkpointing, checkpoint, make_
                                  seed_everything)
 from coachlm.trainers.ppo_config import PPOConfig, PPORunConfig
 from coachlm.trainers.ppo_steps import (ActorCritic, RewardNorm, frozen_dtype,
-                                        group_relative_advantages, measure_kl,
+                                        frozen_reference, group_relative_advantages, measure_kl,
                                         old_logprobs_from_update, ppo_advantages, rollout,
                                         rollout_metrics, score_responses, shape_rewards)
 from coachlm.trainers.ppo_update import gather_experience, ppo_loss, ppo_update
@@ -191,7 +190,7 @@ def _iteration(t: Trainee, ref_model: nn.Module | None, tokenizer: Any,
     sub_ids = [prompt_ids[batch[i]] for i in mine]
     # 1. generate (pure sampling, seeded streams per iteration and row so a resumed or sharded
     # run repeats them); GRPO with one step per rollout takes pi_old from the update's forward
-    policy_pass = not old_logprobs_from_update(ac, cfg, eng.world_size, generator)
+    policy_pass = not old_logprobs_from_update(ac, cfg, generator)
     with eng.full_params():  # FSDP / ZeRO-3: sample and score with the whole weights
         exp, gen, entropy = rollout(ac, ref_model, tokenizer, sub_ids, cfg,
                                     seed=cfg.seed * 1_000_003 + run.step, autocast=eng.autocast,
@@ -240,9 +239,8 @@ def _setup(engine: Engine, model: nn.Module, cfg: PPOConfig, critic: nn.Module |
     from peft import PeftModel
 
     model = engine.place(model)
-    # Full fine-tuning: the reference is a frozen copy taken before any update.
     ref_model = None if isinstance(model, PeftModel) else \
-        copy.deepcopy(model).eval().requires_grad_(False)
+        frozen_reference(model, frozen_dtype(engine))
     with torch.random.fork_rng():  # the value head is zero-initialized; keep the streams intact
         ac = engine.place(ActorCritic(model, _hidden_size(model) if cfg.algo == "ppo" else None,
                                       critic))
@@ -322,6 +320,11 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
                     or run.step == cfg.steps:
                 _checkpoint(out_dir, t, stream, kl_ctl, norm, cfg, run)
             bar.update(task, advance=1, rate=f"reward {metrics['reward_raw']:.3f}")
+            if cfg.threads is None and run.step < cfg.steps:
+                # The cores that other work leaves free, again for each rollout: a run that
+                # started on a quiet machine kept two threads when a busy process came, at ~10x
+                # the CPU seconds per operator (`coachlm.cpus`); a check sleeps 0.2 s.
+                threads = engine.threads(None)
     engine.release(t.wrapped)
     summary = {} if log is None else log.summary(
         steps=run.step, tokens=run.generated + run.trained, seconds=run.seconds,

@@ -88,7 +88,7 @@ class PPOConfig:
     importance_cap: float | None = 2.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
-    threads: int | None = None
+    threads: int | None = None  # None: the free usable cores, chosen again for each rollout
     checkpoint_every: int = 0  # rollouts between checkpoints; 0: none (always one at the end)
     keep_checkpoints: int = 2
     log_every: int = 1

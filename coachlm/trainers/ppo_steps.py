@@ -37,7 +37,7 @@ from coachlm.rollout.experience import (Experience, SharedPrompts, pack_rollout,
                                         shared_prompts_supported, sorted_micro_batches)
 from coachlm.rollout.rewards import Reward
 from coachlm.rollout.generators import BuiltinGenerator, Generator
-from coachlm.rollout.sampling import Generation, SamplingConfig
+from coachlm.rollout.sampling import Generation, SamplingConfig, frozen_copy
 from coachlm.trainers.ppo_config import PPOConfig
 
 
@@ -99,6 +99,22 @@ def frozen_dtype(engine: Any) -> torch.dtype | None:
     return torch.bfloat16 if engine.bf16 and not engine.sharded else None
 
 
+def frozen_reference(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """The reference policy of full fine-tuning: a frozen copy of `model` taken before any
+    update, in eval mode. With `dtype` (`frozen_dtype`: bf16 under autocast) the weights and
+    biases of its Linear layers are cast once, straight into the copy (no fp32 copy kept):
+    autocast would cast them again on every forward (it caches casts of weights that require
+    grad only), and it computes every Linear in bf16 anyway, so the reference's numbers are
+    the same bit for bit. Everything autocast keeps in fp32 (embeddings, norms, and so the
+    residual stream) stays fp32, and so does a Linear weight shared with such a module (tied
+    input and output embeddings)."""
+    fp32 = {id(p) for m in model.modules() if type(m) is not nn.Linear
+            for p in m.parameters(recurse=False)}
+    linear = [] if dtype is None else [p for m in model.modules() if type(m) is nn.Linear
+                                       for p in m.parameters(recurse=False) if id(p) not in fp32]
+    return frozen_copy(model, dtype or torch.float32, linear).eval()
+
+
 def _decide_sharing(ac: ActorCritic, cfg: PPOConfig, pad_id: int) -> bool:
     """Share prompts in the forward passes when a prompt has several samples and the policy
     computes them right that way (checked once, on the first rollout)."""
@@ -118,8 +134,7 @@ def _has_dropout(model: nn.Module) -> bool:
                for k, v in (vars(cfg).items() if cfg is not None else ()))
 
 
-def old_logprobs_from_update(ac: ActorCritic, cfg: PPOConfig, world_size: int,
-                             generator: Any) -> bool:
+def old_logprobs_from_update(ac: ActorCritic, cfg: PPOConfig, generator: Any) -> bool:
     """Whether the update's own forward can give pi_old, so that the rollout's no-grad policy
     pass is skipped (GRPO with one optimizer step per rollout).
 
@@ -132,11 +147,14 @@ def old_logprobs_from_update(ac: ActorCritic, cfg: PPOConfig, world_size: int,
     with clipfrac and approx_kl 0, exactly as with the no-grad pass. It also needs nothing to
     read pi_old *before* the update: GRPO's advantages come from the scores alone (its KL is a
     loss term, measured for the logs after the update), there is no critic (values come from
-    the no-grad pass), no external engine's importance weights (min(pi_old / mu, C)), and one
-    process (each would forward only its share of the rows that the logged KL covers)."""
+    the no-grad pass), and no external engine's importance weights (min(pi_old / mu, C)).
+    With N processes each forwards its rows of the one mini-batch (row i on process i mod N)
+    and they share those rows' logprobs after the step, for the logged KL and entropy
+    (`ppo_update`); there the no-grad pass ran on each process's sampled rows, other
+    micro-batches, so its pi_old matched the update's to float noise only, and the skip's
+    ratio is exactly 1."""
     return (cfg.algo == "grpo" and cfg.ppo_epochs == 1 and cfg.mini_batch_size == cfg.episodes
-            and not ac.has_critic and generator is None and world_size == 1
-            and not _has_dropout(ac.policy))
+            and not ac.has_critic and generator is None and not _has_dropout(ac.policy))
 
 
 def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cfg: PPOConfig,

@@ -57,7 +57,8 @@ def ppo_update(t: Trainee, exp: Experience, cfg: PPOConfig, tcfg: TrainConfig, o
 
     Without old logprobs (exp.logprobs None, `ppo_steps.old_logprobs_from_update`: one step on
     the whole rollout) the step's forward gives them: exp.logprobs is filled with its detached
-    logprobs and metrics["entropy"] is the policy's mean token entropy on the rollout."""
+    logprobs (each process's rows, shared among the processes) and metrics["entropy"] is the
+    policy's mean token entropy on the rollout."""
     eng, ac = t.engine, t.model
     generator = torch.Generator().manual_seed(seed)
     logprobs = entropy = None  # (B, N) each, recorded from the forward without old logprobs
@@ -90,7 +91,9 @@ def ppo_update(t: Trainee, exp: Experience, cfg: PPOConfig, tcfg: TrainConfig, o
     out = {k: v / n_updates for k, v in sums.items()}
     out["lr"] = lr_at(opt_step - 1, tcfg)
     if entropy is not None:
-        exp.logprobs = logprobs
+        # Each process forwarded its own rows (the mini-batch was the whole rollout); the rest
+        # are 0 here, so the sum over processes is every row, exactly.
+        exp.logprobs, entropy = (_sum_over_processes(eng, x) for x in (logprobs, entropy))
         out["entropy"] = float(masked_mean(entropy, exp.action_mask))
     return out, opt_step
 
@@ -101,6 +104,13 @@ def _record(logprobs: Tensor, entropy: Tensor, rows: Tensor, logprobs_rows: Tens
     n = logprobs_rows.shape[1]
     logprobs[rows, :n] = logprobs_rows.float().cpu()
     entropy[rows, :n] = entropy_rows.float().cpu()
+
+
+def _sum_over_processes(engine: Engine, x: Tensor) -> Tensor:
+    """(B, N) `x` summed over all processes."""
+    if engine.world_size == 1:
+        return x
+    return engine.gather_rows(x).view(engine.world_size, *x.shape).sum(0)
 
 
 def gather_experience(engine: Engine, exp: Experience, prompt_offset: int) -> Experience:
