@@ -53,12 +53,13 @@ class _RMSNormFn(torch.autograd.Function):
         xhat, weight, r = ctx.saved_tensors
         dx = dw = None
         g = g.float()  # once: a bf16-by-fp32 operator on CPU copies its bf16 input each time
-        gw = g * weight
-        if ctx.needs_input_grad[0]:
-            m = (gw * xhat).mean(-1, keepdim=True)
-            dx = torch.addcmul(gw, xhat, m, value=-1).mul_(r)
+        gx = (g * xhat).flatten(0, -2)
         if ctx.needs_input_grad[1]:  # frozen under LoRA: skipped
-            dw = (g * xhat).flatten(0, -2).sum(0)
+            dw = gx.sum(0)
+        if ctx.needs_input_grad[0]:
+            # mean over features of g*w*xhat as a matrix-vector product (one pass, not two)
+            m = torch.mv(gx, weight).div_(xhat.shape[-1]).view(*xhat.shape[:-1], 1)
+            dx = torch.addcmul(g * weight, xhat, m, value=-1).mul_(r)
         return dx, dw, None, None
 
 
