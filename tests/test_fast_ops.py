@@ -13,7 +13,7 @@ from transformers.models.llama import modeling_llama as llama
 
 from coachlm.models.attention import use_fp32_attention
 from coachlm.models.fast_ops import (FastLlamaAttention, FastProjectedRMSNorm, FastRMSNorm,
-                                     _RMSNormFn, _RotaryFn, use_fast_ops)
+                                     _RMSNormFn, _RotaryFn, use_fast_ops, use_plain_ops)
 from coachlm.models.load import load_model, save_pretrained
 from coachlm.models.lora_config import LoRAConfig
 from tests import models_fixtures as fx
@@ -146,6 +146,12 @@ def test_the_model_stays_a_plain_llama(tmp_path):
     again = LlamaForCausalLM.from_pretrained(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
                                                  plain.state_dict().values()))
+
+
+def test_use_plain_ops_gives_back_transformers_modules():
+    plain, fast = _pair(seed=9)
+    assert use_plain_ops(fast) == 2 * 3 + 1
+    assert [type(m) for m in fast.modules()] == [type(m) for m in plain.modules()]
 
 
 def test_build_model_and_load_model_apply_it(tmp_path):

@@ -194,3 +194,16 @@ def use_fast_ops(model: nn.Module) -> int:
             module.__class__ = _SWAPS[type(module)]
             swapped += 1
     return swapped
+
+
+def use_plain_ops(model: nn.Module) -> int:
+    """Undo `use_fast_ops`: transformers' own modules again (for a side-by-side with a library
+    that runs them, e.g. TRL in the benchmarks); how many were swapped back."""
+    plain = {FastRMSNorm: llama.LlamaRMSNorm, FastProjectedRMSNorm: llama.LlamaRMSNorm,
+             FastLlamaAttention: llama.LlamaAttention}
+    swapped = 0
+    for module in model.modules():
+        if type(module) in plain:
+            module.__class__ = plain[type(module)]
+            swapped += 1
+    return swapped
