@@ -97,8 +97,8 @@ def test_lora_gradients_match_and_frozen_norms_get_none():
     torch.manual_seed(0)
     fast = peft_lora(fast, cfg, "CAUSAL_LM")
     with torch.no_grad():  # B = 0 at init would leave A's gradient 0
-        for (_, p), (_, q) in zip(plain.named_parameters(), fast.named_parameters()):
-            if "lora_B" in _:
+        for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+            if "lora_B" in name:
                 p.normal_(0, 0.1)
                 q.copy_(p)
     inputs = _inputs()["padded"]

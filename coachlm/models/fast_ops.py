@@ -36,14 +36,14 @@ from transformers.models.llama import modeling_llama as llama
 
 
 class _RMSNormFn(torch.autograd.Function):
-    """RMSNorm of fp32 `x` with fp32 `weight`, written in `out_dtype` (fp32 or the autocast dtype)."""
+    """RMSNorm of fp32 `x` with fp32 `weight`, written in `out_dtype` (fp32 or autocast's)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float,
                 out_dtype: torch.dtype) -> torch.Tensor:
         r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # transformers' order: exact
         xhat = x * r
-        # one pass multiplies by the weight and rounds to out_dtype (what the projections' casts did)
+        # one pass multiplies by the weight and rounds to out_dtype (the projections' casts did)
         y = torch.mul(xhat, weight, out=torch.empty_like(xhat, dtype=out_dtype))
         ctx.save_for_backward(xhat, weight, r)
         return y
