@@ -37,6 +37,7 @@ import torch
 from mfu import add_peak_arg, parameters, peak_gflops, utilization
 from trl_common import trl_args
 from coachlm.data.io import write_records
+from coachlm.models.fast_ops import use_plain_ops
 from coachlm.models.load import load_model, load_tokenizer, save_pretrained
 from coachlm.models.presets import build_model, preset_vocab_size
 from coachlm.models.tokenizer import train_tokenizer
@@ -90,6 +91,7 @@ def run_trl(args: argparse.Namespace, root: Path, pairs: list, tok, precompute: 
 
     start, cpu0 = time.perf_counter(), time.process_time()
     model = load_model(root / "base", dtype=torch.float32, tokenizer=tok)
+    use_plain_ops(model)  # TRL runs transformers' own modules, not coachlm's fast_ops
     data = Dataset.from_dict({"prompt_ids": [list(p.prompt_ids) for p in pairs],
                               "chosen_ids": [list(p.chosen_ids) for p in pairs],
                               "rejected_ids": [list(p.rejected_ids) for p in pairs]})

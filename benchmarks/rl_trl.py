@@ -15,6 +15,7 @@ import torch
 from rl_figures import Phases, phase_times, rates
 from trl_common import trl_args as common_trl_args
 from coachlm.data.schema import Prompt
+from coachlm.models.fast_ops import use_plain_ops
 from coachlm.models.load import load_model, load_tokenizer
 from coachlm.models.lora import LLAMA_TARGETS
 from coachlm.trainers.ppo_config import PPOConfig
@@ -86,6 +87,7 @@ def run_trl(root: Path, base: Path, ordered: list[Prompt], counter: Any,
 
     tok = load_tokenizer(base)
     model = load_model(base, dtype=torch.float32, tokenizer=tok)
+    use_plain_ops(model)  # TRL runs transformers' own modules, not coachlm's fast_ops
     peft_config = None if cfg.lora is None else LoraConfig(
         task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
         target_modules=list(LLAMA_TARGETS))

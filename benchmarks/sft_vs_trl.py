@@ -42,6 +42,7 @@ from coachlm.data.chat import encode_example
 from coachlm.data.collate import ExampleBatches
 from coachlm.data.io import write_records
 from coachlm.data.schema import Demonstration, Message, Response
+from coachlm.models.fast_ops import use_plain_ops
 from coachlm.models.load import load_model, save_pretrained
 from coachlm.models.presets import build_model, count_parameters, preset_vocab_size
 from coachlm.models.tokenizer import train_tokenizer
@@ -101,6 +102,7 @@ def run_trl(args: argparse.Namespace, root: Path, examples: list, tok) -> dict:
 
     start = time.perf_counter()
     model = load_model(root / "base", dtype=torch.float32, tokenizer=tok)
+    use_plain_ops(model)  # TRL runs transformers' own modules, not coachlm's fast_ops
     data = Dataset.from_dict({
         "input_ids": [ids for ids, _ in examples],
         "completion_mask": [[0 if l == -100 else 1 for l in labels] for _, labels in examples]})

@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
 from coachlm.errors import CoachError
+from coachlm.models.fast_ops import use_fast_ops
 
 log = logging.getLogger(__name__)
 # Our runs show their own Rich progress; transformers' per-load tqdm bars are noise in logs.
@@ -113,6 +114,7 @@ def load_model(path: str | Path, dtype: str | torch.dtype | None = None,
             return PeftModel.from_pretrained(base, str(path))
     model = _load_plain(path, dt)
     disable_dropout(model)
+    use_fast_ops(model)  # fewer operators per Llama block, exact in fp32 (models.fast_ops)
     if tokenizer is not None:
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             grow_embeddings(model, len(tokenizer))

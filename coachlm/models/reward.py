@@ -47,6 +47,7 @@ from coachlm.errors import CoachError
 from coachlm.models.load import (ModelLoadError, _check_dir, disable_dropout, load_tokenizer,
                                   resolve_dtype, save_pretrained)
 from coachlm.models.attention import use_fp32_attention
+from coachlm.models.fast_ops import use_fast_ops
 from coachlm.models.lora import LoRAConfig
 
 REWARD_FILE = "reward.json"
@@ -183,6 +184,7 @@ def build_reward_model(path: str | Path, tokenizer: Any, lora: LoRAConfig | None
     """A fresh reward model on the backbone in `path`, in fp32 (autocast does bf16)."""
     backbone = load_backbone(path, torch.float32, tokenizer)
     use_fp32_attention(backbone)  # bf16 autocast on CPU: attention in fp32 is faster
+    use_fast_ops(backbone)  # fewer operators per Llama block, exact in fp32 (models.fast_ops)
     if lora is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
