@@ -98,9 +98,9 @@ def pack_examples(examples: Sequence[tuple[Tensor, Tensor]], pad_id: int, width_
     ids, so it forms a separate (unlabelled) sequence.
     """
     lengths = [len(ids) for ids, _ in examples]
-    width = _round_up(max(lengths), width_multiple)
+    width = round_up(max(lengths), width_multiple)
     rows = first_fit_decreasing(lengths, width)  # example indices of each row
-    rows += [[] for _ in range(_round_up(len(rows), rows_multiple) - len(rows))]
+    rows += [[] for _ in range(round_up(len(rows), rows_multiple) - len(rows))]
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (R, T)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # (R, T)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (R, T)
@@ -120,7 +120,8 @@ def pack_examples(examples: Sequence[tuple[Tensor, Tensor]], pad_id: int, width_
     return TokenBatch(input_ids, labels, attention_mask, sum(lengths), position_ids)
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
+    """`n` rounded up to a multiple of `multiple` (shared by packing and pair layouts)."""
     return -(-n // multiple) * multiple
 
 
