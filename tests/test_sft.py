@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 from coachlm import config
 from coachlm.config import ConfigError
 from coachlm.data.chat import IGNORE_INDEX, encode_example
-from coachlm.data.collate import ExampleBatches, pack_examples, pad_examples
+from coachlm.data.collate import (ExampleBatches, first_fit_decreasing, pack_examples, pack_geometry,
+                                  pad_examples, round_up)
 from coachlm.data.io import write_records
 from coachlm.models.load import load_model, save_pretrained
 from coachlm.models.lora import LoRAConfig
@@ -45,18 +47,54 @@ def test_packing_layout():
                 (torch.tensor([9, 10]), torch.tensor([9, 10])),
                 (torch.tensor([11, 12, 13]), torch.tensor([-100, 12, 13]))]
     batch = pack_examples(examples, pad_id=0)
-    # First-fit decreasing into rows of 4: [ex0], [ex2 ex1 -> no room: ex2 + pad], [ex1]...
-    # lengths 4, 3, 2: ex0 fills row 0; ex2 opens row 1 (3 tokens); ex1 (2) does not fit there.
+    # Lengths 4, 3, 2: rows of 4 would need 3 rows (12 positions, 3 of them padding); one row of
+    # 9 costs 9 x (1 + 9/1600) < 12 x (1 + 4/1600), so all three share it, longest first.
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 11, 12, 13, 9, 10]]
+    assert batch.labels.tolist() == [[-100, -100, 7, 8, -100, 12, 13, -100, 10]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 0, 1]]
+    assert batch.num_tokens == 9
+    # Where more rows are cheaper (attention weighted heavily here: a toy model), the padding
+    # tail of a row gets its own restarting positions.
+    batch = pack_examples(examples, pad_id=0, attention_width=0.5)
+    # Rows of 4: [ex0], [ex2 + pad], [ex1 + pad]: 12 x (1 + 8) = 108 beats rows of 5 (4 | 3 2:
+    # 10 x 11 = 110) and wider ones (at least 9 x (1 + 12) = 117).
     assert batch.input_ids.tolist() == [[5, 6, 7, 8], [11, 12, 13, 0], [9, 10, 0, 0]]
     assert batch.labels.tolist() == [[-100, -100, 7, 8], [-100, 12, 13, -100], [-100, 10, -100, -100]]
     assert batch.position_ids.tolist() == [[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 0, 1]]
-    assert batch.num_tokens == 9
     two = pack_examples([(torch.tensor([1, 2]), torch.tensor([1, 2])),
                          (torch.tensor([3, 4, 5, 6]), torch.tensor([3, 4, 5, 6])),
                          (torch.tensor([7, 8]), torch.tensor([-100, 8]))], pad_id=0)
     assert two.input_ids.tolist() == [[3, 4, 5, 6], [1, 2, 7, 8]]  # two short ones share a row
     assert two.labels.tolist() == [[-100, 4, 5, 6], [-100, 2, -100, 8]]
     assert two.position_ids.tolist() == [[0, 1, 2, 3], [0, 1, 0, 1]]
+
+
+def test_pack_geometry_picks_the_cheapest_width():
+    lengths = [50, 40, 30, 20]
+    # Widths 64, 80, ... 144 (one row): 3 x 64 x 1.04 = 199.7, 2 x 80 x 1.05 = 168, 2 x 96 x 1.06
+    # = 203.5, ..., 1 x 144 x 1.09 = 157.0, the least: everything shares one row.
+    assert pack_geometry(lengths, 16) == (144, [[0, 1, 2, 3]])
+    # Attention 16x heavier: 3 x 64 x 1.64 = 314.9, 2 x 80 x 1.8 = 288 (50+30 | 40+20), 2 x 96 x
+    # 1.96 = 376.3; wider costs at least 140 x (1 + 112/100) = 296.8 > 288, so the search stops.
+    assert pack_geometry(lengths, 16, attention_width=100) == (80, [[0, 2], [1, 3]])
+    # Rows rounded up to 4 count in the cost: 4 x 64 x 1.64 = 419.8 beats 4 x 80 x 1.8 = 576.
+    assert pack_geometry(lengths, 16, rows_multiple=4, attention_width=100) == (64, [[0], [1, 3], [2]])
+    assert pack_geometry([7], 16) == (16, [[0]])
+
+
+@pytest.mark.parametrize("attention_width", [50.0, 400.0, 1600.0])
+def test_pack_geometry_stops_only_where_no_wider_width_can_win(attention_width):
+    """The early stop (a lower bound on any wider packing's cost) never skips the best width:
+    the same cost as trying every width up to the total length."""
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        lengths = [int(x) for x in rng.integers(5, 120, size=int(rng.integers(1, 20)))]
+        width, rows = pack_geometry(lengths, 16, 2, attention_width)
+        cost = lambda w: round_up(len(first_fit_decreasing(lengths, w)), 2) * w * (1 + w / attention_width)
+        widths = range(round_up(max(lengths), 16), round_up(sum(lengths), 16) + 1, 16)
+        assert cost(width) == min(cost(w) for w in widths)
+        assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in r) <= width for r in rows)
 
 
 def test_packed_loss_equals_padded_loss(tok):
@@ -141,16 +179,20 @@ def test_bucketing_covers_each_example_once_per_epoch_with_little_padding(tok):
     examples = _examples(tok, 40)
     src = ExampleBatches(examples, 4, tok.pad_token_id, seed=0, bucket_batches=5)
     assert len(src) == 10
-    seen, padded, real = [], 0, 0
+    seen = []
     for _ in range(len(src)):
         b = src.next_batch()
-        seen += [tuple(r[m.bool()].tolist()) for r, m in zip(b.input_ids, b.attention_mask)]
-        padded, real = padded + b.input_ids.numel(), real + b.num_tokens
+        for row, mask, pos in zip(b.input_ids, b.attention_mask, b.position_ids):
+            starts = (pos == 0).nonzero().flatten().tolist() + [len(pos)]  # packed examples
+            seen += [tuple(row[i:j].tolist()) for i, j in zip(starts, starts[1:]) if mask[i]]
     assert sorted(seen) == sorted(tuple(ids) for ids, _ in examples)
     assert src.state_dict() == {"seed": 0, "epoch": 0, "position": 10}
-    unbucketed = ExampleBatches(examples, 4, tok.pad_token_id, bucket_batches=1)
-    plain = sum(unbucketed.next_batch().input_ids.numel() for _ in range(10))
-    assert padded < plain  # sorting within chunks of 5 batches pads less than random batches
+    # Right-padded (packing by cost leaves too little padding to compare): sorting within
+    # chunks of 5 batches pads less than random batches.
+    bucketed, unbucketed = (ExampleBatches(examples, 4, tok.pad_token_id, bucket_batches=k, pack=False)
+                            for k in (5, 1))
+    assert (sum(bucketed.next_batch().input_ids.numel() for _ in range(10))
+            < sum(unbucketed.next_batch().input_ids.numel() for _ in range(10)))
     assert src.next_batch().input_ids.shape and src.epoch == 1  # epoch 2 begins
 
 
