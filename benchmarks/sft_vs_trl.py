@@ -66,7 +66,9 @@ def world_demos(n: int, seed: int) -> list[Demonstration]:
 
 def run_ours(args: argparse.Namespace, root: Path, tcfg: TrainConfig) -> dict:
     cfg = SFTConfig(model=root / "base", data=(root / "train.jsonl",), out=root / "ours",
-                    max_length=args.max_length, val_fraction=0.0, compile=args.compile, train=tcfg)
+                    max_length=args.max_length, val_fraction=0.0, compile=args.compile, train=tcfg,
+                    **({} if args.pack_width_multiple is None
+                       else {"pack_width_multiple": args.pack_width_multiple}))
     start, kids = time.perf_counter(), _children_cpu()
     result, final = sft(cfg)
     wall, kids = time.perf_counter() - start, _children_cpu() - kids
@@ -148,6 +150,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--trl-group-by-length", action="store_true")
     p.add_argument("--compile", action="store_true",
                    help="coachlm side with SFTConfig.compile (compile time counts in its seconds)")
+    p.add_argument("--pack-width-multiple", type=int, default=None,
+                   help="coachlm side: SFTConfig.pack_width_multiple (default: the shipped one)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each, alternating; median reported")
     p.add_argument("--order", choices=("ours-first", "trl-first"), default="ours-first")
     args = p.parse_args(argv)
@@ -206,7 +210,7 @@ def main(argv: list[str]) -> dict:
                   "peak_gflops_per_cpu_s": round(cpu_peak, 1), "train_examples": len(examples),
                   "mean_example_tokens": round(mean_len, 1),
                   "trl_sampler": "group_by_length" if args.trl_group_by_length else "random",
-                  "compile": args.compile,
+                  "compile": args.compile, "pack_width_multiple": args.pack_width_multiple,
                   "torch": torch.__version__, "trl": __import__("trl").__version__},
         "ours": runs["ours"], "trl": runs["trl"],
         "speedup_tokens_per_s": round(runs["ours"]["tokens_per_s"] / runs["trl"]["tokens_per_s"], 2),

@@ -58,12 +58,13 @@ class SFTConfig:
     # Pack each micro-batch's examples into shared rows (collate.pack_examples); None (auto): pack
     # when the model's attention honours restarting position ids (checked on the model itself).
     pack: bool | None = None
-    # Packed rows are widened to a multiple of this many tokens and the row count rounded up to a
-    # multiple of `pack_rows_multiple`: few distinct batch shapes, so oneDNN's per-shape kernel
-    # cache stops churning and fragmenting the heap (collate.pack_examples; coachlm.memory has the
-    # figures). Padding is inert (no labels, its own position-id block); 1 packs tightly. 64, not
-    # 16 or 32: wider rows also hold more examples each, so the world's SFT padded 6.6% of
-    # positions vs 13.3% tight (16: 15.0%), with 10 shapes in 900 steps and the same CPU per step.
+    # Packed rows are a multiple of this many tokens wide (the width of least estimated cost,
+    # collate.pack_geometry) and the row count is rounded up to a multiple of
+    # `pack_rows_multiple`: few distinct batch shapes, so oneDNN's per-shape kernel cache stops
+    # churning and fragmenting the heap (coachlm.memory has the figures). Padding is inert (no
+    # labels, its own position-id block); 1 packs tightly. 64, not 16: world-small SFT, 400 steps
+    # of 32, peak RSS 790 MB at 64 (12 shapes, 5.9% padded) vs 971 MB at 16 (31 shapes, 4.2%),
+    # for 1.7% less CPU per step at 16; at world-25m bf16 16 gains ~4% more (README, Benchmarks).
     pack_width_multiple: int = 64
     pack_rows_multiple: int = 1
     skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
