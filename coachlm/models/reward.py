@@ -121,7 +121,8 @@ class RewardModel(nn.Module):
 
         input_ids: (R, T); attention_mask: (R, T) padding mask, (R, 1, T, T) bool, or None;
         position_ids: (R, T) or None. A causal backbone drops a 2-D mask: rows are right-padded,
-        so no real token sees padding, and the unmasked causal kernel is the fast one.
+        so no real token sees padding, and the unmasked causal kernel is the fast one. Where
+        `last_layer_at_scores`, the last layer runs at (rows, cols) only (`models.last_layer`).
         """
         if attention_mask is not None and attention_mask.dim() == 2 and self.causal:
             attention_mask = None
