@@ -13,7 +13,8 @@ Variants, comma-separated, each `layout:width_multiple[:full]` (layout pad, pack
 cheapest: per batch the layout of fewest rows x width among pack and share); `full` (reward
 model only) runs the last layer at every position:
 
-    python benchmarks/pair_ab.py rm --preset world-25m --variants share:1:full,share:16:full,share:16
+    python benchmarks/pair_ab.py rm --preset world-25m \
+        --variants share:1:full,share:16:full,share:16,cheapest:16
     python benchmarks/pair_ab.py dpo --preset world-25m --variants share:1,share:16,pack:16
 
 Prints one JSON object.
@@ -52,7 +53,8 @@ def rm_setup(args: argparse.Namespace, root: Path) -> tuple[Any, Callable[[str],
     records, base = world_data(args.pairs, root, args.preset)
     tok = load_tokenizer(base)
     groups = [truncate_group(g, 512)[0] for g in build_groups(records, tok)[0]]
-    groups = [groups[i] for i in torch.randperm(len(groups), generator=torch.Generator().manual_seed(0))]
+    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(0))
+    groups = [groups[i] for i in order]
     model = build_reward_model(base, tok)
     n = args.batch_size
 
@@ -60,7 +62,8 @@ def rm_setup(args: argparse.Namespace, root: Path) -> tuple[Any, Callable[[str],
         layout, width = variant.split(":")[:2]
         chunks = [groups[i * n:(i + 1) * n] for i in range(args.batches)]
         if layout == "cheapest":
-            return [_cheapest(reward_batches.collate, c, tok.pad_token_id, int(width)) for c in chunks]
+            return [_cheapest(reward_batches.collate, c, tok.pad_token_id, int(width))
+                    for c in chunks]
         return [reward_batches.collate(c, layout, tok.pad_token_id, width_multiple=int(width))
                 for c in chunks]
 
@@ -143,7 +146,8 @@ def main(argv: list[str]) -> dict:
         sec = statistics.median(cpu[v])
         out[v] = {"cpu_ms_per_batch": round(1e3 * sec / len(data[v]), 1),
                   "tokens_per_cpu_s": round(tokens / sec, 1),
-                  "row_positions": positions, "distinct_shapes": len({tuple(b.input_ids.shape) for b in data[v]}),
+                  "row_positions": positions,
+                  "distinct_shapes": len({tuple(b.input_ids.shape) for b in data[v]}),
                   "rounds_cpu_s": [round(c, 3) for c in cpu[v]]}
     return {"setup": {"method": args.method, "preset": args.preset, "batch_size": args.batch_size,
                       "batches": args.batches, "rounds": args.rounds, "precision": args.precision,

@@ -76,7 +76,8 @@ def test_width_is_rounded_up_and_packing_fills_the_wider_rows():
     tight = lay_out(PROMPTS, RESPONSES, "pad", pad_id=0)
     wide = lay_out(PROMPTS, RESPONSES, "pad", pad_id=0, width_multiple=16)
     assert tight.input_ids.shape == (5, 4) and wide.input_ids.shape == (5, 16)
-    assert torch.equal(wide.input_ids[:, :4], tight.input_ids) and (wide.input_ids[:, 4:] == 0).all()
+    assert torch.equal(wide.input_ids[:, :4], tight.input_ids)
+    assert (wide.input_ids[:, 4:] == 0).all()
     assert [t.tolist() for t in wide.scored_tokens()] == [t.tolist() for t in tight.scored_tokens()]
 
 

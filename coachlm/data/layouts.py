@@ -9,8 +9,8 @@ out a batch of B such groups with `lay_out`, in one of three layouts:
     encoders take `Packed.padding_mask`.
   - "pack": every sequence is a segment; segments are packed first-fit decreasing into rows as
     wide as the longest (rounded up, below), with position ids restarting at each segment (and
-    on a row's padding tail). Given no mask (and no KV cache: `use_cache=False`), transformers (>= 4.54) builds
-    the block-diagonal causal mask from such position ids, as SFT's packing relies on;
+    on a row's padding tail). Given no mask (and no KV cache: `use_cache=False`), transformers
+    (>= 4.54) builds the block-diagonal causal mask from such position ids, as SFT's packing relies on;
     `Packed.attention_mask` spells it out for models that do not.
   - "share": prefix sharing. A group is one segment, its prompt then each of its responses; a
     response attends to the prompt and to itself only (`Packed.attention_mask`), with positions

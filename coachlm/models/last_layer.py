@@ -49,7 +49,8 @@ def supported(backbone: nn.Module) -> bool:
     layers, config = getattr(body, "layers", None), getattr(body, "config", None)
     if not isinstance(layers, nn.ModuleList) or not hasattr(body, "norm") or config is None:
         return False
-    if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
+    window = getattr(config, "sliding_window", None)
+    if window is not None and getattr(config, "use_sliding_window", True):
         return False
     layer = _last(body)
     attn = getattr(layer, "self_attn", None)
@@ -133,7 +134,8 @@ def agrees(backbone: nn.Module, atol: float = 1e-4, rtol: float = 1e-3) -> bool:
         return False
     device = next(backbone.parameters()).device
     ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]], device=device)  # (2, 5)
-    rows, cols = torch.tensor([0, 0, 1, 1], device=device), torch.tensor([2, 4, 1, 4], device=device)
+    rows = torch.tensor([0, 0, 1, 1], device=device)
+    cols = torch.tensor([2, 4, 1, 4], device=device)
     was_training = backbone.training
     backbone.eval()
     try:

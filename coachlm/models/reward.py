@@ -103,7 +103,8 @@ class RewardModel(nn.Module):
         self._use_cache_arg = "use_cache" in inspect.signature(base.forward).parameters
         # Only the scored positions need the last layer's output (`models.last_layer`): where
         # that gives the full forward's hidden states, `forward` computes it there alone.
-        self.last_layer_at_scores = self.causal and last_layer.agrees(backbone, **_probe_tol(backbone))
+        self.last_layer_at_scores = (self.causal
+                                     and last_layer.agrees(backbone, **_probe_tol(backbone)))
 
     def init_head(self, seed: int | None = None) -> None:
         """N(0, 1/sqrt(d + 1)) weights, zero bias (Ziegler et al., 2019), without touching the
@@ -129,7 +130,8 @@ class RewardModel(nn.Module):
         kwargs: dict[str, Any] = {"use_cache": False} if self._use_cache_arg else {}
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask,
                       position_ids=position_ids, **kwargs)
-        if self.last_layer_at_scores and (attention_mask is None or attention_mask.dtype == torch.bool):
+        bool_or_none = attention_mask is None or attention_mask.dtype == torch.bool
+        if self.last_layer_at_scores and bool_or_none:
             last = last_layer.hidden_at(self.backbone, rows, cols, **inputs)  # (N, d)
         else:
             last = self.backbone(**inputs).last_hidden_state[rows, cols]  # (N, d)
