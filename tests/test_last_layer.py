@@ -92,6 +92,16 @@ def test_hidden_at_stops_before_the_last_layer_and_removes_its_hook():
     rm.backbone(input_ids=ids)  # and the full forward still runs
 
 
+def test_a_sharded_last_layer_keeps_the_full_forward(monkeypatch):
+    rm = _reward_model()
+    assert not last_layer.sharded(rm.backbone)
+    calls = []
+    monkeypatch.setattr(last_layer, "sharded", lambda backbone: True)  # as under FSDP
+    monkeypatch.setattr(last_layer, "hidden_at", lambda *a, **k: calls.append(1))
+    batch = collate(_groups(), "pad", tokenizer().pad_token_id)
+    assert rm.rewards(batch).shape == (7,) and not calls
+
+
 def test_unsupported_backbones_keep_the_full_forward():
     rm = _reward_model()
     body = last_layer.body_of(rm.backbone)

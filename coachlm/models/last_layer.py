@@ -60,6 +60,19 @@ def supported(backbone: nn.Module) -> bool:
             and not hasattr(attn, "q_norm") and not hasattr(attn, "k_norm"))
 
 
+def sharded(backbone: nn.Module) -> bool:
+    """Whether FSDP shards the last layer: its submodules then hold their parameters only
+    inside the layer's own forward, so they cannot be called apart (the full forward runs)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    kinds = (FSDPModule, FullyShardedDataParallel)
+    body = body_of(backbone)
+    layer = _last(body)
+    return any(isinstance(m, kinds) for m in (body, *layer.modules()))
+
+
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """transformers' rotary embedding, x*cos + rotate_half(x)*sin (Su et al., 2021)."""
     h = x.shape[-1] // 2

@@ -131,7 +131,7 @@ class RewardModel(nn.Module):
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask,
                       position_ids=position_ids, **kwargs)
         bool_or_none = attention_mask is None or attention_mask.dtype == torch.bool
-        if self.last_layer_at_scores and bool_or_none:
+        if self.last_layer_at_scores and bool_or_none and not last_layer.sharded(self.backbone):
             last = last_layer.hidden_at(self.backbone, rows, cols, **inputs)  # (N, d)
         else:
             last = self.backbone(**inputs).last_hidden_state[rows, cols]  # (N, d)
