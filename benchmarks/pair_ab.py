@@ -10,12 +10,13 @@ Reports per variant the median over rounds of CPU ms per batch and counted token
 response of every sequence, TRL's count) per CPU second.
 
 Variants, comma-separated, each `layout:width_multiple[:full]` (layout pad, pack, share, or
-cheapest: per batch the layout of fewest rows x width among pack and share); `full` (reward
-model only) runs the last layer at every position:
+cheapest: per batch the layout of fewest rows x width among pack and share); `full` runs the
+last layer at every position (reward model), or its MLP (DPO):
 
     python benchmarks/pair_ab.py rm --preset world-25m \
         --variants share:1:full,share:16:full,share:16,cheapest:16
     python benchmarks/pair_ab.py dpo --preset world-25m --variants share:1,share:16,pack:16
+    python benchmarks/pair_ab.py dpo --preset world-25m --variants share:16:full,share:16
 
 Prints one JSON object.
 """
@@ -28,8 +29,10 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
+from unittest.mock import patch
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 from coachlm.data import pairs as pair_data
 from coachlm.data import reward_batches
 from coachlm.engine.accel import set_threads
+from coachlm.models import last_layer
 
 
 def _cheapest(collate: Callable[..., Any], items: list, pad_id: int, width: int) -> Any:
@@ -102,7 +106,9 @@ def dpo_setup(args: argparse.Namespace, root: Path) -> tuple[Any, Callable[[str]
                 for c in chunks]
 
     def step(variant: str, batch: Any) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        full = variant.endswith(":full")  # the last layer's MLP at every position
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"), \
+                (patch.object(last_layer, "supported", lambda _: False) if full else nullcontext()):
             logps = sequence_logps(model, batch)  # (2B,)
         b = batch.num_pairs
         F.logsigmoid(0.1 * (logps[:b] - logps[b:])).sum().neg().backward()

@@ -110,3 +110,37 @@ def test_unsupported_backbones_keep_the_full_forward():
     with pytest.raises(ValueError, match="mask"):
         last_layer.hidden_at(rm.backbone, torch.tensor([0]), torch.tensor([0]),
                              input_ids=torch.tensor([[5]]), attention_mask=torch.ones(1, 1))
+
+
+@pytest.mark.parametrize("layout", ["pad", "pack", "share"])
+def test_dpo_logps_with_the_mlp_at_predicting_positions_equal_the_full_forward(layout, monkeypatch):
+    from coachlm.data.pairs import Pair, collate as pair_collate
+    from coachlm.trainers.dpo_logps import sequence_logps
+
+    lm = tiny_lm(seed=3)
+    use_fast_ops(lm)
+    groups = _groups()
+    pairs = [Pair(tuple(g.prompt_ids), tuple(g.response_ids[0]), tuple(g.response_ids[1]))
+             for g in groups]
+    batch = pair_collate(pairs, layout, tokenizer().pad_token_id)
+    mlp_rows = []
+    body = last_layer.body_of(lm.base_model)
+    handle = body.layers[-1].mlp.register_forward_hook(lambda m, a, o: mlp_rows.append(a[0].shape))
+
+    def logps_and_grads():
+        lm.zero_grad()
+        logps = sequence_logps(lm, batch)  # (2B,)
+        (logps * torch.arange(1.0, len(logps) + 1)).sum().backward()
+        return logps.detach(), {n: p.grad.clone() for n, p in lm.named_parameters()
+                                if p.grad is not None}
+
+    got, got_grads = logps_and_grads()
+    assert mlp_rows == [torch.Size([len(batch.pred_rows), body.config.hidden_size])]
+    monkeypatch.setattr(last_layer, "supported", lambda backbone: False)
+    want, want_grads = logps_and_grads()
+    handle.remove()
+    assert mlp_rows[1] == torch.Size([*batch.input_ids.shape, body.config.hidden_size])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert got_grads.keys() == want_grads.keys()
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], atol=1e-5, rtol=1e-4)

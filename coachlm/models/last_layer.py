@@ -79,13 +79,15 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + torch.cat((-x[..., h:], x[..., :h]), dim=-1) * sin
 
 
-def _inputs_of_last_layer(backbone: nn.Module, **inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
-    """(hidden (R, T, D), cos, sin (R or 1, T, head dim)): what the last layer receives."""
+def _inputs_of_last_layer(backbone: nn.Module, **inputs: Any) -> tuple[Tensor, dict[str, Any]]:
+    """(hidden (R, T, D), the other keyword arguments): what the last layer receives (among
+    them the mask transformers built and `position_embeddings`, cos and sin (R or 1, T, hd))."""
     taken: dict[str, Any] = {}
 
     def take(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        taken["hidden"] = args[0] if args else kwargs["hidden_states"]
-        taken["rope"] = kwargs["position_embeddings"]
+        kwargs = dict(kwargs)
+        taken["hidden"] = args[0] if args else kwargs.pop("hidden_states")
+        taken["kwargs"] = kwargs
         raise _Reached
 
     handle = _last(body_of(backbone)).register_forward_pre_hook(take, with_kwargs=True)
@@ -97,7 +99,7 @@ def _inputs_of_last_layer(backbone: nn.Module, **inputs: Any) -> tuple[Tensor, T
         handle.remove()
     if "hidden" not in taken:
         raise RuntimeError("the backbone's forward never reached its last layer")
-    return taken["hidden"], *taken["rope"]
+    return taken["hidden"], taken["kwargs"]
 
 
 def _last_layer(layer: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, rows: Tensor,
@@ -136,8 +138,22 @@ def hidden_at(backbone: nn.Module, rows: Tensor, cols: Tensor, **inputs: Any) ->
     if mask is not None and (mask.dim() != 4 or mask.dtype != torch.bool):
         raise ValueError("hidden_at takes no mask (causal) or a bool (R, 1, T, T) mask")
     body = body_of(backbone)
-    hidden, cos, sin = _inputs_of_last_layer(backbone, **inputs)
+    hidden, kwargs = _inputs_of_last_layer(backbone, **inputs)
+    cos, sin = kwargs["position_embeddings"]
     return body.norm(_last_layer(_last(body), hidden, cos, sin, rows, cols, mask))
+
+
+def hidden_at_mlp(backbone: nn.Module, rows: Tensor, cols: Tensor, **inputs: Any) -> Tensor:
+    """The backbone's final hidden states (N, D) at (rows, cols), its last layer's attention
+    run at every position (the layer's own module, with the mask transformers built) and its
+    MLP at those positions only: for a policy's log-probabilities (DPO), read at every
+    response position but at no prompt or padding position. (rows, cols) may repeat."""
+    body = body_of(backbone)
+    layer = _last(body)
+    hidden, kwargs = _inputs_of_last_layer(backbone, **inputs)
+    h = hidden + layer.self_attn(hidden_states=layer.input_layernorm(hidden), **kwargs)[0]
+    h = h[rows, cols]  # (N, D)
+    return body.norm(h + layer.mlp(layer.post_attention_layernorm(h)))
 
 
 def agrees(backbone: nn.Module, atol: float = 1e-4, rtol: float = 1e-3) -> bool:
