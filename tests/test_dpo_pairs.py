@@ -41,7 +41,7 @@ def test_truncate_cuts_prompt_from_left_then_responses_from_right():
 
 def test_share_layout_scores_the_right_tokens_from_the_right_positions():
     pairs = [Pair((5, 6, 7), (8, 9), (10, 11, 12)), Pair((13,), (14,), (15, 16))]
-    b = collate(pairs, "share", pad_id=0)
+    b = collate(pairs, "share", pad_id=0, width_multiple=1)  # tight rows, checked by hand
     # first-fit decreasing: pair 0 (8 tokens) fills row 0, pair 1 (4 tokens) opens row 1
     assert b.input_ids.tolist() == [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 0, 0, 0, 0]]
     assert b.position_ids.tolist() == [[0, 1, 2, 3, 4, 3, 4, 5], [0, 1, 1, 2, 0, 1, 2, 3]]
@@ -59,7 +59,7 @@ def test_share_layout_scores_the_right_tokens_from_the_right_positions():
 
 def test_pack_layout_restarts_positions_and_shares_rows():
     pairs = [Pair((1, 2, 3, 4, 5), (6, 7), (8,)), Pair((9,), (10,), (11, 12))]
-    b = collate(pairs, "pack", pad_id=0)
+    b = collate(pairs, "pack", pad_id=0, width_multiple=1)  # tight rows, checked by hand
     assert b.attention_mask is None
     # widths 7, 2, 6, 3: rows [7], [6], [3 + 2]
     assert b.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 8, 0], [9, 11, 12, 9, 10, 0, 0]]

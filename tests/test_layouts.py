@@ -67,6 +67,20 @@ def test_numbering_orders_the_unshared_rows():
         lay_out(PROMPTS, RESPONSES, "packed", pad_id=0)
 
 
+def test_width_is_rounded_up_and_packing_fills_the_wider_rows():
+    # sequences of 3, 4, 3, 3, 2 tokens; width 4 rounded up to 8 holds two or three of them
+    # (first fit decreasing: 4 + 3 in row 0, then 3 + 3 + 2 in row 1)
+    p = lay_out(PROMPTS, RESPONSES, "pack", pad_id=0, width_multiple=8)
+    assert p.input_ids.tolist() == [[5, 6, 9, 10, 5, 6, 8, 0], [5, 6, 11, 7, 12, 13, 7, 14]]
+    assert p.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 0], [0, 1, 2, 0, 1, 2, 0, 1]]
+    tight = lay_out(PROMPTS, RESPONSES, "pad", pad_id=0)
+    wide = lay_out(PROMPTS, RESPONSES, "pad", pad_id=0, width_multiple=16)
+    assert tight.input_ids.shape == (5, 4) and wide.input_ids.shape == (5, 16)
+    assert torch.equal(wide.input_ids[:, :4], tight.input_ids)
+    assert (wide.input_ids[:, 4:] == 0).all()
+    assert [t.tolist() for t in wide.scored_tokens()] == [t.tolist() for t in tight.scored_tokens()]
+
+
 def test_truncate_and_unit_length_for_three_responses():
     # longest response 4: the prompt keeps max(8 - 4, 8 // 2) = 4 tokens from its end
     assert truncate(list(range(10)), [[1, 2], [3, 4, 5, 6], [7]], 8) == (

@@ -69,8 +69,9 @@ def test_share_layout_counts_tokens_and_targets(tok):
     batch = collate(_groups(), "share", tok.pad_token_id)
     # Unshared: 3 * 4 + (3 + 2 + 5) + 2 * 3 + (2 + 3) = 33 tokens; shared: 14 + 8 = 22.
     assert (batch.num_tokens, batch.processed_tokens) == (33, 22)
-    assert batch.input_ids.shape == (2, 14)
-    assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 4, 5, 4, 5, 6, 7, 8]
+    assert batch.input_ids.shape == (2, 16)  # 14 rounded up to a multiple of 16
+    # the padding tail restarts its own positions
+    assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 4, 5, 4, 5, 6, 7, 8, 0, 1]
     assert batch.cols.tolist() == [6, 8, 13, 4, 7]
     assert batch.pair_a.tolist() == [0, 4] and batch.pair_b.tolist() == [1, 3]
     assert batch.pair_margin.tolist() == [0.0, 0.5]

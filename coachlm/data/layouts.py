@@ -8,9 +8,9 @@ out a batch of B such groups with `lay_out`, in one of three layouts:
     token never attends to the padding after it, so the plain causal kernel needs no mask;
     encoders take `Packed.padding_mask`.
   - "pack": every sequence is a segment; segments are packed first-fit decreasing into rows as
-    wide as the longest, with position ids restarting at each segment (and on a row's padding
-    tail). Given no mask (and no KV cache: `use_cache=False`), transformers (>= 4.54) builds
-    the block-diagonal causal mask from such position ids, as SFT's packing relies on;
+    wide as the longest (rounded up, below), with position ids restarting at each segment (and
+    on a row's padding tail). Given no mask (and no KV cache: `use_cache=False`), transformers
+    (>= 4.54) builds the block-diagonal causal mask from such position ids, as SFT's packing relies on;
     `Packed.attention_mask` spells it out for models that do not.
   - "share": prefix sharing. A group is one segment, its prompt then each of its responses; a
     response attends to the prompt and to itself only (`Packed.attention_mask`), with positions
@@ -22,6 +22,12 @@ their segments in that order, which decides how ties in the first-fit placement 
 records where each sequence lies, and users read the positions they need from it: the last
 token (a reward model's score: `last_positions`) or each response token with the position whose
 logits predict it (a policy's log-probability: `scored_tokens`).
+
+Trainers round the row width up to a multiple of `WIDTH_MULTIPLE` tokens (`width_multiple`):
+oneDNN compiles and caches matmul kernels per input shape, and tight widths give almost every
+batch a new shape (see `collate.pack_examples`, which SFT rounds the same way). The padding
+tail is inert in every layout: a causal model's real tokens never attend to it, and it forms
+its own position-id block (and, with a mask, sees only itself).
 
 `num_tokens` counts the prompt + response tokens of every sequence, what an unshared trainer
 (TRL) processes, so tokens/s compares work done; `processed_tokens` counts the non-pad tokens
@@ -37,12 +43,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from coachlm.data.collate import first_fit_decreasing
+from coachlm.data.collate import first_fit_decreasing, round_up
 from coachlm.errors import CoachError
 
 Layout = Literal["pad", "pack", "share"]
 LAYOUTS = ("pad", "pack", "share")
 Tokens = Sequence[int]
+WIDTH_MULTIPLE = 16  # the trainers' row-width rounding (see the module docstring)
 
 # Two groups small enough to score in any layout, with prompts and responses of unequal
 # lengths, so that a wrong position id, mask or placement changes the scores: layout probes.
@@ -162,9 +169,12 @@ def _segments(prompts: Sequence[Tokens], responses: Sequence[Sequence[Tokens]],
 
 
 def lay_out(prompts: Sequence[Tokens], responses: Sequence[Sequence[Tokens]], layout: Layout,
-            pad_id: int, numbering: Sequence[Sequence[int]] | None = None) -> Packed:
+            pad_id: int, numbering: Sequence[Sequence[int]] | None = None,
+            width_multiple: int = 1) -> Packed:
     """Groups (prompts[g], responses[g]) in `layout`. `numbering[g][k]` is the number of the
-    sequence prompts[g] + responses[g][k]: a permutation of 0..N-1, by default group order."""
+    sequence prompts[g] + responses[g][k]: a permutation of 0..N-1, by default group order.
+    Rows are as wide as the longest segment rounded up to a multiple of `width_multiple`
+    (packing fills them to that width)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if numbering is None:  # group order
@@ -175,7 +185,7 @@ def lay_out(prompts: Sequence[Tokens], responses: Sequence[Sequence[Tokens]], la
         raise ValueError(f"numbering must number the {n_seq} sequences 0..{n_seq - 1}")
     segs = _segments(prompts, responses, numbering, layout)
     lengths = [len(p) + sum(len(r) for _, r in members) for p, members in segs]
-    width = max(lengths)
+    width = round_up(max(lengths), width_multiple)
     if layout == "pad":
         rows = [[s] for s in range(len(segs))]
     else:

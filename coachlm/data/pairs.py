@@ -120,12 +120,15 @@ def share_saving(pairs: Sequence[Pair]) -> float:
 
 
 def collate(pairs: Sequence[Pair], layout: Layout, pad_id: int,
-            index: Sequence[int] | None = None) -> PairBatch:
-    """One PairBatch of `pairs` in `layout` ("pad", "pack" or "share")."""
+            index: Sequence[int] | None = None,
+            width_multiple: int = layouts.WIDTH_MULTIPLE) -> PairBatch:
+    """One PairBatch of `pairs` in `layout` ("pad", "pack" or "share"), its rows rounded up to a
+    multiple of `width_multiple` tokens (few distinct shapes for oneDNN: `data.layouts`)."""
     b = len(pairs)
     packed = layouts.lay_out([p.prompt_ids for p in pairs],
                              [(p.chosen_ids, p.rejected_ids) for p in pairs], layout, pad_id,
-                             numbering=[(i, b + i) for i in range(b)])
+                             numbering=[(i, b + i) for i in range(b)],
+                             width_multiple=width_multiple)
     rows, cols, targets, seqs = packed.scored_tokens()  # each (N,)
     per_seq = torch.bincount(seqs, minlength=2 * b)  # (2B,)
     index = torch.arange(b) if index is None else torch.as_tensor(index, dtype=torch.long)

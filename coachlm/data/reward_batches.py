@@ -242,10 +242,12 @@ def _targets(groups: Sequence[Group]) -> dict[str, Any]:
                 rank_group=torch.tensor(rank_group, **long), n_rankings=n_rankings)
 
 
-def collate(groups: Sequence[Group], layout: Layout, pad_id: int) -> RewardBatch:
-    """One RewardBatch of `groups` in `layout` ("pad", "pack" or "share")."""
+def collate(groups: Sequence[Group], layout: Layout, pad_id: int,
+            width_multiple: int = layouts.WIDTH_MULTIPLE) -> RewardBatch:
+    """One RewardBatch of `groups` in `layout` ("pad", "pack" or "share"), its rows rounded up
+    to a multiple of `width_multiple` tokens (few distinct shapes for oneDNN: `data.layouts`)."""
     packed = layouts.lay_out([g.prompt_ids for g in groups], [g.response_ids for g in groups],
-                             layout, pad_id)
+                             layout, pad_id, width_multiple=width_multiple)
     rows, cols = packed.last_positions()  # (N,), (N,)
     pad = layout == "pad"
     return RewardBatch(input_ids=packed.input_ids,

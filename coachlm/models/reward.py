@@ -46,6 +46,7 @@ from coachlm.data.schema import Prompt
 from coachlm.errors import CoachError
 from coachlm.models.load import (ModelLoadError, _check_dir, disable_dropout, load_tokenizer,
                                   resolve_dtype, save_pretrained)
+from coachlm.models import last_layer
 from coachlm.models.attention import use_fp32_attention
 from coachlm.models.fast_ops import use_fast_ops
 from coachlm.models.lora import LoRAConfig
@@ -82,6 +83,12 @@ def probe_causal(backbone: nn.Module) -> bool:
     return torch.allclose(hidden[0, 0], hidden[1, 0], atol=1e-5)
 
 
+def _probe_tol(backbone: nn.Module) -> dict[str, float]:
+    """Tolerances for `last_layer.agrees`: fp32 rounding, or bf16's for a bf16 backbone."""
+    fp32 = next(backbone.parameters()).dtype == torch.float32
+    return {"atol": 1e-4, "rtol": 1e-3} if fp32 else {"atol": 2e-2, "rtol": 2e-2}
+
+
 class RewardModel(nn.Module):
     """backbone + scalar head. `forward` scores N sequences at given (row, column) positions."""
 
@@ -94,6 +101,10 @@ class RewardModel(nn.Module):
         self.causal = probe_causal(backbone)
         base = getattr(backbone, "get_base_model", lambda: backbone)()
         self._use_cache_arg = "use_cache" in inspect.signature(base.forward).parameters
+        # Only the scored positions need the last layer's output (`models.last_layer`): where
+        # that gives the full forward's hidden states, `forward` computes it there alone.
+        self.last_layer_at_scores = (self.causal
+                                     and last_layer.agrees(backbone, **_probe_tol(backbone)))
 
     def init_head(self, seed: int | None = None) -> None:
         """N(0, 1/sqrt(d + 1)) weights, zero bias (Ziegler et al., 2019), without touching the
@@ -111,14 +122,19 @@ class RewardModel(nn.Module):
 
         input_ids: (R, T); attention_mask: (R, T) padding mask, (R, 1, T, T) bool, or None;
         position_ids: (R, T) or None. A causal backbone drops a 2-D mask: rows are right-padded,
-        so no real token sees padding, and the unmasked causal kernel is the fast one.
+        so no real token sees padding, and the unmasked causal kernel is the fast one. Where
+        `last_layer_at_scores`, the last layer runs at (rows, cols) only (`models.last_layer`).
         """
         if attention_mask is not None and attention_mask.dim() == 2 and self.causal:
             attention_mask = None
         kwargs: dict[str, Any] = {"use_cache": False} if self._use_cache_arg else {}
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids, **kwargs)
-        last = out.last_hidden_state[rows, cols]  # (N, d)
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids, **kwargs)
+        bool_or_none = attention_mask is None or attention_mask.dtype == torch.bool
+        if self.last_layer_at_scores and bool_or_none and not last_layer.sharded(self.backbone):
+            last = last_layer.hidden_at(self.backbone, rows, cols, **inputs)  # (N, d)
+        else:
+            last = self.backbone(**inputs).last_hidden_state[rows, cols]  # (N, d)
         return self.head(last).squeeze(-1).float()  # (N,)
 
     def rewards(self, batch: Any) -> Tensor:

@@ -23,6 +23,7 @@ from torch import Tensor
 from coachlm.data.layouts import PROBE, agrees_with_pad, resolve_layout
 from coachlm.data.pairs import Pair, PairBatch, PairBatches, collate, share_saving
 from coachlm.engine.accel import to_device
+from coachlm.models import last_layer
 from coachlm.models.load import weights_hash
 from coachlm.models.logprobs import backbone_and_head, logprobs_from_logits
 from coachlm.models.lora import adapter_disabled
@@ -41,16 +42,23 @@ SHARE_MIN_SAVING = 0.15
 def sequence_logps(model: Any, batch: PairBatch) -> Tensor:
     """Summed log-probabilities of the 2B responses of `batch` (chosen first), (2B,) fp32.
 
-    The backbone runs over the whole batch; the LM head only at the N predicting positions.
+    The backbone runs over the whole batch, but its last layer's MLP (where the backbone is
+    one `models.last_layer` supports) and the LM head only at the N predicting positions: no
+    prompt position but the last, no response's last token and no padding needs them.
     """
     device = next(model.parameters()).device
     backbone, head = backbone_and_head(model)
-    hidden = backbone(
+    inputs = dict(
         input_ids=batch.input_ids.to(device),
         position_ids=None if batch.position_ids is None else batch.position_ids.to(device),
         attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
-        use_cache=False).last_hidden_state  # (R, T, D)
-    logits = head(hidden[batch.pred_rows.to(device), batch.pred_cols.to(device)])  # (N, V)
+        use_cache=False)
+    rows, cols = batch.pred_rows.to(device), batch.pred_cols.to(device)  # (N,), (N,)
+    if last_layer.supported(backbone) and not last_layer.sharded(backbone):
+        hidden = last_layer.hidden_at_mlp(backbone, rows, cols, **inputs)  # (N, D)
+    else:
+        hidden = backbone(**inputs).last_hidden_state[rows, cols]  # (N, D)
+    logits = head(hidden)  # (N, V)
     token_logps = logprobs_from_logits(logits, batch.targets.to(device))  # (N,)
     n_seq = 2 * batch.num_pairs
     return token_logps.new_zeros(n_seq).index_add(0, batch.seq_index.to(device), token_logps)
