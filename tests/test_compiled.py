@@ -92,7 +92,7 @@ def test_auto_compiles_only_past_the_break_even(tok, cache):
     model = tiny_model(tok)  # world-tiny: 2 layers of 10,304 parameters
     assert resolve_compile(True, model, 1, 8, False) is True
     assert resolve_compile(False, model, 10**9, 8, False) is False
-    # world-25m's break-even (500 steps cold, 120 warm at batch 8) scaled by its 25,171,968
+    # world-25m's break-even (500 steps cold, 150 warm at batch 8) scaled by its 25,171,968
     # layer parameters over these 20,608 and by 8 over the batch: ceil(500 * 1221.47 * 8 / 16)
     assert compiled.break_even_steps(model, 16, warm=False) == 305_367
     assert resolve_compile("auto", model, 305_366, 16, False) is False
@@ -100,10 +100,10 @@ def test_auto_compiles_only_past_the_break_even(tok, cache):
     assert resolve_compile("auto", model, 305_367, 16, False, device="cuda") is False
     assert resolve_compile("auto", model, 2, 8, False) is False  # a test-sized run: eager
     mark_compiled(model, bf16=False)  # its code is now cached: the warm figure applies
-    assert compiled.break_even_steps(model, 16, warm=True) == 73_288  # ceil(120 * 1221.47 / 2)
-    assert resolve_compile("auto", model, 73_288, 16, False) is True
-    assert resolve_compile("auto", model, 73_287, 16, False) is False
-    assert resolve_compile("auto", model, 73_288, 16, True) is False  # bf16: another graph, cold
+    assert compiled.break_even_steps(model, 16, warm=True) == 91_610  # ceil(150 * 1221.47 / 2)
+    assert resolve_compile("auto", model, 91_610, 16, False) is True
+    assert resolve_compile("auto", model, 91_609, 16, False) is False
+    assert resolve_compile("auto", model, 91_610, 16, True) is False  # bf16: another graph, cold
 
 
 def test_compile_setting_is_auto_true_or_false(tmp_path):

@@ -8,7 +8,8 @@ graph (its guards check the module's type and attributes, not which layer it is;
 under TORCH_LOGS=recompiles, `tests/test_compiled.py`; two under LoRA, where the first layer's
 input, from frozen embeddings, carries no gradient), and dynamo and inductor work on one layer
 instead of six: a cold compile took 31.5 CPU s instead of the whole body's 68.3 (bf16), not 6x
-less, as ~2/3 of it is g++ building the kernels (27 small libraries) plus a fixed cost. The
+less, as ~2/3 of it was g++ building the kernels, one small library each, plus a fixed cost
+(`cpp_wrapper` now builds one library per graph: ~21 s, below). The
 embedding, rotary tables, mask and final norm stay eager: one small operator each per step.
 
 Only gradient-recording calls run compiled: a call under `torch.no_grad` (validation loss,
@@ -120,8 +121,12 @@ def compile_layers(model: nn.Module, backend: Any = "inductor") -> nn.ModuleList
     # Compile in this process: a pool of compile workers would compete with training on a small
     # shared machine, and its CPU time would be missing from this process's CPU seconds.
     inductor_config.compile_threads = 1
+    # cpp_wrapper: the graph's kernels and its wrapper built as one C++ library instead of one
+    # per kernel; MEASURED (compile_sft.py --modes layers, bf16 world-25m, two runs each way):
+    # cold compile 29.2, 27.6 -> 22.1, 20.6 CPU s; warm (~6 s), step CPU and losses the same.
+    options = {"cpp_wrapper": True} if backend == "inductor" else None
     # One compiled function, the layer an argument: every layer runs the same graph.
-    call = torch.compile(nn.Module._call_impl, backend=backend, dynamic=True)
+    call = torch.compile(nn.Module._call_impl, backend=backend, dynamic=True, options=options)
     for layer in layers:
         layer._compiled_call_impl = _GradOnly(layer, call)
     return layers
@@ -130,18 +135,19 @@ def compile_layers(model: nn.Module, backend: Any = "inductor") -> nn.ModuleList
 # `compile: auto`: compile when the run's steps save more CPU than compiling costs. MEASURED
 # (`benchmarks/compile_sft.py --preset world-25m --precision bf16|fp32 --steps 20 --threads 1`,
 # SFT, packed batches of 8, process + C++ compiler CPU seconds, loaded 2-core AMX machine):
-#   bf16: eager 0.356 s/step, compiled 0.292; compile 31.5 s cold, 7.0 s warm -> break-even
-#         491 steps cold, 119 warm (whole-body compile: 68.3 s cold, 24.9 warm; 1,079 / 306)
-#   fp32: eager 0.724 s/step, compiled 0.672; compile 25.8 s cold, 3.6 s warm -> 494 / 56
-#         (whole body: 50.8 s cold, 11.7 warm; 1,142 / 432)
+#   bf16: eager 0.324 s/step, compiled 0.278 (cold) / 0.285 (warm); compile 22.2 s cold, 5.9 s
+#         warm -> break-even 478 steps cold, 151 warm. Before cpp_wrapper: 31.5 s / 7.0 s,
+#         491 / 119 (eager 0.356 in that run); whole-body compile: 68.3 / 24.9 s, 1,079 / 306
+#   fp32: eager 0.708 s/step, compiled 0.647 / 0.620; compile 19.6 s cold, 3.3 s warm -> 320 / 38
+#         (before cpp_wrapper 25.8 / 3.6 s, 494 / 56; whole body 50.8 / 11.7 s, 1,142 / 432)
 # The compile cost hardly depends on the model's size (world-small, 1.8M parameters in its
-# layers, bf16: 30.4 s cold, 6.9 warm) while the saving per step grows with the work per step
-# (world-small: 0.047 -> 0.040 s/step; break-even 4,763 / 938): the break-even steps below
-# are world-25m's, scaled by its layers' parameters over the model's and by batch 8 over the
-# run's batch (world-small: 7,100 / 1,700 by this rule, above the measured 4,763 / 938: auto
-# errs towards eager).
+# layers, bf16: 30.4 s cold, 6.9 warm, before cpp_wrapper) while the saving per step grows with
+# the work per step (world-small: 0.047 -> 0.040 s/step; break-even 4,763 / 938): the break-even
+# steps below are world-25m's (the larger of bf16 and fp32, rounded up), scaled by its layers'
+# parameters over the model's and by batch 8 over the run's batch (world-small: 7,107 / 2,133
+# by this rule, above the measured 4,763 / 938: auto errs towards eager).
 COLD_BREAK_EVEN_STEPS = 500
-WARM_BREAK_EVEN_STEPS = 120
+WARM_BREAK_EVEN_STEPS = 150
 REFERENCE_LAYER_PARAMETERS = 25_171_968  # world-25m's 6 decoder layers
 REFERENCE_BATCH = 8
 
