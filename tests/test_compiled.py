@@ -24,6 +24,7 @@ def tok():
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("COACHLM_COMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # compiling sets it: undone after
     return tmp_path / "cache"
 
 

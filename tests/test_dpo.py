@@ -252,6 +252,7 @@ def test_compiled_policy_trains_as_eager_and_the_reference_stays_eager(base_dir,
     monkeypatch.setattr("coachlm.trainers.dpo.compile_layers",
                         partial(compiled.compile_layers, backend=counter))
     monkeypatch.setenv("COACHLM_COMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # compiling sets it: undone after
     data = tmp_path / "prefs.jsonl"
     write_records(data, toy_comparisons(16, seed=1))
     runs = {}

@@ -96,6 +96,7 @@ def test_compiled_reward_model_trains_as_eager(tmp_path, monkeypatch):
     monkeypatch.setattr("coachlm.trainers.reward.compile_layers",
                         partial(compiled.compile_layers, backend=counter))
     monkeypatch.setenv("COACHLM_COMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # compiling sets it: undone after
     tok = tokenizer()
     save_pretrained(tiny_lm(seed=0), tok, tmp_path / "base")
     write_records(tmp_path / "train.jsonl", _toy_records(24, seed=0))

@@ -266,6 +266,7 @@ def test_packing_check_detects_models_that_leak_across_examples():
 def test_compiled_sft_has_the_eager_losses_and_saves_plain_keys(base_and_data, tmp_path,
                                                                 monkeypatch):
     monkeypatch.setenv("COACHLM_COMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # compiling sets it: undone after
     root = base_and_data
     losses = {}
     for compiled in (False, True):
