@@ -65,7 +65,7 @@ TRL_METRICS = {"loss": "loss", "rewards/accuracies": "accuracy", "rewards/margin
 def run_ours(args: argparse.Namespace, root: Path, tcfg: TrainConfig) -> dict:
     cfg = DPOConfig(model=root / "base", data=(root / "train.jsonl",), out=root / "ours",
                     val_fraction=0.0, max_length=args.max_length, beta=args.beta,
-                    layout=args.layout, train=tcfg)
+                    layout=args.layout, compile=args.compile, train=tcfg)
     start, cpu = time.perf_counter(), time.process_time()
     result, _ = dpo(cfg)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -128,6 +128,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--precision", "--dtype", dest="precision", choices=("fp32", "bf16"), default="fp32")
     add_peak_arg(p)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", action="store_true",
+                   help="coachlm side with DPOConfig.compile (compile time counts in its seconds)")
     p.add_argument("--trl-modes", default="online,precompute")
     args = p.parse_args(argv)
     if args.steps % 5:  # TRL logs (loss, token count) every 5 steps
@@ -187,7 +189,7 @@ def main(argv: list[str]) -> dict:
     out = {"setup": {"preset": args.preset, "data": str(args.data or "world comparisons"),
                      "pairs": len(pairs), "steps": args.steps, "batch_size": args.batch_size,
                      "lr": args.lr, "beta": args.beta, "max_length": args.max_length,
-                     "precision": args.precision, "threads": threads,
+                     "precision": args.precision, "threads": threads, "compile": args.compile,
                      "parameters": params, "peak_gflops": round(peak, 1),
                      "peak_gflops_per_cpu_s": round(cpu_peak, 1),
                      "mean_pair_tokens": round(mean_tokens, 1),

@@ -86,7 +86,8 @@ def hh_data(root: Path) -> tuple[list[Comparison], Path]:
 def run_ours(args, root: Path, tcfg: TrainConfig, layout: str) -> dict:
     cfg = RMConfig(model=root / "base", data=(root / "train.jsonl",), out=root / f"ours-{layout}",
                    max_length=args.max_length, val_fraction=0.0, epochs=None, layout=layout,
-                   bucket_batches=args.bucket_batches, normalize_max=args.normalize_max, train=tcfg)
+                   bucket_batches=args.bucket_batches, normalize_max=args.normalize_max,
+                   compile=args.compile, train=tcfg)
     start = time.perf_counter()
     result, final = rm(cfg)
     return {"layout": result.summary["layout"], "tokens": result.tokens,
@@ -169,6 +170,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--layouts", default="auto", help="coachlm layouts to time, comma-separated")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeats", type=int, default=1, help="runs of each, alternating; median reported")
+    p.add_argument("--compile", action="store_true",
+                   help="coachlm side with RMConfig.compile (compile time counts in its seconds)")
     return p.parse_args(argv)
 
 
@@ -221,7 +224,7 @@ def main(argv: list[str]) -> dict:
                   "parameters": params, "peak_gflops": round(peak, 1),
                   "peak_gflops_per_cpu_s": round(cpu_peak, 1),
                   "bucket_batches": args.bucket_batches, "normalize_max": args.normalize_max,
-                  "repeats": args.repeats,
+                  "repeats": args.repeats, "compile": args.compile,
                   "train_pairs": len(train), "heldout_pairs": len(held),
                   "torch": torch.__version__, "trl": __import__("trl").__version__},
         "ours": ours, "trl": trl,

@@ -237,3 +237,35 @@ def test_min_margin_drops_near_even_comparisons(tok, tmp_path):
     write_records(path, records)
     pairs, counts = read_pairs([path], tok, DPOConfig(model="m", data=(path,), out="o", min_margin=2))
     assert counts["pairs"] == 2 and counts["skipped_low_margin"] == 1  # margin None is kept
+
+
+def test_compiled_policy_trains_as_eager_and_the_reference_stays_eager(base_dir, tmp_path,
+                                                                       monkeypatch):
+    from functools import partial
+
+    from torch._dynamo.testing import CompileCounter
+
+    from coachlm.models import compiled
+
+    torch._dynamo.reset()
+    counter = CompileCounter()  # counts graphs; runs them as traced (no C++ build in a test)
+    monkeypatch.setattr("coachlm.trainers.dpo.compile_layers",
+                        partial(compiled.compile_layers, backend=counter))
+    monkeypatch.setenv("COACHLM_COMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # compiling sets it: undone after
+    data = tmp_path / "prefs.jsonl"
+    write_records(data, toy_comparisons(16, seed=1))
+    runs = {}
+    for compile in (False, True):
+        out = tmp_path / str(compile)
+        dpo(_cfg(base_dir, data, out, reference="adapter", val_fraction=0.0, lora=LoRAConfig(r=4),
+                 layout="pack", compile=compile, train={"max_steps": 2}))
+        runs[compile] = _metrics(out)
+        assert config.load(DPOConfig, out / "config.yaml").compile is compile
+    # Two graphs for all the layers: under LoRA the first layer's input (frozen embeddings)
+    # carries no gradient and the others' do. The adapter-off reference's no-grad forwards
+    # compiled nothing.
+    assert counter.frame_count == 2
+    for a, b in zip(runs[False], runs[True]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert DPOConfig(model="m", data=("d",), out="o").compile == "auto"

@@ -1,5 +1,6 @@
 """The DPO benchmark's reporting (benchmarks/dpo_vs_trl.py, mfu.py, peak.py): both sides' final
-metrics cover the same steps, and MFU per CPU second is over the peak per CPU second."""
+metrics cover the same steps, and MFU per CPU second is over the peak per CPU second; and
+compile_sft.py's split of the first steps' CPU into compiling and training."""
 
 from __future__ import annotations
 
@@ -43,3 +44,18 @@ def test_peak_is_measured_per_wall_and_per_cpu_second(tmp_path):
     path = tmp_path / "peak.json"
     path.write_text('{"bf16_gflops": 100.0}')  # a file from before the CPU-second peak
     assert mfu.peak_gflops(path, "bf16", per_cpu_second=True) == 100.0
+
+
+def test_compile_benchmark_charges_the_first_steps_excess_to_compiling():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import compile_sft
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    # Steps of 10, 2, 1, 1 CPU s: steady 1 s (median of the second half), so the 4 steps'
+    # 14 s hold 10 s of compiling; eager at 1.5 s per step saves 0.5 s a step: 20 steps to repay.
+    got = compile_sft.summarize({"step_cpu": [10.0, 2.0, 1.0, 1.0], "tokens": 700, "loss": 2.0},
+                                eager_step=1.5)
+    assert got == {"step_cpu_s": 1.0, "first_step_cpu_s": 10.0, "total_cpu_s": 14.0,
+                   "compile_cpu_s": 10.0, "tokens_per_cpu_s": 50.0, "final_loss": 2.0,
+                   "break_even_steps": 20}

@@ -81,3 +81,35 @@ def test_rm_normalizes_on_a_sample_when_asked(tmp_path):
     _, final = rm(cfg)
     info = json.loads((final / "reward.json").read_text())["normalization"]
     assert 10 <= info["n"] < 20  # whole groups until >= 10, of the ~80 training responses
+
+
+def test_compiled_reward_model_trains_as_eager(tmp_path, monkeypatch):
+    from functools import partial
+
+    from torch._dynamo.testing import CompileCounter
+
+    from coachlm import config
+    from coachlm.models import compiled
+
+    torch._dynamo.reset()
+    counter = CompileCounter()  # counts graphs; runs them as traced (no C++ build in a test)
+    monkeypatch.setattr("coachlm.trainers.reward.compile_layers",
+                        partial(compiled.compile_layers, backend=counter))
+    monkeypatch.setenv("COACHLM_COMPILE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # compiling sets it: undone after
+    tok = tokenizer()
+    save_pretrained(tiny_lm(seed=0), tok, tmp_path / "base")
+    write_records(tmp_path / "train.jsonl", _toy_records(24, seed=0))
+    losses = {}
+    for compile in (False, True):
+        out = tmp_path / str(compile)
+        cfg = RMConfig(model=tmp_path / "base", data=(tmp_path / "train.jsonl",), out=out,
+                       epochs=None, val_fraction=0.0, compile=compile, layout="pack",
+                       train=TrainConfig(lr=1e-3, max_steps=2, batch_size=8, threads=1, bf16=False,
+                                         log_every=1))
+        rm(cfg)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[compile] = [r["loss"] for r in rows if "loss" in r]
+        assert config.load(RMConfig, out / "config.yaml").compile is compile
+    assert counter.frame_count == 1  # one graph for every layer; fit_reference's no-grad: eager
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)

@@ -11,6 +11,10 @@ from typing import ClassVar, Literal
 from coachlm.engine.config import TrainConfig
 from coachlm.models.lora_config import LoRAConfig
 
+# `compile:` of the trainers that can torch.compile their model (`models.compiled`).
+Compile = Literal["auto", True, False]
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Pretraining settings; `train.batch_size` counts blocks of `seq_len` tokens."""
@@ -68,14 +72,16 @@ class SFTConfig:
     pack_width_multiple: int = 64
     pack_rows_multiple: int = 1
     skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
-    # torch.compile the transformer body (`models.compiled`): fewer, fused elementwise kernels,
-    # ~20% less CPU per step at world-25m, after ~70 CPU s of compiling; off by default.
-    compile: bool = False
+    # torch.compile the decoder layers (`models.compiled`): fused elementwise kernels, less CPU
+    # per step after a one-off compile; auto: only where the run's steps repay the compile
+    # (`models.compiled.resolve_compile`, with the measured break-even), so short runs stay eager.
+    compile: Compile = "auto"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=2e-4, warmup_ratio=0.03, max_steps=300, batch_size=16, checkpoint_every=100))
 
     def __post_init__(self) -> None:
         _check_examples(self, min_length=2)
+        _check_compile(self.compile)
         for key in ("bucket_batches", "pack_width_multiple", "pack_rows_multiple"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -114,12 +120,14 @@ class RMConfig:
     normalize_on: Path | None = None  # Sample records of the reference policy
     normalize_max: int | None = None  # fit on a seeded sample of ~this many responses; None: all
     skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
+    compile: Compile = "auto"  # torch.compile the backbone's layers; as SFTConfig.compile
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=1e-4, weight_decay=0.0, warmup_ratio=0.05, max_steps=200, batch_size=32,
         checkpoint_every=100, log_every=5))
 
     def __post_init__(self) -> None:
         _check_examples(self, min_length=4)
+        _check_compile(self.compile)
         if self.bucket_batches < 1 or self.max_group_responses < 2:
             raise ValueError("bucket_batches must be >= 1 and max_group_responses >= 2")
         if self.normalize_max is not None and self.normalize_max < 2:
@@ -163,6 +171,9 @@ class DPOConfig:
     lora: LoRAConfig | None = None
     epochs: float | None = None
     skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
+    # torch.compile the policy's layers (as SFTConfig.compile); the reference's no-grad
+    # forwards stay eager (`models.compiled`).
+    compile: Compile = "auto"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=5e-5, weight_decay=0.0, warmup_ratio=0.1, max_steps=200, batch_size=32,
         checkpoint_every=100, log_every=5))
@@ -180,8 +191,14 @@ class DPOConfig:
             raise ValueError("reference: adapter needs LoRA (the reference is the base weights "
                              "with the adapter off); use reference: cached without LoRA")
         _check_examples(self, min_length=4)
+        _check_compile(self.compile)
         if self.bucket_batches < 1:
             raise ValueError(f"bucket_batches must be >= 1, got {self.bucket_batches}")
+
+
+def _check_compile(value: object) -> None:
+    if value != "auto" and not isinstance(value, bool):
+        raise ValueError(f"compile must be auto, true or false, got {value!r}")
 
 
 def _check_examples(cfg: SFTConfig | RMConfig | DPOConfig, min_length: int) -> None:

@@ -32,7 +32,7 @@ from coachlm.data.io import read_records
 from coachlm.errors import CoachError, DataError
 from coachlm.memory import release_free_memory
 from coachlm.models.attention import use_fp32_attention
-from coachlm.models.compiled import compile_body
+from coachlm.models.compiled import compile_layers, mark_compiled, resolve_compile
 from coachlm.models.load import load_model, load_tokenizer
 from coachlm.models.lora import apply_lora
 from coachlm.models.modes import eval_mode
@@ -120,14 +120,17 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     if pack and not supported:
         raise CoachError(f"{type(model).__name__} does not isolate packed examples by position "
                          "ids (their logits change when packed); set pack: false")
-    if cfg.compile:  # after the packing probe, whose no-grad forwards would compile a graph too
-        compile_body(model)
     tcfg = cfg.train
     rounding = {"width_multiple": cfg.pack_width_multiple, "rows_multiple": cfg.pack_rows_multiple}
     batches = ExampleBatches(train_ex, tcfg.batch_size, tok.pad_token_id, seed=tcfg.seed,
                              bucket_batches=cfg.bucket_batches, pack=pack, **rounding)
     tcfg = steps_for_epochs(tcfg, cfg.epochs, len(batches), engine.world_size)
-    cfg = dataclasses.replace(cfg, train=tcfg, pack=pack, epochs=None)  # resolved length
+    compiled = resolve_compile(cfg.compile, model, tcfg.max_steps, tcfg.batch_size,
+                               engine.bf16, engine.device.type)
+    if compiled:
+        compile_layers(model)
+    cfg = dataclasses.replace(cfg, train=tcfg, pack=pack, epochs=None,  # resolved length
+                              compile=compiled)
     if engine.is_main:
         cfg.out.mkdir(parents=True, exist_ok=True)
         config.save(cfg, cfg.out / "config.yaml")
@@ -139,6 +142,8 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
                    extra_summary={"train_examples": len(train_ex), "val_examples": len(val_ex),
                                   "batches_per_epoch": len(batches), "packed": pack},
                    engine=engine)
+    if compiled:
+        mark_compiled(model, engine.bf16)
     return result, save_final(engine, model, tok, cfg.out / "final")
 
 
