@@ -239,16 +239,37 @@ def test_min_margin_drops_near_even_comparisons(tok, tmp_path):
     assert counts["pairs"] == 2 and counts["skipped_low_margin"] == 1  # margin None is kept
 
 
-def test_compiled_policy_trains_as_eager_and_the_reference_stays_eager(base_dir, tmp_path,
+def test_compiled_policy_trains_as_eager_and_the_reference_stays_eager(tok, tmp_path,
                                                                        monkeypatch):
     from functools import partial
 
     from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
 
     from coachlm.models import compiled
+    from coachlm.models.presets import PRESETS, build_model
+
+    # Three layers: the first, the middle one and the last (which `models.last_layer` runs
+    # piecewise: its MLP at the predicting positions only).
+    base_dir = save_pretrained(build_model({**PRESETS["world-tiny"], "num_hidden_layers": 3},
+                                           tok, seed=0), tok, tmp_path / "base")
 
     torch._dynamo.reset()
-    counter = CompileCounter()  # counts graphs; runs them as traced (no C++ build in a test)
+    counters.clear()
+
+    class Counter(CompileCounter):
+        """Counts graphs (frame_count) and calls of them (calls); runs them as traced."""
+        calls = 0
+
+        def __call__(self, gm, example_inputs):
+            super().__call__(gm, example_inputs)
+
+            def run(*args):
+                self.calls += 1
+                return gm.forward(*args)
+            return run
+
+    counter = Counter()  # no C++ build in a test
     monkeypatch.setattr("coachlm.trainers.dpo.compile_layers",
                         partial(compiled.compile_layers, backend=counter))
     monkeypatch.setenv("COACHLM_COMPILE_CACHE", str(tmp_path / "cache"))
@@ -262,10 +283,13 @@ def test_compiled_policy_trains_as_eager_and_the_reference_stays_eager(base_dir,
                  layout="pack", compile=compile, train={"max_steps": 2}))
         runs[compile] = _metrics(out)
         assert config.load(DPOConfig, out / "config.yaml").compile is compile
-    # Two graphs for all the layers: under LoRA the first layer's input (frozen embeddings)
-    # carries no gradient and the others' do. The adapter-off reference's no-grad forwards
-    # compiled nothing.
-    assert counter.frame_count == 2
+    # Two graphs: under LoRA the first layer's input (frozen embeddings) carries no gradient
+    # and the middle layer's does; both ran at each of the 2 steps. The last layer runs eagerly,
+    # piecewise, and dynamo traced nothing it gave up on (its input capture, an exception in a
+    # pre-hook, was once traced in vain). The adapter-off reference's no-grad forwards compiled
+    # nothing.
+    assert counter.frame_count == 2 and counter.calls == 2 * 2
+    assert counters["frames"]["total"] == counters["frames"]["ok"] == 2
     for a, b in zip(runs[False], runs[True]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     assert DPOConfig(model="m", data=("d",), out="o").compile == "auto"

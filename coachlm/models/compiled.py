@@ -104,7 +104,12 @@ class _GradOnly:
         self.layer, self.compiled = layer, compiled
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if torch.is_grad_enabled():
+        # A layer with hooks attached runs eagerly: `models.last_layer` stops the last layer's
+        # call in a pre-hook (it computes that layer at some positions itself), an exception
+        # that dynamo otherwise traces into and gives up on (a wasted trace, an
+        # "unimplemented" graph break).
+        if torch.is_grad_enabled() and not (self.layer._forward_pre_hooks
+                                            or self.layer._forward_hooks):
             return self.compiled(self.layer, *args, **kwargs)
         return self.layer._call_impl(*args, **kwargs)
 
