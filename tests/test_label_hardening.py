@@ -80,11 +80,15 @@ def test_failed_sign_ins_keep_no_per_name_memory(app):  # noqa: F811
     c.post("/login", data={"name": "warm-up", "password": "x", "csrf": token})
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    for i in range(20):  # 20 new names of 200 kB each: 4 MB if the names were kept
-        c.post("/login", data={"name": f"{i}" + "n" * 200_000, "password": "x", "csrf": token})
+    for i in range(20):  # 20 new names of 500 kB each: 10 MB if the names were kept
+        r = c.post("/login", data={"name": f"{i}" + "n" * 500_000, "password": "x",
+                                   "csrf": token})
+        assert r.status_code != 413  # the body limit did not answer for the sign-in route
     grown = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert grown < 1_000_000, grown
+    # Well below the 10 MB: ~1.1 MB of other state (caches of the app and the test client)
+    # was seen to grow once, so the bound is not at 1 MB
+    assert grown < 2_500_000, grown
 
 
 def TestClient_(app, address: str = "testclient"):  # noqa: N802, F811
