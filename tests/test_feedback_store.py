@@ -380,3 +380,31 @@ def test_requests_arriving_at_once_open_one_token_connection(pg_admin_url, monke
     assert asyncio.run(requests()) == [None] * 20
     assert len(opened) == 1
     st.close()
+
+
+def _open_at(url: str, start) -> str:
+    start.wait()  # every process opens the fresh store at once
+    try:
+        db.open_store(url).close()
+        return ""
+    except Exception as e:  # noqa: BLE001 -- reported to the parent as text
+        return f"{type(e).__name__}: {e}"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_opening_a_fresh_store_at_once_all_migrate_it(backend, tmp_path, request):
+    # A loop and a web server (or a labeler's script) may open a new store together: each runs
+    # the migrations, and unserialized they raced (on SQLite "database is locked" while
+    # creating alembic_version, seen as a loop dying at its start in a test).
+    import multiprocessing as mp
+
+    admin = request.getfixturevalue("pg_admin_url") if backend == "postgresql" else None
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager, ctx.Pool(4) as pool:
+        for i in range(3):
+            url = new_database(admin) if admin else str(tmp_path / f"fresh{i}.db")
+            start = manager.Barrier(4)
+            errors = pool.starmap(_open_at, [(url, start)] * 4)
+            assert errors == [""] * 4, errors
+            with db.open_store(url).read() as s:
+                assert s.execute(text("select count(*) from tasks")).scalar() == 0

@@ -154,9 +154,13 @@ def check_report_in_chromium(report: Path, screenshot: Path) -> None:
     assert errors == [] and screenshot.stat().st_size > 10_000
 
 
-def _wait_for(pred, timeout: float = 600.0) -> None:
+def _wait_for(pred, timeout: float = 600.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until pred() holds; fail at once, with its stderr, if `proc` exits first."""
     start = time.monotonic()
     while not pred():
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            pytest.fail(f"the process exited ({proc.returncode}) first:\n{err[-3000:]}")
         assert time.monotonic() - start < timeout, "timed out"
         time.sleep(1.0)
 
@@ -187,7 +191,7 @@ def test_kill_9_while_waiting_for_people_loses_and_duplicates_no_label(tmp_path)
                                text=True, start_new_session=True)
     try:
         _wait_for(lambda: (out / "r1" / "feedback" / "running.json").is_file()
-                  and db.is_file() and len(_tasks(db)) == 6)
+                  and db.is_file() and len(_tasks(db)) == 6, proc=waiting)
         acked = _people_label(db, "round-1", 2)
         os.killpg(waiting.pid, signal.SIGKILL)  # kill -9 the loop while it waits for the rest
         waiting.wait(timeout=60)
@@ -242,7 +246,7 @@ def test_a_person_labels_a_round_in_chromium_and_the_loop_trains_on_those_labels
                            stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(lambda: len(_tasks(db)) == 6)
+        _wait_for(lambda: len(_tasks(db)) == 6, proc=loop)
         _wait_for(lambda: _up(url + "/login"), timeout=300)
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless"])

@@ -77,7 +77,7 @@ def test_people_deadline_the_loop_goes_on_with_the_labels_it_has_and_records_it(
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)
     try:
-        _wait_for(lambda: db.is_file() and len(_tasks(db)) == 6)
+        _wait_for(lambda: db.is_file() and len(_tasks(db)) == 6, proc=run)
         acked = _people_label(db, "round-1", 2)  # two of six, then nobody comes
         stdout, stderr = run.communicate(timeout=900)
     finally:

@@ -162,7 +162,11 @@ class Store:
         self._lock = WriterLock(self.engine.url.database) if self.is_sqlite else nullcontext()
         self._group = GroupCommit(self)
         if cfg.migrate:
-            upgrade(self.engine)
+            # Processes opening a new SQLite store at once (a loop and the web app) each migrate
+            # it: serialized, the later ones find it at head; unserialized, they raced ("database
+            # is locked" or "table already exists").
+            with self._lock:
+                upgrade(self.engine)
 
     @property
     def is_sqlite(self) -> bool:
@@ -300,6 +304,9 @@ def open_store(url: str | StoreConfig = StoreConfig()) -> Store:
     return Store(url if isinstance(url, StoreConfig) else StoreConfig(url=url))
 
 
+MIGRATION_LOCK = 0x636F6163686C6D  # "coachlm": PostgreSQL's advisory lock key for migrating
+
+
 def _alembic_config() -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -311,6 +318,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     cfg = _alembic_config()
     try:
         with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":  # one migrating process at a time
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     except Exception as e:  # a store we cannot reach or migrate is a user-facing problem
