@@ -48,6 +48,19 @@ def _cheapest(collate: Callable[..., Any], items: list, pad_id: int, width: int)
     return min(batches, key=lambda b: b.input_ids.numel())
 
 
+def _batch_maker(collate: Callable, items: list, n: int, count: int,
+                 pad_id: int) -> Callable[[str], list]:
+    """`count` batches of `n` items, collated in a variant's "layout:width_multiple"."""
+
+    def batches(variant: str) -> list:
+        layout, width = variant.split(":")[:2]
+        chunks = [items[i * n:(i + 1) * n] for i in range(count)]
+        if layout == "cheapest":
+            return [_cheapest(collate, c, pad_id, int(width)) for c in chunks]
+        return [collate(c, layout, pad_id, width_multiple=int(width)) for c in chunks]
+    return batches
+
+
 def rm_setup(args: argparse.Namespace, root: Path) -> tuple[Any, Callable[[str], list], Callable]:
     from rm_vs_trl import world_data
     from coachlm.data.reward_batches import build_groups, truncate_group
@@ -62,14 +75,7 @@ def rm_setup(args: argparse.Namespace, root: Path) -> tuple[Any, Callable[[str],
     model = build_reward_model(base, tok)
     n = args.batch_size
 
-    def batches(variant: str) -> list:
-        layout, width = variant.split(":")[:2]
-        chunks = [groups[i * n:(i + 1) * n] for i in range(args.batches)]
-        if layout == "cheapest":
-            return [_cheapest(reward_batches.collate, c, tok.pad_token_id, int(width))
-                    for c in chunks]
-        return [reward_batches.collate(c, layout, tok.pad_token_id, width_multiple=int(width))
-                for c in chunks]
+    batches = _batch_maker(reward_batches.collate, groups, n, args.batches, tok.pad_token_id)
 
     def step(variant: str, batch: Any) -> None:
         model.last_layer_at_scores = model_supports and not variant.endswith(":full")
@@ -97,13 +103,7 @@ def dpo_setup(args: argparse.Namespace, root: Path) -> tuple[Any, Callable[[str]
     model = _model(cfg, tok)
     n = args.batch_size
 
-    def batches(variant: str) -> list:
-        layout, width = variant.split(":")[:2]
-        chunks = [pairs[i * n:(i + 1) * n] for i in range(args.batches)]
-        if layout == "cheapest":
-            return [_cheapest(pair_data.collate, c, tok.pad_token_id, int(width)) for c in chunks]
-        return [pair_data.collate(c, layout, tok.pad_token_id, width_multiple=int(width))
-                for c in chunks]
+    batches = _batch_maker(pair_data.collate, pairs, n, args.batches, tok.pad_token_id)
 
     def step(variant: str, batch: Any) -> None:
         full = variant.endswith(":full")  # the last layer's MLP at every position
