@@ -109,7 +109,8 @@ def pack_examples(examples: Sequence[tuple[Tensor, Tensor]], pad_id: int, width_
     ids, so it forms a separate (unlabelled) sequence.
     """
     lengths = [len(ids) for ids, _ in examples]
-    width, rows = pack_geometry(lengths, width_multiple, rows_multiple, attention_width)  # example indices per row
+    # rows: the example indices of each row
+    width, rows = pack_geometry(lengths, width_multiple, rows_multiple, attention_width)
     rows += [[] for _ in range(round_up(len(rows), rows_multiple) - len(rows))]
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (R, T)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # (R, T)

@@ -2,7 +2,9 @@
 
 Inductor fuses the small elementwise operators around the matmuls (RMSNorm, rotary embeddings,
 SwiGLU, residual adds) into generated C++ loops: 18% less CPU per world-25m SFT step in bf16,
-7% in fp32 (where `fast_ops` already fuses part of it); figures below. Regional compile: each decoder layer's call is compiled, not the whole body. The
+7% in fp32 (where `fast_ops` already fuses part of it); figures below.
+
+Regional compile: each decoder layer's call is compiled, not the whole body. The
 layers are identical modules, so dynamo traces one layer and every other layer reuses that
 graph (its guards check the module's type and attributes, not which layer it is; one compile
 under TORCH_LOGS=recompiles, `tests/test_compiled.py`; two under LoRA, where the first layer's

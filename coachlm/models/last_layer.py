@@ -19,7 +19,8 @@ response's last token and the padding: 1,869 -> 1,931 tokens per CPU s (+3%, `pa
 The backbone runs through its own forward up to the last layer: a forward pre-hook on that layer
 takes its inputs (the residual stream; the mask, rotary cos/sin and the rest of its keyword
 arguments) and stops the forward there (`_Reached`), so masks, position ids and LoRA work as in
-the full forward. The last layer is then computed here for Llama-style blocks (pre-norm attention and MLP, rotary embedding,
+the full forward. The last layer is then computed here for Llama-style blocks (pre-norm
+attention and MLP, rotary embedding,
 grouped-query attention; Llama, Mistral and Qwen2 without sliding windows); anything else
 (`supported` is false) keeps the full forward. Attention runs in fp32 with autocast off (one
 query per sequence: cheap), as `models.attention`'s "sdpa_fp32" runs it under CPU autocast.
