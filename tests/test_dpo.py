@@ -270,7 +270,7 @@ def test_compiled_policy_trains_as_eager_and_the_reference_stays_eager(tok, tmp_
             return run
 
     counter = Counter()  # no C++ build in a test
-    monkeypatch.setattr("coachlm.trainers.dpo.compile_layers",
+    monkeypatch.setattr("coachlm.models.compiled.compile_layers",
                         partial(compiled.compile_layers, backend=counter))
     monkeypatch.setenv("COACHLM_COMPILE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # compiling sets it: undone after

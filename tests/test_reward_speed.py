@@ -93,7 +93,7 @@ def test_compiled_reward_model_trains_as_eager(tmp_path, monkeypatch):
 
     torch._dynamo.reset()
     counter = CompileCounter()  # counts graphs; runs them as traced (no C++ build in a test)
-    monkeypatch.setattr("coachlm.trainers.reward.compile_layers",
+    monkeypatch.setattr("coachlm.models.compiled.compile_layers",
                         partial(compiled.compile_layers, backend=counter))
     monkeypatch.setenv("COACHLM_COMPILE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # compiling sets it: undone after

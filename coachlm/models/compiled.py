@@ -199,6 +199,16 @@ def resolve_compile(setting: bool | str, model: nn.Module, steps: int, batch_siz
     return steps >= needed
 
 
+def compile_for_run(setting: bool | str, model: nn.Module, steps: int, batch_size: int,
+                    bf16: bool, device: str = "cpu") -> bool:
+    """`resolve_compile`, then `compile_layers` where it says so; whether the layers are
+    compiled (a trainer records it in config.yaml and calls `mark_compiled` after training)."""
+    compiled = resolve_compile(setting, model, steps, batch_size, bf16, device)
+    if compiled:
+        compile_layers(model)
+    return compiled
+
+
 def mark_compiled(model: nn.Module, bf16: bool) -> None:
     """Record that this model shape's code is now in the cache (after the first compiled step)."""
     marker = _marker(model, bf16)

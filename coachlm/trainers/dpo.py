@@ -44,7 +44,7 @@ from coachlm.errors import CoachError, DataError
 from coachlm.losses import dpo as dpo_loss
 from coachlm.losses import ipo as ipo_loss
 from coachlm.models.attention import use_fp32_attention
-from coachlm.models.compiled import compile_layers, mark_compiled, resolve_compile
+from coachlm.models.compiled import compile_for_run, mark_compiled
 from coachlm.models.load import load_model, load_tokenizer
 from coachlm.memory import release_free_memory
 from coachlm.models.lora import adapter_disabled, apply_lora
@@ -202,10 +202,9 @@ def dpo(cfg: DPOConfig, resume: bool = False) -> tuple[TrainResult, Path]:
                           bucket_batches=cfg.bucket_batches,
                           ref_logps=None if ref is None else ref[:len(train_pairs)])
     tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches), engine.world_size)
-    compiled = resolve_compile(cfg.compile, model, tcfg.max_steps, tcfg.batch_size,
+    # after the cached reference's no-grad forwards (those stay eager anyway)
+    compiled = compile_for_run(cfg.compile, model, tcfg.max_steps, tcfg.batch_size,
                                engine.bf16, engine.device.type)
-    if compiled:  # after the cached reference's no-grad forwards (those stay eager anyway)
-        compile_layers(model)
     cfg = dataclasses.replace(cfg, train=tcfg, layout=layout, epochs=None,  # resolved length
                               compile=compiled)
     if engine.is_main:

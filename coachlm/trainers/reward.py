@@ -50,7 +50,7 @@ from coachlm.data.split import held_out
 from coachlm.errors import CoachError, DataError
 from coachlm.memory import release_free_memory
 from coachlm.losses import bradley_terry, bradley_terry_soft, bradley_terry_tie, ranking
-from coachlm.models.compiled import compile_layers, mark_compiled, resolve_compile
+from coachlm.models.compiled import compile_for_run, mark_compiled
 from coachlm.models.load import load_tokenizer
 from coachlm.models.reward import (RewardModel, build_reward_model, choose_layout,
                                    fit_normalization, load_reward_model, save_reward_model,
@@ -249,10 +249,8 @@ def rm(cfg: RMConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     batches = GroupBatches(train_g, cfg.train.batch_size, tok.pad_token_id, layout,
                            seed=cfg.train.seed, bucket_batches=cfg.bucket_batches)
     tcfg = steps_for_epochs(cfg.train, cfg.epochs, len(batches), engine.world_size)
-    compiled = resolve_compile(cfg.compile, model, tcfg.max_steps, tcfg.batch_size,
+    compiled = compile_for_run(cfg.compile, model, tcfg.max_steps, tcfg.batch_size,
                                engine.bf16, engine.device.type)
-    if compiled:
-        compile_layers(model)
     # config.yaml records the resolved length (epochs folded into max_steps) and compile:
     # reloadable as is.
     cfg = dataclasses.replace(cfg, train=tcfg, layout=layout, epochs=None, compile=compiled)

@@ -32,7 +32,7 @@ from coachlm.data.io import read_records
 from coachlm.errors import CoachError, DataError
 from coachlm.memory import release_free_memory
 from coachlm.models.attention import use_fp32_attention
-from coachlm.models.compiled import compile_layers, mark_compiled, resolve_compile
+from coachlm.models.compiled import compile_for_run, mark_compiled
 from coachlm.models.load import load_model, load_tokenizer
 from coachlm.models.lora import apply_lora
 from coachlm.models.modes import eval_mode
@@ -125,10 +125,8 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
     batches = ExampleBatches(train_ex, tcfg.batch_size, tok.pad_token_id, seed=tcfg.seed,
                              bucket_batches=cfg.bucket_batches, pack=pack, **rounding)
     tcfg = steps_for_epochs(tcfg, cfg.epochs, len(batches), engine.world_size)
-    compiled = resolve_compile(cfg.compile, model, tcfg.max_steps, tcfg.batch_size,
+    compiled = compile_for_run(cfg.compile, model, tcfg.max_steps, tcfg.batch_size,
                                engine.bf16, engine.device.type)
-    if compiled:
-        compile_layers(model)
     cfg = dataclasses.replace(cfg, train=tcfg, pack=pack, epochs=None,  # resolved length
                               compile=compiled)
     if engine.is_main:
