@@ -59,20 +59,21 @@ def world_pairs(root: Path, n: int) -> tuple[dict[str, Path], list]:
     return paths, demos
 
 
-def files(root: Path, n: int) -> dict[str, Path]:
+def files(root: Path, n: int, preset: str | None = None) -> dict[str, Path]:
     """World demonstrations, comparisons (the ideal response against its words shuffled) and
-    prompts, and a ~0.5B random-init Llama with a tokenizer trained on the world corpus."""
+    prompts, and a random-init Llama (the ~0.5B SHAPE, or a named preset with its vocabulary
+    size) with a tokenizer trained on the world corpus."""
     from coachlm.data.io import write_records
     from coachlm.data.schema import PromptRecord
     from coachlm.models.load import save_pretrained
-    from coachlm.models.presets import build_model
+    from coachlm.models.presets import build_model, preset_vocab_size
     from coachlm.models.tokenizer import train_tokenizer
 
     paths, demos = world_pairs(root, n)
     write_records(root / "prompts.jsonl", [PromptRecord(prompt=d.prompt) for d in demos])
     docs = paths["corpus"].read_text().split("\n\n")
-    tok = train_tokenizer(docs[:20000], vocab_size=8192)
-    model = build_model(SHAPE, tok, seed=0)
+    tok = train_tokenizer(docs[:20000], vocab_size=preset_vocab_size(preset) if preset else 8192)
+    model = build_model(preset or SHAPE, tok, seed=0)
     save_pretrained(model, tok, root / "base")
     return {"base": root / "base", "sft": paths["sft"], "prefs": root / "prefs.jsonl",
             "prompts": root / "prompts.jsonl", "params": sum(p.numel() for p in model.parameters())}
@@ -136,11 +137,26 @@ def rollout_speed(f: dict, device: str, prompts: int, new_tokens: int) -> dict:
     return out
 
 
+def guarded(name: str, fn, many: bool = False):
+    """fn()'s result, or {"method": name, "error": ...} (in a list with `many`) with the
+    traceback on stderr."""
+    import traceback
+
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001  (a benchmark row, not control flow)
+        traceback.print_exc()
+        row = {"method": name, "error": f"{type(e).__name__}: {e}"[:500]}
+        return [row] if many else row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--preset", default=None,
+                    help="a model preset (e.g. world-25m) instead of the ~0.5B shape")
     ap.add_argument("--no-trl", action="store_true", help="skip TRL's runs of the same work")
     ap.add_argument("--smoke", action="store_true",
                     help="a 2-step run of a tiny shape on the CPU: checks the script, measures nothing")
@@ -162,7 +178,7 @@ def main() -> None:
     from coachlm.trainers.sft import SFTConfig, run_sft
 
     root = args.out or Path(tempfile.mkdtemp(prefix="gpu_check-"))
-    f = files(root, 64 if args.smoke else 4000)
+    f = files(root, 64 if args.smoke else 4000, None if args.smoke else args.preset)
     train = {"max_steps": args.steps, "batch_size": args.batch_size, "device": device,
              "bf16": not args.smoke, "checkpoint_every": 0, "log_every": 5, "warmup_steps": 0}
     common = {"model": str(f["base"]), "val_fraction": 0.0, "epochs": None, "train": train}
@@ -181,16 +197,22 @@ def main() -> None:
                     "bf16": not args.smoke,
                     "sample_every": 0}}))),
     ]
-    results = [measure(name, lambda: run(root / name), root / name, f["params"],
-                       "generated_tokens" if name == "ppo" else None) for name, run in runs]
+    # A failing method is one row with its error: the other rows still come back (a device
+    # lease is short, and a crash would lose them all).
+    results = [guarded(name, lambda: measure(name, lambda: run(root / name), root / name,
+                                             f["params"],
+                                             "generated_tokens" if name == "ppo" else None))
+               for name, run in runs]
     if not args.no_trl:
         from gpu_check_trl import trl_rows
 
-        results += trl_rows(root, f, args.steps, args.batch_size, "no" if args.smoke else "bf16",
-                            peak_flops)
-    rollout = rollout_speed(f, device, 8 if args.smoke else 256, 8 if args.smoke else 128)
+        results += guarded("trl", lambda: trl_rows(root, f, args.steps, args.batch_size,
+                                                   "no" if args.smoke else "bf16", peak_flops),
+                           many=True)
+    rollout = guarded("rollout", lambda: rollout_speed(f, device, 8 if args.smoke else 256,
+                                                       8 if args.smoke else 128))
     print(json.dumps({"device": torch.cuda.get_device_name() if not args.smoke else "cpu (smoke)", "params": f["params"],
-                      "shape": SHAPE, "steps": args.steps, "results": results,
+                      "shape": args.preset or SHAPE, "steps": args.steps, "results": results,
                       "rollout": rollout}, indent=2))
 
 

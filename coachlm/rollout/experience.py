@@ -249,8 +249,11 @@ def shared_prompts_supported(model: Any, pad_id: int) -> bool:
     prompts = [list(p) for p, _ in PROBE]
     responses = [list(r) for _, rs in PROBE for r in rs]
     prompt_index = [k for k, (_, rs) in enumerate(PROBE) for _ in rs]
-    batch = pack_rollout(prompts, responses, prompt_index, pad_id)
-    index = torch.tensor(prompt_index)
+    # On the model's device: a probe left on the CPU fails on a GPU model, which then silently
+    # never shares prompts (found on an H200).
+    device = next(model.parameters()).device
+    batch = tuple(t.to(device) for t in pack_rollout(prompts, responses, prompt_index, pad_id))
+    index = torch.tensor(prompt_index, device=device)
 
     def score(layout: str) -> Tensor:
         shared = share_prompts(*batch, index, pad_id) if layout == "share" else None

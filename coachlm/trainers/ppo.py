@@ -338,16 +338,17 @@ def train_ppo(model: nn.Module, tokenizer: Any, prompts: Sequence[Prompt], rewar
     return PPOResult(run.step, metrics, summary)
 
 
-def build_reward(spec: str, tokenizer: Any = None) -> Reward:
+def build_reward(spec: str, tokenizer: Any = None, device: torch.device | None = None) -> Reward:
     """"rubric" (the built-in world's rubric) or a coachlm reward model directory, which scores
-    with its own tokenizer (a `tokenizer` given must equal it, else a CoachError)."""
+    with its own tokenizer (a `tokenizer` given must equal it, else a CoachError), on `device`
+    (the engine's: on a GPU the reward model scores there too)."""
     from coachlm.models.reward import is_reward_model, load_reward_model
     from coachlm.rollout.rewards import RewardModelReward, RubricReward
 
     if spec == "rubric":
         return RubricReward()
     if Path(spec).is_dir() and is_reward_model(spec):
-        return RewardModelReward(load_reward_model(spec), tokenizer)
+        return RewardModelReward(load_reward_model(spec).to(device or "cpu"), tokenizer)
     raise CoachError(f"reward {spec!r} is neither 'rubric' nor a coachlm reward model directory "
                      "(train one with `coachlm rm`)")
 
@@ -367,7 +368,6 @@ def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
     with invalid.strict_hint():
         prompts = [r.prompt for r in read_prompts(cfg.prompts, on_error=invalid.on_error)]
     invalid.warn()
-    reward = build_reward(cfg.reward)  # the reward model encodes with its own tokenizer
     model = load_model(cfg.model, dtype=torch.float32, tokenizer=tok)
     if cfg.adapter is not None:  # the reference stays `model`: see PPORunConfig.adapter
         model = continue_lora(model, cfg.adapter)
@@ -377,6 +377,8 @@ def run_ppo(cfg: PPORunConfig, resume: bool = False) -> Path:
             model = apply_lora(model, cfg.ppo.lora)
     critic = build_critic(cfg.ppo.critic, cfg.reward, cfg.ppo.lora, cfg.ppo.seed, tokenizer=tok)
     engine = Engine(cfg.ppo.device, cfg.ppo.bf16)
+    # the reward model encodes with its own tokenizer, on the engine's device
+    reward = build_reward(cfg.reward, device=engine.device)
     if cfg.ppo.generator != "builtin" and engine.world_size > 1:
         raise CoachError(f"generator {cfg.ppo.generator} runs in one process; launch without "
                          f"several processes or use generator builtin")

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from coachlm.data.schema import Prompt
+from coachlm.engine.accel import to_device
 from coachlm.importance import truncated_importance_weights
 from coachlm.losses import kl_penalty, ppo_clip, value_clip
 from coachlm.models.lora import PeftModel, lora_view
@@ -166,7 +167,10 @@ def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cf
     (`old_logprobs_from_update`): the reference only; exp.logprobs stays None and the
     entropy is None, both left to the update's forward."""
     rows_all = torch.arange(exp.sequences.shape[0])
-    batches = [(rows, *exp.micro_batch(rows, share)) for rows in
+    # The experience stays on the host; each micro-batch goes to the model's device, its
+    # results come back (as the update's micro-batches do through the engine).
+    device = next(ac.parameters()).device
+    batches = [(rows, *to_device(exp.micro_batch(rows, share), device)) for rows in
                sorted_micro_batches(rows_all, exp, cfg.micro_batch_size, by_prompt=share)]
     entropy = None
     if policy_pass:
@@ -177,7 +181,7 @@ def _recompute(ac: ActorCritic, ref_model: nn.Module | None, exp: Experience, cf
         for rows, e, shared in batches:
             lp = policy_forward(ref, None, e.sequences, e.attention_mask, e.action_mask,
                                 cfg.temperature, shared=shared, pad_id=e.pad_id)[0]  # (b, n)
-            exp.ref_logprobs[rows, :lp.shape[1]] = lp.float()
+            exp.ref_logprobs[rows, :lp.shape[1]] = lp.float().cpu()
     return entropy
 
 
@@ -192,9 +196,9 @@ def _policy_pass(ac: ActorCritic, exp: Experience, batches: list, cfg: PPOConfig
             n = e.action_mask.shape[1]
             lp, v, ent = ac(e.sequences, e.attention_mask, e.action_mask, cfg.temperature,
                             with_entropy=True, shared=shared, pad_id=e.pad_id)  # (b, n) each
-            exp.logprobs[rows, :n], entropy[rows, :n] = lp.float(), ent.float()
+            exp.logprobs[rows, :n], entropy[rows, :n] = lp.float().cpu(), ent.float().cpu()
             if exp.values is not None:
-                exp.values[rows, :n] = v.float()
+                exp.values[rows, :n] = v.float().cpu()
     return entropy
 
 
