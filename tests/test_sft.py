@@ -18,7 +18,7 @@ from coachlm.data.io import write_records
 from coachlm.models.load import load_model, save_pretrained
 from coachlm.models.lora import LoRAConfig
 from coachlm.engine.config import TrainConfig
-from coachlm.trainers.lm_loss import causal_lm_loss
+from coachlm.trainers.lm_loss import HEAD_ROWS_MULTIPLE, causal_lm_loss, labelled_lm_loss
 from coachlm.trainers.sft import SFTConfig, packing_supported, run_sft, sft
 from trainers_fixtures import tiny_demos, tiny_model, tiny_tokenizer
 
@@ -173,6 +173,102 @@ def test_lm_head_sees_a_span_of_a_multiple_of_16_positions(tok):
     tight = causal_lm_loss(model, pad_examples(examples, tok.pad_token_id))  # the same loss
     assert out.count == tight.count
     assert float(out.loss_sum) == pytest.approx(float(tight.loss_sum), rel=1e-5)
+
+
+def _loss_and_grads(model, loss_fn, batch):
+    model.zero_grad()
+    out = loss_fn(model, batch)
+    out.loss_sum.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_labelled_loss_equals_the_full_forward_loss(tok, layout):
+    """SFT's loss with the last MLP and the LM head at labelled positions only: the same loss,
+    count and gradients as the model's own forward, on packed and padded batches."""
+    model = tiny_model(tok)
+    demos = tiny_demos(12, seed=2)
+    examples = [encode_example(tok, d.prompt, d.response.text + " so" * (4 * k)) for k, d in enumerate(demos)]
+    examples = [(torch.tensor(i), torch.tensor(l)) for i, l in examples]
+    batch = (pack_examples if layout == "packed" else pad_examples)(examples, tok.pad_token_id)
+    labelled = int((batch.labels != IGNORE_INDEX).sum())
+    assert labelled % HEAD_ROWS_MULTIPLE  # filler positions are added, and must not count
+    seen = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(lambda _, x: seen.append(x[0].shape))
+    a, grads_a = _loss_and_grads(model, labelled_lm_loss, batch)
+    hook.remove()
+    assert seen == [(labelled + -labelled % HEAD_ROWS_MULTIPLE, model.config.hidden_size)]
+    b, grads_b = _loss_and_grads(model, causal_lm_loss, batch)
+    assert a.count == b.count == labelled and a.tokens == b.tokens
+    assert float(a.loss_sum) == pytest.approx(float(b.loss_sum), rel=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_labelled_loss_on_a_model_whose_last_layer_it_does_not_compute(tok):
+    """A backbone `models.last_layer` does not support (GPT-2 here) runs whole; the head still
+    sees the labelled positions only, and the loss is the model's own."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from coachlm.models import last_layer
+    from coachlm.models.logprobs import backbone_and_head
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=2, n_head=2,
+                                       n_positions=128, resid_pdrop=0.0, embd_pdrop=0.0,
+                                       attn_pdrop=0.0))
+    assert not last_layer.supported(backbone_and_head(model)[0])
+    examples = [(torch.tensor(i), torch.tensor(l)) for i, l in _examples(tok, 6)]
+    batch = pad_examples(examples, tok.pad_token_id)
+    a, grads_a = _loss_and_grads(model, labelled_lm_loss, batch)
+    b, grads_b = _loss_and_grads(model, causal_lm_loss, batch)
+    assert a.count == b.count
+    assert float(a.loss_sum) == pytest.approx(float(b.loss_sum), rel=1e-5)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_sft_trains_with_the_labelled_loss_only_where_the_head_is_the_logits(base_and_data,
+                                                                             tmp_path, monkeypatch):
+    """`sft` picks the labelled loss when backbone + head give the model's logits, else the
+    model's own forward (a model that scales its logits, say)."""
+    import coachlm.trainers.sft as sft_module
+
+    class Picked(Exception):
+        pass
+
+    def train(model, batches, loss_fn, *args, **kwargs):
+        used.append(loss_fn)
+        raise Picked
+
+    used = []
+    monkeypatch.setattr(sft_module, "train", train)
+    for matches in (True, False):
+        monkeypatch.setattr(sft_module, "head_matches", lambda m, v=matches: v)
+        cfg = SFTConfig(model=base_and_data / "base", data=(base_and_data / "demos.jsonl",),
+                        out=tmp_path, val_fraction=0.0, train=TrainConfig(max_steps=1))
+        with pytest.raises(Picked):
+            sft(cfg)
+    assert used == [labelled_lm_loss, causal_lm_loss]
+
+
+def test_labelled_loss_with_lora(tok):
+    from coachlm.models.lora import apply_lora
+
+    torch.manual_seed(0)
+    model = apply_lora(tiny_model(tok), LoRAConfig(r=2))
+    for p in model.parameters():  # a trained adapter: B away from its zero init
+        if p.requires_grad:
+            p.data.normal_(0, 0.1)
+    examples = [(torch.tensor(i), torch.tensor(l)) for i, l in _examples(tok, 8)]
+    batch = pack_examples(examples, tok.pad_token_id)
+    a, grads_a = _loss_and_grads(model, labelled_lm_loss, batch)
+    b, grads_b = _loss_and_grads(model, causal_lm_loss, batch)
+    assert float(a.loss_sum) == pytest.approx(float(b.loss_sum), rel=1e-5)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_bucketing_covers_each_example_once_per_epoch_with_little_padding(tok):

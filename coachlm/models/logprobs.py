@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from coachlm.models.modes import eval_mode
+
 CHUNK_TOKENS = 8192  # rows of fp32 logits converted at once (8192 x 50k vocab = 1.6 GB at most)
 
 
@@ -59,6 +61,18 @@ def backbone_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
     that the head can run on the few positions that predict response tokens."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.base_model, base.get_output_embeddings()
+
+
+def head_matches(model: Any) -> bool:
+    """Whether backbone + LM head reproduce the model's own logits (false for models that
+    scale or soft-cap logits in their forward, which a loss computing the head itself on a few
+    positions, DPO's `sequence_logps` or SFT's `labelled_lm_loss`, would miss)."""
+    ids = torch.arange(3, 9)[None].to(next(model.parameters()).device)  # (1, 6)
+    backbone, head = backbone_and_head(model)
+    with eval_mode(model), torch.no_grad():
+        ours = head(backbone(input_ids=ids, use_cache=False).last_hidden_state)  # (1, 6, V)
+        theirs = model(input_ids=ids, use_cache=False).logits
+    return torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
 
 
 def _forward_parameters(model: Any) -> Any:

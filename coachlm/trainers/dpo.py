@@ -49,7 +49,8 @@ from coachlm.models.load import load_model, load_tokenizer
 from coachlm.memory import release_free_memory
 from coachlm.models.lora import adapter_disabled, apply_lora
 from coachlm.runlog import warn
-from coachlm.trainers.dpo_logps import cached_reference, choose_layout, head_matches, sequence_logps
+from coachlm.models.logprobs import head_matches
+from coachlm.trainers.dpo_logps import cached_reference, choose_layout, sequence_logps
 from coachlm.trainers.epochs import steps_for_epochs
 from coachlm.engine.accel import Engine, to_device
 from coachlm.engine.loop import LossOut, TrainResult, train

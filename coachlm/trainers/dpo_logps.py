@@ -64,17 +64,6 @@ def sequence_logps(model: Any, batch: PairBatch) -> Tensor:
     return token_logps.new_zeros(n_seq).index_add(0, batch.seq_index.to(device), token_logps)
 
 
-def head_matches(model: Any) -> bool:
-    """Whether backbone + LM head reproduce the model's own logits (false for models that
-    scale or soft-cap logits in their forward, which `sequence_logps` would miss)."""
-    ids = torch.arange(3, 9)[None].to(next(model.parameters()).device)  # (1, 6)
-    backbone, head = backbone_and_head(model)
-    with eval_mode(model), torch.no_grad():
-        ours = head(backbone(input_ids=ids, use_cache=False).last_hidden_state)  # (1, 6, V)
-        theirs = model(input_ids=ids, use_cache=False).logits
-    return torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4)
-
-
 def layout_supported(model: Any, layout: str, pad_id: int) -> bool:
     """Whether `layout` gives the same logps as one padded row per sequence on this model."""
     probe = [Pair(prompt, *responses) for prompt, responses in PROBE]

@@ -1,4 +1,9 @@
-"""The causal-LM loss pretraining and SFT hand to the engine."""
+"""The causal-LM losses pretraining and SFT hand to the engine.
+
+`causal_lm_loss` runs the model's own forward; `labelled_lm_loss` (SFT, where about half of a
+batch's positions are prompt or padding) runs the backbone, then the last layer's MLP and the
+LM head only at the positions that predict a labelled token, as DPO does (`dpo_logps`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import torch.nn.functional as F
 from coachlm.data.chat import IGNORE_INDEX
 from coachlm.data.collate import TokenBatch
 from coachlm.engine.loop import LossOut
+from coachlm.models import last_layer
+from coachlm.models.logprobs import backbone_and_head
 
 
 # The LM head runs on positions from the first labelled one on, that start rounded down to a
@@ -15,6 +22,9 @@ from coachlm.engine.loop import LossOut
 # the head's matmul takes few distinct shapes, so oneDNN's per-shape kernel cache stays small
 # (coachlm.memory). The positions this adds before the first label cost a few head rows.
 HEAD_START_MULTIPLE = 16
+# `labelled_lm_loss` reads a multiple of this many positions (repeats of the first one, with no
+# label, fill the rest), for the same reason: few distinct head shapes.
+HEAD_ROWS_MULTIPLE = 16
 
 
 def causal_lm_loss(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
@@ -42,4 +52,31 @@ def causal_lm_loss(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
     loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
                                ignore_index=IGNORE_INDEX, reduction="sum")
     count = int((targets != IGNORE_INDEX).sum())
+    return LossOut(loss_sum, count, batch.num_tokens)
+
+
+def labelled_lm_loss(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
+    """`causal_lm_loss` with the last layer's MLP and the LM head computed only at the M
+    positions that predict a labelled token: of an SFT batch of world demonstrations ~46% of
+    the positions, so the head's matmul and log-softmax (V = 1,375 at world-small) and the
+    last MLP shrink by half. For models whose logits are the head of the backbone's last hidden
+    state (`models.logprobs.head_matches`); the loss equals `causal_lm_loss`'s up to rounding
+    (tested)."""
+    targets = batch.labels[:, 1:]  # (B, T-1): the token each position predicts
+    rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # (M,) each
+    count = len(rows)
+    labels = targets[rows, cols]  # (M,)
+    extra = -count % HEAD_ROWS_MULTIPLE
+    if extra:  # filler positions: the first one again, unlabelled
+        fill = rows.new_zeros(extra)
+        rows, cols = torch.cat([rows, fill]), torch.cat([cols, fill])
+        labels = torch.cat([labels, fill.fill_(IGNORE_INDEX)])
+    backbone, head = backbone_and_head(model)
+    inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "use_cache": False}
+    if last_layer.supported(backbone) and not last_layer.sharded(backbone):
+        hidden = last_layer.hidden_at_mlp(backbone, rows, cols, **inputs)  # (M', D)
+    else:
+        hidden = backbone(**inputs).last_hidden_state[rows, cols]  # (M', D)
+    loss_sum = F.cross_entropy(head(hidden).float(), labels, ignore_index=IGNORE_INDEX,
+                               reduction="sum")
     return LossOut(loss_sum, count, batch.num_tokens)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,8 @@ from coachlm.trainers.epochs import steps_for_epochs
 from coachlm.engine.accel import Engine, to_device
 from coachlm.engine.loop import TrainResult, train
 from coachlm.trainers.final import save_final
-from coachlm.trainers.lm_loss import causal_lm_loss
+from coachlm.models.logprobs import head_matches
+from coachlm.trainers.lm_loss import causal_lm_loss, labelled_lm_loss
 from coachlm.trainers.configs import SFTConfig
 
 Example = tuple[list[int], list[int]]  # (input_ids, labels)
@@ -75,12 +76,13 @@ def split_examples(examples: list[Example], val_fraction: float,
     return [examples[i] for i in order[n_val:]], val
 
 
-def response_loss(model: torch.nn.Module, batches: ExampleBatches) -> Mapping[str, float]:
+def response_loss(model: torch.nn.Module, batches: ExampleBatches,
+                  loss_fn: Callable[..., Any] = causal_lm_loss) -> Mapping[str, float]:
     """Token-level mean loss over the response tokens of every batch in `batches`."""
     total, count = 0.0, 0
     device = next(model.parameters()).device
     for batch in batches.epoch_batches():
-        out = causal_lm_loss(model, to_device(batch, device))
+        out = loss_fn(model, to_device(batch, device))
         total, count = total + float(out.loss_sum), count + out.count
     loss = total / max(count, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
@@ -134,8 +136,11 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
         config.save(cfg, cfg.out / "config.yaml")
     val = ExampleBatches(val_ex, tcfg.batch_size, tok.pad_token_id, shuffle=False,
                          pack=pack, **rounding) if val_ex else None
-    result = train(model, batches, causal_lm_loss, tcfg, cfg.out,
-                   eval_fn=(lambda m: response_loss(m, val)) if val else None,
+    # The LM head (and the last layer's MLP) only where a label is read, when the model's
+    # logits are its head on the backbone's output (`lm_loss.labelled_lm_loss`)
+    loss_fn = labelled_lm_loss if head_matches(model) else causal_lm_loss
+    result = train(model, batches, loss_fn, tcfg, cfg.out,
+                   eval_fn=(lambda m: response_loss(m, val, loss_fn)) if val else None,
                    resume=resume, description="sft",
                    extra_summary={"train_examples": len(train_ex), "val_examples": len(val_ex),
                                   "batches_per_epoch": len(batches), "packed": pack},
