@@ -96,11 +96,12 @@ def run_demo_stages(mon: RSSMonitor, overrides: list[str]) -> dict:
 
 def batch_shapes(cfg, steps: int) -> dict:
     """The distinct shapes and padded share of the first `steps` training batches that
-    `run_sft(cfg)` draws (same examples, split and seed), and the distinct shapes of the LM
-    head's input (rows, positions from causal_lm_loss's start)."""
-    from coachlm.data.collate import ExampleBatches
+    `run_sft(cfg)` draws (same examples, split and seed; `cfg` as the run saved it, its width
+    multiple resolved), and the distinct shapes of the LM head's input (the labelled
+    positions, rounded up as `lm_loss.labelled_lm_loss` rounds them)."""
+    from coachlm.data.collate import ExampleBatches, round_up
     from coachlm.models.load import load_tokenizer
-    from coachlm.trainers.lm_loss import HEAD_START_MULTIPLE
+    from coachlm.trainers.lm_loss import HEAD_ROWS_MULTIPLE
     from coachlm.trainers.sft import load_examples, split_examples
 
     tok = load_tokenizer(cfg.model)
@@ -112,8 +113,7 @@ def batch_shapes(cfg, steps: int) -> dict:
     for _ in range(steps):
         b = src.next_batch()
         shapes.add(tuple(b.input_ids.shape))
-        first = int((b.labels[:, 1:] != -100).any(dim=0).nonzero()[0])  # as causal_lm_loss
-        kept.add((b.input_ids.shape[0], b.input_ids.shape[1] - first + first % HEAD_START_MULTIPLE))
+        kept.add(round_up(int((b.labels[:, 1:] != -100).sum()), HEAD_ROWS_MULTIPLE))
         real, total = real + b.num_tokens, total + b.input_ids.numel()
     return {"distinct_shapes": len(shapes), "distinct_logit_shapes": len(kept),
             "padded_share": round(1 - real / total, 3), "positions_per_step": round(total / steps, 1)}
@@ -161,6 +161,7 @@ def main(argv: list[str]) -> dict:
                 "process_end_mb": round(psutil.Process().memory_info().rss / MB),
             "process_peak_mb": peak_rss_mb()}
     with mon.stage("import"):
+        from coachlm import config
         from coachlm.engine.config import TrainConfig
         from coachlm.trainers.pretrain import PretrainConfig, run_pretrain
         from coachlm.trainers.sft import SFTConfig, run_sft
@@ -188,6 +189,7 @@ def main(argv: list[str]) -> dict:
         trim(0)
         sizes = model_bytes(base)
         summary = json.loads((root / "sft" / "summary.json").read_text())
+        sft_cfg = config.load(SFTConfig, root / "sft" / "config.yaml")  # as resolved by the run
         sft_out = {"pack_width_multiple": sft_cfg.pack_width_multiple,
                    "pack_rows_multiple": sft_cfg.pack_rows_multiple,
                    "loop_cpu_s": summary["cpu_seconds"], "bf16": summary["bf16"],

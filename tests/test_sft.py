@@ -326,6 +326,22 @@ def test_loss_is_the_mean_over_response_tokens_only(tok):
     assert out.tokens == sum(len(i) for i, _ in examples)
 
 
+def test_width_multiple_by_precision_and_device():
+    """64 where oneDNN compiles bf16 matmul kernels per shape (bf16 on a CPU), else 16; a set
+    value wins."""
+    from types import SimpleNamespace
+
+    from coachlm.trainers.sft import width_multiple
+
+    cfg = SFTConfig(model="m", data=("d.jsonl",), out="o")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert width_multiple(cfg, SimpleNamespace(bf16=True, device=cpu)) == 64
+    assert width_multiple(cfg, SimpleNamespace(bf16=False, device=cpu)) == 16
+    assert width_multiple(cfg, SimpleNamespace(bf16=True, device=cuda)) == 16
+    set_ = SFTConfig(model="m", data=("d.jsonl",), out="o", pack_width_multiple=8)
+    assert width_multiple(set_, SimpleNamespace(bf16=True, device=cpu)) == 8
+
+
 def test_sft_config_from_yaml(tmp_path):
     path = tmp_path / "sft.yaml"
     path.write_text("model: m\ndata: [a.jsonl, b.jsonl]\nout: o\nlora: {r: 4}\n"
@@ -333,7 +349,8 @@ def test_sft_config_from_yaml(tmp_path):
     cfg = config.load(SFTConfig, path, overrides=["epochs=2", "train.grad_accum=2"])
     assert cfg.data == (tmp_path.__class__("a.jsonl"), tmp_path.__class__("b.jsonl"))
     assert cfg.lora == LoRAConfig(r=4) and cfg.train.batch_size == 2 and cfg.train.grad_accum == 2
-    assert cfg.pack_width_multiple == 64 and cfg.pack_rows_multiple == 1  # the shipped defaults
+    # the shipped defaults: the width multiple resolves per precision and device (sft.width_multiple)
+    assert cfg.pack_width_multiple is None and cfg.pack_rows_multiple == 1
     cfg = config.load(SFTConfig, path, overrides=["pack_width_multiple=32", "pack_rows_multiple=2"])
     assert (cfg.pack_width_multiple, cfg.pack_rows_multiple) == (32, 2)
     with pytest.raises(ConfigError, match="pack_width_multiple must be >= 1, got 0"):

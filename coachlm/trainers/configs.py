@@ -64,12 +64,14 @@ class SFTConfig:
     pack: bool | None = None
     # Packed rows are a multiple of this many tokens wide (the width of least estimated cost,
     # collate.pack_geometry) and the row count is rounded up to a multiple of
-    # `pack_rows_multiple`: few distinct batch shapes, so oneDNN's per-shape kernel cache stops
-    # churning and fragmenting the heap (coachlm.memory has the figures). Padding is inert (no
-    # labels, its own position-id block); 1 packs tightly. 64, not 16: world-small SFT, 400 steps
-    # of 32, peak RSS 790 MB at 64 (12 shapes, 5.9% padded) vs 971 MB at 16 (31 shapes, 4.2%),
-    # for 1.7% less CPU per step at 16; at world-25m bf16 16 gains ~4% more (README, Benchmarks).
-    pack_width_multiple: int = 64
+    # `pack_rows_multiple`. None: 64 under bf16 on a CPU, 16 otherwise (`sft.width_multiple`).
+    # bf16 matmuls on a CPU go through oneDNN, which compiles and caches kernels per shape: few
+    # distinct batch shapes stop its cache churning and fragmenting the heap (coachlm.memory
+    # has the figures; world-small SFT, 400 steps of 32, peak RSS 790 MB at 64 vs 971 MB at
+    # 16). fp32 (MKL) and GPUs keep no such cache: there 16 pads less and keeps rows narrower,
+    # +7-13% tokens per CPU s over 64 at world-small fp32 with the same peak RSS (README).
+    # Padding is inert (no labels, its own position-id block); 1 packs tightly.
+    pack_width_multiple: int | None = None
     pack_rows_multiple: int = 1
     skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
     # torch.compile the decoder layers (`models.compiled`): fused elementwise kernels, less CPU
@@ -83,7 +85,7 @@ class SFTConfig:
         _check_examples(self, min_length=2)
         _check_compile(self.compile)
         for key in ("bucket_batches", "pack_width_multiple", "pack_rows_multiple"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
 

@@ -23,8 +23,9 @@ from coachlm.models.logprobs import backbone_and_head
 # (coachlm.memory). The positions this adds before the first label cost a few head rows.
 HEAD_START_MULTIPLE = 16
 # `labelled_lm_loss` reads a multiple of this many positions (repeats of the first one, with no
-# label, fill the rest), for the same reason: few distinct head shapes.
-HEAD_ROWS_MULTIPLE = 16
+# label, fill the rest), for the same reason: few distinct shapes for the head and the last MLP
+# (a batch of 32 world demonstrations has ~400-600 labels: ~7 shapes, ~16 filler rows).
+HEAD_ROWS_MULTIPLE = 32
 
 
 def causal_lm_loss(model: torch.nn.Module, batch: TokenBatch) -> LossOut:

@@ -88,6 +88,14 @@ def response_loss(model: torch.nn.Module, batches: ExampleBatches,
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
 
+def width_multiple(cfg: SFTConfig, engine: Engine) -> int:
+    """`cfg.pack_width_multiple`, or where None 64 under bf16 on a CPU (oneDNN's per-shape
+    kernel cache wants few shapes) and 16 otherwise (see SFTConfig)."""
+    if cfg.pack_width_multiple is not None:
+        return cfg.pack_width_multiple
+    return 64 if engine.bf16 and engine.device.type == "cpu" else 16
+
+
 def packing_supported(model: torch.nn.Module) -> bool:
     """Whether two sequences packed in one row with restarting position ids get exactly the
     logits they get alone, i.e. the model builds a block-diagonal mask from position ids."""
@@ -123,6 +131,7 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
         raise CoachError(f"{type(model).__name__} does not isolate packed examples by position "
                          "ids (their logits change when packed); set pack: false")
     tcfg = cfg.train
+    cfg = dataclasses.replace(cfg, pack_width_multiple=width_multiple(cfg, engine))
     rounding = {"width_multiple": cfg.pack_width_multiple, "rows_multiple": cfg.pack_rows_multiple}
     batches = ExampleBatches(train_ex, tcfg.batch_size, tok.pad_token_id, seed=tcfg.seed,
                              bucket_batches=cfg.bucket_batches, pack=pack, **rounding)
