@@ -23,10 +23,11 @@ Tightly packed SFT batches take 141 (rows, width) shapes in 900 steps, so the ca
 each step's freed activations, keep the heap from shrinking: its free part grew 380 -> 1,360 MB
 and malloc_trim returns little of it. Peak RSS 2,622 MB. A smaller cache is no cure: capacity 256
 with widths rounded to 32 held 399 vs 520 MB in use but 1,217 vs 912 MB free, peak 2,042 vs
-1,902 MB. Fewer shapes are: SFT packs into widths that are multiples of 64
-(`SFTConfig.pack_width_multiple`; which multiple, by estimated cost: `collate.pack_geometry`) and the LM head's span starts at a multiple of 16
-(`trainers.lm_loss`), so 900 steps take 10 batch shapes and 13 head shapes instead of 141 and
-143; peak RSS of the SFT stage 2,676 -> 857 MB, 0.247 -> 0.221 CPU s per step, 13.3% -> 6.6%
+1,902 MB. Fewer shapes are: under bf16 on a CPU SFT packs into widths that are multiples of 64
+(`SFTConfig.pack_width_multiple`; which multiple, by estimated cost: `collate.pack_geometry`)
+and the LM head's span started at a multiple of 16 (now its rows are the labelled positions
+rounded up to a multiple of 32, `trainers.lm_loss`), so 900 steps took 10 batch shapes and 13
+head shapes instead of 141 and 143; peak RSS of the SFT stage 2,676 -> 857 MB, 0.247 -> 0.221 CPU s per step, 13.3% -> 6.6%
 of positions padded (same settings, one run each on the loaded machine; README has 16 and 32),
 losses equal up to floating point (padding is inert, tested).
 The model, its gradients and AdamW's moments hold ~32 MB.
