@@ -112,4 +112,8 @@ def test_compiled_reward_model_trains_as_eager(tmp_path, monkeypatch):
         losses[compile] = [r["loss"] for r in rows if "loss" in r]
         assert config.load(RMConfig, out / "config.yaml").compile is compile
     assert counter.frame_count == 1  # one graph for every layer; fit_reference's no-grad: eager
-    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    # The same function, traced: float rounding only; one Adam step turns a rounding-level
+    # gradient difference on near-zero gradients into a full-sized update, so the second loss
+    # differs by ~1.6e-5 relative on an AVX2 CPU (AMD EPYC), where eager is not bit-equal
+    assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-6)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
