@@ -164,6 +164,16 @@ def hidden_at_mlp(backbone: nn.Module, rows: Tensor, cols: Tensor, **inputs: Any
     return body.norm(h + layer.mlp(layer.post_attention_layernorm(h)))
 
 
+def hidden_at_reads(backbone: nn.Module, rows: Tensor, cols: Tensor, **inputs: Any) -> Tensor:
+    """The backbone's final hidden states (N, D) at (rows, cols): the last layer's MLP there
+    only (`hidden_at_mlp`) where this module computes that layer and FSDP does not shard it,
+    else the full forward, read there. For the losses that read every response position
+    (DPO's `sequence_logps`, SFT's `labelled_lm_loss`)."""
+    if supported(backbone) and not sharded(backbone):
+        return hidden_at_mlp(backbone, rows, cols, **inputs)
+    return backbone(**inputs).last_hidden_state[rows, cols]
+
+
 def agrees(backbone: nn.Module, atol: float = 1e-4, rtol: float = 1e-3) -> bool:
     """Whether `hidden_at` gives the full forward's last hidden states on a small probe (two
     rows, each read at two positions), in eval mode without gradients."""

@@ -54,11 +54,7 @@ def sequence_logps(model: Any, batch: PairBatch) -> Tensor:
         attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
         use_cache=False)
     rows, cols = batch.pred_rows.to(device), batch.pred_cols.to(device)  # (N,), (N,)
-    if last_layer.supported(backbone) and not last_layer.sharded(backbone):
-        hidden = last_layer.hidden_at_mlp(backbone, rows, cols, **inputs)  # (N, D)
-    else:
-        hidden = backbone(**inputs).last_hidden_state[rows, cols]  # (N, D)
-    logits = head(hidden)  # (N, V)
+    logits = head(last_layer.hidden_at_reads(backbone, rows, cols, **inputs))  # (N, V)
     token_logps = logprobs_from_logits(logits, batch.targets.to(device))  # (N,)
     n_seq = 2 * batch.num_pairs
     return token_logps.new_zeros(n_seq).index_add(0, batch.seq_index.to(device), token_logps)

@@ -71,13 +71,10 @@ def labelled_lm_loss(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
     if extra:  # filler positions: the first one again, unlabelled
         fill = rows.new_zeros(extra)
         rows, cols = torch.cat([rows, fill]), torch.cat([cols, fill])
-        labels = torch.cat([labels, fill.fill_(IGNORE_INDEX)])
+        labels = torch.cat([labels, labels.new_full((extra,), IGNORE_INDEX)])
     backbone, head = backbone_and_head(model)
     inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "use_cache": False}
-    if last_layer.supported(backbone) and not last_layer.sharded(backbone):
-        hidden = last_layer.hidden_at_mlp(backbone, rows, cols, **inputs)  # (M', D)
-    else:
-        hidden = backbone(**inputs).last_hidden_state[rows, cols]  # (M', D)
+    hidden = last_layer.hidden_at_reads(backbone, rows, cols, **inputs)  # (M', D)
     loss_sum = F.cross_entropy(head(hidden).float(), labels, ignore_index=IGNORE_INDEX,
                                reduction="sum")
     return LossOut(loss_sum, count, batch.num_tokens)
