@@ -92,6 +92,54 @@ def test_hidden_at_stops_before_the_last_layer_and_removes_its_hook():
     rm.backbone(input_ids=ids)  # and the full forward still runs
 
 
+def test_read_slots_number_each_rows_reads_in_order():
+    rows = torch.tensor([2, 0, 2, 2, 0, 3])
+    slots, most = last_layer.read_slots(rows, 5)
+    assert slots.tolist() == [0, 0, 1, 2, 1, 0] and most == 3
+    assert last_layer.read_slots(torch.tensor([], dtype=torch.long), 2)[1] == 0
+
+
+def _packed_by_position_ids():
+    """Two rows, each two examples end to end with restarting position ids (as SFT packs)."""
+    ids = torch.randint(7, 290, (2, 9), generator=torch.Generator().manual_seed(5))  # (2, 9)
+    position_ids = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 0, 1, 2]])
+    rows = torch.tensor([0, 0, 0, 1, 1, 1, 1, 0])  # repeats allowed (SFT's filler reads)
+    cols = torch.tensor([2, 4, 8, 0, 5, 6, 8, 2])
+    return {"input_ids": ids, "position_ids": position_ids, "use_cache": False}, rows, cols
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_hidden_at_packed_rows_equal_the_full_forward(attn):
+    """Rows packed by position ids: the last layer attends under the block-diagonal mask
+    transformers builds, its query projection at the reads only; eager attention's additive
+    mask takes the layer's own attention instead. Values and gradients as the full forward's."""
+    lm = tiny_lm(seed=6)
+    use_fast_ops(lm)
+    lm.set_attn_implementation(attn)
+    inputs, rows, cols = _packed_by_position_ids()
+    attn_rows = []
+    body = last_layer.body_of(lm.base_model)
+    handle = body.layers[-1].self_attn.q_proj.register_forward_hook(
+        lambda m, a, o: attn_rows.append(a[0].shape[:-1]))
+
+    def hidden_and_grads(fn):
+        lm.zero_grad()
+        h = fn()  # (N, D)
+        (h * torch.linspace(-1, 1, h.numel()).view_as(h)).sum().backward()
+        return h.detach(), {n: p.grad.clone() for n, p in lm.named_parameters()
+                            if p.grad is not None}
+
+    backbone = lm.base_model
+    got, got_grads = hidden_and_grads(lambda: last_layer.hidden_at(backbone, rows, cols, **inputs))
+    want, want_grads = hidden_and_grads(lambda: backbone(**inputs).last_hidden_state[rows, cols])
+    handle.remove()
+    assert attn_rows[0] == ((len(rows),) if attn == "sdpa" else (2, 9))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert got_grads.keys() == want_grads.keys()
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], atol=1e-5, rtol=1e-4)
+
+
 def test_a_sharded_last_layer_keeps_the_full_forward(monkeypatch):
     rm = _reward_model()
     assert not last_layer.sharded(rm.backbone)

@@ -11,10 +11,13 @@ goes (6 layers). The values equal the full forward's within rounding (`agrees`, 
 Measured (`benchmarks/pair_ab.py rm`, world-25m, bf16, 1 thread, forward + backward of the same
 batches): 1,843 -> 2,002 tokens per CPU s (+9%).
 
-`hidden_at_mlp` is the policy's variant (DPO's log-probabilities, read at every response
-position): the last layer's attention runs at every position through the layer's own module,
-its MLP only at the read positions, which skips the prompt (but its last token), each
-response's last token and the padding: 1,869 -> 1,931 tokens per CPU s (+3%, `pair_ab.py dpo`).
+The policy's losses read at many positions per row (DPO's log-probabilities and SFT's loss:
+every response position) through the same `hidden_at`: the reads of a row are its queries, so
+the query and output projections, attention and MLP run at no prompt or padding position.
+Session 9 ran only the MLP there (`pair_ab.py dpo`, world-25m bf16: +3%); the query side too,
+with a row's reads as one attention (session 11, fp32 on an AVX2 CPU, forward + backward of the
+same batches in one process): DPO +1% (world-small) / +4% (world-25m), SFT +1-2%, and the
+reward model, whose attention gathered keys and values once per read before, +6% (world-small).
 
 The backbone runs through its own forward up to the last layer: a forward pre-hook on that layer
 takes its inputs (the residual stream; the mask, rotary cos/sin and the rest of its keyword
@@ -22,8 +25,8 @@ arguments) and stops the forward there (`_Reached`), so masks, position ids and 
 the full forward. The last layer is then computed here for Llama-style blocks (pre-norm
 attention and MLP, rotary embedding,
 grouped-query attention; Llama, Mistral and Qwen2 without sliding windows); anything else
-(`supported` is false) keeps the full forward. Attention runs in fp32 with autocast off (one
-query per sequence: cheap), as `models.attention`'s "sdpa_fp32" runs it under CPU autocast.
+(`supported` is false) keeps the full forward. Attention runs in fp32 with autocast off, as
+`models.attention`'s "sdpa_fp32" runs it under CPU autocast (faster there than in bf16).
 """
 
 from __future__ import annotations
@@ -110,67 +113,84 @@ def _inputs_of_last_layer(backbone: nn.Module, **inputs: Any) -> tuple[Tensor, d
     return taken["hidden"], taken["kwargs"]
 
 
+def read_slots(rows: Tensor, n_rows: int) -> tuple[Tensor, int]:
+    """Each read's slot among its row's reads (numbered in the order given) and the most reads
+    any row has: the reads of a row become that row's queries, (R, most) with padding."""
+    counts = torch.bincount(rows, minlength=n_rows)  # (R,)
+    order = torch.argsort(rows, stable=True)  # reads grouped by row, in their given order
+    starts = torch.cumsum(counts, 0) - counts  # (R,) first read of each row in `order`
+    slots = torch.empty_like(rows)
+    slots[order] = torch.arange(len(rows), device=rows.device) - starts[rows[order]]
+    return slots, int(counts.max()) if len(rows) else 0
+
+
 def _last_layer(layer: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, rows: Tensor,
                 cols: Tensor, mask: Tensor | None) -> Tensor:
-    """The layer's output (N, D) at (rows, cols); mask: (R, 1, T, T) bool or None (causal)."""
+    """The layer's output (N, D) at (rows, cols); mask: (R, 1, T, T) bool or None (causal).
+
+    The reads of each row are that row's queries: one attention per row, (R, H, most reads, T),
+    against its keys and values where they are (no copy of them per read). Padding slots see
+    the row's first key only (a fully masked query would give NaN); their outputs are never
+    read."""
     attn = layer.self_attn
     n, (r, t, _) = len(rows), hidden.shape
     x = layer.input_layernorm(hidden)  # (R, T, D): every position's keys and values need it
-    q = attn.q_proj(x[rows, cols]).view(n, -1, 1, attn.head_dim)  # (N, H, 1, hd)
+    q = attn.q_proj(x[rows, cols]).view(n, -1, attn.head_dim)  # (N, H, hd)
     k = attn.k_proj(x).view(r, t, -1, attn.head_dim).transpose(1, 2)  # (R, Hkv, T, hd)
     v = attn.v_proj(x).view(r, t, -1, attn.head_dim).transpose(1, 2)  # (R, Hkv, T, hd)
     at = rows if cos.shape[0] > 1 else torch.zeros_like(rows)  # position ids per row, or shared
-    q = _rotate(q, cos[at, cols][:, None, None], sin[at, cols][:, None, None])  # (N, H, 1, hd)
+    q = _rotate(q, cos[at, cols][:, None], sin[at, cols][:, None])  # (N, H, hd)
     k = _rotate(k, cos[:, None], sin[:, None])  # (R, Hkv, T, hd)
-    groups = attn.num_key_value_groups  # grouped-query attention: each kv head serves `groups`
-    k = k[rows].repeat_interleave(groups, dim=1)  # (N, H, T, hd)
-    v = v[rows].repeat_interleave(groups, dim=1)  # (N, H, T, hd)
+    if attn.num_key_value_groups > 1:  # grouped-query attention: each kv head serves a group
+        k = k.repeat_interleave(attn.num_key_value_groups, dim=1)  # (R, H, T, hd)
+        v = v.repeat_interleave(attn.num_key_value_groups, dim=1)  # (R, H, T, hd)
     if mask is None:  # causal, right-padded rows: a query sees its row up to itself
         see = torch.arange(t, device=cols.device)[None, :] <= cols[:, None]  # (N, T)
     else:
         see = mask[rows, 0, cols]  # (N, T)
+    slots, most = read_slots(rows, r)
+    queries = q.new_zeros(r, most, *q.shape[1:]).index_put((rows, slots), q)  # (R, S, H, hd)
+    sees = see.new_zeros(r, most, t)  # (R, S, T)
+    sees[:, :, 0] = True
+    sees = sees.index_put((rows, slots), see)
     dtype = v.dtype  # the projections' output dtype (bf16 under autocast), as "sdpa_fp32" returns
     with torch.autocast(hidden.device.type, enabled=False):
-        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
-                                             attn_mask=see[:, None, None, :], scale=attn.scaling)
-    out = out.reshape(n, -1).to(dtype)  # (N, H*hd)
+        out = F.scaled_dot_product_attention(queries.transpose(1, 2).float(), k.float(), v.float(),
+                                             attn_mask=sees[:, None], scale=attn.scaling)
+    out = out.transpose(1, 2)[rows, slots].reshape(n, -1).to(dtype)  # (N, H*hd)
     h = hidden[rows, cols] + attn.o_proj(out)  # (N, D)
     return h + layer.mlp(layer.post_attention_layernorm(h))  # (N, D)
 
 
 def hidden_at(backbone: nn.Module, rows: Tensor, cols: Tensor, **inputs: Any) -> Tensor:
     """The backbone's final hidden states (N, D) at (rows, cols), its last layer computed at
-    those positions only. `inputs` go to the backbone (input_ids, attention_mask: None or a
-    bool (R, 1, T, T) mask, position_ids, ...)."""
+    those positions only (keys and values everywhere). `inputs` go to the backbone (input_ids,
+    attention_mask: None or a bool (R, 1, T, T) mask, position_ids, ...); the layer attends
+    under the mask transformers hands it (block-diagonal for rows packed by position ids).
+    Under a mask of another kind (eager attention's additive one) the layer's own attention
+    runs everywhere and only its MLP at the reads. (rows, cols) may repeat."""
     mask = inputs.get("attention_mask")
     if mask is not None and (mask.dim() != 4 or mask.dtype != torch.bool):
         raise ValueError("hidden_at takes no mask (causal) or a bool (R, 1, T, T) mask")
     body = body_of(backbone)
-    hidden, kwargs = _inputs_of_last_layer(backbone, **inputs)
-    cos, sin = kwargs["position_embeddings"]
-    return body.norm(_last_layer(_last(body), hidden, cos, sin, rows, cols, mask))
-
-
-def hidden_at_mlp(backbone: nn.Module, rows: Tensor, cols: Tensor, **inputs: Any) -> Tensor:
-    """The backbone's final hidden states (N, D) at (rows, cols), its last layer's attention
-    run at every position (the layer's own module, with the mask transformers built) and its
-    MLP at those positions only: for a policy's log-probabilities (DPO), read at every
-    response position but at no prompt or padding position. (rows, cols) may repeat."""
-    body = body_of(backbone)
     layer = _last(body)
     hidden, kwargs = _inputs_of_last_layer(backbone, **inputs)
+    mask = kwargs.get("attention_mask")  # what the layer receives
+    if mask is None or (mask.dim() == 4 and mask.dtype == torch.bool):
+        cos, sin = kwargs["position_embeddings"]
+        return body.norm(_last_layer(layer, hidden, cos, sin, rows, cols, mask))
     h = hidden + layer.self_attn(hidden_states=layer.input_layernorm(hidden), **kwargs)[0]
     h = h[rows, cols]  # (N, D)
     return body.norm(h + layer.mlp(layer.post_attention_layernorm(h)))
 
 
 def hidden_at_reads(backbone: nn.Module, rows: Tensor, cols: Tensor, **inputs: Any) -> Tensor:
-    """The backbone's final hidden states (N, D) at (rows, cols): the last layer's MLP there
-    only (`hidden_at_mlp`) where this module computes that layer and FSDP does not shard it,
-    else the full forward, read there. For the losses that read every response position
-    (DPO's `sequence_logps`, SFT's `labelled_lm_loss`)."""
+    """The backbone's final hidden states (N, D) at (rows, cols): `hidden_at` where this
+    module computes the last layer and FSDP does not shard it, else the full forward, read
+    there. For the losses that read every response position (DPO's `sequence_logps`, SFT's
+    `labelled_lm_loss`)."""
     if supported(backbone) and not sharded(backbone):
-        return hidden_at_mlp(backbone, rows, cols, **inputs)
+        return hidden_at(backbone, rows, cols, **inputs)
     return backbone(**inputs).last_hidden_state[rows, cols]
 
 

@@ -42,8 +42,9 @@ SHARE_MIN_SAVING = 0.15
 def sequence_logps(model: Any, batch: PairBatch) -> Tensor:
     """Summed log-probabilities of the 2B responses of `batch` (chosen first), (2B,) fp32.
 
-    The backbone runs over the whole batch, but its last layer's MLP (where the backbone is
-    one `models.last_layer` supports) and the LM head only at the N predicting positions: no
+    The backbone runs over the whole batch, but its last layer's queries, attention and MLP
+    (where the backbone is one `models.last_layer` supports) and the LM head only at the N
+    predicting positions: no
     prompt position but the last, no response's last token and no padding needs them.
     """
     device = next(model.parameters()).device

@@ -1,8 +1,9 @@
 """The causal-LM losses pretraining and SFT hand to the engine.
 
 `causal_lm_loss` runs the model's own forward; `labelled_lm_loss` (SFT, where about half of a
-batch's positions are prompt or padding) runs the backbone, then the last layer's MLP and the
-LM head only at the positions that predict a labelled token, as DPO does (`dpo_logps`).
+batch's positions are prompt or padding) runs the backbone, then the last layer (but its keys
+and values) and the LM head only at the positions that predict a labelled token, as DPO does
+(`dpo_logps`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from coachlm.models.logprobs import backbone_and_head
 # (coachlm.memory). The positions this adds before the first label cost a few head rows.
 HEAD_START_MULTIPLE = 16
 # `labelled_lm_loss` reads a multiple of this many positions (repeats of the first one, with no
-# label, fill the rest), for the same reason: few distinct shapes for the head and the last MLP
+# label, fill the rest), for the same reason: few distinct shapes for the head and the last layer
 # (a batch of 32 world demonstrations has ~400-600 labels: ~7 shapes, ~16 filler rows).
 HEAD_ROWS_MULTIPLE = 32
 
@@ -57,12 +58,12 @@ def causal_lm_loss(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
 
 
 def labelled_lm_loss(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
-    """`causal_lm_loss` with the last layer's MLP and the LM head computed only at the M
-    positions that predict a labelled token: of an SFT batch of world demonstrations ~46% of
-    the positions, so the head's matmul and log-softmax (V = 1,375 at world-small) and the
-    last MLP shrink by half. For models whose logits are the head of the backbone's last hidden
-    state (`models.logprobs.head_matches`); the loss equals `causal_lm_loss`'s up to rounding
-    (tested)."""
+    """`causal_lm_loss` with the last layer (but its keys and values) and the LM head computed
+    only at the M positions that predict a labelled token: of an SFT batch of world
+    demonstrations ~46% of the positions, so the head's matmul and log-softmax (V = 1,375 at
+    world-small) and the last layer shrink by about half. For models whose logits are the head
+    of the backbone's last hidden state (`models.logprobs.head_matches`); the loss equals
+    `causal_lm_loss`'s up to rounding (tested)."""
     targets = batch.labels[:, 1:]  # (B, T-1): the token each position predicts
     rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # (M,) each
     count = len(rows)

@@ -145,8 +145,8 @@ def sft(cfg: SFTConfig, resume: bool = False) -> tuple[TrainResult, Path]:
         config.save(cfg, cfg.out / "config.yaml")
     val = ExampleBatches(val_ex, tcfg.batch_size, tok.pad_token_id, shuffle=False,
                          pack=pack, **rounding) if val_ex else None
-    # The LM head (and the last layer's MLP) only where a label is read, when the model's
-    # logits are its head on the backbone's output (`lm_loss.labelled_lm_loss`)
+    # The LM head (and the last layer but its keys and values) only where a label is read, when
+    # the model's logits are its head on the backbone's output (`lm_loss.labelled_lm_loss`)
     loss_fn = labelled_lm_loss if head_matches(model) else causal_lm_loss
     result = train(model, batches, loss_fn, tcfg, cfg.out,
                    eval_fn=(lambda m: response_loss(m, val, loss_fn)) if val else None,
