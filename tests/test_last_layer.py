@@ -108,14 +108,25 @@ def _packed_by_position_ids():
     return {"input_ids": ids, "position_ids": position_ids, "use_cache": False}, rows, cols
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_hidden_at_packed_rows_equal_the_full_forward(attn):
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "position ids only"])
+def test_hidden_at_packed_rows_equal_the_full_forward(attn, monkeypatch):
     """Rows packed by position ids: the last layer attends under the block-diagonal mask
-    transformers builds, its query projection at the reads only; eager attention's additive
-    mask takes the layer's own attention instead. Values and gradients as the full forward's."""
+    transformers builds, or with no mask (as flash-attention kernels take packing) within the
+    examples the position ids mark, its query projection at the reads only; eager attention's
+    additive mask takes the layer's own attention instead. Values and gradients as the full
+    forward's."""
     lm = tiny_lm(seed=6)
     use_fast_ops(lm)
-    lm.set_attn_implementation(attn)
+    lm.set_attn_implementation("eager" if attn == "eager" else "sdpa")
+    if attn == "position ids only":
+        taken = last_layer._inputs_of_last_layer
+
+        def without_mask(backbone, **inputs):
+            hidden, kwargs = taken(backbone, **inputs)
+            assert kwargs["attention_mask"] is not None  # sdpa's block-diagonal mask, dropped
+            return hidden, {**kwargs, "attention_mask": None}
+
+        monkeypatch.setattr(last_layer, "_inputs_of_last_layer", without_mask)
     inputs, rows, cols = _packed_by_position_ids()
     attn_rows = []
     body = last_layer.body_of(lm.base_model)
@@ -133,7 +144,7 @@ def test_hidden_at_packed_rows_equal_the_full_forward(attn):
     got, got_grads = hidden_and_grads(lambda: last_layer.hidden_at(backbone, rows, cols, **inputs))
     want, want_grads = hidden_and_grads(lambda: backbone(**inputs).last_hidden_state[rows, cols])
     handle.remove()
-    assert attn_rows[0] == ((len(rows),) if attn == "sdpa" else (2, 9))
+    assert attn_rows[0] == ((2, 9) if attn == "eager" else (len(rows),))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert got_grads.keys() == want_grads.keys()
     for name in want_grads:

@@ -125,8 +125,10 @@ def read_slots(rows: Tensor, n_rows: int) -> tuple[Tensor, int]:
 
 
 def _last_layer(layer: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, rows: Tensor,
-                cols: Tensor, mask: Tensor | None) -> Tensor:
-    """The layer's output (N, D) at (rows, cols); mask: (R, 1, T, T) bool or None (causal).
+                cols: Tensor, mask: Tensor | None, position_ids: Tensor | None) -> Tensor:
+    """The layer's output (N, D) at (rows, cols); mask: (R, 1, T, T) bool, or None: causal
+    within each example of a row, examples starting where the position ids (R or 1, T)
+    restart (flash-attention kernels take packing that way, with no mask).
 
     The reads of each row are that row's queries: one attention per row, (R, H, most reads, T),
     against its keys and values where they are (no copy of them per read). Padding slots see
@@ -144,8 +146,10 @@ def _last_layer(layer: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor, rows
     if attn.num_key_value_groups > 1:  # grouped-query attention: each kv head serves a group
         k = k.repeat_interleave(attn.num_key_value_groups, dim=1)  # (R, H, T, hd)
         v = v.repeat_interleave(attn.num_key_value_groups, dim=1)  # (R, H, T, hd)
-    if mask is None:  # causal, right-padded rows: a query sees its row up to itself
-        see = torch.arange(t, device=cols.device)[None, :] <= cols[:, None]  # (N, T)
+    if mask is None:  # a query sees its example (its row, unpacked) up to itself
+        pos = cols if position_ids is None else position_ids[at, cols]  # (N,)
+        keys = torch.arange(t, device=cols.device)[None, :]  # (1, T)
+        see = (keys <= cols[:, None]) & (keys >= (cols - pos)[:, None])  # (N, T)
     else:
         see = mask[rows, 0, cols]  # (N, T)
     slots, most = read_slots(rows, r)
@@ -178,7 +182,8 @@ def hidden_at(backbone: nn.Module, rows: Tensor, cols: Tensor, **inputs: Any) ->
     mask = kwargs.get("attention_mask")  # what the layer receives
     if mask is None or (mask.dim() == 4 and mask.dtype == torch.bool):
         cos, sin = kwargs["position_embeddings"]
-        return body.norm(_last_layer(layer, hidden, cos, sin, rows, cols, mask))
+        return body.norm(_last_layer(layer, hidden, cos, sin, rows, cols, mask,
+                                     kwargs.get("position_ids")))
     h = hidden + layer.self_attn(hidden_states=layer.input_layernorm(hidden), **kwargs)[0]
     h = h[rows, cols]  # (N, D)
     return body.norm(h + layer.mlp(layer.post_attention_layernorm(h)))
