@@ -25,7 +25,8 @@ from coachlm.data.pairs import Pair, PairBatch, PairBatches, collate, share_savi
 from coachlm.engine.accel import to_device
 from coachlm.models import last_layer
 from coachlm.models.load import weights_hash
-from coachlm.models.logprobs import backbone_and_head, logprobs_from_logits
+from coachlm.models.head_logprobs import head_logprobs
+from coachlm.models.logprobs import backbone_and_head
 from coachlm.models.lora import adapter_disabled
 from coachlm.models.modes import eval_mode
 
@@ -55,8 +56,8 @@ def sequence_logps(model: Any, batch: PairBatch) -> Tensor:
         attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
         use_cache=False)
     rows, cols = batch.pred_rows.to(device), batch.pred_cols.to(device)  # (N,), (N,)
-    logits = head(last_layer.hidden_at_reads(backbone, rows, cols, **inputs))  # (N, V)
-    token_logps = logprobs_from_logits(logits, batch.targets.to(device))  # (N,)
+    hidden = last_layer.hidden_at_reads(backbone, rows, cols, **inputs)  # (N, D)
+    token_logps = head_logprobs(head, hidden, batch.targets.to(device))  # (N,)
     n_seq = 2 * batch.num_pairs
     return token_logps.new_zeros(n_seq).index_add(0, batch.seq_index.to(device), token_logps)
 

@@ -15,6 +15,7 @@ from coachlm.data.chat import IGNORE_INDEX
 from coachlm.data.collate import TokenBatch
 from coachlm.engine.loop import LossOut
 from coachlm.models import last_layer
+from coachlm.models.head_logprobs import head_logprobs
 from coachlm.models.logprobs import backbone_and_head
 
 
@@ -63,7 +64,8 @@ def labelled_lm_loss(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
     demonstrations ~46% of the positions, so the head's matmul and log-softmax (V = 1,375 at
     world-small) and the last layer shrink by about half. For models whose logits are the head
     of the backbone's last hidden state (`models.logprobs.head_matches`); the loss equals
-    `causal_lm_loss`'s up to rounding (tested)."""
+    `causal_lm_loss`'s up to rounding (tested). The head and its log-softmax are one pass
+    (`models.head_logprobs`)."""
     targets = batch.labels[:, 1:]  # (B, T-1): the token each position predicts
     rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # (M,) each
     count = len(rows)
@@ -76,6 +78,5 @@ def labelled_lm_loss(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
     backbone, head = backbone_and_head(model)
     inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "use_cache": False}
     hidden = last_layer.hidden_at_reads(backbone, rows, cols, **inputs)  # (M', D)
-    loss_sum = F.cross_entropy(head(hidden).float(), labels, ignore_index=IGNORE_INDEX,
-                               reduction="sum")
+    loss_sum = -head_logprobs(head, hidden, labels).sum()  # filler rows add 0
     return LossOut(loss_sum, count, batch.num_tokens)
