@@ -206,6 +206,20 @@ def test_labelled_loss_equals_the_full_forward_loss(tok, layout):
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_labelled_loss_of_a_batch_with_no_label_is_zero_with_zero_gradients(tok):
+    """A batch whose every label is ignored (prompts only) gives loss 0, count 0 and zero
+    gradients, as the model's own forward does, instead of failing in the last layer."""
+    model = tiny_model(tok)
+    examples = [(torch.tensor(i), torch.full((len(i),), IGNORE_INDEX)) for i, _ in _examples(tok, 4)]
+    for collate in (pack_examples, pad_examples):
+        batch = collate(examples, tok.pad_token_id)
+        a, grads_a = _loss_and_grads(model, labelled_lm_loss, batch)
+        b, _ = _loss_and_grads(model, causal_lm_loss, batch)
+        assert a.count == b.count == 0 and a.tokens == b.tokens
+        assert float(a.loss_sum) == float(b.loss_sum) == 0.0
+        assert all(float(g.abs().max()) == 0.0 for g in grads_a.values())
+
+
 def test_labelled_loss_on_a_model_whose_last_layer_it_does_not_compute(tok):
     """A backbone `models.last_layer` does not support (GPT-2 here) runs whole; the head still
     sees the labelled positions only, and the loss is the model's own."""
