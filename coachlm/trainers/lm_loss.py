@@ -70,8 +70,8 @@ def labelled_lm_loss(model: torch.nn.Module, batch: TokenBatch) -> LossOut:
     rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # (M,) each
     count = len(rows)
     labels = targets[rows, cols]  # (M,)
-    # A batch with no label (every response cut away) still reads one block of filler rows:
-    # the last layer cannot take zero reads, and its loss is then an exact 0 with a graph.
+    # A batch with no label (prompts only, from a custom batch source) still reads one block
+    # of filler rows: the last layer cannot take zero reads; the loss is then an exact 0.
     extra = -count % HEAD_ROWS_MULTIPLE if count else HEAD_ROWS_MULTIPLE
     if extra:  # filler positions: the first one again, unlabelled
         fill = rows.new_zeros(extra)
